@@ -1,0 +1,160 @@
+"""Unsupervised consistency on unlabeled clips: the ramp, the teacher's single-source term and
+the student's multi-source (heatmap + centroid) pseudo-target and term.
+
+Frame pairing (all functions here): predictions on frame t+1 are compared with predictions on
+frame t warped into frame t+1's geometry (``warped[t]`` of a clip item, docs/CONTRACTS.md).
+Decoding heatmaps/centroids into coordinates belongs to ``tsal_dist.codec``, not here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "nearest_candidate",
+    "ramp_weight",
+    "student_consistency",
+    "student_pseudo_target",
+    "teacher_consistency",
+]
+
+
+def ramp_weight(step: int, total_steps: int, up_frac: float, down_frac: float) -> float:
+    """Weight of the unsupervised terms at optimizer step ``step`` (TSAL ``rampweight``).
+
+    With T = total_steps, U = up_frac * T and D = down_frac * T:
+    ``w = exp(-5 (1 - step/U)^2)`` for step < U (and w = 0 at step 0),
+    ``w = exp(-12.5 (1 - (T - step)/D)^2)`` for step > T - D (down to exp(-12.5) at T),
+    ``w = 1`` in between. Steps outside [0, T] are clamped.
+
+    Fixes METHOD.md §1.9 / §6.10: the code hard-coded the ramp to epochs 60 and 110 whatever the
+    schedule length; here both ends are fractions of the schedule (TSAL: 60/150 = 0.4 up,
+    40/150 ~ 0.267 down).
+
+    Args:
+        step: current optimizer step (0-based).
+        total_steps: steps of the whole run, >= 1.
+        up_frac: fraction of the schedule spent ramping up, in [0, 1] (0 = start at 1).
+        down_frac: fraction at the end spent ramping down, in [0, 1] (0 = never).
+
+    Returns:
+        The weight in [0, 1].
+    """
+    if total_steps < 1:
+        raise ValueError(f"ramp_weight: total_steps must be >= 1, got {total_steps}")
+    if not (0.0 <= up_frac <= 1.0 and 0.0 <= down_frac <= 1.0 and up_frac + down_frac <= 1.0):
+        raise ValueError(f"ramp_weight: need 0 <= up_frac, down_frac and up_frac + down_frac <= 1,"
+                         f" got up_frac={up_frac}, down_frac={down_frac}")
+    t = float(min(max(step, 0), total_steps))
+    up_end = up_frac * total_steps
+    down_len = down_frac * total_steps
+    if up_end > 0 and t < up_end:
+        if t == 0:
+            return 0.0
+        return math.exp(-5.0 * (1.0 - t / up_end) ** 2)
+    if down_len > 0 and t > total_steps - down_len:
+        return math.exp(-12.5 * (1.0 - (total_steps - t) / down_len) ** 2)
+    return 1.0
+
+
+def teacher_consistency(pred_next: Sequence[Tensor], target_warped: Tensor) -> Tensor:
+    """Teacher's single-source term: heatmaps on frame t+1 vs its own heatmaps on warp(t -> t+1).
+
+    ``loss = sum_s mean((pred_next[s] - stopgrad(target_warped))^2)``.
+
+    Fixes METHOD.md §1.6 "Off-by-one (CODE)": the code compared the prediction on frame t with the
+    warped image that reconstructs frame t+1. Callers pass predictions on frames 1..T-1 of each
+    clip and targets from ``warped[0..T-2]``.
+
+    Args:
+        pred_next: per-stage teacher heatmaps on frames t+1, each (N, K+1, h, w), with grad.
+        target_warped: (N, K+1, h, w) the teacher's final-stage heatmaps on frame t warped into
+            t+1 (computed under no_grad; detached here anyway).
+
+    Returns:
+        Unweighted scalar.
+    """
+    if len(pred_next) == 0:
+        raise ValueError("teacher_consistency: `pred_next` is empty")
+    for i, stage in enumerate(pred_next):
+        if stage.shape != target_warped.shape:
+            raise ValueError(f"teacher_consistency: stage {i} has shape {tuple(stage.shape)}, "
+                             f"target_warped has {tuple(target_warped.shape)}")
+    target = target_warped.detach()
+    return torch.stack([F.mse_loss(stage, target) for stage in pred_next]).sum()
+
+
+def nearest_candidate(hm_coords: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """Per frame, the candidate shape nearest (L2 over all K points) to the heatmap shape.
+
+    Args:
+        hm_coords: (N, K, 2) landmark locations from the heatmaps, crop px.
+        candidates: (N, k, K, 2) candidate shapes from the centroid branch, crop px.
+
+    Returns:
+        (nearest (N, K, 2) crop px, index (N,) long into the k candidates).
+    """
+    if hm_coords.dim() != 3 or hm_coords.shape[2] != 2:
+        raise ValueError(f"student_pseudo_target: hm_coords must be (N, K, 2), got "
+                         f"{tuple(hm_coords.shape)}")
+    n, k_pts, _ = hm_coords.shape
+    if candidates.dim() != 4 or candidates.shape[0] != n or candidates.shape[2:] != (k_pts, 2):
+        raise ValueError(f"student_pseudo_target: candidates must be (N, k, K, 2) = "
+                         f"({n}, k, {k_pts}, 2), got {tuple(candidates.shape)}")
+    if candidates.shape[1] == 0:
+        raise ValueError("student_pseudo_target: candidates has no candidate (k = 0)")
+    sq_dist = (candidates - hm_coords[:, None]).pow(2).sum(dim=(2, 3))  # (N, k)
+    index = sq_dist.argmin(dim=1)
+    nearest = candidates[torch.arange(n, device=candidates.device), index]
+    return nearest, index
+
+
+def student_pseudo_target(hm_coords: Tensor, candidates: Tensor, mu: float) -> Tensor:
+    """Student's multi-source pseudo-target: ``mu * heatmap shape + (1 - mu) * nearest candidate``.
+
+    Both sources are decoded from the student's predictions on the warped frames (frame t warped
+    into t+1). Fixes METHOD.md §1.6 L_unsup^S bugs: the code fused pixel heatmap locations with
+    centroid shapes in heatmap CELLS; here both are crop px (the codec decodes candidates to px).
+    The code's stride-10 ``index_select`` on a 9B-row tensor is replaced by a per-frame gather.
+
+    Args:
+        hm_coords: (N, K, 2) soft-argmax locations from the student's heatmaps, crop px.
+        candidates: (N, k, K, 2) centroid + offset candidate shapes (top-k peaks), crop px.
+        mu: weight on the heatmap source, in [0, 1] (TSAL 0.5).
+
+    Returns:
+        (N, K, 2) detached target, crop px.
+    """
+    if not 0.0 <= mu <= 1.0:
+        raise ValueError(f"student_pseudo_target: mu must be in [0, 1], got {mu}")
+    hm_coords = hm_coords.detach()
+    nearest, _ = nearest_candidate(hm_coords, candidates.detach())
+    return (mu * hm_coords + (1.0 - mu) * nearest.to(hm_coords.dtype)).detach()
+
+
+def student_consistency(pred_coords: Tensor, target: Tensor, stride: int | float) -> Tensor:
+    """Student's term: MSE between its locations on frames t+1 and the pseudo-target, in cells.
+
+    ``loss = mean(((pred_coords - stopgrad(target)) / stride)^2)``; dividing the px difference by
+    the stride gives the same scale as the heatmap cells (the (stride-1)/2 shift cancels).
+
+    Args:
+        pred_coords: (N, K, 2) differentiable soft-argmax locations of the student on frames t+1,
+            crop px.
+        target: (N, K, 2) from :func:`student_pseudo_target`, crop px.
+        stride: heatmap stride, crop px per cell.
+
+    Returns:
+        Unweighted scalar.
+    """
+    if stride <= 0:
+        raise ValueError(f"student_consistency: stride must be > 0, got {stride}")
+    if pred_coords.shape != target.shape or pred_coords.dim() != 3 or pred_coords.shape[2] != 2:
+        raise ValueError(f"student_consistency: pred_coords {tuple(pred_coords.shape)} and target "
+                         f"{tuple(target.shape)} must both be (N, K, 2)")
+    return F.mse_loss(pred_coords / stride, target.detach().to(pred_coords.dtype) / stride)
