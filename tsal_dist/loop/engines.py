@@ -1,0 +1,195 @@
+"""The DDP / DeepSpeed switch: one small interface over a model + its optimizer.
+
+What belongs here: wrapping, backward/step, full (unwrapped, gathered) state dicts, optimizer state,
+and telling the engine that its weights were changed from outside (the teacher blend). What does
+not: losses, the schedule (lr is set by the loop each step), Ray. DeepSpeed is imported lazily
+inside the one class that needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def build_optimizer(params: Iterator[nn.Parameter] | list, *, name: str, lr: float,
+                    weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """Torch optimizer by name (DeepSpeed is given this object: no JIT-built ops on CPU)."""
+    params = list(params)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
+                               weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class Engine:
+    """Interface; see DDPEngine and DeepSpeedEngine."""
+
+    module: nn.Module  # what forward is called on (possibly wrapped)
+
+    def unwrapped(self) -> nn.Module:
+        raise NotImplementedError
+
+    def backward(self, loss: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def step(self, lr: float) -> float:
+        """Clip, step, zero grads with learning rate ``lr``; returns the grad norm (0 if unknown)."""
+        raise NotImplementedError
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Unwrapped module state on CPU (gathered under ZeRO-3). Identical on every rank."""
+        return {k: v.detach().cpu().clone() for k, v in self.unwrapped().state_dict().items()}
+
+    def load_full_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        self.unwrapped().load_state_dict(sd)
+        self.weights_changed()
+
+    def optimizer_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_optimizer_state(self, sd: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def weights_changed(self) -> None:
+        """Called after module weights were modified in place from outside the optimizer."""
+
+    def broadcast_buffers(self) -> None:
+        """Make every rank's buffers (BN running stats) equal to rank 0's."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for b in self.unwrapped().buffers():
+                dist.broadcast(b.data, 0)
+
+
+class DDPEngine(Engine):
+    """Plain module (one process) or DistributedDataParallel (gloo on CPU, NCCL on GPU)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip: float,
+                 device: torch.device) -> None:
+        self._model = model.to(device)
+        self.optimizer = optimizer
+        self.grad_clip = grad_clip
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.module = nn.parallel.DistributedDataParallel(self._model, device_ids=ids)
+        else:
+            self.module = self._model
+
+    def unwrapped(self) -> nn.Module:
+        return self._model
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self, lr: float) -> float:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        norm = 0.0
+        if self.grad_clip > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self._model.parameters(), self.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, sd: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(sd)
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed ZeRO 0-3 around a torch optimizer (fp32 on CPU; fp16/bf16 on GPU).
+
+    Checkpoints stay in our own format: the module state is gathered to a full state dict (ZeRO-3
+    gathers partitions), and the optimizer state is saved per rank (ZeRO partitions it).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip: float,
+                 zero_stage: int, precision: str, micro_batch: int, device: torch.device) -> None:
+        import deepspeed
+        import deepspeed.ops
+
+        # The shared-memory comm op JIT-compiles for ~66 s on first use and is not needed.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        ds_config: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "train_batch_size": micro_batch * world,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": zero_stage},
+            "gradient_clipping": grad_clip if grad_clip > 0 else 0.0,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if precision == "fp16":
+            ds_config["fp16"] = {"enabled": True, "initial_scale_power": 12}
+        elif precision == "bf16":
+            ds_config["bf16"] = {"enabled": True}
+        if not dist.is_initialized():
+            deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl")
+        model = model.to(device)
+        self._raw = model
+        self.zero_stage = zero_stage
+        engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                 config=ds_config)
+        self.engine = engine
+        self.module = engine
+        self.optimizer = opt
+
+    def unwrapped(self) -> nn.Module:
+        return self.engine.module
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self, lr: float) -> float:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else 0.0
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.zero_stage == 3:
+            import deepspeed
+
+            params = list(self.unwrapped().parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return {k: v.detach().cpu().clone()
+                        for k, v in self.unwrapped().state_dict().items()}
+        return super().full_state_dict()
+
+    def load_full_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        if self.zero_stage == 3:
+            import deepspeed
+
+            params = list(self.unwrapped().parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                self.unwrapped().load_state_dict(sd)
+        else:
+            self.unwrapped().load_state_dict(sd)
+        self.weights_changed()
+
+    def weights_changed(self) -> None:
+        # ZeRO 1/2 keep flat fp32 master partitions that would overwrite the module weights at the
+        # next step; copy the modified weights into them.
+        refresh = getattr(self.optimizer, "refresh_fp32_params", None)
+        if self.zero_stage in (1, 2) and refresh is not None:
+            refresh()
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, sd: dict[str, Any]) -> None:
+        if self.zero_stage in (1, 2):
+            self.optimizer.load_state_dict([sd], load_from_fp32_weights=True)
+        else:
+            self.optimizer.load_state_dict(sd)

@@ -1,0 +1,501 @@
+"""The per-worker TSAL training loop: one readable function, the same in one process, under
+torchrun and inside Ray Train workers.
+
+Policy is visible here, section by section: data, models and engines, resume, then per step the
+TSAL step, the teacher push/sync (recursive average filtering), logging, checkpoints, validation;
+at the end evaluation and export. Ray never appears: the teacher server is reached through a
+``TeacherClient`` and progress leaves through a ``Reporter`` (tsal_dist.distributed provides the
+Ray versions; ``LocalTeacher`` and ``JsonReporter`` run everything in one process).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tsal_dist.codec import CentroidCodec, HeatmapCodec
+from tsal_dist.config import ExperimentConfig, save_config
+from tsal_dist.data.datasets import (ClipDataset, EvalImageDataset, LabeledImageDataset, collate,
+                                     seeded_batch_indices)
+from tsal_dist.data.formats import ListEntry, read_list
+from tsal_dist.losses.consistency import ramp_weight
+from tsal_dist.loop.checkpoint import (atomic_torch_save, checkpoint_path, latest_checkpoint,
+                                       load_checkpoint, numpy_state_to_torch, prune_checkpoints,
+                                       rng_state, set_rng_state, torch_state_to_numpy)
+from tsal_dist.loop.engines import DDPEngine, DeepSpeedEngine, Engine, build_optimizer
+from tsal_dist.loop.schedules import is_sync_step, lr_at, version_to_apply
+from tsal_dist.loop.step import LossWeights, tsal_step
+from tsal_dist.models import build_model
+from tsal_dist.teacher.averaging import lerp_state_
+from tsal_dist.teacher.server import TeacherServer
+
+
+# ----------------------------------------------------------------------------- interfaces
+
+
+class TeacherClient(Protocol):
+    """How a worker reaches the teacher server (in process, or a Ray actor)."""
+
+    def push(self, state: dict[str, np.ndarray], step: int) -> None: ...
+
+    def get(self, version: int) -> dict[str, np.ndarray]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None: ...
+
+
+class LocalTeacher:
+    """TeacherServer in this process (single-process runs and tests)."""
+
+    def __init__(self, *, mode: str, queue_length: int, ema_decay: float, keep_versions: int = 8):
+        self.server = TeacherServer(mode=mode, queue_length=queue_length, ema_decay=ema_decay,
+                                    keep_versions=keep_versions)
+
+    def push(self, state: dict[str, np.ndarray], step: int) -> None:
+        self.server.push(state, step)
+
+    def get(self, version: int) -> dict[str, np.ndarray]:
+        st = self.server.get(version)
+        if st is None:
+            raise RuntimeError(f"teacher server has no version {version} yet")
+        return st
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.server.state_dict()
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.server.load_state_dict(sd)
+
+
+Reporter = Callable[[dict[str, Any], "Path | None"], None]
+
+
+def no_report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    """Reporter for one-process runs: metrics.jsonl already holds everything."""
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.barrier()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataLists:
+    labeled: tuple[Path, ...]
+    unlabeled: tuple[Path, ...]
+    eval: tuple[Path, ...]
+
+
+def resolve_data(cfg: ExperimentConfig) -> DataLists:
+    """List files of the run; generates the synthetic dataset once when no data is configured."""
+    d = cfg.data
+    if d.root:
+        root = Path(d.root).expanduser()
+        lab = tuple(root / p for p in d.labeled_lists)
+        unl = tuple(root / p for p in d.unlabeled_lists)
+        ev = tuple(root / p for p in d.eval_lists)
+        if not lab:
+            raise ValueError("data.root is set but data.labeled_lists is empty")
+        return DataLists(lab, unl, ev)
+    from tsal_dist.data.synthetic import dataset_lists, ensure_synthetic
+
+    s = d.synthetic
+    root = ensure_synthetic(Path(d.cache_dir).expanduser(), images=s.images,
+                            test_images=s.test_images, videos=s.videos,
+                            test_videos=s.test_videos, frames=s.frames,
+                            image_size=s.image_size, seed=s.seed)
+    lists = dataset_lists(root)
+    pick = lambda names, default: tuple(lists[n] for n in names) if names else default  # noqa: E731
+    lab = tuple(Path(root) / p for p in d.labeled_lists) or (lists["train"],)
+    unl = tuple(Path(root) / p for p in d.unlabeled_lists) or (
+        (lists["videos_train_unlabeled"],) if s.videos > 0 else ())
+    ev = tuple(Path(root) / p for p in d.eval_lists) or pick(
+        (), (lists["test"],) + ((lists["videos_test"],) if s.test_videos > 0 else ()))
+    return DataLists(lab, unl, ev)
+
+
+def split_labeled(entries: list[ListEntry], val_images: int, limit: int
+                  ) -> tuple[list[ListEntry], list[ListEntry]]:
+    """Hold out the last ``val_images`` faces for validation, then keep the first ``limit``."""
+    n_val = min(val_images, max(0, len(entries) - 1))
+    train, val = entries[: len(entries) - n_val], entries[len(entries) - n_val:]
+    if limit:
+        train = train[:limit]
+    return train, val
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def predict_crops(model: torch.nn.Module, codec: HeatmapCodec, images: torch.Tensor
+                  ) -> torch.Tensor:
+    """Decoded landmarks (B, K, 2) in crop px from the last heatmap stage."""
+    out = model(images)
+    xy, _ = codec.decode(out["heatmaps"][-1][:, : codec.num_points])
+    return xy
+
+
+@torch.no_grad()
+def validation_nme(model: torch.nn.Module, codec: HeatmapCodec, dataset: EvalImageDataset,
+                   device: torch.device, batch_size: int = 32) -> float:
+    """Mean inter-ocular NME (fraction) of ``model`` on ``dataset``, in image pixels."""
+    from tsal_dist.eval.metrics import nme
+
+    was_training = model.training
+    model.eval()
+    preds, gts, vis = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+        batch = collate(items)
+        xy = predict_crops(model, codec, batch["image"].to(device)).cpu().numpy()
+        inv = _invert_affines(batch["affine"].numpy())
+        preds.append(np.einsum("bij,bkj->bki", inv[:, :, :2], xy) + inv[:, None, :, 2])
+        gts.append(batch["orig_landmarks"].numpy())
+        vis.append(batch["orig_visible"].numpy())
+    model.train(was_training)
+    v = nme(np.concatenate(preds), np.concatenate(gts), norm="inter_ocular",
+            visible=np.concatenate(vis))
+    return float(np.nanmean(v))
+
+
+def _invert_affines(m: np.ndarray) -> np.ndarray:
+    """(B, 2, 3) affines -> their inverses (B, 2, 3)."""
+    a = m[:, :, :2]
+    ainv = np.linalg.inv(a)
+    return np.concatenate([ainv, -np.einsum("bij,bj->bi", ainv, m[:, :, 2])[:, :, None]], axis=2)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> Engine:
+    o = cfg.optim
+    opt = build_optimizer(model.parameters(), name=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                          momentum=o.momentum)
+    if cfg.train.engine == "deepspeed":
+        return DeepSpeedEngine(model, opt, grad_clip=o.grad_clip, zero_stage=cfg.train.zero_stage,
+                               precision=cfg.train.precision, micro_batch=o.batch_size,
+                               device=device)
+    return DDPEngine(model, opt, grad_clip=o.grad_clip, device=device)
+
+
+def _np_state(sd: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+
+
+def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None = None,
+        teacher_client: TeacherClient | None = None, reporter: Reporter = no_report,
+        resume: Path | str | None = "auto", stop_after: int | None = None,
+        progress: bool = True, final_eval: bool = True) -> dict[str, Any]:
+    """Train student and teacher TSAL-style; return a summary dict (rank 0's is complete).
+
+    Args:
+        run_dir: run folder (config.yaml, metrics.jsonl, checkpoints/, eval/, export/).
+        teacher_client: the parameter server; a LocalTeacher by default.
+        resume: "auto" = newest checkpoint in run_dir/checkpoints (if any), a path, or None.
+        stop_after: stop (without final eval) after this many steps of THIS call — used by tests
+            to simulate an interrupted job; the checkpoint at that step is written first.
+    """
+    ctx = ctx or WorkerContext()
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    device = ctx.device
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    teacher_client = teacher_client or LocalTeacher(
+        mode=cfg.teacher.mode, queue_length=cfg.teacher.queue_length,
+        ema_decay=cfg.teacher.ema_decay, keep_versions=cfg.teacher.max_staleness + 4)
+
+    # ---- data
+    d, m, o = cfg.data, cfg.model, cfg.optim
+    lists = resolve_data(cfg)
+    labeled_entries = [e for p in lists.labeled for e in read_list(p)]
+    train_entries, val_entries = split_labeled(labeled_entries, cfg.run.val_images,
+                                               d.labeled_limit)
+    aug = dict(rotate_max_deg=d.rotate_max_deg, scale_min=d.scale_min, scale_max=d.scale_max,
+               shift_max_frac=d.shift_max_frac, flip=d.flip)
+    labeled_ds = LabeledImageDataset(train_entries, num_points=d.num_points,
+                                     input_size=m.input_size, pre_crop_expand=d.pre_crop_expand,
+                                     augment=True, strict=d.strict, **aug)
+    clip_ds = None
+    if lists.unlabeled and o.clips_per_batch > 0:
+        unl = [e for p in lists.unlabeled for e in read_list(p)]
+        clip_ds = ClipDataset(unl, num_points=d.num_points, clip_length=d.clip_length,
+                              clip_stride=d.clip_stride, input_size=m.input_size,
+                              pre_crop_expand=d.pre_crop_expand, augment=True, flow=d.flow,
+                              strict=d.strict, **aug)
+    val_ds = EvalImageDataset(val_entries, num_points=d.num_points, input_size=m.input_size,
+                              pre_crop_expand=d.pre_crop_expand, strict=d.strict)
+
+    # ---- models, codecs, engines (teacher starts as a copy of the student's init)
+    torch.manual_seed(cfg.train.seed)
+    student_model = build_model(m, d.num_points)
+    teacher_model = build_model(m, d.num_points)
+    teacher_model.load_state_dict(student_model.state_dict())
+    hm_codec = HeatmapCodec(input_size=m.input_size, stride=student_model.stride,
+                            num_points=d.num_points, sigma_px=m.heatmap_sigma_px,
+                            window=m.decode_window)
+    ctr_codec = CentroidCodec(input_size=m.input_size, stride=student_model.stride,
+                              num_points=d.num_points, centroid_index=m.centroid_index,
+                              topk=m.centroid_topk)
+    student = build_engine(student_model, cfg, device)
+    teacher = build_engine(teacher_model, cfg, device)
+    buffer_keys = frozenset(k for k, _ in student.unwrapped().named_buffers())
+    weights = LossWeights(heatmap=cfg.loss.heatmap_weight, centroid=cfg.loss.centroid_weight,
+                          offset=cfg.loss.offset_weight, structure=cfg.loss.structure_weight,
+                          unsup=cfg.loss.unsup_weight)
+
+    # ---- resume: weights, optimizers, server, RNG; the step restores schedule and data position
+    start = 0
+    ckpt = latest_checkpoint(ckpt_dir) if resume == "auto" else (Path(resume) if resume else None)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt)
+        student.load_full_state_dict(state["student"])
+        teacher.load_full_state_dict(state["teacher"])
+        student.load_optimizer_state(_optim_state(state, "student", ckpt, ctx.rank))
+        teacher.load_optimizer_state(_optim_state(state, "teacher", ckpt, ctx.rank))
+        if ctx.is_main:
+            teacher_client.load_state_dict(torch_state_to_numpy(state["server"]))
+        set_rng_state(state["rng"])
+        start = int(state["step"])
+    ctx.barrier()
+
+    if ctx.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    total = o.steps
+    end = total if stop_after is None else min(total, start + stop_after)
+    metrics_path = run_dir / "metrics.jsonl"
+    bar = None
+    if progress and ctx.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, desc="tsal", dynamic_ncols=True, mininterval=2.0)
+
+    last_logs: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    n_sum = 0
+    t_last = time.perf_counter()
+    applied_version = -1
+    for step in range(start, end):
+        # ---- batch of this step: a pure function of (seed, step, rank)
+        idx = seeded_batch_indices(step, ctx.rank, ctx.world_size, len(labeled_ds), o.batch_size,
+                                   cfg.train.seed)
+        labeled = _to_device(collate([labeled_ds.get(i, s) for i, s in idx]), device)
+        clips = None
+        if clip_ds is not None:
+            cidx = seeded_batch_indices(step, ctx.rank, ctx.world_size, len(clip_ds),
+                                        o.clips_per_batch, cfg.train.seed + 7919)
+            clips = _to_device(collate([clip_ds.get(i, s) for i, s in cidx]), device)
+
+        # ---- one TSAL step of both models
+        lr = lr_at(step, base_lr=o.lr, total_steps=total, warmup_steps=o.warmup_steps,
+                   schedule=o.schedule, milestones=o.milestones, gamma=o.gamma)
+        ramp = ramp_weight(step, total, cfg.loss.ramp_up_frac, cfg.loss.ramp_down_frac)
+        logs = tsal_step(student=student, teacher=teacher, labeled=labeled, clips=clips,
+                         hm_codec=hm_codec, ctr_codec=ctr_codec, weights=weights, ramp=ramp,
+                         lr=lr, fusion_mu=cfg.loss.fusion_mu,
+                         structure_descriptor=cfg.loss.structure_descriptor)
+
+        # ---- recursive average filtering: push the student, blend a step-determined version
+        if is_sync_step(step, cfg.teacher.sync_every):
+            student.broadcast_buffers()
+            teacher.broadcast_buffers()
+            if ctx.is_main:
+                teacher_client.push(_np_state(student.full_state_dict()), step + 1)
+            version = version_to_apply(step, cfg.teacher.sync_every, cfg.teacher.max_staleness)
+            if version is not None:
+                filtered = teacher_client.get(version)
+                apply_sync_(teacher=teacher, student=student, filtered=filtered,
+                            mode=cfg.teacher.mode, blend=cfg.teacher.blend,
+                            student_keep=cfg.teacher.mutual_student_keep,
+                            average_buffers=cfg.teacher.average_buffers,
+                            buffer_keys=buffer_keys)
+                applied_version = version
+        logs.update(lr=lr, ramp=ramp, **{"teacher/version": applied_version,
+                                          "teacher/staleness_steps": (step + 1 - applied_version)
+                                          if applied_version >= 0 else -1})
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        n_sum += 1
+
+        # ---- logging
+        done = step + 1
+        if done % cfg.run.log_every == 0 or done == end:
+            now = time.perf_counter()
+            row = {k: v / n_sum for k, v in sums.items()}
+            row.update(step=done, time=time.time(), sec_per_step=(now - t_last) / n_sum,
+                       samples_per_sec=n_sum * o.batch_size * ctx.world_size / (now - t_last))
+            row["teacher/version"] = applied_version
+            row["lr"] = lr
+            sums, n_sum, t_last = {}, 0, now
+            last_logs = row
+            if ctx.is_main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                if bar is not None:
+                    bar.set_postfix(loss_s=f"{row.get('student/loss', 0):.3f}",
+                                    loss_t=f"{row.get('teacher/loss', 0):.3f}")
+        if bar is not None:
+            bar.update(1)
+
+        # ---- validation of the teacher (the model we ship)
+        val = None
+        if cfg.run.eval_every and (done % cfg.run.eval_every == 0 or done == total):
+            val = validation_nme(teacher.unwrapped(), hm_codec, val_ds, device) \
+                if ctx.is_main else math.nan
+            if ctx.is_main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps({"step": done, "val/nme_inter_ocular": val}) + "\n")
+
+        # ---- checkpoint (complete or absent) and report; every rank reports
+        if done % cfg.run.checkpoint_every == 0 or done == end or val is not None:
+            path = None
+            if done % cfg.run.checkpoint_every == 0 or done == end:
+                path = save_training_checkpoint(
+                    ckpt_dir, step=done, cfg=cfg, student=student, teacher=teacher,
+                    teacher_client=teacher_client, ctx=ctx, metrics=last_logs)
+            report = {"step": done, **{k: v for k, v in last_logs.items()
+                                       if k.endswith("loss") or k == "teacher/version"}}
+            if val is not None:
+                report["val_nme"] = val
+            reporter(report, path)
+    if bar is not None:
+        bar.close()
+
+    summary: dict[str, Any] = {"step": end, "run_dir": str(run_dir), "last": last_logs}
+    if end < total or not ctx.is_main or not final_eval:
+        ctx.barrier()
+        return summary
+
+    # ---- final evaluation and export (rank 0)
+    summary.update(finish_run(cfg, run_dir=run_dir, teacher=teacher.unwrapped(),
+                              student=student.unwrapped(), hm_codec=hm_codec, lists=lists))
+    ctx.barrier()
+    return summary
+
+
+def _optim_state(state: dict, role: str, ckpt: Path, rank: int) -> dict:
+    key = f"{role}_optim"
+    if key in state:
+        return state[key]
+    shard = ckpt.with_name(ckpt.name.replace(".pt", f".optim-rank{rank}.pt"))
+    return torch.load(shard, map_location="cpu", weights_only=True)[key]
+
+
+@torch.no_grad()
+def apply_sync_(*, teacher: Engine, student: Engine, filtered: dict[str, np.ndarray], mode: str,
+                blend: float, student_keep: float, average_buffers: bool,
+                buffer_keys: frozenset[str]) -> None:
+    """teacher <- blend*teacher + (1-blend)*F (and, in mutual mode, first
+    student <- keep*student + (1-keep)*teacher_old, as the original code's two-way lerp)."""
+    t_sd = teacher.unwrapped().state_dict()
+    if mode == "mutual":
+        t_old = {k: v.clone() for k, v in t_sd.items()}
+        lerp_state_(student.unwrapped().state_dict(), t_old, student_keep,
+                    average_buffers=average_buffers, buffer_keys=buffer_keys)
+        student.weights_changed()
+    lerp_state_(t_sd, filtered, blend, average_buffers=average_buffers, buffer_keys=buffer_keys)
+    teacher.weights_changed()
+
+
+def save_training_checkpoint(ckpt_dir: Path, *, step: int, cfg: ExperimentConfig,
+                             student: Engine, teacher: Engine, teacher_client: TeacherClient,
+                             ctx: WorkerContext, metrics: dict) -> Path | None:
+    """Write ckpt-<step>.pt (rank 0) and, when the optimizer is sharded, per-rank shards first."""
+    sharded = cfg.train.engine == "deepspeed" and cfg.train.zero_stage > 0
+    s_full, t_full = student.full_state_dict(), teacher.full_state_dict()  # collective on ZeRO-3
+    if sharded:
+        atomic_torch_save({"student_optim": student.optimizer_state(),
+                           "teacher_optim": teacher.optimizer_state()},
+                          ckpt_dir / f"ckpt-{step:08d}.optim-rank{ctx.rank}.pt")
+        ctx.barrier()
+    path = None
+    if ctx.is_main:
+        payload = {"config": cfg.to_dict(), "step": step, "student": s_full, "teacher": t_full,
+                   "server": numpy_state_to_torch(teacher_client.state_dict()),
+                   "rng": rng_state(), "metrics": metrics,
+                   "format": "tsal_dist.checkpoint/1", "engine": cfg.train.engine}
+        if not sharded:
+            payload["student_optim"] = student.optimizer_state()
+            payload["teacher_optim"] = teacher.optimizer_state()
+        path = checkpoint_path(ckpt_dir, step)
+        atomic_torch_save(payload, path)
+        prune_checkpoints(ckpt_dir, cfg.run.keep_checkpoints)
+    ctx.barrier()
+    return path
+
+
+def finish_run(cfg: ExperimentConfig, *, run_dir: Path, teacher: torch.nn.Module,
+               student: torch.nn.Module, hm_codec: HeatmapCodec, lists: DataLists
+               ) -> dict[str, Any]:
+    """Evaluate teacher and student on the eval lists, plot CED + curves, export the teacher."""
+    out: dict[str, Any] = {}
+    eval_dir = run_dir / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    if lists.eval:
+        from tsal_dist.eval.run import evaluate_lists
+
+        results = {}
+        for which, model in (("teacher", teacher), ("student", student)):
+            model.eval()
+            results[which] = evaluate_lists(
+                model, [str(p) for p in lists.eval], input_size=cfg.model.input_size,
+                pre_crop_expand=cfg.data.pre_crop_expand, num_points=cfg.data.num_points,
+                sigma_px=cfg.model.heatmap_sigma_px, window=cfg.model.decode_window,
+                batch_size=32, device="cpu", strict=cfg.data.strict,
+                plot=str(eval_dir / f"ced_{which}.png"))
+        _atomic_json(eval_dir / "summary.json", results)
+        out["eval"] = results
+    try:
+        from tsal_dist.eval.plots import plot_training_curves
+
+        plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png",
+                             keys=["student/loss", "teacher/loss", "student/consistency",
+                                   "teacher/consistency"])
+    except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
+        print(f"warning: training curve plot failed: {e}")
+    if cfg.run.export:
+        from tsal_dist.export import export_checkpoint
+
+        ckpt = latest_checkpoint(run_dir / "checkpoints")
+        if ckpt is not None:
+            export_checkpoint(ckpt, run_dir / "export", which="teacher")
+            out["export"] = str(run_dir / "export")
+    return out
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)

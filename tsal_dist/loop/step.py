@@ -1,0 +1,161 @@
+"""One TSAL training step for both models (CPU-testable, engine-agnostic).
+
+Student (radical): supervised heatmap + centroid focal + offset terms on labeled faces, the per-clip
+structure invariant constraint, and on unlabeled clips the MULTI-source pseudo-target (heatmap
+locations fused with the nearest centroid+offset candidate shape, both predicted on the flow-warped
+frames). Teacher (calm): the same supervised terms and SINGLE-source heatmap consistency against its
+own predictions on the warped frames. Both step their own optimizers. The recursive averaging of the
+student into the teacher happens at sync points in loop.py, not here.
+
+Each model runs ONE forward per step on cat(labeled, frames t+1, warped(t -> t+1)): the warped
+outputs are detached targets, and sharing the forward keeps BatchNorm statistics identical to what
+the targets were computed with and avoids a second pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tsal_dist.codec import CentroidCodec, HeatmapCodec
+from tsal_dist.losses.consistency import (student_consistency, student_pseudo_target,
+                                          teacher_consistency)
+from tsal_dist.losses.focal import centroid_focal_loss
+from tsal_dist.losses.heatmap import heatmap_loss
+from tsal_dist.losses.offset import offset_loss
+from tsal_dist.losses.structure import gather_at, structure_loss
+from tsal_dist.loop.engines import Engine
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights applied in exactly one place (``total_loss``); terms are logged unweighted."""
+
+    heatmap: float = 1.0
+    centroid: float = 1.0
+    offset: float = 0.1
+    structure: float = 0.01
+    unsup: float = 1.0
+
+
+def total_loss(terms: dict[str, torch.Tensor], w: LossWeights, ramp: float) -> torch.Tensor:
+    """sum(weight * term); the consistency term is scaled by ``ramp * unsup``."""
+    return (w.heatmap * terms["heatmap"] + w.centroid * terms["centroid"]
+            + w.offset * terms["offset"] + w.structure * terms["structure"]
+            + ramp * w.unsup * terms["consistency"])
+
+
+def _split(out: dict, sizes: list[int]) -> list[dict]:
+    parts: list[dict] = [dict() for _ in sizes]
+    for key, val in out.items():
+        if isinstance(val, (list, tuple)):
+            chunks = [torch.split(v, sizes) for v in val]
+            for i in range(len(sizes)):
+                parts[i][key] = [c[i] for c in chunks]
+        else:
+            for i, c in enumerate(torch.split(val, sizes)):
+                parts[i][key] = c
+    return parts
+
+
+def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: str,
+                targets: dict, clip_ids: torch.Tensor | None, hm_codec: HeatmapCodec,
+                ctr_codec: CentroidCodec, fusion_mu: float, structure_descriptor: str
+                ) -> dict[str, torch.Tensor]:
+    """Unweighted loss terms of one model.
+
+    Args:
+        out_l: model outputs on the labeled faces (B).
+        out_n: outputs on clip frames t+1 (N = clips * (T-1)), or None without clips.
+        out_w: outputs on warp(frame t -> t+1) (N), or None; used only as detached targets.
+        role: "teacher" (single-source consistency) or "student" (multi-source).
+        targets: heatmap/centroid targets of the labeled faces (see ``make_targets``).
+    """
+    k = hm_codec.num_points
+    terms = {
+        "heatmap": heatmap_loss(out_l["heatmaps"], targets["heatmaps"], targets["mask"]),
+        "centroid": centroid_focal_loss(out_l["center"], targets["center"], targets["valid"]),
+        "offset": offset_loss(out_l["offsets"], targets["center_index"], targets["offsets"],
+                              targets["offset_mask"]),
+    }
+    zero = terms["heatmap"].new_zeros(())
+    if out_n is None or out_w is None:
+        terms["structure"] = zero
+        terms["consistency"] = zero
+        return terms
+    # Structure invariance per clip, at each frame's predicted centroid cell (no GT on clips).
+    centre_idx = out_n["center"].detach().flatten(1).argmax(1)
+    terms["structure"] = structure_loss(gather_at(out_n["offsets"], centre_idx), clip_ids, None,
+                                        descriptor=structure_descriptor)
+    if role == "teacher":
+        # Single source: heatmaps on frame t+1 vs own heatmaps on frame t warped into t+1.
+        terms["consistency"] = teacher_consistency(out_n["heatmaps"],
+                                                   out_w["heatmaps"][-1].detach())
+    else:
+        with torch.no_grad():
+            hm_xy, _ = hm_codec.decode(out_w["heatmaps"][-1][:, :k].detach())
+            cands, _ = ctr_codec.decode(out_w["center"].detach(), out_w["offsets"].detach())
+            target = student_pseudo_target(hm_xy, cands, fusion_mu)
+        pred_xy, _ = hm_codec.decode(out_n["heatmaps"][-1][:, :k])
+        terms["consistency"] = student_consistency(pred_xy, target, hm_codec.stride)
+    return terms
+
+
+def make_targets(batch: dict, hm_codec: HeatmapCodec, ctr_codec: CentroidCodec) -> dict:
+    """Heatmap and centroid/offset targets of a labeled batch (computed on the batch's device)."""
+    lm, vis, lab = batch["landmarks"], batch["visible"], batch["labeled"]
+    vis = vis * lab.to(vis.dtype)[:, None]
+    heatmaps, mask = hm_codec.encode(lm, vis)
+    ctr = ctr_codec.encode(lm, vis, lab)
+    return {"heatmaps": heatmaps, "mask": mask, **ctr}
+
+
+def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | None,
+              hm_codec: HeatmapCodec, ctr_codec: CentroidCodec, weights: LossWeights,
+              ramp: float, lr: float, fusion_mu: float, structure_descriptor: str = "pairs",
+              train_teacher: bool = True) -> dict[str, float]:
+    """Run one optimizer step of student and teacher; return logged scalars.
+
+    Args:
+        labeled: collated labeled items (CONTRACTS.md), tensors on the model device.
+        clips: collated clip items or None (supervised-only step).
+        ramp: the consistency ramp value for this step (losses.consistency.ramp_weight).
+        train_teacher: False freezes the teacher's optimizer (plain mean-teacher ablation).
+    """
+    images = labeled["image"]
+    b = images.shape[0]
+    targets = make_targets(labeled, hm_codec, ctr_codec)
+    clip_ids = None
+    if clips is not None:
+        frames, warped = clips["frames"], clips["warped"]
+        c, t = frames.shape[:2]
+        nxt = frames[:, 1:].reshape(c * (t - 1), *frames.shape[2:])
+        wrp = warped.reshape(c * (t - 1), *warped.shape[2:])
+        clip_ids = torch.arange(c, device=images.device).repeat_interleave(t - 1)
+        inputs = torch.cat([images, nxt, wrp])
+        sizes = [b, nxt.shape[0], wrp.shape[0]]
+    else:
+        inputs = images
+        sizes = [b]
+
+    logs: dict[str, float] = {}
+    for role, engine in (("teacher", teacher), ("student", student)):
+        if role == "teacher" and not train_teacher:
+            continue
+        out = engine.module(inputs)
+        parts = _split(out, sizes)
+        terms = model_terms(parts[0], parts[1] if clips is not None else None,
+                            parts[2] if clips is not None else None, role=role, targets=targets,
+                            clip_ids=clip_ids, hm_codec=hm_codec, ctr_codec=ctr_codec,
+                            fusion_mu=fusion_mu, structure_descriptor=structure_descriptor)
+        loss = total_loss(terms, weights, ramp)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{role} loss is not finite: "
+                                     f"{ {k: float(v) for k, v in terms.items()} }")
+        engine.backward(loss)
+        logs[f"{role}/grad_norm"] = engine.step(lr)
+        logs[f"{role}/loss"] = float(loss.detach())
+        for name, v in terms.items():
+            logs[f"{role}/{name}"] = float(v.detach())
+    return logs
