@@ -1,0 +1,56 @@
+"""ONNX Runtime engine: CUDA execution provider when onnxruntime-gpu provides it, else CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tsal_runtime.engines import check_crops
+from tsal_runtime.errors import EngineError
+from tsal_runtime.spec import ModelSpec
+
+
+class OrtEngine:
+    """Runs model.onnx with onnxruntime.
+
+    Args:
+        spec: the model spec.
+        device: "auto" (CUDA EP if present), "cpu" or "cuda".
+        threads: intra-op threads (0 = onnxruntime's default).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EngineError("engine 'onnxruntime' needs: pip install onnxruntime "
+                              "(or onnxruntime-gpu)") from None
+        avail = ort.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in avail:
+            raise EngineError("onnxruntime has no CUDAExecutionProvider here "
+                              "(install onnxruntime-gpu)")
+        use_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in avail
+        providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self._sess = ort.InferenceSession(str(spec.onnx_path), sess_options=opts,
+                                              providers=providers)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise EngineError(f"{spec.onnx_path}: onnxruntime cannot load it "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        self.device = "cuda" if "CUDAExecutionProvider" in self._sess.get_providers() else "cpu"
+        self.spec = spec
+        self._outs = list(spec.output_names)
+
+    def run(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        crops = check_crops(crops, self.spec)
+        k = self.spec.num_landmarks
+        if len(crops) == 0:
+            return np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32)
+        lm, sc = self._sess.run(self._outs, {self.spec.input_name: crops})
+        return np.asarray(lm, np.float32), np.asarray(sc, np.float32)

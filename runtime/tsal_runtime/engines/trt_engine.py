@@ -1,0 +1,259 @@
+"""TensorRT engine (imported lazily; NOT verified here -- TensorRT cannot be installed on our
+machines, see ENVIRONMENT.md; its tests skip with the reason where ``tensorrt`` does not import).
+
+- Builds a serialized engine from model.onnx with one optimisation profile for the batch range
+  [1, max_batch] (opt = ``opt_batch``) in FP32 or FP16, and caches it on disk under
+  ``cache_dir/<key>.engine`` where key = sha256 of (onnx sha256, TensorRT version, CUDA version,
+  GPU name, compute capability, precision, profile shapes). A timing cache sits next to it.
+- TensorRT 10: FP16 through ``BuilderFlag.FP16``. TensorRT 11 removed weak typing (no FP16 flag):
+  FP16 goes through ModelOpt AutoCast (``modelopt.onnx.autocast.convert_to_mixed_precision``,
+  fp16 with fp32 I/O kept) and a strongly typed build; without ModelOpt it builds FP32 and says so.
+- Name-based I/O (``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``); device
+  buffers are torch CUDA tensors when torch has CUDA, else cuda-bindings allocations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tsal_runtime.engines import check_crops
+from tsal_runtime.errors import EngineError
+from tsal_runtime.spec import ModelSpec, sha256_file
+
+log = logging.getLogger("tsal_runtime")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TSAL_RUNTIME_CACHE", "~/.cache/tsal_runtime")).expanduser() / "trt"
+
+
+def engine_cache_key(onnx_sha256: str, trt_version: str, cuda_version: str, gpu_name: str,
+                     compute_capability: tuple[int, int], precision: str,
+                     profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]) -> str:
+    """Stable cache key of one built engine (pure function; 24 hex chars).
+
+    Every input that makes a serialized engine non-portable is part of the key (PEERS.md E.4).
+    """
+    blob = json.dumps({"onnx": onnx_sha256, "trt": trt_version, "cuda": cuda_version,
+                       "gpu": gpu_name, "cc": list(compute_capability), "precision": precision,
+                       "profile": [list(p) for p in profile]}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def trt_major(version: str) -> int:
+    """Major version number from ``trt.__version__`` ("10.13.0.35" -> 10)."""
+    return int(version.split(".")[0])
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class TensorRTEngine:
+    """Args:
+        spec: model spec.
+        precision: "fp16" or "fp32".
+        max_batch / opt_batch: optimisation profile (min batch is 1).
+        cache_dir: engine cache folder (default ``$TSAL_RUNTIME_CACHE/trt`` or ~/.cache/...).
+    """
+
+    name = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, spec: ModelSpec, precision: str = "fp16", max_batch: int = 64,
+                 opt_batch: int = 4, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        try:
+            import tensorrt as trt
+        except Exception as e:  # noqa: BLE001 - a broken install raises OSError/ImportError
+            raise EngineError(f"engine 'tensorrt' unavailable: tensorrt does not import "
+                              f"({type(e).__name__}: {str(e)[:100]})") from None
+        if precision not in ("fp16", "fp32"):
+            raise EngineError(f"precision must be fp16 or fp32, got {precision!r}")
+        self._trt, self.spec = trt, spec
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._torch = self._torch_cuda()
+        gpu_name, cc, cuda_ver = self._gpu_info()
+        s = spec.input_size
+        profile = ((1, s, s, 3), (min(opt_batch, max_batch), s, s, 3), (max_batch, s, s, 3))
+        self.max_batch = max_batch
+        self.precision = precision
+        if precision == "fp16" and trt_major(trt.__version__) >= 11 and not self._has_autocast():
+            log.warning("TensorRT %s has no FP16 builder flag and ModelOpt AutoCast is not "
+                        "installed (pip install nvidia-modelopt[onnx]): building FP32",
+                        trt.__version__)
+            self.precision = "fp32"
+        key = engine_cache_key(sha256_file(spec.onnx_path), trt.__version__, cuda_ver, gpu_name,
+                               cc, self.precision, profile)
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.engine_path = cache / f"{key}.engine"
+        if self.engine_path.is_file():
+            log.info("TensorRT engine from cache %s", self.engine_path)
+            data = self.engine_path.read_bytes()
+        else:
+            log.info("building TensorRT %s engine (%s), cached at %s", self.precision,
+                     trt.__version__, self.engine_path)
+            data = self._build(profile, cache / "timing.cache")
+            _atomic_write(self.engine_path, data)
+        runtime = trt.Runtime(self._logger)
+        self._engine = runtime.deserialize_cuda_engine(data)
+        if self._engine is None:
+            raise EngineError(f"{self.engine_path}: TensorRT cannot deserialize the engine")
+        self._ctx = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        self._inputs = [n for n in names
+                        if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._outputs = [n for n in names
+                         if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if self._inputs != [spec.input_name]:
+            raise EngineError(f"engine inputs {self._inputs} != [{spec.input_name!r}]")
+
+    # -- environment -----------------------------------------------------------------------
+    @staticmethod
+    def _torch_cuda() -> Any:
+        try:
+            import torch
+        except ImportError:
+            return None
+        return torch if torch.cuda.is_available() else None
+
+    def _gpu_info(self) -> tuple[str, tuple[int, int], str]:
+        if self._torch is not None:
+            t = self._torch
+            return (t.cuda.get_device_name(0), tuple(t.cuda.get_device_capability(0)),
+                    str(t.version.cuda))
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            raise EngineError("engine 'tensorrt' needs device buffers: torch with CUDA or "
+                              "cuda-bindings (pip install cuda-bindings)") from None
+        err, prop = cudart.cudaGetDeviceProperties(0)
+        if int(err) != 0:
+            raise EngineError(f"no CUDA device ({err})")
+        _, ver = cudart.cudaRuntimeGetVersion()
+        name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
+        return name.strip("\x00"), (prop.major, prop.minor), str(ver)
+
+    @staticmethod
+    def _has_autocast() -> bool:
+        try:
+            from modelopt.onnx.autocast import convert_to_mixed_precision  # noqa: F401
+        except Exception:  # noqa: BLE001
+            return False
+        return True
+
+    # -- build -----------------------------------------------------------------------------
+    def _onnx_bytes(self) -> bytes:
+        trt = self._trt
+        if self.precision == "fp16" and trt_major(trt.__version__) >= 11:
+            import onnx
+            from modelopt.onnx.autocast import convert_to_mixed_precision
+
+            model = convert_to_mixed_precision(onnx_path=str(self.spec.onnx_path),
+                                               low_precision_type="fp16", keep_io_types=True)
+            return onnx.ModelProto.SerializeToString(model)
+        return self.spec.onnx_path.read_bytes()
+
+    def _build(self, profile: tuple[tuple[int, ...], ...], timing_path: Path) -> bytes:
+        trt = self._trt
+        builder = trt.Builder(self._logger)
+        flags = 0
+        strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        if trt_major(trt.__version__) >= 11 and strongly is not None:
+            flags |= 1 << int(strongly)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, self._logger)
+        if not parser.parse(self._onnx_bytes()):
+            errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EngineError(f"{self.spec.onnx_path}: TensorRT ONNX parser failed: {errs[:300]}")
+        config = builder.create_builder_config()
+        if self.precision == "fp16" and trt_major(trt.__version__) < 11:
+            config.set_flag(trt.BuilderFlag.FP16)
+        prof = builder.create_optimization_profile()
+        prof.set_shape(self.spec.input_name, *profile)
+        config.add_optimization_profile(prof)
+        cache_bytes = timing_path.read_bytes() if timing_path.is_file() else b""
+        timing = config.create_timing_cache(cache_bytes)
+        config.set_timing_cache(timing, ignore_mismatch=False)
+        data = builder.build_serialized_network(network, config)
+        if data is None:
+            raise EngineError(f"{self.spec.onnx_path}: TensorRT engine build failed")
+        _atomic_write(timing_path, bytes(config.get_timing_cache().serialize()))
+        return bytes(data)
+
+    # -- run -------------------------------------------------------------------------------
+    def run(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        crops = check_crops(crops, self.spec)
+        n, k = len(crops), self.spec.num_landmarks
+        if n == 0:
+            return np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32)
+        if n > self.max_batch:  # outside the profile: split
+            parts = [self.run(crops[i:i + self.max_batch]) for i in range(0, n, self.max_batch)]
+            return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        self._ctx.set_input_shape(self.spec.input_name, crops.shape)
+        if self._torch is not None:
+            return self._run_torch(crops)
+        return self._run_cudart(crops)
+
+    def _run_torch(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        inp = torch.from_numpy(crops).cuda(non_blocking=True)
+        self._ctx.set_tensor_address(self.spec.input_name, inp.data_ptr())
+        outs = {}
+        for name in self._outputs:
+            shape = tuple(self._ctx.get_tensor_shape(name))
+            outs[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
+            self._ctx.set_tensor_address(name, outs[name].data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self._ctx.execute_async_v3(stream.cuda_stream):
+            raise EngineError("TensorRT execute_async_v3 failed")
+        stream.synchronize()
+        lm, sc = self.spec.output_names
+        return outs[lm].cpu().numpy(), outs[sc].cpu().numpy()
+
+    def _run_cudart(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from cuda.bindings import runtime as cudart
+
+        h2d, d2h = (cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                    cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        ptrs: list[int] = []
+        try:
+            _, dinp = cudart.cudaMalloc(crops.nbytes)
+            ptrs.append(dinp)
+            cudart.cudaMemcpy(dinp, crops.ctypes.data, crops.nbytes, h2d)
+            self._ctx.set_tensor_address(self.spec.input_name, int(dinp))
+            host = {}
+            for name in self._outputs:
+                arr = np.empty(tuple(self._ctx.get_tensor_shape(name)), dtype=np.float32)
+                _, d = cudart.cudaMalloc(arr.nbytes)
+                ptrs.append(d)
+                host[name] = (arr, d)
+                self._ctx.set_tensor_address(name, int(d))
+            _, stream = cudart.cudaStreamCreate()
+            if not self._ctx.execute_async_v3(int(stream)):
+                raise EngineError("TensorRT execute_async_v3 failed")
+            cudart.cudaStreamSynchronize(stream)
+            cudart.cudaStreamDestroy(stream)
+            for arr, d in host.values():
+                cudart.cudaMemcpy(arr.ctypes.data, d, arr.nbytes, d2h)
+        finally:
+            for p in ptrs:
+                cudart.cudaFree(p)
+        lm, sc = self.spec.output_names
+        return host[lm][0], host[sc][0]
