@@ -206,7 +206,10 @@ def state_nbytes(state: Mapping[str, ArrayLike]) -> int:
     """Total bytes of a state's arrays."""
     total = 0
     for value in state.values():
-        total += value.nbytes if isinstance(value, np.ndarray) else value.numel() * value.element_size()
+        if isinstance(value, np.ndarray):
+            total += value.nbytes
+        else:
+            total += value.numel() * value.element_size()
     return total
 
 

@@ -98,6 +98,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="even K"):
         structure_loss(torch.zeros(2, 6), torch.tensor([0, 0]), descriptor="pairs")
     with pytest.raises(ValueError, match="descriptor"):
-        structure_loss(torch.zeros(2, 4), torch.tensor([0, 0]), descriptor="other")  # type: ignore[arg-type]
+        structure_loss(torch.zeros(2, 4), torch.tensor([0, 0]),
+                       descriptor="other")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="clip_ids"):
         structure_loss(torch.zeros(2, 4), torch.tensor([0, 0, 0]))
