@@ -398,41 +398,34 @@ def from_dict(cls: type, d: Mapping[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix or '<root>'}: {e}") from e
 
 
-def _set_path(cfg: Any, parts: list[str], value: Any, full: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cfg)}
+def _set_path(d: dict[str, Any], parts: list[str], value: Any, full: str) -> None:
     head = parts[0]
-    if head not in names:
-        raise ConfigError(f"{full}: unknown config key {head!r} (known: {sorted(names)})")
-    tp = _hints(type(cfg))[head]
     if len(parts) == 1:
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{full}: is a section; give a mapping or a dotted key")
-            new = getattr(cfg, head)
+        if isinstance(d.get(head), dict) and isinstance(value, Mapping):
             for k, v in value.items():
-                new = _set_path(new, [k], v, f"{full}.{k}")
-            return dataclasses.replace(cfg, **{head: new})
-        return dataclasses.replace(cfg, **{head: _coerce(value, tp, full)})
-    if not dataclasses.is_dataclass(tp):
+                _set_path(d[head], [k], v, f"{full}.{k}")
+        else:
+            d[head] = value
+        return
+    if head not in d:
+        raise ConfigError(f"{full}: unknown config key {head!r} (known: {sorted(d)})")
+    if not isinstance(d[head], dict):
         raise ConfigError(f"{full}: {head!r} is not a section")
-    return dataclasses.replace(cfg, **{head: _set_path(getattr(cfg, head), parts[1:], value, full)})
+    _set_path(d[head], parts[1:], value, full)
 
 
 def with_overrides(cfg: Any, overrides: Mapping[str, Any]) -> Any:
     """Return ``cfg`` with dotted-key overrides applied, e.g. ``{"teacher.ema_decay": 0.995}``.
 
     Values may be typed or strings (parsed by the field's annotation). Unknown paths, wrong types and
-    out-of-range values raise ConfigError naming the key. Cross-section checks run at the end.
+    out-of-range values raise ConfigError naming the key. All overrides are applied before any
+    check runs, so dependent fields (``data.num_points`` with ``model.centroid_index``) can change
+    together.
     """
+    d = to_dict(cfg)
     for key, value in overrides.items():
-        try:
-            cfg = _set_path(cfg, key.split("."), value, key)
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{key}: {e}") from e
-    # re-run the top-level cross-section checks on the final object
-    return dataclasses.replace(cfg)
+        _set_path(d, key.split("."), value, key)
+    return from_dict(type(cfg), d)
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

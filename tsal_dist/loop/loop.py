@@ -215,7 +215,8 @@ def _np_state(sd: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None = None,
         teacher_client: TeacherClient | None = None, reporter: Reporter = no_report,
         resume: Path | str | None = "auto", stop_after: int | None = None,
-        progress: bool = True, final_eval: bool = True) -> dict[str, Any]:
+        progress: bool = True, final_eval: bool = True,
+        on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train student and teacher TSAL-style; return a summary dict (rank 0's is complete).
 
     Args:
@@ -224,6 +225,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         resume: "auto" = newest checkpoint in run_dir/checkpoints (if any), a path, or None.
         stop_after: stop (without final eval) after this many steps of THIS call — used by tests
             to simulate an interrupted job; the checkpoint at that step is written first.
+        on_step: called with the number of finished steps after each step's checkpoint/report.
     """
     ctx = ctx or WorkerContext()
     run_dir = Path(run_dir)
@@ -390,6 +392,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
             if val is not None:
                 report["val_nme"] = val
             reporter(report, path)
+        if on_step is not None:
+            on_step(done)
     if bar is not None:
         bar.close()
 
