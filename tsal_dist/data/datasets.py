@@ -137,7 +137,8 @@ class _FaceCrops(Dataset):
         """(points (K, 2) image px, visible (K,), labeled) of entry i; cached, errors too."""
         e = self.entries[i]
         if e.annotation is None:
-            return np.zeros((self.num_points, 2), np.float32), np.zeros(self.num_points, np.float32), False
+            K = self.num_points
+            return np.zeros((K, 2), np.float32), np.zeros(K, np.float32), False
         got = self._ann.get(i)
         if got is None:
             try:
@@ -370,10 +371,10 @@ class ClipDataset(_FaceCrops):
     def _frames(self, idx: list[int]) -> list[np.ndarray]:
         refs = [self.entries[i].image for i in idx]
         vids = [split_video_ref(r) for r in refs]
-        if all(v is not None for v in vids) and len({v[0] for v in vids}) == 1:  # type: ignore[index]
+        if all(v is not None for v in vids) and len({v[0] for v in vids if v}) == 1:
             path = vids[0][0]  # type: ignore[index]
-            try:
-                return self.videos.read_frames(path, [v[1] for v in vids])  # type: ignore[index]
+            try:  # one batched decord read for the whole clip
+                return self.videos.read_frames(path, [v[1] for v in vids if v])
             except AnnotationError as err:
                 raise _ItemProblem("video", path, err) from None
         return [self._read(r) for r in refs]

@@ -76,7 +76,8 @@ def warp_with_flow(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
                      borderMode=cv2.BORDER_REPLICATE)
 
 
-def warp_to_next(frames: np.ndarray, method: FlowMethod = "dis", preset: str = "medium") -> np.ndarray:
+def warp_to_next(frames: np.ndarray, method: FlowMethod = "dis",
+                 preset: str = "medium") -> np.ndarray:
     """Tracking source of a clip: each frame registered onto its successor.
 
     ``warped[t]`` = frame t resampled into frame t+1's geometry, using the flow computed from

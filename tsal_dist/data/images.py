@@ -116,6 +116,14 @@ class VideoCache:
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # open readers and the lock cannot be pickled (spawned DataLoader workers, Ray): the
+        # copy starts with no open readers and reopens on demand
+        return {"max_open": self.max_open, "backend": self.backend}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_open"], state["backend"])  # type: ignore[misc]
+
     def _reader(self, path: str) -> _Cv2Video | _DecordVideo:
         if os.getpid() != self._pid:  # forked: the parent's readers are not ours to use
             self._readers = OrderedDict()

@@ -141,7 +141,8 @@ def _area_downscale_roi(img: np.ndarray, M: np.ndarray, size: int, k: int,
     """Cut the crop's footprint (plus a margin) out of img, shrink it k x with INTER_AREA and
     return it with the affine adjusted to the shrunk ROI's pixel grid."""
     H, W = img.shape[:2]
-    corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
+    e = size - 0.5
+    corners = np.array([[-0.5, -0.5], [e, -0.5], [-0.5, e], [e, e]])
     foot = apply_affine_points(invert_affine(M), corners)
     x0 = max(int(math.floor(foot[:, 0].min())) - 2 * k, 0)
     y0 = max(int(math.floor(foot[:, 1].min())) - 2 * k, 0)

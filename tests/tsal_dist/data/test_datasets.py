@@ -405,3 +405,14 @@ def test_sampler_resume_and_dataloader(images):
     assert len(batches) == 2 and batches[0]["image"].shape == (2, 3, S, S)
     (i0, s0), _ = full[0]
     assert torch.equal(batches[0]["image"][0], ds.get(i0, s0)["image"])
+
+
+def test_datasets_pickle_with_open_video_readers(tmp_path):
+    import pickle
+
+    ds = _clips(_video_entries(tmp_path, n=8))
+    a = ds.get(1, 2)  # opens a decord/cv2 reader
+    clone = pickle.loads(pickle.dumps(ds))
+    b = clone.get(1, 2)
+    for k in a:
+        assert torch.equal(a[k], b[k])

@@ -170,7 +170,8 @@ def test_points_outside_crop_become_invisible_and_zero():
     np.testing.assert_array_equal(vis, [1, 0, 0, 0, 0])  # 0.4 -> -0.096 is outside [0, S)
     np.testing.assert_array_equal(lm[1:], 0.0)
     assert lm.dtype == np.float32 and vis.dtype == np.float32
-    np.testing.assert_array_equal(visible_in_crop(np.array([[0.0, 0.0], [99.99, 0], [100, 5]]), 100),
+    edge = np.array([[0.0, 0.0], [99.99, 0], [100, 5]])
+    np.testing.assert_array_equal(visible_in_crop(edge, 100),
                                   [True, True, False])
 
 
