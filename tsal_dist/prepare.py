@@ -71,22 +71,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out).expanduser()
     if args.dataset == "synthetic":
-        for flag in ("images", "test_images", "frames"):
-            if getattr(args, flag) <= 0:
-                print(f"error: --{flag.replace('_', '-')} must be > 0", file=sys.stderr)
-                return 2
-        for flag in ("videos", "test_videos"):
-            if getattr(args, flag) < 0:
-                print(f"error: --{flag.replace('_', '-')} must be >= 0", file=sys.stderr)
-                return 2
-        from tsal_dist.data.synthetic import generate_dataset  # heavy; only this branch needs it
-
-        result = generate_dataset(out, images=args.images, test_images=args.test_images,
-                                  videos=args.videos, test_videos=args.test_videos,
-                                  frames=args.frames, seed=args.seed)
-        print(f"synthetic dataset written to {out}")
-        if result is not None:
-            print(result)
+        try:  # heavy, and only this branch needs it
+            from tsal_dist.data.synthetic import generate_dataset
+        except ImportError as e:
+            print(f"error: cannot import the synthetic generator: {e}", file=sys.stderr)
+            return 2
+        try:
+            result = generate_dataset(out, images=args.images, test_images=args.test_images,
+                                      videos=args.videos, test_videos=args.test_videos,
+                                      frames=args.frames, seed=args.seed)
+        except ValueError as e:  # a size out of range; the message names it
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        where = Path(result) if isinstance(result, (str, Path)) else out
+        print(f"synthetic dataset written to {where}")
+        lists = sorted(p.name for p in (where / "lists").glob("*")) if (where / "lists").is_dir() \
+            else []
+        if lists:
+            print(f"list files in {where / 'lists'}: {' '.join(lists)}")
         return 0
 
     root = Path(args.root).expanduser()
@@ -102,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}{hint}", file=sys.stderr)
         return 2
     except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. the output folder is not writable
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"prepare {args.dataset}: {root} -> {out}")
