@@ -1,0 +1,174 @@
+"""``python -m tsal_dist.eval``: score a checkpoint's teacher (or student) on SBR list files.
+
+Example::
+
+    python -m tsal_dist.eval --checkpoint runs/x/checkpoints/ckpt-00001200.pt \\
+        --list data/300W/300W.test-common.lst --list data/300VW/300VW.test-3.lst \\
+        --json runs/x/eval.json --plot runs/x/ced.png
+
+Prints one row per list (NMEs in %), optionally writes a JSON file (fractions, per list, with
+per-video breakdowns for video lists) and a CED plot. Exit status: 0 ok, 2 bad input (checkpoint,
+list, config override, device), with a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class UsageError(Exception):
+    """A user input problem; main() prints it on one line and exits with status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m tsal_dist.eval",
+                                 description="Evaluate a tsal_dist checkpoint on SBR list files.")
+    ap.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) written by training")
+    ap.add_argument("--list", dest="lists", action="append", default=[], metavar="FILE",
+                    help="SBR list file (repeatable); default: the config's data.eval_lists")
+    ap.add_argument("--json", metavar="OUT", help="write the per-list results here (JSON)")
+    ap.add_argument("--which", choices=("teacher", "student"), default="teacher",
+                    help="which network of the checkpoint to evaluate (default: teacher)")
+    ap.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    ap.add_argument("--plot", metavar="CED.png", help="write a CED plot (primary NME) here")
+    ap.add_argument("--batch-size", type=int, default=32, help="crops per forward pass")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set model.decode_window=20 (repeatable)")
+    return ap
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load(weights_only=True) with errors that name the file."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: checkpoint not found")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file for the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UsageError(f"{p}: not a readable checkpoint ({type(e).__name__}: {msg})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict):
+        raise UsageError(f"{p}: not a tsal_dist checkpoint (no 'config' mapping)")
+    return ckpt
+
+
+def resolve_lists(lists: Sequence[str], eval_lists: Sequence[str], root: str) -> list[str]:
+    """--list files as given, else the config's eval lists resolved against data.root."""
+    if lists:
+        return list(lists)
+    if not eval_lists:
+        raise UsageError("no --list given and the checkpoint's config has no data.eval_lists")
+    base = Path(root).expanduser() if root else Path(".")
+    return [str(base / p) for p in eval_lists]
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """Fixed-width table, NMEs / AUC / FR in %."""
+    head = f"{'list':<32} {'count':>7} {'NME':>7} {'NME-IP':>7} {'AUC@.08':>8} {'FR@.08':>7} {'degen':>6}"
+    rows = [head, "-" * len(head)]
+    for name, s in results.items():
+        rows.append(f"{name[-32:]:<32} {s['count']:>7d} {_pct(s.get('nme')):>7} "
+                    f"{_pct(s.get('nme_inter_pupil')):>7} {_pct(s.get('auc@0.08')):>8} "
+                    f"{_pct(s.get('fr@0.08')):>7} {s['n_degenerate']:>6d}")
+    return "\n".join(rows)
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * x:.2f}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> None:
+    """Strict JSON (no NaN/Infinity), temp file in the same folder + os.replace."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Do the evaluation; raises UsageError for bad input. Returns the JSON document."""
+    import torch
+
+    from tsal_dist.config import ConfigError, ExperimentConfig, parse_set_args, with_overrides
+    from tsal_dist.data.formats import AnnotationError
+    from tsal_dist.eval.plots import plot_ced
+    from tsal_dist.eval.run import evaluate_list, list_names
+    from tsal_dist.models import build_model
+
+    ckpt = load_checkpoint(args.checkpoint)
+    try:
+        cfg = ExperimentConfig.from_dict(ckpt["config"])
+        cfg = with_overrides(cfg, parse_set_args(args.overrides))
+    except ConfigError as e:
+        raise UsageError(f"{args.checkpoint}: config: {e}") from None
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+    if cfg.train.torch_threads > 0:
+        torch.set_num_threads(cfg.train.torch_threads)
+    state = ckpt.get(args.which)
+    if not isinstance(state, dict):
+        raise UsageError(f"{args.checkpoint}: has no '{args.which}' state dict")
+    model = build_model(cfg.model, cfg.data.num_points)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UsageError(f"{args.checkpoint}: '{args.which}' weights do not fit the configured "
+                         f"model: {first}") from None
+    lists = resolve_lists(args.lists, cfg.data.eval_lists, cfg.data.root)
+    results = []
+    for name, path in zip(list_names(lists), lists):
+        try:
+            results.append(evaluate_list(
+                model, path, input_size=cfg.model.input_size,
+                pre_crop_expand=cfg.data.pre_crop_expand, num_points=cfg.data.num_points,
+                sigma_px=cfg.model.heatmap_sigma_px, window=cfg.model.decode_window,
+                batch_size=args.batch_size, device=args.device, strict=cfg.data.strict, name=name))
+        except (AnnotationError, FileNotFoundError) as e:
+            raise UsageError(str(e)) from None
+    summaries = {r.name: r.summary for r in results}
+    print(format_table(summaries))
+    doc = {"checkpoint": str(args.checkpoint), "step": int(ckpt.get("step", -1)),
+           "which": args.which, "config_hash": cfg.hash(), "units": "fractions (x100 for %)",
+           "lists": summaries}
+    if args.json:
+        write_json_atomic(doc, args.json)
+    if args.plot:
+        primary = results[0].summary["norm"] if results else "inter_ocular"
+        plot_ced({r.name: r.primary_nmes for r in results}, args.plot,
+                 title=f"CED: {args.which} @ step {doc['step']}",
+                 xlabel=f"NME ({primary.replace('_', '-')})")
+    return doc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

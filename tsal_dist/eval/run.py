@@ -1,0 +1,284 @@
+"""Run a landmark detector over eval lists and score it (NME / AUC / FR per list, per video).
+
+What belongs here: batching eval items through a ``LandmarkDetector``, decoding the last stage,
+mapping predictions back to IMAGE pixels (the frame the ground truth lives in) and aggregating.
+What does not: the metric math (``metrics.py``), plots (``plots.py``), checkpoint loading and the
+CLI (``__main__.py``), reading images / making crops (``tsal_dist.data.datasets``).
+
+Protocol (METHOD.md section 3, DESIGN.md):
+
+* Errors are measured in the original image frame, against the annotation as written.
+* 68 points: the headline is inter-ocular NME (corners 36/45); inter-pupil is reported beside it.
+  19 points (AFLW): face_size from the list. 98 points (WFLW): corners 60/72.
+* A list file is one category. For 300VW-style lists (image = ``video.avi#frame``) the category's
+  numbers aggregate over ALL of its frames (never an average of per-video NMEs, which lets one
+  degenerate video dominate); the per-video breakdown is kept under ``"videos"``.
+* Entries without an annotation (``None``) cannot be scored and are counted as skipped, not
+  fed to the metrics (the SBR/TSAL ``compute_mse`` defect). Degenerate images (tiny or undefined
+  normaliser) are NaN per image and counted in ``n_degenerate``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tsal_dist.data.formats import ListEntry, read_list, split_video_ref
+from tsal_dist.eval.metrics import default_norm_points, nme_by_norm, summarize
+
+Decode = Callable[[Tensor], "tuple[Tensor, Tensor]"]
+
+
+def invert_affine_2x3(M: np.ndarray) -> np.ndarray:
+    """Inverse of a batch of (..., 2, 3) affines (image->crop becomes crop->image); float64.
+
+    Raises:
+        ValueError: a matrix is singular.
+    """
+    M = np.asarray(M, np.float64)
+    A, t = M[..., :2], M[..., 2]
+    det = np.linalg.det(A)
+    if np.any(np.abs(det) < 1e-12):
+        raise ValueError("affine matrix is singular and cannot be inverted")
+    Ai = np.linalg.inv(A)
+    return np.concatenate([Ai, -(Ai @ t[..., None])], axis=-1)
+
+
+def apply_affine(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Map (N, K, 2) points through (N, 2, 3) affines: ``p' = A p + t``; float64."""
+    M = np.asarray(M, np.float64)
+    p = np.asarray(pts, np.float64)
+    return np.einsum("nij,nkj->nki", M[..., :2], p) + M[:, None, :, 2]
+
+
+def heatmap_decoder(model: torch.nn.Module, *, sigma_px: float, window: int) -> Decode:
+    """``HeatmapCodec(...).decode`` for the model's geometry (input_size, stride, num_points)."""
+    from tsal_dist.codec import HeatmapCodec
+
+    codec = HeatmapCodec(input_size=int(model.input_size), stride=int(model.stride),
+                         num_points=int(model.num_points), sigma_px=sigma_px, window=window)
+    return codec.decode
+
+
+def _get_item(dataset: Any, i: int) -> Mapping[str, Any]:
+    # Datasets of CONTRACTS.md expose get(index, seed); eval items are deterministic (seed unused).
+    if hasattr(dataset, "get"):
+        return dataset.get(i, 0)
+    return dataset[i]
+
+
+def _np(x: Any, dtype: Any = np.float64) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, device: str = "cpu",
+            decode: Decode | None = None, sigma_px: float = 3.0, window: int = 4) -> dict[str, np.ndarray]:
+    """Predict landmarks for every item of an eval dataset, in IMAGE pixels.
+
+    Each item is a dict with ``image`` uint8 (3, S, S), ``affine`` (2, 3) image->crop,
+    ``orig_landmarks`` (K, 2) and ``orig_visible`` (K,) in the image frame, ``face_size`` ()
+    (NaN or absent when unknown) and optionally ``index`` () (position in the dataset's entries).
+    A dataset that answers a bad item with the next good one (non-strict ``EvalImageDataset``) is
+    handled: an item whose ``index`` was already seen is dropped, so every entry counts once.
+
+    Args:
+        model: a ``LandmarkDetector``: ``forward(uint8 (B, 3, S, S))`` -> ``{"heatmaps": [...]}``,
+            one (B, K + 1, h, w) map per stage; the LAST stage is decoded. It is moved to
+            ``device`` and run in eval mode (its training flag is restored afterwards).
+        dataset: ``len()`` plus ``get(i, seed)`` or ``[i]``.
+        batch_size: items per forward pass.
+        device: torch device string.
+        decode: (B, K, h, w) maps -> (coords (B, K, 2) crop px, scores (B, K)); default
+            ``HeatmapCodec(model.input_size, model.stride, model.num_points, sigma_px, window)``.
+        sigma_px, window: codec arguments for the default decode.
+
+    Returns:
+        ``preds`` (N, K, 2) image px, ``gts`` (N, K, 2), ``visible`` (N, K), ``face_size`` (N,)
+        (NaN if unknown), ``scores`` (N, K), ``crop_preds`` (N, K, 2) crop px, ``indices`` (N,)
+        int64. All numpy, float64 for coordinates.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    k = int(model.num_points)
+    if decode is None:
+        decode = heatmap_decoder(model, sigma_px=sigma_px, window=window)
+    was_training = model.training
+    model.to(device).eval()
+    cols: dict[str, list[np.ndarray]] = {n: [] for n in ("preds", "gts", "visible", "face_size",
+                                                         "scores", "crop_preds", "indices")}
+    seen: set[int] = set()
+    try:
+        n = len(dataset)
+        for start in range(0, n, batch_size):
+            items, idxs = [], []
+            for i in range(start, min(n, start + batch_size)):
+                it = _get_item(dataset, i)
+                # a non-strict dataset answers a bad item with the next good one: score it once
+                idx = int(_np(it["index"], np.int64)) if "index" in it else i
+                if idx not in seen:
+                    seen.add(idx)
+                    items.append(it)
+                    idxs.append(idx)
+            if not items:
+                continue
+            images = torch.stack([torch.as_tensor(it["image"]) for it in items]).to(device)
+            out = model(images)
+            maps = out["heatmaps"]
+            last = maps[-1] if isinstance(maps, (list, tuple)) else maps
+            coords, scores = decode(last[:, :k])
+            crop = _np(coords)
+            affine = np.stack([_np(it["affine"]) for it in items])
+            cols["crop_preds"].append(crop)
+            cols["preds"].append(apply_affine(invert_affine_2x3(affine), crop))
+            cols["scores"].append(_np(scores))
+            cols["gts"].append(np.stack([_np(it["orig_landmarks"]) for it in items]))
+            cols["visible"].append(np.stack([_np(it["orig_visible"]) for it in items]))
+            cols["face_size"].append(np.array([
+                float(_np(it["face_size"])) if it.get("face_size") is not None else np.nan
+                for it in items]))
+            cols["indices"].append(np.array(idxs, np.int64))
+    finally:
+        model.train(was_training)
+    if not cols["preds"]:
+        return {"preds": np.zeros((0, k, 2)), "gts": np.zeros((0, k, 2)),
+                "visible": np.zeros((0, k)), "face_size": np.zeros(0), "scores": np.zeros((0, k)),
+                "crop_preds": np.zeros((0, k, 2)), "indices": np.zeros(0, np.int64)}
+    return {name: np.concatenate(v) for name, v in cols.items()}
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score_predictions(preds: np.ndarray, gts: np.ndarray, visible: np.ndarray,
+                      face_size: np.ndarray, num_points: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Per-image NMEs under every normaliser of the scheme, and their summary.
+
+    Returns:
+        (summary dict as :func:`tsal_dist.eval.metrics.summarize`, {norm: (N,) NMEs}).
+    """
+    nmes = nme_by_norm(preds, gts, num_points, visible=visible, face_size=face_size)
+    primary = default_norm_points(num_points).primary
+    return summarize(nmes[primary], nmes.get("inter_pupil"), primary_norm=primary), nmes
+
+
+@dataclass
+class EvalResult:
+    """Everything :func:`evaluate_list` computed for one list file.
+
+    ``summary`` is JSON-safe (fractions, not %); the arrays are aligned with ``entries``.
+    """
+
+    name: str
+    path: str
+    summary: dict[str, Any]
+    nmes: dict[str, np.ndarray]
+    preds: np.ndarray  # (N, K, 2) image px
+    gts: np.ndarray  # (N, K, 2) image px
+    visible: np.ndarray  # (N, K)
+    entries: list[ListEntry] = field(default_factory=list)
+
+    @property
+    def primary_nmes(self) -> np.ndarray:
+        """(N,) NMEs under the headline normaliser (the first of ``nmes``)."""
+        return next(iter(self.nmes.values()))
+
+
+def video_key(entry: ListEntry, list_dir: str | Path) -> str | None:
+    """Video a list entry's frame comes from, relative to the list's folder; None for images."""
+    ref = split_video_ref(entry.image)
+    if ref is None:
+        return None
+    return os.path.relpath(ref[0], list_dir)
+
+
+def per_video_summaries(entries: Sequence[ListEntry], nmes: Mapping[str, np.ndarray],
+                        list_dir: str | Path, primary_norm: str) -> dict[str, dict[str, Any]]:
+    """Summaries of each video's frames (for the breakdown only; categories aggregate frames)."""
+    keys = np.array([video_key(e, list_dir) or "" for e in entries], dtype=object)
+    out = {}
+    for key in dict.fromkeys(k for k in keys if k):
+        sel = keys == key
+        ip = nmes.get("inter_pupil")
+        out[key] = summarize(nmes[primary_norm][sel], None if ip is None else ip[sel],
+                             primary_norm=primary_norm)
+    return out
+
+
+def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: int,
+                  pre_crop_expand: float, num_points: int, sigma_px: float, window: int,
+                  batch_size: int = 32, device: str = "cpu", strict: bool = False,
+                  name: str | None = None) -> EvalResult:
+    """Evaluate ``model`` on one SBR list file (see :func:`evaluate_lists` for the arguments)."""
+    # Imported here: eval's metrics/plots stay free of the data package (DESIGN.md layering).
+    from tsal_dist.data.datasets import EvalImageDataset
+
+    if int(model.input_size) != input_size or int(model.num_points) != num_points:
+        raise ValueError(f"model is {model.num_points} points at {model.input_size} px but the "
+                         f"evaluation asks for {num_points} points at {input_size} px")
+    p = Path(list_path)
+    entries = read_list(p)
+    labeled = [e for e in entries if e.annotation is not None]
+    dataset = EvalImageDataset(labeled, num_points=num_points, input_size=input_size,
+                               pre_crop_expand=pre_crop_expand, strict=strict)
+    out = predict(model, dataset, batch_size=batch_size, device=device, sigma_px=sigma_px,
+                  window=window)
+    # items carry their position in `labeled`, so skipped bad files do not shift anything
+    used = [labeled[int(i)] for i in out["indices"]]
+    summary, nmes = score_predictions(out["preds"], out["gts"], out["visible"], out["face_size"],
+                                      num_points)
+    primary = default_norm_points(num_points).primary
+    summary["list"] = str(p)
+    summary["n_entries"] = len(entries)
+    summary["n_unlabeled_skipped"] = len(entries) - len(labeled)
+    summary["n_bad_skipped"] = len(labeled) - len(used)
+    summary["problems"] = dict(getattr(dataset, "problems", {}))
+    if any(e.is_video_frame for e in used):
+        summary["n_videos"] = len({video_key(e, p.parent) for e in used} - {None})
+        summary["videos"] = per_video_summaries(used, nmes, p.parent, primary)
+    return EvalResult(name=name or p.name, path=str(p), summary=summary, nmes=nmes,
+                      preds=out["preds"], gts=out["gts"], visible=out["visible"], entries=used)
+
+
+def list_names(list_paths: Sequence[str | Path]) -> list[str]:
+    """Short unique names for list files: the file name, or the full path where names clash."""
+    base = [Path(p).name for p in list_paths]
+    return [b if base.count(b) == 1 else str(p) for b, p in zip(base, list_paths)]
+
+
+def evaluate_lists(model: torch.nn.Module, list_paths: Sequence[str | Path], *, input_size: int,
+                   pre_crop_expand: float, num_points: int, sigma_px: float, window: int,
+                   batch_size: int = 32, device: str = "cpu",
+                   strict: bool = False) -> dict[str, dict[str, Any]]:
+    """Evaluate ``model`` on each SBR list file; one summary per list (= per category).
+
+    Args:
+        model: a ``LandmarkDetector`` (``num_points`` / ``input_size`` must match).
+        list_paths: SBR list files (``image annotation x1 y1 x2 y2 [face_size]``).
+        input_size: crop side S in px (``model.input_size``).
+        pre_crop_expand: box expansion on each side, fraction of the box size.
+        num_points: K; picks the normalisers (68: inter-ocular + inter-pupil, 19: face_size, ...).
+        sigma_px, window: heatmap decode arguments (``HeatmapCodec``).
+        batch_size: crops per forward pass.
+        device: torch device string.
+        strict: True: the first bad image/annotation raises; False: skipped and counted.
+
+    Returns:
+        {list name: summary}. Each summary has ``count``, ``nme`` / ``nme_<primary>``,
+        ``nme_inter_pupil``, ``auc@0.07|0.08|0.1``, ``fr@...``, ``n_degenerate``, the skip counts,
+        and for video lists ``videos`` = {video path: summary over its frames}. NMEs are fractions.
+    """
+    names = list_names(list_paths)
+    return {name: evaluate_list(model, p, input_size=input_size, pre_crop_expand=pre_crop_expand,
+                                num_points=num_points, sigma_px=sigma_px, window=window,
+                                batch_size=batch_size, device=device, strict=strict,
+                                name=name).summary
+            for name, p in zip(names, list_paths)}
