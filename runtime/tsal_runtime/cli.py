@@ -1,0 +1,167 @@
+"""``tsal-runtime``: live / video / image-folder facial landmarking with an exported model.
+
+Examples:
+    tsal-runtime --model runs/x/export --camera 0
+    tsal-runtime --model M --video in.mp4 --headless --output out.mp4 --json out.jsonl
+
+Exit status: 0 done; 1 a clear one-line error (printed as ``tsal-runtime: error: ...``);
+2 bad command line; 130 interrupted. Outputs written before an error stay complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import deque
+from typing import Sequence
+
+from tsal_runtime.errors import RuntimeFailure
+
+log = logging.getLogger("tsal_runtime")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tsal-runtime", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="folder with model.json + model.onnx")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--camera", type=int, metavar="N", help="camera index")
+    src.add_argument("--video", metavar="FILE", help="video file (decord, OpenCV fallback)")
+    src.add_argument("--images", metavar="DIR", help="folder of images (sorted by name)")
+    p.add_argument("--engine", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
+    p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"],
+                   help="tensorrt / torch-CUDA precision")
+    p.add_argument("--detector", default="auto",
+                   help="auto | yunet | blazeface | dlib | boxes:FILE (JSON lines of boxes)")
+    p.add_argument("--detect-every", type=int, default=10, metavar="N",
+                   help="run the detector every N frames (and whenever a track is lost)")
+    p.add_argument("--max-faces", type=int, default=4)
+    p.add_argument("--min-score", type=float, default=0.2,
+                   help="drop a track whose mean landmark score falls below this")
+    p.add_argument("--refine", type=int, default=1, help="refinement passes after a detection")
+    p.add_argument("--no-smooth", action="store_true", help="disable One Euro smoothing")
+    p.add_argument("--min-cutoff", type=float, default=1.0, help="One Euro min cutoff, Hz")
+    p.add_argument("--beta", type=float, default=0.5, help="One Euro speed coefficient")
+    p.add_argument("--output", metavar="FILE.mp4", help="annotated video (mp4v)")
+    p.add_argument("--json", metavar="FILE", help="per-frame landmarks, JSON lines")
+    p.add_argument("--csv", metavar="FILE", help="per-face landmarks, CSV")
+    p.add_argument("--headless", action="store_true", help="no window")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
+    p.add_argument("--threads", type=int, default=0, help="engine CPU threads (0 = default)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the pipeline for parsed arguments; raises RuntimeFailure on fatal problems."""
+    from tsal_runtime.detectors import make_detector
+    from tsal_runtime.engines import make_engine
+    from tsal_runtime.outputs import CsvWriter, JsonlWriter, VideoSink, Window, draw
+    from tsal_runtime.pipeline import Pipeline
+    from tsal_runtime.sources import CameraSource, ImageFolderSource, VideoSource
+    from tsal_runtime.spec import load_spec
+
+    if args.detect_every < 1 or args.max_faces < 1:
+        raise RuntimeFailure("--detect-every and --max-faces must be >= 1")
+    spec = load_spec(args.model)
+    kw: dict[str, object] = {}
+    if args.engine in ("tensorrt", "torch"):
+        kw["precision"] = args.precision
+    if args.threads and args.engine in ("onnxruntime", "torch"):
+        kw["threads"] = args.threads
+    engine = make_engine(args.engine, spec, **kw)
+    log.info("engine %s on %s", engine.name, engine.device)
+    detector = make_detector(args.detector)
+    log.info("detector %s", detector.name)
+    if args.camera is not None:
+        source = CameraSource(args.camera)
+    elif args.video is not None:
+        source = VideoSource(args.video)
+    else:
+        source = ImageFolderSource(args.images)
+    still_images = args.images is not None
+    pipe = Pipeline(spec, engine, detector, detect_every=1 if still_images else args.detect_every,
+                    max_faces=args.max_faces, min_score=args.min_score, refine=args.refine,
+                    smooth=not args.no_smooth and not still_images,
+                    min_cutoff=args.min_cutoff, beta=args.beta)
+    sinks: list[object] = []
+    window = None
+    n = faces = 0
+    t_start = time.perf_counter()
+    try:
+        jw = JsonlWriter(args.json) if args.json else None
+        if jw:
+            sinks.append(jw)
+        cw = CsvWriter(args.csv, spec.num_landmarks) if args.csv else None
+        if cw:
+            sinks.append(cw)
+        vs = VideoSink(args.output, source.fps) if args.output else None
+        if vs:
+            sinks.append(vs)
+        if not args.headless:
+            window = Window()
+        need_draw = vs is not None or window is not None
+        stamps: deque[float] = deque(maxlen=30)
+        it = iter(source)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                frame = next(it)
+            except StopIteration:
+                break
+            decode_ms = (time.perf_counter() - t0) * 1e3
+            if still_images:
+                pipe.reset()
+            res = pipe.process(frame.image, frame.index, frame.time_s)
+            res.timings_ms["decode"] = decode_ms
+            stamps.append(time.perf_counter())
+            fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+            if need_draw:
+                t0 = time.perf_counter()
+                bgr = draw(frame.image, res, fps)
+                res.timings_ms["draw"] = (time.perf_counter() - t0) * 1e3
+                if vs:
+                    vs.write(bgr)
+                if window is not None and not window.show(bgr):
+                    break
+            name = source.frame_name(frame.index) if still_images else ""  # type: ignore[attr-defined]
+            if jw:
+                jw.write(res, name)
+            if cw:
+                cw.write(res, name)
+            n += 1
+            faces += len(res.faces)
+            if args.max_frames and n >= args.max_frames:
+                break
+    finally:
+        for s in sinks:
+            s.close()  # type: ignore[attr-defined]
+        if window is not None:
+            window.close()
+        source.close()
+        dt = time.perf_counter() - t_start
+        log.info("%d frame(s), %d face detection(s), %.1f FPS overall", n, faces,
+                 n / dt if dt > 0 else 0.0)
+    if n == 0:
+        raise RuntimeFailure(f"{source.description}: no frame was read")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="tsal-runtime: %(message)s", stream=sys.stderr)
+    try:
+        return run(args)
+    except RuntimeFailure as e:
+        print(f"tsal-runtime: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tsal-runtime: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

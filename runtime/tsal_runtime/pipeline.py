@@ -1,0 +1,173 @@
+"""Detect -> track -> landmark -> smooth, per frame, with all faces batched in one engine call.
+
+Per frame:
+1. Detection runs on frame 0, every ``detect_every`` frames, and on the frame after any track's
+   confidence (mean landmark score) fell below ``min_score`` or a track was lost.
+2. Detector boxes are not landmark boxes: each is mapped by the detector's calibration
+   (``geometry.adapt_box``), landmarked once, then re-centred on the tight box of that first
+   estimate and landmarked again (``refine`` passes). Between detections a track's box is the
+   tight box of its previous frame's raw landmarks -- the same box convention as the training
+   lists (landmark bounding box), so the crop matches training and eval.
+3. Crops of all faces go to the engine in ONE call; landmarks map back to image px.
+4. Per-track One Euro smoothing (``smooth=False`` turns it off).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tsal_runtime.detectors import FaceDetector
+from tsal_runtime.engines import Engine
+from tsal_runtime.geometry import (adapt_box, extract_crops, iou, landmark_box,
+                                   normalised_to_image)
+from tsal_runtime.smoothing import OneEuroFilter
+from tsal_runtime.spec import ModelSpec
+
+STAGES = ("decode", "detect", "landmark", "smooth", "draw")
+
+
+@dataclass
+class Face:
+    """One tracked face in one frame (image px)."""
+
+    track_id: int
+    box: np.ndarray  # (4,) box the crop was made from
+    landmarks: np.ndarray  # (K, 2) smoothed (== raw when smoothing is off)
+    raw_landmarks: np.ndarray  # (K, 2)
+    scores: np.ndarray  # (K,)
+    score: float  # mean of scores: the tracking confidence
+
+
+@dataclass
+class FrameResult:
+    index: int
+    time_s: float
+    faces: list[Face]
+    detected: bool  # the detector ran on this frame
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Track:
+    track_id: int
+    box: np.ndarray
+    filt: OneEuroFilter | None
+    raw: np.ndarray | None = None
+    score: float = 0.0
+
+
+class Pipeline:
+    """Args:
+        spec: model spec (input size, crop expansion).
+        engine: landmark engine.
+        detector: face detector.
+        detect_every: run the detector every N frames (1 = every frame).
+        max_faces: at most this many faces (largest-score detections first).
+        min_score: a track whose mean landmark score drops below this is dropped and the
+            detector runs on the next frame.
+        refine: refinement passes after a detection (0 = use the calibrated detector box).
+        smooth: One Euro smoothing on/off; ``min_cutoff``/``beta``/``d_cutoff`` its parameters.
+        min_face_px: tracks whose box is smaller than this (px) are dropped.
+    """
+
+    def __init__(self, spec: ModelSpec, engine: Engine, detector: FaceDetector,
+                 detect_every: int = 10, max_faces: int = 4, min_score: float = 0.2,
+                 refine: int = 1, smooth: bool = True, min_cutoff: float = 1.0,
+                 beta: float = 0.5, d_cutoff: float = 1.0, min_face_px: float = 8.0) -> None:
+        if detect_every < 1 or max_faces < 1 or refine < 0:
+            raise ValueError("need detect_every >= 1, max_faces >= 1, refine >= 0")
+        self.spec, self.engine, self.detector = spec, engine, detector
+        self.detect_every, self.max_faces, self.min_score = detect_every, max_faces, min_score
+        self.refine, self.smooth, self.min_face_px = refine, smooth, min_face_px
+        self._euro = (min_cutoff, beta, d_cutoff)
+        self._tracks: list[_Track] = []
+        self._next_id = 0
+        self._need_detect = True
+        self._since_detect = 0
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _landmarks(self, frame: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 4) boxes -> image-px landmarks (N, K, 2) and scores (N, K), one engine call."""
+        s, k = self.spec.input_size, self.spec.num_landmarks
+        if len(boxes) == 0:
+            return np.zeros((0, k, 2)), np.zeros((0, k), np.float32)
+        crops, mats = extract_crops(frame, boxes, s, self.spec.crop_expand)
+        norm, scores = self.engine.run(crops)
+        return normalised_to_image(norm, mats, s), scores
+
+    def _valid_box(self, box: np.ndarray, h: int, w: int) -> bool:
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        return bool(np.isfinite(box).all() and min(bw, bh) >= self.min_face_px
+                    and 0 <= cx < w and 0 <= cy < h and max(bw, bh) < 4 * max(h, w))
+
+    def _new_track(self, box: np.ndarray) -> _Track:
+        t = _Track(self._next_id, box, OneEuroFilter(*self._euro) if self.smooth else None)
+        self._next_id += 1
+        return t
+
+    def reset(self) -> None:
+        """Forget all tracks (e.g. between unrelated images)."""
+        self._tracks, self._need_detect, self._since_detect = [], True, 0
+
+    # -- main ------------------------------------------------------------------------------
+    def process(self, image: np.ndarray, index: int, time_s: float) -> FrameResult:
+        """Run one RGB frame (H, W, 3) uint8 through the pipeline."""
+        h, w = image.shape[:2]
+        timings = {"detect": 0.0, "landmark": 0.0, "smooth": 0.0}
+        tracks = [t for t in self._tracks if self._valid_box(t.box, h, w)]
+        if len(tracks) < len(self._tracks):
+            self._need_detect = True  # a face left the frame or shrank away
+        detect = self._need_detect or not tracks or self._since_detect >= self.detect_every
+        pending: list[_Track] = []  # new detections, to refine
+        if detect:
+            t0 = time.perf_counter()
+            dets = self.detector(image, index)[: self.max_faces] if min(h, w) >= 16 else \
+                np.zeros((0, 5))
+            timings["detect"] = (time.perf_counter() - t0) * 1e3
+            self._since_detect = 0
+            self._need_detect = False
+            cal = self.detector.calibration
+            for d in dets:
+                box = adapt_box(d[:4], *cal)
+                best = max(tracks, key=lambda t: iou(t.box, box), default=None)
+                if best is not None and iou(best.box, box) > 0.3:
+                    continue  # already tracked: the track's landmark box is better than a det box
+                if self._valid_box(box, h, w):
+                    pending.append(self._new_track(box))
+        self._since_detect += 1
+
+        t0 = time.perf_counter()
+        for _ in range(self.refine if pending else 0):
+            lms, _sc = self._landmarks(image, np.stack([t.box for t in pending]))
+            for t, lm in zip(pending, lms):
+                t.box = landmark_box(lm)
+        active = (tracks + pending)[: self.max_faces]
+        boxes = np.stack([t.box for t in active]) if active else np.zeros((0, 4))
+        lms, scores = self._landmarks(image, boxes)
+        timings["landmark"] = (time.perf_counter() - t0) * 1e3
+
+        t0 = time.perf_counter()
+        faces: list[Face] = []
+        kept: list[_Track] = []
+        for t, lm, sc in sorted(zip(active, lms, scores), key=lambda z: -float(z[2].mean())):
+            score = float(np.mean(sc))
+            if score < self.min_score or not np.isfinite(lm).all():
+                self._need_detect = True  # lost: look again on the next frame
+                continue
+            if any(iou(landmark_box(lm), k.box) > 0.5 for k in kept):
+                continue  # two tracks converged on one face: keep the more confident one
+            smoothed = lm
+            if t.filt is not None:
+                diag = float(np.hypot(t.box[2] - t.box[0], t.box[3] - t.box[1]))
+                smoothed = t.filt(lm, time_s, scale=max(diag, 1.0))
+            faces.append(Face(t.track_id, t.box.copy(), smoothed, lm, sc, score))
+            t.raw, t.score, t.box = lm, score, landmark_box(lm)
+            kept.append(t)
+        self._tracks = kept
+        timings["smooth"] = (time.perf_counter() - t0) * 1e3
+        faces.sort(key=lambda f: f.track_id)
+        return FrameResult(index, time_s, faces, detect, timings)

@@ -1,0 +1,269 @@
+"""Export a checkpoint to the runtime: ``model.onnx`` + ``model.pt2`` + ``model.json``.
+
+``python -m tsal_dist.export --checkpoint PATH --out DIR [--which teacher|student] [--opset N]``
+
+The exported graph is the whole path uint8 RGB NHWC crops (B, S, S, 3) -> ``landmarks`` (B, K, 2)
+crop-normalised ``(px + 0.5) / S`` and ``scores`` (B, K): normalisation uses the model's own
+mean/std buffers and heatmap decoding is ``tsal_dist.codec.HeatmapCodec.decode`` in-graph
+(docs/CONTRACTS.md "Export <-> runtime"; STYLE.md 4.8). Two heads are supported:
+
+- ``heatmap``: a :class:`~tsal_dist.models.LandmarkDetector` (teacher or student); scores are the
+  decoded heatmap peak values.
+- ``regression``: a :class:`~tsal_dist.models.MobileNetV2Regressor` student (recognised by its
+  state-dict keys, or ``checkpoint["student_arch"] == "regressor"``); it has no confidence, so
+  scores are all 1.
+
+``model.pt2`` is the same program as a ``torch.export`` ExportedProgram (the runtime's torch
+engine runs it without tsal_dist). ``model.json`` is written last; every file goes to a temp
+file in ``DIR`` and is renamed into place. After writing, ONNX Runtime output is checked against
+torch on random crops (skipped with a warning if onnxruntime is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tsal_dist.codec import HeatmapCodec
+from tsal_dist.config import ExperimentConfig
+from tsal_dist.models import MobileNetV2Regressor, build_model
+
+log = logging.getLogger("tsal_dist.export")
+
+SCHEMA_VERSION = 1
+INPUT_NAME = "crops"
+OUTPUT_NAMES = ("landmarks", "scores")
+MAX_BATCH = 1024
+
+# iBUG 300-W 68-point mirror pairs (0-based), the usual table (jaw, brows, nose, eyes, mouth).
+IBUG68_FLIP_PAIRS: tuple[tuple[int, int], ...] = (
+    tuple((i, 16 - i) for i in range(8))
+    + tuple((17 + i, 26 - i) for i in range(5))
+    + ((31, 35), (32, 34))
+    + ((36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46))
+    + ((48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67))
+)
+# scheme name, flip pairs, outer eye corners [left-in-image, right-in-image] for inter-ocular NME.
+SCHEMES: dict[int, tuple[str, tuple[tuple[int, int], ...], tuple[int, int] | tuple[()]]] = {
+    68: ("ibug68", IBUG68_FLIP_PAIRS, (36, 45)),
+    19: ("aflw19", (), ()),
+    98: ("wflw98", (), (60, 72)),
+}
+
+
+class ExportError(RuntimeError):
+    """Export cannot proceed (bad checkpoint, missing weights, failed parity check)."""
+
+
+class CropToLandmarks(nn.Module):
+    """uint8 NHWC RGB crops -> (crop-normalised landmarks, scores); the exported program.
+
+    Args:
+        model: a LandmarkDetector (heatmap head) or MobileNetV2Regressor (regression head).
+        codec: the HeatmapCodec for the heatmap head; None for the regression head.
+        input_size: S.
+    """
+
+    def __init__(self, model: nn.Module, codec: HeatmapCodec | None, input_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.codec = codec
+        self.input_size = input_size
+
+    def forward(self, crops: Tensor) -> tuple[Tensor, Tensor]:
+        x = crops.permute(0, 3, 1, 2)  # (B, 3, S, S) uint8; the model normalises
+        if self.codec is None:
+            lm = self.model(x).float()
+            return lm, torch.ones_like(lm[..., 0])
+        heatmaps = self.model(x)["heatmaps"][-1]
+        coords, scores = self.codec.decode(heatmaps)
+        return (coords + 0.5) / float(self.input_size), scores
+
+
+def _is_regressor_state(state: dict[str, Any]) -> bool:
+    return any(k.startswith("fc.") for k in state) and not any(
+        k.startswith("heatmap_head.") for k in state)
+
+
+def load_export_module(checkpoint: str | os.PathLike[str], which: str = "teacher"
+                       ) -> tuple[CropToLandmarks, ExperimentConfig, str, dict[str, Any]]:
+    """Build the export module from a checkpoint.
+
+    Returns:
+        (module in eval mode, config, head "heatmap"|"regression", checkpoint dict).
+    Raises:
+        ExportError: unreadable checkpoint, missing keys or mismatched weights (naming the file).
+    """
+    p = Path(checkpoint)
+    if not p.is_file():
+        raise ExportError(f"{p}: checkpoint not found")
+    if which not in ("teacher", "student"):
+        raise ExportError(f"--which must be teacher or student, got {which!r}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle/zip errors of many types
+        raise ExportError(f"{p}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or which not in ckpt:
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ExportError(f"{p}: expected a dict with 'config' and {which!r}, got {keys}")
+    cfg = ExperimentConfig.from_dict(ckpt["config"])
+    state = ckpt[which]
+    k = cfg.data.num_points
+    if ckpt.get(f"{which}_arch") == "regressor" or _is_regressor_state(state):
+        size = int(ckpt.get(f"{which}_input_size", cfg.model.input_size))
+        model: nn.Module = MobileNetV2Regressor(k, size, width=cfg.model.width)
+        codec, head = None, "regression"
+    else:
+        model = build_model(cfg.model, k)
+        size = cfg.model.input_size
+        codec = HeatmapCodec(input_size=size, stride=model.stride, num_points=k,
+                             sigma_px=cfg.model.heatmap_sigma_px, window=cfg.model.decode_window)
+        head = "heatmap"
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ExportError(f"{p}: {which} weights do not fit the configured model "
+                          f"({str(e).splitlines()[0]})") from None
+    return CropToLandmarks(model, codec, size).eval(), cfg, head, ckpt
+
+
+def _atomic(path: Path, writer: Callable[[str], None]) -> None:
+    """Write ``path`` via ``writer(tmp_path)`` then rename into place (mode 0644)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp.", suffix=f".{path.name}")
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
+           which: str = "teacher", opset: int = 18, check: bool = True,
+           check_atol: float = 1e-4) -> dict[str, Any]:
+    """Export a checkpoint to ``out`` (created if needed); returns the model.json dict.
+
+    Args:
+        checkpoint: ``ckpt-*.pt`` written by the training loop.
+        out: output folder.
+        which: "teacher" or "student".
+        opset: ONNX opset.
+        check: compare ONNX Runtime against torch on 4 random crops (max abs diff of the
+            normalised landmarks <= ``check_atol``).
+    Raises:
+        ExportError: see :func:`load_export_module`, or the parity check failed.
+    """
+    module, cfg, head, ckpt = load_export_module(checkpoint, which)
+    size, k = module.input_size, cfg.data.num_points
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with torch.no_grad():
+        ep = torch.export.export(module, (example,), dynamic_shapes={"crops": {0: batch}})
+
+    def write_onnx(tmp: str) -> None:
+        torch.onnx.export(module, (example,), tmp, input_names=[INPUT_NAME],
+                          output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=True,
+                          external_data=False, dynamic_shapes={"crops": {0: batch}},
+                          optimize=True, verbose=False)
+
+    onnx_path, pt2_path = outdir / "model.onnx", outdir / "model.pt2"
+    _atomic(onnx_path, write_onnx)
+    _atomic(pt2_path, lambda tmp: torch.export.save(ep, tmp))
+    scheme, flips, eyes = SCHEMES.get(k, (f"custom{k}", (), ()))
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "input_name": INPUT_NAME,
+        "output_names": list(OUTPUT_NAMES),
+        "input_size": size,
+        "layout": "NHWC",
+        "channel_order": "RGB",
+        "dtype": "uint8",
+        "crop_expand": cfg.data.pre_crop_expand,
+        "num_landmarks": k,
+        "landmark_scheme": scheme,
+        "flip_pairs": [list(p) for p in flips],
+        "eye_corners": list(eyes),
+        "head": head,
+        "decode": ({"stride": int(module.model.stride), "window": cfg.model.decode_window,
+                    "sigma_px": cfg.model.heatmap_sigma_px} if head == "heatmap" else None),
+        "opset": opset,
+        "source_checkpoint": str(Path(checkpoint).resolve()),
+        "step": int(ckpt.get("step", -1)),
+        "config_hash": cfg.hash(),
+        "onnx_sha256": _sha256(onnx_path),
+        "which": which,
+    }
+    if check:
+        check_parity(module, onnx_path, size, atol=check_atol)
+    _atomic(outdir / "model.json",
+            lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    return meta
+
+
+def check_parity(module: nn.Module, onnx_path: Path, size: int, atol: float = 1e-4,
+                 batch: int = 4, seed: int = 0) -> float:
+    """Max |onnxruntime - torch| of the normalised landmarks on random crops; raises above atol."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        log.warning("onnxruntime not installed: parity check skipped")
+        return float("nan")
+    g = torch.Generator().manual_seed(seed)
+    crops = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=g)
+    with torch.no_grad():
+        ref_lm, ref_sc = module(crops)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    lm, sc = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: crops.numpy()})
+    err = float(max(np.abs(lm - ref_lm.numpy()).max(), np.abs(sc - ref_sc.numpy()).max()))
+    if not err <= atol:
+        raise ExportError(f"{onnx_path}: onnxruntime differs from torch by {err:.3g} (> {atol})")
+    return err
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tsal-export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--which", default="teacher", choices=["teacher", "student"])
+    ap.add_argument("--opset", type=int, default=18)
+    ap.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="tsal-export: %(message)s")
+    log.setLevel(logging.INFO)
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    try:
+        meta = export(args.checkpoint, args.out, args.which, args.opset, check=not args.no_check)
+    except ExportError as e:
+        print(f"tsal-export: error: {e}", file=sys.stderr)
+        return 1
+    log.info("wrote %s/model.{onnx,pt2,json} (%s head, %d points, %d px)", args.out,
+             meta["head"], meta["num_landmarks"], meta["input_size"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
