@@ -238,31 +238,54 @@ def _has_space(path: str) -> bool:
     return any(c.isspace() for c in path)
 
 
-def _list_safe(path: Path, out: Path, dataset: str, rel_root: Path, report: Report) -> Path:
-    """A whitespace-free path to ``path`` for a list file (list fields are whitespace-separated).
+class _ListPaths:
+    """Whitespace-free paths for list files (list fields are whitespace-separated).
 
-    Files whose name contains whitespace (300W iBUG's ``image_092 _01``) get a link (or a copy,
-    where links are not allowed) under ``out/renamed/<dataset>/`` with the whitespace removed; the
-    download is never modified.
+    The download is never modified. If the dataset root's path (as seen from ``out``) contains
+    whitespace, one link ``out/roots/<dataset>`` -> root is made and paths go through it. A file
+    whose own name contains whitespace (300W iBUG's ``image_092 _01``) gets a link (or a copy,
+    where links are not allowed) ``out/renamed/<dataset>/<path with the whitespace removed>``.
     """
-    rel = os.path.relpath(path, out)
-    if not _has_space(rel):
-        return path
-    try:
-        sub = path.relative_to(rel_root)
-    except ValueError:
-        sub = Path(path.name)
-    fixed = out / "renamed" / dataset / Path(*(re.sub(r"\s+", "", part) for part in sub.parts))
-    if _has_space(os.path.relpath(fixed, out)):
-        raise AnnotationError(f"{out}: output folder path contains whitespace; choose another")
-    if not fixed.exists():
-        fixed.parent.mkdir(parents=True, exist_ok=True)
+
+    def __init__(self, out: Path, dataset: str, root: Path, report: Report) -> None:
+        self.out, self.dataset, self.root, self.report = out, dataset, root, report
+        self._base: Path | None = None
+
+    def base(self) -> Path:
+        """The root, or a whitespace-free link to it."""
+        if self._base is None:
+            self._base = self.root
+            if _has_space(os.path.relpath(self.root, self.out)):
+                link = self.out / "roots" / self.dataset
+                if not link.exists():
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(self.root, link, target_is_directory=True)
+                self.report.note(f"{self.root}: whitespace in the dataset path; lists go through "
+                                 f"the link {link}")
+                self._base = link
+        return self._base
+
+    def __call__(self, path: Path) -> Path:
         try:
-            os.symlink(os.path.abspath(path), fixed)
-        except OSError:
-            shutil.copyfile(path, fixed)
-        report.note(f"{path}: whitespace in the file name; listed as {fixed}")
-    return fixed
+            sub = path.relative_to(self.root)
+        except ValueError:  # outside the root: only its own name can be fixed
+            sub = None
+        if sub is not None and not _has_space(str(sub)):
+            return self.base() / sub
+        if sub is None and not _has_space(os.path.relpath(path, self.out)):
+            return path
+        parts = sub.parts if sub is not None else (path.name,)
+        fixed = self.out / "renamed" / self.dataset / Path(*(re.sub(r"\s+", "", q) for q in parts))
+        if _has_space(os.path.relpath(fixed, self.out)):  # pragma: no cover - defensive
+            raise AnnotationError(f"{fixed}: cannot make a whitespace-free path")
+        if not fixed.exists():
+            fixed.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.symlink(os.path.abspath(path), fixed)
+            except OSError:
+                shutil.copyfile(path, fixed)
+            self.report.note(f"{path}: whitespace in the file name; listed as {fixed}")
+        return fixed
 
 
 def _abs(p: str | os.PathLike[str]) -> Path:
@@ -346,7 +369,7 @@ def _find_box_dir(root: Path) -> Path | None:
     return None
 
 
-def _scan_300w_subset(folder: Path, out: Path, root: Path, report: Report) -> list[_Face300W]:
+def _scan_300w_subset(folder: Path, fix: _ListPaths, report: Report) -> list[_Face300W]:
     faces = []
     files = sorted(p for p in folder.iterdir() if p.is_file())
     images = {p.stem: p for p in files if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
@@ -368,8 +391,7 @@ def _scan_300w_subset(folder: Path, out: Path, root: Path, report: Report) -> li
         except AnnotationError as e:
             report.skip(e, "bad annotation")
             continue
-        faces.append(_Face300W(_list_safe(img, out, "300w", root, report),
-                               _list_safe(pts_files[stem], out, "300w", root, report), points))
+        faces.append(_Face300W(fix(img), fix(pts_files[stem]), points))
     return faces
 
 
@@ -409,6 +431,7 @@ def prepare_300w(root: str | os.PathLike[str], out: str | os.PathLike[str],
             report.note("scipy is not installed, so bounding_boxes_*.mat cannot be read; writing "
                         "only the landmark-box lists 300w.*.GTL (pip install scipy for DET/GTB)")
 
+    fix = _ListPaths(out_p, "300w", root_p, report)
     subsets: dict[str, list[tuple[_Face300W, tuple | None, tuple | None]]] = {}
     for sub, (mat_stem, expected) in W300_SUBSETS.items():
         folder = root_p / sub
@@ -416,7 +439,7 @@ def prepare_300w(root: str | os.PathLike[str], out: str | os.PathLike[str],
             report.warn(folder, "300W subset folder not found", "missing folder")
             subsets[sub] = []
             continue
-        faces = _scan_300w_subset(folder, out_p, root_p, report)
+        faces = _scan_300w_subset(folder, fix, report)
         boxes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         if use_mat:
             assert box_dir is not None
@@ -474,7 +497,7 @@ def prepare_300w(root: str | os.PathLike[str], out: str | os.PathLike[str],
 # 300VW
 
 
-def _video_entries(folder: Path, report: Report) -> list[ListEntry] | None:
+def _video_entries(folder: Path, fix: _ListPaths, report: Report) -> list[ListEntry] | None:
     """Entries of one 300VW video folder (``vid.avi`` + ``annot/%06d.pts``), or None if skipped."""
     video = folder / "vid.avi"
     try:
@@ -491,6 +514,7 @@ def _video_entries(folder: Path, report: Report) -> list[ListEntry] | None:
             have += " not numbered 000001..%06d" % n
         report.warn(video, f"{n} frames but {have} in {annot}", "frame count mismatch")
         return None
+    listed = fix(video)
     entries: list[ListEntry | None] = []
     boxes: list[tuple[float, float, float, float] | None] = []
     for i in range(1, n + 1):
@@ -509,7 +533,7 @@ def _video_entries(folder: Path, report: Report) -> list[ListEntry] | None:
             entries.append(None)
             boxes.append(None)
             continue
-        entries.append(ListEntry(f"{video}#{i - 1}", str(pts), box))
+        entries.append(ListEntry(f"{listed}#{i - 1}", str(fix(pts)), box))
         boxes.append(box)
     good = [j for j, b in enumerate(boxes) if b is not None]
     if not good:
@@ -521,7 +545,7 @@ def _video_entries(folder: Path, report: Report) -> list[ListEntry] | None:
     for j, e in enumerate(entries):
         if e is None:
             k = min(good, key=lambda g: (abs(g - j), g))
-            e = ListEntry(f"{video}#{j}", None, boxes[k])  # type: ignore[arg-type]
+            e = ListEntry(f"{listed}#{j}", None, boxes[k])  # type: ignore[arg-type]
         result.append(e)
     return result
 
@@ -552,6 +576,7 @@ def prepare_300vw(root: str | os.PathLike[str], out: str | os.PathLike[str],
         if extra not in official:
             report.note(f"{root_p / extra}: not an official 300VW video id; ignored")
     written: dict[str, int] = {}
+    fix = _ListPaths(out_p, "300vw", root_p, report)
 
     def emit(name: str, entries: list[ListEntry]) -> None:
         _write(out_p, name, entries, report)
@@ -565,7 +590,7 @@ def prepare_300vw(root: str | os.PathLike[str], out: str | os.PathLike[str],
             if not folder.is_dir():
                 report.warn(folder, f"300VW video folder not found ({split})", "missing video")
                 continue
-            entries = _video_entries(folder, report)
+            entries = _video_entries(folder, fix, report)
             if entries is None:
                 continue
             emit(f"300VW.{split}.lst{vid}", entries)
@@ -636,6 +661,7 @@ def prepare_aflw(root: str | os.PathLike[str], out: str | os.PathLike[str], repo
         raise AnnotationError(f"{mat_path}: 'ra' is not a permutation of 1..{n}")
     out_p.mkdir(parents=True, exist_ok=True)
     annot_dir = out_p / "annotations" / "aflw"
+    fix = _ListPaths(out_p, "aflw", root_p, report)
 
     usable: dict[int, ListEntry] = {}
     front: set[int] = set()
@@ -667,7 +693,7 @@ def prepare_aflw(root: str | os.PathLike[str], out: str | os.PathLike[str], repo
         rel = Path(re.sub(r"\s+", "", name))
         pts_path = annot_dir / rel.parent / f"{rel.stem}-{i}.pts"
         write_pts(pts_path, np.where(vis[:, None], pts, 0.0), vis.astype(np.float32))
-        img = _list_safe(img, out_p, "aflw", root_p, report)
+        img = fix(img)
         face_size = math.sqrt((box[2] - box[0]) * (box[3] - box[1]))
         usable[i] = ListEntry(str(img), str(pts_path), box, face_size)
         px, py = pts[:, 0], pts[:, 1]
@@ -732,6 +758,7 @@ def prepare_wflw(root: str | os.PathLike[str], out: str | os.PathLike[str],
     list_dir = root_p / WFLW_LIST_DIR
     img_dir = root_p / "WFLW_images"
     out_p.mkdir(parents=True, exist_ok=True)
+    fix = _ListPaths(out_p, "wflw", root_p, report)
     written: dict[str, int] = {}
     for split in ("train", "test"):
         txt = list_dir / f"list_98pt_rect_attr_{split}.txt"
@@ -764,7 +791,7 @@ def prepare_wflw(root: str | os.PathLike[str], out: str | os.PathLike[str],
             rel = Path(name)
             pts_path = out_p / "annotations" / "wflw" / split / rel.parent / f"{rel.stem}-{j}.pts"
             write_pts(pts_path, points)
-            e = ListEntry(str(_list_safe(img, out_p, "wflw", root_p, report)), str(pts_path), box)
+            e = ListEntry(str(fix(img)), str(pts_path), box)
             entries.append(e)
             if split == "test":
                 for a, flag in zip(WFLW_ATTRIBUTES, attrs):

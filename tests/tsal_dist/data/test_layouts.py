@@ -213,7 +213,8 @@ def make_300w(root: Path, with_mats: bool = True) -> None:
                    [("c.png", [5.5, 6, 20, 22], [5, 6.25, 21, 23])])
         _mat_boxes(bb / "bounding_boxes_lfpw_trainset.mat", [("f.jpg", [1, 1, 9, 9], [1, 1, 9, 9])])
         _mat_boxes(bb / "bounding_boxes_helen_testset.mat",
-                   [("g.jpg", [0, 0, 10, 10], [1, 1, 11, 11]), ("h.jpg", [0, 0, 1, 1], [0, 0, 1, 1])])
+                   [("g.jpg", [0, 0, 10, 10], [1, 1, 11, 11]),
+                    ("h.jpg", [0, 0, 1, 1], [0, 0, 1, 1])])
         _mat_boxes(bb / "bounding_boxes_lfpw_testset.mat",
                    [("other.jpg", [0, 0, 10, 10], [1, 1, 11, 11])])  # i.jpg has no box
         _mat_boxes(bb / "bounding_boxes_ibug.mat",
@@ -244,8 +245,8 @@ def test_prepare_300w_lists_line_by_line(tmp_path: Path) -> None:
     written = prepare_300w(root, out, report)
 
     assert lines(out / "300w.train.GTB") == [
-        f"../300W/afw/a.jpg ../300W/afw/a.pts 3.0000 4.0000 31.0000 41.0000",
-        f"../300W/helen/trainset/c.png ../300W/helen/trainset/c.pts "
+        "../300W/afw/a.jpg ../300W/afw/a.pts 3.0000 4.0000 31.0000 41.0000",
+        "../300W/helen/trainset/c.png ../300W/helen/trainset/c.pts "
         "5.0000 6.2500 21.0000 23.0000",
     ]
     assert lines(out / "300w.train.DET") == [
@@ -595,6 +596,19 @@ def test_prepare_wflw_lists_line_by_line(tmp_path: Path) -> None:
     assert "list_98pt_rect_attr_test.txt:5: empty or non-finite box" in msgs
     assert "list_98pt_rect_attr_test.txt:6: attribute flags must be 0 or 1" in msgs
     assert "missing.jpg: image not found" in msgs
+
+
+def test_whitespace_in_the_dataset_path_goes_through_one_link(tmp_path: Path) -> None:
+    root, out = tmp_path / "my data" / "WFLW", tmp_path / "lists"
+    make_wflw(root)
+    report, buf = quiet_report()
+    prepare_wflw(root, out, report)
+    first = lines(out / "wflw.train")[0].split()
+    assert first[0] == "roots/wflw/WFLW_images/0--Parade/p1.jpg" and len(first) == 6
+    assert (out / "roots" / "wflw").resolve() == root.resolve()
+    assert read_list(out / "wflw.train")[0].image == str(out / first[0])
+    assert Path(read_list(out / "wflw.train")[0].image).is_file()
+    assert buf.getvalue().count("whitespace in the dataset path") == 1
 
 
 def test_prepare_wflw_missing_annotation_file_and_strict(tmp_path: Path) -> None:
