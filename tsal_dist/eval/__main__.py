@@ -73,7 +73,8 @@ def resolve_lists(lists: Sequence[str], eval_lists: Sequence[str], root: str) ->
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """Fixed-width table, NMEs / AUC / FR in %."""
-    head = f"{'list':<32} {'count':>7} {'NME':>7} {'NME-IP':>7} {'AUC@.08':>8} {'FR@.08':>7} {'degen':>6}"
+    head = (f"{'list':<32} {'count':>7} {'NME':>7} {'NME-IP':>7} {'AUC@.08':>8} {'FR@.08':>7} "
+            f"{'degen':>6}")
     rows = [head, "-" * len(head)]
     for name, s in results.items():
         rows.append(f"{name[-32:]:<32} {s['count']:>7d} {_pct(s.get('nme')):>7} "

@@ -16,8 +16,8 @@ Conventions (METHOD.md section 3):
     - ``"bbox"``: ``sqrt(w * h)`` of the tight box of the visible GT points.
 * Degenerate images get NaN instead of a number: no visible point, a normaliser ``d <= min_norm``
   (e.g. zero/duplicate annotations, METHOD.md 3.3), a non-finite ``d``, or (inter-ocular /
-  inter-pupil) a normaliser point that is not visible, or a visible GT point that is not finite. Aggregates (:func:`auc`,
-  :func:`failure_rate`, :func:`ced`, :func:`summarize`) ignore NaNs and
+  inter-pupil) a normaliser point that is not visible, or a visible GT point that is not finite.
+  Aggregates (:func:`auc`, :func:`failure_rate`, :func:`ced`, :func:`summarize`) ignore NaNs and
   :func:`count_degenerate` / ``summarize()["n_degenerate"]`` report how many there were.
 * A non-finite PREDICTION of a visible point is a failure, not a degenerate image: its NME is
   ``+inf`` (so it counts in the failure rate and makes the mean infinite, visibly).
@@ -37,7 +37,8 @@ NormName = Literal["inter_ocular", "inter_pupil", "face_size", "bbox"]
 NORMS: tuple[str, ...] = ("inter_ocular", "inter_pupil", "face_size", "bbox")
 
 IBUG68_EYE_CORNERS: tuple[int, int] = (36, 45)
-IBUG68_PUPILS: tuple[tuple[int, ...], tuple[int, ...]] = (tuple(range(36, 42)), tuple(range(42, 48)))
+IBUG68_PUPILS: tuple[tuple[int, ...], tuple[int, ...]] = (tuple(range(36, 42)),
+                                                          tuple(range(42, 48)))
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.07, 0.08, 0.1)
 DEFAULT_MIN_NORM: float = 1e-6  # normaliser (image px) at or below which an image is degenerate
@@ -243,7 +244,8 @@ def count_degenerate(nmes: np.ndarray) -> int:
     return int(np.isnan(np.asarray(nmes, dtype=np.float64)).sum())
 
 
-def ced(nmes: np.ndarray, threshold: float = 0.08, steps: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+def ced(nmes: np.ndarray, threshold: float = 0.08,
+        steps: int = 2000) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative error distribution.
 
     Args:
@@ -299,7 +301,8 @@ def _fmt_threshold(t: float) -> str:
 
 def summarize(nmes: np.ndarray, nmes_ip: np.ndarray | None = None,
               thresholds: Sequence[float] = DEFAULT_THRESHOLDS, *,
-              primary_norm: str = "inter_ocular", steps: int = 2000) -> dict[str, float | int | str | None]:
+              primary_norm: str = "inter_ocular",
+              steps: int = 2000) -> dict[str, float | int | str | None]:
     """Dataset-level numbers from per-image NMEs, as a JSON-safe dict (fractions, not %).
 
     Args:

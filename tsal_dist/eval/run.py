@@ -81,7 +81,8 @@ def _np(x: Any, dtype: Any = np.float64) -> np.ndarray:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, device: str = "cpu",
-            decode: Decode | None = None, sigma_px: float = 3.0, window: int = 4) -> dict[str, np.ndarray]:
+            decode: Decode | None = None, sigma_px: float = 3.0,
+            window: int = 4) -> dict[str, np.ndarray]:
     """Predict landmarks for every item of an eval dataset, in IMAGE pixels.
 
     Each item is a dict with ``image`` uint8 (3, S, S), ``affine`` (2, 3) image->crop,
@@ -159,7 +160,8 @@ def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, devic
 
 
 def score_predictions(preds: np.ndarray, gts: np.ndarray, visible: np.ndarray,
-                      face_size: np.ndarray, num_points: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                      face_size: np.ndarray,
+                      num_points: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Per-image NMEs under every normaliser of the scheme, and their summary.
 
     Returns:

@@ -42,7 +42,8 @@ def test_plot_ced_legend_has_nme_and_auc(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Axes, "plot", spy)
     plots.plot_ced({"a": np.array([0.01, 0.03]), "dead": np.array([np.nan])}, tmp_path / "c.svg")
-    assert labels[0] == "a: NME 2.00%, AUC@0.08 " + f"{plots.auc(np.array([0.01, 0.03])) * 100:.2f}%"
+    a = plots.auc(np.array([0.01, 0.03]))
+    assert labels[0] == f"a: NME 2.00%, AUC@0.08 {a * 100:.2f}%"
     assert labels[1] == "dead: NME n/a, AUC@0.08 n/a"
     assert (tmp_path / "c.svg").read_text().lstrip().startswith("<?xml")
 

@@ -67,8 +67,8 @@ def fake_decode(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class FakeEvalDataset:
     """EvalImageDataset-like: entry i has GT face68(i); the 'prediction' is GT + err_px[i] along x
-    (image px), stored in crop px inside a float image. Bad entries are answered by the next good one
-    (as the real non-strict dataset does)."""
+    (image px), stored in crop px inside a float image. Bad entries are answered by the next good
+    one (as the real non-strict dataset does)."""
 
     def __init__(self, entries, *, num_points=K, input_size=S, pre_crop_expand=0.2, strict=False,
                  err_px=None, bad=()):
@@ -228,7 +228,8 @@ def test_evaluate_list_category_aggregates_all_frames(tmp_path, fake_datasets):
     assert kw == dict(num_points=K, input_size=S, pre_crop_expand=0.2, strict=False)
     assert len(ds.entries) == 5  # the unlabeled entry never reaches the dataset
     s = res.summary
-    assert (s["count"], s["n_entries"], s["n_unlabeled_skipped"], s["n_bad_skipped"]) == (4, 6, 1, 1)
+    counts = (s["count"], s["n_entries"], s["n_unlabeled_skipped"], s["n_bad_skipped"])
+    assert counts == (4, 6, 1, 1)
     # all frames pooled: (3 * 0.01 + 0.09) / 4 = 0.03, NOT the per-video mean (0.01 + 0.09) / 2
     assert s["nme_inter_ocular"] == pytest.approx(0.03, abs=1e-5)
     assert s["nme_inter_pupil"] == pytest.approx(0.03 * 100 / 60, abs=1e-5)
@@ -402,8 +403,8 @@ def test_oracle_heatmaps_on_real_dataset_map_back_to_gt(tmp_path):
             return {"heatmaps": [torch.cat(out)]}
 
     out = R.predict(Oracle(), ds, batch_size=2, sigma_px=8.0, window=4)
-    crop_err = np.linalg.norm(out["crop_preds"] - np.stack([it["landmarks"].numpy() for it in items]),
-                              axis=-1)
+    crop_gt = np.stack([it["landmarks"].numpy() for it in items])
+    crop_err = np.linalg.norm(out["crop_preds"] - crop_gt, axis=-1)
     assert crop_err.max() < 0.5, crop_err.max()
     # image->crop scale is 64 / (70 * 1.4) ~ 0.65 (or a bit less): image error <= crop error / 0.6
     err = np.linalg.norm(out["preds"] - out["gts"], axis=-1)
