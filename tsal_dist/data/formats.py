@@ -65,7 +65,7 @@ def read_pts(path: str | Path, num_points: int | None = None) -> tuple[np.ndarra
     """
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except FileNotFoundError:
         raise AnnotationError(f"{p}: annotation file not found") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -113,6 +113,7 @@ def _read_pts_v1(p: Path, lines: list[str], num_points: int | None) -> tuple[np.
         raise AnnotationError(f"{p}: one-point-per-line (AFLW) format needs the number of points")
     pts = np.zeros((num_points, 2), np.float32)
     vis = np.zeros(num_points, np.float32)
+    seen: set[int] = set()
     for ln in lines:
         parts = ln.split()
         if len(parts) not in (3, 4):
@@ -126,9 +127,16 @@ def _read_pts_v1(p: Path, lines: list[str], num_points: int | None) -> tuple[np.
             raise AnnotationError(f"{p}: point index {idx} outside 1..{num_points}")
         if not (math.isfinite(x) and math.isfinite(y)):
             raise AnnotationError(f"{p}: point {idx} has NaN or infinite coordinates")
+        if idx in seen:
+            raise AnnotationError(f"{p}: point {idx} listed twice")
+        seen.add(idx)
+        if len(parts) == 4 and parts[3].lower() not in ("true", "false", "1", "0"):
+            raise AnnotationError(f"{p}: point {idx}: visibility flag {parts[3]!r} is not "
+                                  "True/False/1/0")
         visible = len(parts) == 3 or parts[3].lower() in ("true", "1")
-        pts[idx - 1] = [x, y]
-        vis[idx - 1] = 1.0 if visible else 0.0
+        if visible:
+            pts[idx - 1] = [x, y]
+            vis[idx - 1] = 1.0
     return pts, vis
 
 
@@ -143,6 +151,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def write_pts(path: str | Path, points: np.ndarray, visible: np.ndarray | None = None) -> None:
     """Write points in the 300W "version: 1" format, or the AFLW variant if some are invisible."""
     pts = np.asarray(points, dtype=np.float64)
+    if not np.isfinite(pts).all():
+        raise ValueError(f"{path}: refusing to write NaN/infinite coordinates")
+    if visible is not None and not np.any(np.asarray(visible) > 0):
+        raise ValueError(f"{path}: refusing to write an annotation with no visible point")
     if visible is None or np.all(np.asarray(visible) > 0):
         body = "\n".join(f"{x:.3f} {y:.3f}" for x, y in pts)
         text = f"version: 1\nn_points: {len(pts)}\n{{\n{body}\n}}\n"
@@ -184,6 +196,8 @@ def read_list(path: str | Path) -> list[ListEntry]:
         text = p.read_text()
     except FileNotFoundError:
         raise AnnotationError(f"{p}: list file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnnotationError(f"{p}: cannot read list file: {e}") from None
     base = p.parent
     out = []
     for i, line in enumerate(text.splitlines(), 1):
@@ -211,6 +225,10 @@ def write_list(path: str | Path, entries: list[ListEntry], relative_to: str | Pa
         if relative_to is not None:
             img = _relpath(img, relative_to)
             ann = None if ann is None else _relpath(ann, relative_to)
+        for ref in (img, ann):
+            if ref is not None and any(c.isspace() for c in ref):
+                raise ValueError(f"{path}: path contains whitespace, which the list format "
+                                 f"cannot represent: {ref!r}")
         fields = [img, ann or "None", *(f"{v:.4f}" for v in e.box)]
         if e.face_size is not None:
             fields.append(f"{e.face_size:.4f}")
@@ -227,6 +245,8 @@ def _relpath(ref: str, base: str | Path) -> str:
 def landmark_box(points: np.ndarray, visible: np.ndarray | None = None) -> tuple[float, float, float, float]:
     """Tight box of the (visible) points: floor of the minimum, ceil of the maximum (300VW/SBR)."""
     pts = points if visible is None else points[np.asarray(visible) > 0]
+    if len(pts) == 0:
+        raise AnnotationError("landmark_box: no visible point to box")
     x1, y1 = np.floor(pts.min(0))
     x2, y2 = np.ceil(pts.max(0))
     return float(x1), float(y1), float(x2), float(y2)

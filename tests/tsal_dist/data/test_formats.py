@@ -154,22 +154,16 @@ def test_read_pts_aflw_variant_malformed(tmp_path: Path, text: str, message: str
         read_pts(_w(tmp_path / "a.pts", text), 3)
 
 
-@pytest.mark.xfail(strict=True, reason="formats.py bug: a repeated point index silently "
-                   "overwrites the earlier point instead of raising")
 def test_read_pts_aflw_variant_duplicate_index_raises(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match="twice"):
         read_pts(_w(tmp_path / "a.pts", "1 1 2 True\n1 5 6 True\n"), 3)
 
 
-@pytest.mark.xfail(strict=True, reason="formats.py bug: a visibility flag other than "
-                   "True/False/1/0 (e.g. a typo 'Tru') silently makes the point invisible")
 def test_read_pts_aflw_variant_unknown_flag_raises(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match="Tru"):
         read_pts(_w(tmp_path / "a.pts", "1 1 2 True\n2 5 6 Tru\n"), 3)
 
 
-@pytest.mark.xfail(strict=True, reason="formats.py bug: the docstring says invisible points are "
-                   "0 but points flagged False keep their coordinates")
 def test_read_pts_aflw_variant_false_points_are_zero(tmp_path: Path) -> None:
     pts, _ = read_pts(_w(tmp_path / "a.pts", "1 1 2 True\n2 5 6 False\n"), 2)
     np.testing.assert_array_equal(pts[1], [0, 0])
@@ -204,15 +198,11 @@ def test_write_pts_is_atomic_no_temp_files_left(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_pts(tmp_path / "a.pts")[0], np.ones((2, 2)))
 
 
-@pytest.mark.xfail(strict=True, reason="formats.py bug: write_pts writes 'nan' without complaint, "
-                   "producing a file read_pts rejects later")
 def test_write_pts_rejects_nan(tmp_path: Path) -> None:
     with pytest.raises((AnnotationError, ValueError)):
         write_pts(tmp_path / "a.pts", np.array([[np.nan, 1.0], [2.0, 3.0]]))
 
 
-@pytest.mark.xfail(strict=True, reason="formats.py bug: with no visible point write_pts writes an "
-                   "empty file that read_pts rejects ('empty annotation file')")
 def test_write_pts_rejects_no_visible_point(tmp_path: Path) -> None:
     with pytest.raises((AnnotationError, ValueError)):
         write_pts(tmp_path / "a.pts", np.zeros((3, 2)), np.zeros(3))
@@ -292,9 +282,6 @@ def test_read_list_empty_file_is_empty_list(tmp_path: Path) -> None:
     assert read_list(_w(tmp_path / "a.lst", "")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="formats.py bug: read_list only catches "
-                   "FileNotFoundError; a directory/non-UTF-8 file escapes as a raw OSError/"
-                   "UnicodeDecodeError instead of AnnotationError")
 def test_read_list_unreadable_file_raises_annotation_error(tmp_path: Path) -> None:
     (tmp_path / "bin.lst").write_bytes(b"\xff\xfe\x00a")
     with pytest.raises(AnnotationError):
@@ -324,8 +311,6 @@ def test_write_list_empty(tmp_path: Path) -> None:
     assert (tmp_path / "e.lst").read_text() == ""
 
 
-@pytest.mark.xfail(strict=True, reason="formats.py bug: write_list writes paths containing "
-                   "whitespace (300W 'image_092 _01.jpg') as-is, giving lines read_list rejects")
 def test_write_list_rejects_whitespace_in_paths(tmp_path: Path) -> None:
     with pytest.raises((AnnotationError, ValueError)):
         write_list(tmp_path / "w.lst", [ListEntry("a b.jpg", "a b.pts", (0, 0, 1, 1))])
@@ -344,8 +329,6 @@ def test_landmark_box_ignores_invisible_points() -> None:
     assert landmark_box(pts, np.array([1, 0, 1])) == (10.0, 5.0, 16.0, 8.0)
 
 
-@pytest.mark.xfail(strict=True, reason="formats.py bug: with no visible point landmark_box "
-                   "fails inside numpy ('zero-size array') instead of a clear error")
 def test_landmark_box_no_visible_point_clear_error() -> None:
     with pytest.raises(AnnotationError):
         landmark_box(np.zeros((3, 2)), np.zeros(3))
