@@ -186,7 +186,7 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     # global proportions
     s *= [rng.uniform(0.9, 1.1), rng.uniform(0.92, 1.08), rng.uniform(0.9, 1.1)]
 
-    tone = rng.uniform() ** 0.8
+    tone = rng.uniform() ** 1.4
     skin = (1 - tone) * np.array([0.96, 0.80, 0.68]) + tone * np.array([0.36, 0.23, 0.16])
     skin = np.clip(skin * rng.uniform(0.92, 1.08, 3), 0.05, 1)
     lips = np.clip(skin * np.array([0.92, 0.62, 0.62]) * rng.uniform(0.8, 1.0), 0, 1)
@@ -449,7 +449,7 @@ def render_face(img: np.ndarray, ident: Identity, st: FaceState,
     spec *= spec
     spec *= spec  # ^4
     spec = spec * (spec * spec) ** 2  # ^20
-    shade = st.ambient + (1 - st.ambient) * diff
+    shade = np.minimum(np.float32(1.1) * (st.ambient + (1 - st.ambient) * diff), 1)
     # antialiased silhouette: the chord length through the ellipsoid ramps from 0 at the edge
     head_mask = np.clip(sq / np.sqrt(a) * np.float32(0.4 * cam.scale), 0, 1) * hit
 
@@ -603,7 +603,7 @@ def render_face(img: np.ndarray, ident: Identity, st: FaceState,
         base = float(np.clip(cam.rot @ _head_normal(pts3[29]) @ light, 0, 1))
         layer = win.copy()
         for i in np.argsort(tw[:, :, 2].mean(1)):
-            lit = 0.6 * max(0.0, float(tn[i] @ light)) + 0.4 * base
+            lit = 0.45 * max(0.0, float(tn[i] @ light)) + 0.55 * base
             _blend(layer, _poly_mask(ws, [t2[i] - o]),
                    (ident.skin * (st.ambient + (1 - st.ambient) * lit)).astype(np.float32))
         nose_m = _poly_mask(ws, list(t2 - o))
@@ -795,7 +795,7 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     st = FaceState(
         yaw=yaw, pitch=float(np.clip(rng.normal(0, 10), -25, 25)),
         roll=float(np.clip(rng.normal(0, 11), -30, 30)), center=(0.0, 0.0),
-        scale=float(rng.uniform(0.40, 0.70) * size / 2.0),
+        scale=float(rng.uniform(0.48, 0.80) * size / 2.0),
         mouth_open=float(max(0.0, rng.uniform(-0.6, 1.0))), smile=float(rng.uniform(-0.3, 1.0)),
         brow_raise=float(rng.uniform(-0.5, 1.0)),
         blink_right=float(rng.uniform() < 0.1) * rng.uniform(0.5, 1.0),
@@ -852,7 +852,7 @@ def render_video(rng: np.random.Generator, frames: int, size: int
     yaw = 55 * np.tanh((rng.uniform(-25, 25) + smooth_series(rng, n, 35, 50, 160)) / 55)
     pitch = np.clip(rng.uniform(-8, 8) + smooth_series(rng, n, 14, 50, 160), -25, 25)
     roll = np.clip(rng.uniform(-10, 10) + smooth_series(rng, n, 14, 60, 200), -30, 30)
-    base_scale = rng.uniform(0.42, 0.62) * size / 2.0
+    base_scale = rng.uniform(0.50, 0.72) * size / 2.0
     scale = base_scale * (1 + smooth_series(rng, n, 0.08, 60, 200))
     mouth = np.clip(rng.uniform(-0.5, 0.3) + smooth_series(rng, n, 0.8, 30, 90), 0, 1)
     smile = np.clip(rng.uniform(-0.2, 0.5) + smooth_series(rng, n, 0.5, 40, 120), -0.3, 1)
