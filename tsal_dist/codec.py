@@ -2,10 +2,10 @@
 
 Two codecs, each one object both ways (mmpose style), batched torch, CPU or GPU:
 
-- :class:`HeatmapCodec`: landmark Gaussians + background channel (TSAL/SBR ``heatmap_type=gaussian``)
-  and the SBR/TSAL ``find_tensor_peak_batch`` decode (argmax, then a weighted mean offset over a
-  ``(2 * window + 1)^2`` window). The decode is differentiable w.r.t. the map values and exports
-  to ONNX.
+- :class:`HeatmapCodec`: landmark Gaussians + background channel (TSAL/SBR
+  ``heatmap_type=gaussian``) and the SBR/TSAL ``find_tensor_peak_batch`` decode (argmax, then a
+  weighted mean offset over a ``(2 * window + 1)^2`` window). The decode is differentiable
+  w.r.t. the map values and exports to ONNX.
 - :class:`CentroidCodec`: the CenterNet branch's facial-centroid Gaussian and per-landmark offsets
   (TSAL ``hm`` / ``hmhp_offset``) with the target bugs T1-T5 of METHOD.md §1.3 fixed, and the
   top-k candidate decode the student's multi-source pseudo-label uses.
@@ -23,7 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["HeatmapCodec", "CentroidCodec", "decode_peaks", "gaussian_radius", "px_to_cell", "cell_to_px"]
+__all__ = [
+    "HeatmapCodec",
+    "CentroidCodec",
+    "decode_peaks",
+    "gaussian_radius",
+    "px_to_cell",
+    "cell_to_px",
+]
 
 # Heatmap values below this fraction are zeroed (SBR generate_label_map threshold).
 _HEATMAP_CUTOFF = 0.01
@@ -51,7 +58,8 @@ def _check_points(landmarks: Tensor, visible: Tensor, num_points: int) -> None:
 
 def _map_size(input_size: int, stride: int) -> int:
     if input_size <= 0 or stride <= 0 or input_size % stride != 0:
-        raise ValueError(f"input_size ({input_size}) must be a positive multiple of stride ({stride})")
+        raise ValueError(f"input_size ({input_size}) must be a positive multiple of "
+                         f"stride ({stride})")
     return input_size // stride
 
 
@@ -85,7 +93,7 @@ class HeatmapCodec:
         """Make the heatmap targets of a batch.
 
         Args:
-            landmarks: (B, K, 2) crop px (x, y); entries of invisible points are ignored (may be NaN).
+            landmarks: (B, K, 2) crop px (x, y); invisible entries are ignored (may be NaN).
             visible: (B, K) in {0, 1}.
 
         Returns:

@@ -191,8 +191,8 @@ def test_decode_onnx_export_matches_torch(tmp_path, dynamo: bool, opset: int) ->
     g = torch.Generator().manual_seed(2)
     example = torch.rand(2, 6, 16, 16, generator=g)
     path = tmp_path / "decode.onnx"
-    kwargs: dict = dict(input_names=["maps"], output_names=["coords", "scores"], opset_version=opset,
-                        dynamo=dynamo)
+    kwargs: dict = dict(input_names=["maps"], output_names=["coords", "scores"],
+                        opset_version=opset, dynamo=dynamo)
     if dynamo:
         kwargs["dynamic_shapes"] = {"maps": {0: torch.export.Dim("batch", min=1, max=64)}}
     else:
@@ -252,8 +252,8 @@ def test_centroid_not_transposed_and_gaussian_shape() -> None:
     r = min(4, math.floor(_reference_radius(8.0, 7.0)))
     sigma = (2 * r + 1) / 6
     assert center[0, 0, 12, 3].item() == pytest.approx(math.exp(-1 / (2 * sigma ** 2)), rel=1e-5)
-    assert center[0, 0, 12 + r, 2 + r].item() == pytest.approx(math.exp(-2 * r * r / (2 * sigma ** 2)),
-                                                               rel=1e-4, abs=1e-12)
+    corner = math.exp(-2 * r * r / (2 * sigma ** 2))
+    assert center[0, 0, 12 + r, 2 + r].item() == pytest.approx(corner, rel=1e-4, abs=1e-12)
     assert center[0, 0, 12, 2 + r + 1] == 0.0  # outside the (2r+1)^2 patch
     # offsets in cells from the integer cell, interleaved (dx0, dy0, dx1, dy1, ...)
     cells = (pts[0] - 1.5) / 4

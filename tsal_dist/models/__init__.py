@@ -46,7 +46,8 @@ def cpm_vgg16(*, num_points: int, input_size: int, stages: int) -> LandmarkDetec
     )
 
 
-def resnet(*, num_points: int, input_size: int, stages: int, width: float = 1.0) -> LandmarkDetector:
+def resnet(*, num_points: int, input_size: int, stages: int,
+           width: float = 1.0) -> LandmarkDetector:
     """ResNet-18-style detector, stride 4, 128-channel FPN features (times ``width``)."""
     backbone = ResNetBackbone(width=width, neck_channels=max(32, round(128 * width)))
     c = backbone.out_channels

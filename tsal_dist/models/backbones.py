@@ -35,6 +35,7 @@ __all__ = [
     "kaiming_init_",
     "count_parameters",
     "separable_conv",
+    "conv_bn_relu",
 ]
 
 # VGG-16 configuration up to conv4_3; "M" = 2x2 max-pool (SBR cpm_vgg16 drops pool4 and conv5).
@@ -99,7 +100,7 @@ def kaiming_init_(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
+def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
                   relu6: bool = False) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
@@ -110,7 +111,7 @@ def _conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int 
 
 def separable_conv(cin: int, cout: int, k: int = 3) -> nn.Sequential:
     """Depthwise k x k + BN + ReLU, then pointwise 1x1 + BN + ReLU."""
-    return nn.Sequential(_conv_bn_relu(cin, cin, k, groups=cin), _conv_bn_relu(cin, cout, 1))
+    return nn.Sequential(conv_bn_relu(cin, cin, k, groups=cin), conv_bn_relu(cin, cout, 1))
 
 
 # ------------------------------------------------------------------------------------ CPM-VGG16
@@ -169,7 +170,7 @@ class FPNNeck(nn.Module):
             for c in in_channels
         )
         self.smooth = (separable_conv(out_channels, out_channels) if separable
-                       else _conv_bn_relu(out_channels, out_channels))
+                       else conv_bn_relu(out_channels, out_channels))
 
     def forward(self, levels: Sequence[Tensor]) -> Tensor:
         """levels: finest first, e.g. strides (4, 8, 16, 32). Returns the finest-level map."""
@@ -226,8 +227,9 @@ class ResNetBackbone(nn.Module):
         cin = chans[0]
         for i, (c, n) in enumerate(zip(chans, blocks)):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(*[BasicBlock(cin if j == 0 else c, c, stride if j == 0 else 1)
-                                          for j in range(n)]))
+            blocks_i = [BasicBlock(cin if j == 0 else c, c, stride if j == 0 else 1)
+                        for j in range(n)]
+            stages.append(nn.Sequential(*blocks_i))
             cin = c
         self.stages = nn.ModuleList(stages)
         self.neck = FPNNeck(in_channels=chans, out_channels=neck_channels, separable=False)
@@ -254,9 +256,9 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         layers: list[nn.Module] = []
         if expand != 1:
-            layers.append(_conv_bn_relu(cin, hidden, 1, relu6=True))
+            layers.append(conv_bn_relu(cin, hidden, 1, relu6=True))
         layers += [
-            _conv_bn_relu(hidden, hidden, 3, stride, groups=hidden, relu6=True),
+            conv_bn_relu(hidden, hidden, 3, stride, groups=hidden, relu6=True),
             nn.Conv2d(hidden, cout, 1, bias=False),
             nn.BatchNorm2d(cout),
         ]
@@ -280,7 +282,7 @@ class MobileNetV2Features(nn.Module):
     def __init__(self, *, width: float = 1.0, last_channels: int = 0) -> None:
         super().__init__()
         cin = make_divisible(32 * width)
-        self.stem = _conv_bn_relu(3, cin, 3, 2, relu6=True)
+        self.stem = conv_bn_relu(3, cin, 3, 2, relu6=True)
         blocks: list[nn.Module] = []
         # index of the block after which each stride level (4, 8, 16, 32) ends
         self.level_ends: list[int] = []
@@ -302,7 +304,7 @@ class MobileNetV2Features(nn.Module):
         self.out_channels = cin
         if last_channels > 0:
             top = make_divisible(last_channels * max(1.0, width))
-            self.top = _conv_bn_relu(cin, top, 1, relu6=True)
+            self.top = conv_bn_relu(cin, top, 1, relu6=True)
             self.out_channels = top
         kaiming_init_(self)
 

@@ -15,10 +15,10 @@ Not here: the backbones, input normalisation, target making and decoding (tsal_d
 
 from __future__ import annotations
 
-from torch import Tensor, nn
 import torch
+from torch import Tensor, nn
 
-from tsal_dist.models.backbones import _conv_bn_relu, init_weights_, separable_conv
+from tsal_dist.models.backbones import conv_bn_relu, init_weights_, separable_conv
 
 __all__ = ["CPMStages", "CenterNetBranch", "RefineHeatmapHead", "CentroidHead", "CENTER_PRIOR_BIAS"]
 
@@ -61,7 +61,8 @@ class CPMStages(nn.Module):
         first += conv(in_channels, 512, 1) + [nn.Conv2d(512, out_channels, 1)]
         blocks = [nn.Sequential(*first)]
         for _ in range(stages - 1):
-            layers = conv(in_channels + out_channels, 128, 7) + conv(128, 128, 7) + conv(128, 128, 7)
+            layers = conv(in_channels + out_channels, 128, 7)
+            layers += conv(128, 128, 7) + conv(128, 128, 7)
             for _ in range(4):
                 layers += conv(128, 128, 3)
             layers += conv(128, 128, 1) + [nn.Conv2d(128, out_channels, 1)]
@@ -175,7 +176,7 @@ class RefineHeatmapHead(nn.Module):
                                 nn.Conv2d(mid_channels, out_channels, 1))]
         for _ in range(stages - 1):
             blocks.append(nn.Sequential(
-                _conv_bn_relu(in_channels + out_channels, mid_channels, 1),
+                conv_bn_relu(in_channels + out_channels, mid_channels, 1),
                 separable_conv(mid_channels, mid_channels, 5),
                 nn.Conv2d(mid_channels, out_channels, 1),
             ))

@@ -146,7 +146,8 @@ def test_regressor_outputs_crop_normalised_coords() -> None:
         torch.testing.assert_close(model(x), model(x.float()))  # uint8 == float, no dropout
         f = model.forward_features(x)
         # coordinates are 0.5 + W f: the linear layer regresses the offset from the crop centre
-        torch.testing.assert_close(model.forward_head(f), 0.5 + (f @ model.fc.weight.T).view(3, 19, 2))
+        want = 0.5 + (f @ model.fc.weight.T).view(3, 19, 2)
+        torch.testing.assert_close(model.forward_head(f), want)
     n = count_parameters(MobileNetV2Regressor(num_points=68, input_size=224, width=1.0))
     # Keras MobileNetV2(alpha=1, include_top=False) has 2,223,872 trainable params + Dense 1280x136
     assert n == 2_223_872 + 1280 * 136
