@@ -1,0 +1,123 @@
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import K, SIZE, const_shape
+
+from tsal_runtime.engines import auto_order, make_engine
+from tsal_runtime.errors import EngineError
+from tsal_runtime.spec import load_spec
+
+
+def crops(n: int, value: int = 51) -> np.ndarray:
+    return np.full((n, SIZE, SIZE, 3), value, np.uint8)
+
+
+def test_onnxruntime_engine(const_model: Path) -> None:
+    eng = make_engine("onnxruntime", load_spec(const_model), threads=1)
+    assert eng.device == "cpu"
+    lm, sc = eng.run(crops(3))
+    assert lm.shape == (3, K, 2) and lm.dtype == np.float32 and sc.shape == (3, K)
+    assert np.allclose(lm, const_shape()[None]) and np.allclose(sc, 51 / 255)
+    lm0, sc0 = eng.run(crops(0))
+    assert lm0.shape == (0, K, 2) and sc0.shape == (0, K)
+    with pytest.raises(ValueError, match="uint8"):
+        eng.run(crops(1).astype(np.float32))
+
+
+def test_auto_on_cpu_is_onnxruntime(const_model: Path) -> None:
+    eng = make_engine("auto", load_spec(const_model))
+    assert auto_order()[-1] == "onnxruntime"
+    if "torch" not in auto_order():  # no CUDA here
+        assert eng.name == "onnxruntime"
+    with pytest.raises(EngineError, match="unknown engine"):
+        make_engine("tflite", load_spec(const_model))
+
+
+def write_const_pt2(path: Path) -> None:
+    import torch
+
+    shape = torch.from_numpy(const_shape())
+
+    class Const(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            m = x.float().mean(dim=(1, 2, 3)) / 255.0
+            return (m * 0)[:, None, None] + shape, m[:, None] + torch.zeros(K)
+
+    ex = torch.zeros((2, SIZE, SIZE, 3), dtype=torch.uint8)
+    ep = torch.export.export(Const(), (ex,),
+                             dynamic_shapes=({0: torch.export.Dim("b", min=1, max=64)},))
+    torch.export.save(ep, str(path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_torch_engine_matches_onnxruntime(const_model: Path) -> None:
+    spec = load_spec(const_model)
+    with pytest.raises(EngineError, match="model.pt2: not found"):
+        make_engine("torch", spec)
+    write_const_pt2(spec.pt2_path)
+    t = make_engine("torch", spec, device="cpu")
+    o = make_engine("onnxruntime", spec)
+    x = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+    for a, b in zip(t.run(x), o.run(x)):
+        assert np.allclose(a, b, atol=1e-6)
+
+
+def test_batch_buckets() -> None:
+    from tsal_runtime.engines.torch_engine import batch_buckets
+
+    assert batch_buckets(64) == [1, 2, 4, 8, 16, 32, 64] and batch_buckets(6) == [1, 2, 4, 6]
+
+
+def test_trt_cache_key_is_sensitive_to_every_field() -> None:
+    from tsal_runtime.engines.trt_engine import engine_cache_key, trt_major
+
+    base = dict(onnx_sha256="a" * 64, trt_version="10.13.0", cuda_version="12.8",
+                gpu_name="NVIDIA H100", compute_capability=(9, 0), precision="fp16",
+                profile=((1, 64, 64, 3), (4, 64, 64, 3), (64, 64, 64, 3)))
+    k0 = engine_cache_key(**base)
+    assert k0 == engine_cache_key(**base) and len(k0) == 24
+    changes = dict(onnx_sha256="b" * 64, trt_version="11.4.0", cuda_version="13.0",
+                   gpu_name="NVIDIA H200", compute_capability=(9, 1), precision="fp32",
+                   profile=((1, 64, 64, 3), (8, 64, 64, 3), (64, 64, 64, 3)))
+    for key, value in changes.items():
+        assert engine_cache_key(**{**base, key: value}) != k0, key
+    assert trt_major("10.13.0.35") == 10 and trt_major("11.4.0.106") == 11
+
+
+def _trt_import_error() -> str:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return f"tensorrt does not import here ({type(e).__name__}); TensorRT is not installable"
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "tensorrt imports but there is no CUDA device"
+    except ImportError:
+        pass
+    return ""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(_trt_import_error()), reason=_trt_import_error() or "n/a")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_matches_onnxruntime(const_model: Path, tmp_path: Path, precision: str) -> None:
+    spec = load_spec(const_model)
+    trt_eng = make_engine("tensorrt", spec, precision=precision, cache_dir=tmp_path, max_batch=8)
+    x = np.random.default_rng(0).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+    ref = make_engine("onnxruntime", spec).run(x)
+    for a, b in zip(trt_eng.run(x), ref):
+        assert np.allclose(a, b, atol=2e-3 if precision == "fp16" else 1e-5)
+    assert list(tmp_path.glob("*.engine"))  # cached; a second load reads the cache
+    again = make_engine("tensorrt", spec, precision=precision, cache_dir=tmp_path, max_batch=8)
+    assert again.engine_path == trt_eng.engine_path
+
+
+def test_tensorrt_unavailable_is_a_clear_error(const_model: Path) -> None:
+    if not _trt_import_error().startswith("tensorrt does not import"):
+        pytest.skip("tensorrt imports here")
+    with pytest.raises(EngineError, match="tensorrt does not import"):
+        make_engine("tensorrt", load_spec(const_model))

@@ -1,0 +1,49 @@
+import math
+
+import numpy as np
+import pytest
+
+from tsal_runtime.smoothing import OneEuroFilter, smoothing_alpha
+
+
+def test_alpha_hand_value() -> None:
+    # tau = 1 / (2 pi fc); alpha = 1 / (1 + tau / dt); fc = 1 Hz, dt = 0.1 s
+    tau = 1 / (2 * math.pi)
+    assert smoothing_alpha(1.0, 0.1) == pytest.approx(1 / (1 + tau / 0.1))
+
+
+def test_first_sample_passes_and_constant_stays() -> None:
+    f = OneEuroFilter()
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert np.array_equal(f(x, 0.0), x)
+    for i in range(1, 10):
+        assert np.allclose(f(x, i / 30), x)
+
+
+def test_second_sample_hand_computed() -> None:
+    f = OneEuroFilter(min_cutoff=1.0, beta=0.0, d_cutoff=1.0)
+    f(np.array([0.0]), 0.0)
+    out = f(np.array([10.0]), 0.1)  # beta 0: plain low-pass at 1 Hz
+    a = smoothing_alpha(1.0, 0.1)
+    assert out[0] == pytest.approx(a * 10.0)
+
+
+def test_reduces_jitter_and_beta_reduces_lag() -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(200) / 30
+    noisy = 100 + rng.normal(0, 1.0, size=(200, 1))
+    f = OneEuroFilter(min_cutoff=1.0, beta=0.0)
+    out = np.array([f(n, ti) for n, ti in zip(noisy, t)])
+    assert np.diff(out[50:, 0]).std() < 0.3 * np.diff(noisy[50:, 0]).std()
+    ramp = (t * 300)[:, None]  # fast motion, 300 px/s
+    lag = {}
+    for beta in (0.0, 1.0):
+        f = OneEuroFilter(min_cutoff=1.0, beta=beta)
+        out = np.array([f(r, ti, scale=100.0) for r, ti in zip(ramp, t)])
+        lag[beta] = float(ramp[-1, 0] - out[-1, 0])
+    assert lag[1.0] < 0.5 * lag[0.0]
+
+
+def test_bad_params() -> None:
+    with pytest.raises(ValueError):
+        OneEuroFilter(min_cutoff=0)
