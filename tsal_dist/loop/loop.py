@@ -468,18 +468,26 @@ def finish_run(cfg: ExperimentConfig, *, run_dir: Path, teacher: torch.nn.Module
     eval_dir = run_dir / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     if lists.eval:
-        from tsal_dist.eval.run import evaluate_lists
+        from tsal_dist.eval.plots import plot_ced
+        from tsal_dist.eval.run import evaluate_list, list_names
 
-        results = {}
+        results: dict[str, dict[str, Any]] = {}
+        curves: dict[str, np.ndarray] = {}
+        names = list_names([str(p) for p in lists.eval])
         for which, model in (("teacher", teacher), ("student", student)):
             model.eval()
-            results[which] = evaluate_lists(
-                model, [str(p) for p in lists.eval], input_size=cfg.model.input_size,
-                pre_crop_expand=cfg.data.pre_crop_expand, num_points=cfg.data.num_points,
-                sigma_px=cfg.model.heatmap_sigma_px, window=cfg.model.decode_window,
-                batch_size=32, device="cpu", strict=cfg.data.strict,
-                plot=str(eval_dir / f"ced_{which}.png"))
+            results[which] = {}
+            for name, path in zip(names, lists.eval):
+                r = evaluate_list(model, path, input_size=cfg.model.input_size,
+                                  pre_crop_expand=cfg.data.pre_crop_expand,
+                                  num_points=cfg.data.num_points,
+                                  sigma_px=cfg.model.heatmap_sigma_px,
+                                  window=cfg.model.decode_window, batch_size=32, device="cpu",
+                                  strict=cfg.data.strict, name=name)
+                results[which][name] = r.summary
+                curves[f"{which} {name}"] = r.primary_nmes
         _atomic_json(eval_dir / "summary.json", results)
+        plot_ced(curves, eval_dir / "ced.png", title="CED, teacher vs student")
         out["eval"] = results
     try:
         from tsal_dist.eval.plots import plot_training_curves
