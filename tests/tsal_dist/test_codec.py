@@ -183,7 +183,8 @@ class _DecodeModule(torch.nn.Module):
         return self.codec.decode(maps)
 
 
-@pytest.mark.parametrize("dynamo,opset", [(False, 17), (True, 18)])
+@pytest.mark.parametrize("dynamo,opset",
+                         [(False, 17), pytest.param(True, 18, marks=pytest.mark.slow)])
 def test_decode_onnx_export_matches_torch(tmp_path, dynamo: bool, opset: int) -> None:
     ort = pytest.importorskip("onnxruntime")
     codec = _hm(input_size=64, num_points=5, window=3)
@@ -318,3 +319,32 @@ def test_centroid_bad_arguments_raise() -> None:
         _cc(centroid_index=4)
     with pytest.raises(ValueError, match="offsets must be"):
         _cc().decode(torch.zeros(1, 1, 16, 16), torch.zeros(1, 6, 16, 16))
+
+
+@pytest.mark.gpu
+def test_codecs_on_cuda_match_cpu() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    k = 68
+    hm = HeatmapCodec(input_size=128, stride=4, num_points=k, sigma_px=3.0, window=4)
+    cc = CentroidCodec(input_size=128, stride=4, num_points=k, centroid_index=30, topk=8)
+    g = torch.Generator().manual_seed(4)
+    pts = 8 + torch.rand(4, k, 2, generator=g) * 112
+    vis = (torch.rand(4, k, generator=g) > 0.1).float()
+    vis[:, 30] = 1
+    labeled = torch.tensor([True, True, False, True])
+    maps, mask = hm.encode(pts, vis)
+    maps_g, mask_g = hm.encode(pts.cuda(), vis.cuda())
+    torch.testing.assert_close(maps_g.cpu(), maps)
+    torch.testing.assert_close(mask_g.cpu(), mask)
+    torch.testing.assert_close(hm.decode(maps_g)[0].cpu(), hm.decode(maps)[0])
+    out = cc.encode(pts, vis, labeled)
+    out_g = cc.encode(pts.cuda(), vis.cuda(), labeled.cuda())
+    for key in out:
+        torch.testing.assert_close(out_g[key].cpu(), out[key])
+    logits = torch.randn(4, 1, 32, 32, generator=g)
+    offsets = torch.randn(4, 2 * k, 32, 32, generator=g)
+    cand, sc = cc.decode(logits, offsets)
+    cand_g, sc_g = cc.decode(logits.cuda(), offsets.cuda())
+    torch.testing.assert_close(cand_g.cpu(), cand)
+    torch.testing.assert_close(sc_g.cpu(), sc)

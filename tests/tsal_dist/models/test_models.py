@@ -151,3 +151,45 @@ def test_regressor_outputs_crop_normalised_coords() -> None:
     n = count_parameters(MobileNetV2Regressor(num_points=68, input_size=224, width=1.0))
     # Keras MobileNetV2(alpha=1, include_top=False) has 2,223,872 trainable params + Dense 1280x136
     assert n == 2_223_872 + 1280 * 136
+
+
+class _ExportWrapper(torch.nn.Module):
+    """uint8 crops -> last-stage heatmaps -> decoded landmarks (what tsal_dist.export does)."""
+
+    def __init__(self, model: torch.nn.Module, codec: object) -> None:
+        super().__init__()
+        self.model = model
+        self.codec = codec
+
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(crops)
+        return self.codec.decode(out["heatmaps"][-1])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("dynamo,opset",
+                         [(False, 17), pytest.param(True, 18, marks=pytest.mark.slow)])
+def test_detector_with_decode_exports_to_onnx(tmp_path, dynamo: bool, opset: int) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from tsal_dist.codec import HeatmapCodec
+
+    model = _model("mobilenetv2", 64, 19, stages=2).eval()
+    codec = HeatmapCodec(input_size=64, stride=4, num_points=19, sigma_px=3.0, window=4)
+    wrapper = _ExportWrapper(model, codec).eval()
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    path = tmp_path / "det.onnx"
+    kwargs: dict = dict(input_names=["crops"], output_names=["landmarks", "scores"],
+                        opset_version=opset, dynamo=dynamo)
+    if dynamo:
+        kwargs["dynamic_shapes"] = {"crops": {0: torch.export.Dim("batch", min=1, max=64)}}
+    else:
+        kwargs["dynamic_axes"] = {"crops": {0: "batch"}}
+    torch.onnx.export(wrapper, (x,), str(path), **kwargs)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    test = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    got, got_s = sess.run(None, {"crops": test.numpy()})
+    with torch.no_grad():
+        want, want_s = wrapper(test)
+    torch.testing.assert_close(torch.from_numpy(got_s), want_s, atol=1e-4, rtol=1e-4)
+    # a near-tie argmax may flip between engines; all but a tiny fraction must agree closely
+    close = (torch.from_numpy(got) - want).abs().amax(-1) < 1e-2
+    assert close.float().mean() > 0.95
