@@ -147,6 +147,9 @@ class Identity:
     bald: bool
     beard: float  # 0 = none, up to ~0.5 = dark stubble strength
     brow_thickness: float  # head units
+    cloth: np.ndarray  # (3,) shirt colour
+    skin_waves: np.ndarray  # (K, 5): 3D frequency (rad / head unit), phase, amplitude
+    hair_waves: np.ndarray  # (K, 5)
 
 
 def sample_identity(rng: np.random.Generator) -> Identity:
@@ -200,7 +203,28 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     return Identity(shape=s, skin=skin, lips=lips, hair=hair, brow=brow, iris=iris,
                     hairline=float(rng.uniform(-0.95, -0.70)), bald=bool(rng.uniform() < 0.12),
                     beard=float(rng.uniform(0.15, 0.5)) if rng.uniform() < 0.15 else 0.0,
-                    brow_thickness=float(rng.uniform(0.045, 0.085)))
+                    brow_thickness=float(rng.uniform(0.045, 0.085)),
+                    cloth=rng.uniform(0.05, 0.9, 3) * rng.uniform(0.6, 1.0),
+                    skin_waves=_waves(rng, 4, 5.0, 20.0, (1.0, 1.0, 1.0)),
+                    hair_waves=_waves(rng, 4, 25.0, 80.0, (1.0, 0.15, 1.0)))
+
+
+def _waves(rng: np.random.Generator, k: int, fmin: float, fmax: float,
+           axis_weight: tuple[float, float, float]) -> np.ndarray:
+    """(k, 5) random plane waves on the head surface: frequency vector, phase, amplitude."""
+    d = rng.normal(size=(k, 3)) * axis_weight
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    f = d * rng.uniform(fmin, fmax, (k, 1))
+    amp = rng.uniform(0.5, 1.0, k)
+    return np.concatenate([f, rng.uniform(0, 2 * np.pi, (k, 1)), (amp / amp.sum())[:, None]], 1)
+
+
+def _surface_texture(waves: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Texture in [-1, 1] attached to head-surface points (so it moves with the head)."""
+    out = np.zeros_like(x)
+    for fx, fy, fz, ph, a in waves.astype(np.float32):
+        out += a * np.sin(fx * x + fy * y + fz * z + ph)
+    return out
 
 
 def apply_expression(shape: np.ndarray, *, mouth_open: float = 0.0, smile: float = 0.0,
@@ -378,8 +402,7 @@ def _head_normal(p: np.ndarray) -> np.ndarray:
     return n / np.linalg.norm(n, axis=-1, keepdims=True)
 
 
-def render_face(img: np.ndarray, ident: Identity, st: FaceState,
-                rng: np.random.Generator) -> np.ndarray:
+def render_face(img: np.ndarray, ident: Identity, st: FaceState) -> np.ndarray:
     """Draw the person into ``img`` (H, W, 3) float32 RGB [0, 1] in place.
 
     Returns:
@@ -398,8 +421,7 @@ def render_face(img: np.ndarray, ident: Identity, st: FaceState,
     cloth3 = np.array([[-0.5, 1.75, -0.7], [0.5, 1.75, -0.7], [1.6, 2.2, -0.7], [1.9, 4.0, -0.7],
                        [-1.9, 4.0, -0.7], [-1.6, 2.2, -0.7]])
     neck_shade = st.ambient + (1 - st.ambient) * 0.45
-    cloth_col = rng.uniform(0.05, 0.9, 3) * rng.uniform(0.6, 1.0)
-    for poly3, col in ((neck3, ident.skin * neck_shade), (cloth3, cloth_col)):
+    for poly3, col in ((neck3, ident.skin * neck_shade), (cloth3, ident.cloth)):
         poly = cam.project(poly3)
         win, o = _window(img, poly, 1)
         if win.size:
@@ -479,7 +501,7 @@ def render_face(img: np.ndarray, ident: Identity, st: FaceState,
         hair_mask *= (hy > -0.55) & (hz < -0.9)
 
     # skin colour with blotch texture, shaded
-    tex = 1 + 0.04 * _noise_field(rng, rs[0], rs[1], max(3.0, unit * 0.15))
+    tex = 1 + 0.05 * _surface_texture(ident.skin_waves, hx, hy, hz)
     skin_img = cv2.merge([shade * tex * np.float32(ident.skin[k]) + np.float32(0.18) * spec
                           for k in range(3)])
     miss = ~hit
@@ -490,7 +512,7 @@ def render_face(img: np.ndarray, ident: Identity, st: FaceState,
         beard3 = np.vstack([pts3[3:14], pts3[[54, 55, 56, 57, 58, 59, 48]] + [0, 0.03, 0]])
         bm = _soft(_poly_mask(rs, [cam.project(beard3) - off]), 0.03 * unit)
         _blend(roi, bm * ident.beard, ident.hair * 0.5)
-    hair_tex = 1 + 0.25 * _noise_field(rng, rs[0], rs[1], max(2.0, unit * 0.04))
+    hair_tex = 1 + 0.3 * _surface_texture(ident.hair_waves, hx, hy, hz)
     hair_lum = np.float32(0.5) + np.float32(0.5) * shade * hair_tex
     hair_img = cv2.merge([hair_lum * np.float32(ident.hair[k]) + np.float32(0.1) * spec
                           for k in range(3)])
@@ -808,7 +830,7 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     shift = _fit_in_frame(lm0, size, rng, margin=0.02 * size)
     st = _replace(st, center=(float(shift[0]), float(shift[1])))
     img = make_background(rng, size, size)
-    lm = render_face(img, ident, st, rng)
+    lm = render_face(img, ident, st)
     if rng.uniform() < 0.2:
         draw_occluder(img, sample_occluder(rng, landmark_box(lm)))
     dg = sample_degrade(rng, size)
@@ -901,7 +923,7 @@ def render_video(rng: np.random.Generator, frames: int, size: int
         img = cv2.warpAffine(bg, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_REFLECT)
         frng = np.random.default_rng([int(rng.integers(1 << 31)), i])
-        lm = render_face(img, ident, st, frng)
+        lm = render_face(img, ident, st)
         if occ is not None:
             draw_occluder(img, occ, (float(ox[i]), float(oy[i])))
         out_frames.append(apply_degrade(img, dg, frng))
@@ -1011,7 +1033,7 @@ def generate_dataset(out: str | Path, *, images: int, test_images: int, videos: 
     """
     for name, v, lo in (("images", images, 1), ("test_images", test_images, 1),
                         ("videos", videos, 0), ("test_videos", test_videos, 0),
-                        ("frames", frames, 2), ("image_size", image_size, 32)):
+                        ("frames", frames, 1), ("image_size", image_size, 32)):
         if int(v) < lo:
             raise ValueError(f"generate_dataset: {name}={v} must be >= {lo}")
     root = Path(out)

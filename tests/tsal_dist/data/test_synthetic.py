@@ -221,7 +221,7 @@ def test_rendered_features_sit_at_the_landmarks() -> None:
     st = syn.FaceState(yaw=0, pitch=0, roll=0, center=(128, 110), scale=80,
                        light=(0, 0, 1), ambient=0.5)
     img = np.full((256, 256, 3), 0.5, np.float32)
-    lm = syn.render_face(img, ident, st, np.random.default_rng(0))
+    lm = syn.render_face(img, ident, st)
     np.testing.assert_allclose(lm, syn.face_landmarks(ident, st))
 
     def at(p: np.ndarray) -> np.ndarray:
@@ -236,7 +236,7 @@ def test_rendered_features_sit_at_the_landmarks() -> None:
     np.testing.assert_allclose(img[3, 3], 0.5)  # far from the person: background untouched
 
 
-@pytest.mark.parametrize("bad", [dict(images=0), dict(frames=1), dict(image_size=16)])
+@pytest.mark.parametrize("bad", [dict(images=0), dict(frames=0), dict(videos=-1), dict(image_size=16)])
 def test_bad_sizes_raise(tmp_path: Path, bad: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         syn.generate_dataset(tmp_path, **{**SIZES, **bad}, progress=False)
