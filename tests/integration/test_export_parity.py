@@ -1,0 +1,102 @@
+"""Export (tsal_dist.export) <-> runtime (tsal_runtime) agreement: the one test importing both.
+
+- the runtime's crop geometry equals tsal_dist.data.transforms.crop_matrix;
+- model.json written by export is read by tsal_runtime.spec with every field intact;
+- ONNX Runtime output equals the torch model's decoded output (heatmap teacher and regression
+  student) on random crops within 1e-4, and the runtime's torch engine (model.pt2) agrees.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "runtime"))
+
+from tsal_dist.config import ExperimentConfig  # noqa: E402
+from tsal_dist.data.transforms import crop_matrix as train_crop_matrix  # noqa: E402
+from tsal_dist.export import ExportError, export, load_export_module  # noqa: E402
+from tsal_dist.models import MobileNetV2Regressor, build_model  # noqa: E402
+from tsal_runtime.engines import make_engine  # noqa: E402
+from tsal_runtime.geometry import crop_matrix as runtime_crop_matrix  # noqa: E402
+from tsal_runtime.spec import load_spec  # noqa: E402
+
+SIZE = 64
+
+
+@pytest.mark.parametrize("box, size, expand", [((10, 20, 110, 140), 64, 0.2),
+                                               ((-5.5, 3.25, 40, 90), 128, 0.0),
+                                               ((0, 0, 1, 1), 32, 1.5)])
+def test_crop_convention_matches_training(box: tuple, size: int, expand: float) -> None:
+    assert np.allclose(runtime_crop_matrix(box, size, expand),
+                       train_crop_matrix(box, size, expand), atol=1e-12)
+
+
+def make_checkpoint(path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = ExperimentConfig.from_dict({"model": {"input_size": SIZE, "width": 0.5,
+                                                "cpm_stages": 1}})
+    teacher = build_model(cfg.model, cfg.data.num_points)
+    student = MobileNetV2Regressor(cfg.data.num_points, SIZE, width=0.5)
+    torch.save({"config": cfg.to_dict(), "teacher": teacher.state_dict(),
+                "student": student.state_dict(), "step": 7}, path)
+
+
+def test_export_errors(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="checkpoint not found"):
+        load_export_module(tmp_path / "none.pt")
+    torch.save({"config": {}, "teacher": {}}, tmp_path / "c.pt")
+    with pytest.raises(ExportError, match="expected a dict with 'config' and 'student'"):
+        load_export_module(tmp_path / "c.pt", "student")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("ck") / "ckpt-00000007.pt"
+    make_checkpoint(p)
+    return p
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which, head", [("teacher", "heatmap"), ("student", "regression")])
+def test_export_parity(ckpt: Path, tmp_path: Path, which: str, head: str) -> None:
+    torch.set_num_threads(1)
+    out = tmp_path / "export"
+    meta = export(ckpt, out, which=which, opset=18)
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx", "model.pt2"]
+    # writer <-> reader: every field written is read back unchanged
+    spec = load_spec(out)
+    read = spec.to_json_dict()
+    written = json.loads((out / "model.json").read_text())
+    for key in read:
+        want = written.get(key)
+        if key == "decode" and want is None:
+            want = {"stride": 0, "window": 0, "sigma_px": 0.0}
+        assert read[key] == want, key
+    assert spec.head == head and spec.which == which and meta["step"] == 7
+    assert spec.num_landmarks == 68 and spec.landmark_scheme == "ibug68"
+    assert spec.eye_corners == (36, 45) and len(spec.flip_pairs) == 29
+    if head == "heatmap":
+        assert spec.decode.stride == 4 and spec.decode.window == 4
+    # parity: onnxruntime vs the torch model + codec on random crops (several batch sizes)
+    module, _, _, _ = load_export_module(ckpt, which)
+    ort_eng = make_engine("onnxruntime", spec, threads=1)
+    rng = np.random.default_rng(1)
+    for b in (1, 3):
+        crops = rng.integers(0, 256, (b, SIZE, SIZE, 3), dtype=np.uint8)
+        with torch.no_grad():
+            ref_lm, ref_sc = (t.numpy() for t in module(torch.from_numpy(crops)))
+        lm, sc = ort_eng.run(crops)
+        assert lm.shape == (b, 68, 2) and sc.shape == (b, 68)
+        assert np.abs(lm - ref_lm).max() < 1e-4 and np.abs(sc - ref_sc).max() < 1e-4
+        if head == "regression":
+            assert np.all(sc == 1.0)
+    # the runtime's torch engine runs model.pt2 without tsal_dist
+    t_lm, t_sc = make_engine("torch", spec, device="cpu").run(crops)
+    assert np.abs(t_lm - lm).max() < 1e-4 and np.abs(t_sc - sc).max() < 1e-4

@@ -1,0 +1,166 @@
+"""CLI end to end with the constant model, and every bad-input case of issue 4 section 4."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import ROOT, model_json, write_const_onnx
+from test_sources import FakeCapture, write_video
+
+from tsal_runtime import cli, sources
+
+BOX = [20.0, 12.0, 44.0, 36.0]
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> Path:
+    p = tmp_path / "in.mp4"
+    write_video(p, n=6, size=(64, 48))
+    return p
+
+
+@pytest.fixture
+def boxes(tmp_path: Path) -> Path:
+    p = tmp_path / "boxes.jsonl"
+    p.write_text("".join(json.dumps({"frame": i, "boxes": [BOX]}) + "\n" for i in range(6)))
+    return p
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    rc = cli.main(list(args))
+    return rc, capsys.readouterr().err
+
+
+def test_video_headless_all_outputs(tmp_path: Path, const_model: Path, video: Path, boxes: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    out, js, cs = tmp_path / "out.mp4", tmp_path / "o.jsonl", tmp_path / "o.csv"
+    rc, err = run_cli(capsys, "--model", str(const_model), "--video", str(video), "--headless",
+                      "--detector", f"boxes:{boxes}", "--min-score", "0", "--output", str(out),
+                      "--json", str(js), "--csv", str(cs))
+    assert rc == 0, err
+    recs = [json.loads(line) for line in js.read_text().splitlines()]
+    assert [r["frame"] for r in recs] == list(range(6))
+    assert all(len(r["faces"]) == 1 for r in recs)
+    assert set(recs[0]["timings_ms"]) == {"decode", "detect", "landmark", "smooth", "draw"}
+    lm = np.array(recs[3]["faces"][0]["landmarks"])
+    assert lm.shape == (5, 2) and np.allclose(lm.min(0), BOX[:2], atol=0.02)
+    rows = list(csv.reader(cs.open()))
+    assert rows[0][:6] == ["frame", "time_s", "face_id", "score", "x0", "y0"] and len(rows) == 7
+    cap = cv2.VideoCapture(str(out))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    assert n == 6
+
+
+def test_images_folder(tmp_path: Path, const_model: Path, boxes: Path,
+                       capsys: pytest.CaptureFixture) -> None:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(d / f"{i}.png"), np.full((48, 64, 3), 100, np.uint8))
+    js = tmp_path / "o.jsonl"
+    rc, err = run_cli(capsys, "--model", str(const_model), "--images", str(d), "--headless",
+                      "--detector", f"boxes:{boxes}", "--json", str(js))
+    assert rc == 0, err
+    recs = [json.loads(line) for line in js.read_text().splitlines()]
+    assert [r["source"] for r in recs] == ["0.png", "1.png"] and all(r["detected"] for r in recs)
+
+
+def one_line_error(rc: int, err: str, match: str) -> None:
+    assert rc == 1
+    lines = [x for x in err.splitlines() if x.startswith("tsal-runtime: error:")]
+    assert len(lines) == 1 and match in lines[0], err
+
+
+def test_no_camera(const_model: Path, capsys: pytest.CaptureFixture) -> None:
+    one_line_error(*run_cli(capsys, "--model", str(const_model), "--camera", "97", "--headless",
+                            "--detector", "boxes:/dev/null"), "camera 97: cannot open")
+
+
+def test_camera_disconnects_mid_stream(tmp_path: Path, const_model: Path, boxes: Path,
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(sources.cv2, "VideoCapture", lambda index: FakeCapture(4))
+    monkeypatch.setattr(sources.time, "sleep", lambda s: None)
+    js, cs = tmp_path / "o.jsonl", tmp_path / "o.csv"
+    rc, err = run_cli(capsys, "--model", str(const_model), "--camera", "0", "--headless",
+                      "--detector", f"boxes:{boxes}", "--json", str(js), "--csv", str(cs),
+                      "--output", str(tmp_path / "o.mp4"))
+    one_line_error(rc, err, "stopped delivering frames after 4 frame(s)")
+    recs = [json.loads(line) for line in js.read_text().splitlines()]  # complete, parseable
+    assert [r["frame"] for r in recs] == [0, 1, 2, 3]
+    assert len(list(csv.reader(cs.open()))) >= 1
+    cap = cv2.VideoCapture(str(tmp_path / "o.mp4"))
+    assert cap.isOpened() and cap.read()[0]  # the writer was released: the file is playable
+    cap.release()
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "video file not found"),
+    (b"", "video file is empty"),
+    (b"\x00\x01garbage" * 64, "cannot read video"),
+])
+def test_bad_video(tmp_path: Path, const_model: Path, capsys: pytest.CaptureFixture,
+                   content: bytes | None, match: str) -> None:
+    p = tmp_path / "v.mp4"
+    if content is not None:
+        p.write_bytes(content)
+    one_line_error(*run_cli(capsys, "--model", str(const_model), "--video", str(p), "--headless",
+                            "--detector", "boxes:/dev/null"), match)
+
+
+def test_bad_model(tmp_path: Path, const_model: Path, video: Path,
+                   capsys: pytest.CaptureFixture) -> None:
+    (const_model / "model.json").write_text(json.dumps(model_json(schema_version=7)))
+    one_line_error(*run_cli(capsys, "--model", str(const_model), "--video", str(video),
+                            "--headless"), "schema_version 7 is not supported")
+    (const_model / "model.json").write_text(json.dumps(model_json()))
+    write_const_onnx(const_model / "model.onnx", size=48)
+    one_line_error(*run_cli(capsys, "--model", str(const_model), "--video", str(video),
+                            "--headless"), "model.json says uint8[B, 32, 32, 3]")
+
+
+def test_frames_without_faces(tmp_path: Path, const_model: Path, video: Path,
+                              capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("")
+    js = tmp_path / "o.jsonl"
+    rc, err = run_cli(capsys, "--model", str(const_model), "--video", str(video), "--headless",
+                      "--detector", f"boxes:{empty}", "--json", str(js))
+    assert rc == 0, err
+    recs = [json.loads(line) for line in js.read_text().splitlines()]
+    assert len(recs) == 6 and all(r["faces"] == [] and r["detected"] for r in recs)
+
+
+def test_missing_output_folder(tmp_path: Path, const_model: Path, video: Path, boxes: Path,
+                               capsys: pytest.CaptureFixture) -> None:
+    one_line_error(*run_cli(capsys, "--model", str(const_model), "--video", str(video),
+                            "--headless", "--detector", f"boxes:{boxes}", "--json",
+                            str(tmp_path / "no" / "o.jsonl")), "does not exist")
+
+
+def test_window_without_display(const_model: Path, video: Path, boxes: Path,
+                                monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    rc, err = run_cli(capsys, "--model", str(const_model), "--video", str(video),
+                      "--detector", f"boxes:{boxes}")
+    if rc == 0:  # an OpenCV with a GUI backend could open a window: nothing to check
+        return
+    one_line_error(rc, err, "use --headless")
+
+
+def test_module_entry_point(tmp_path: Path, const_model: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime")}
+    r = subprocess.run([sys.executable, "-m", "tsal_runtime", "--model", str(const_model),
+                        "--video", str(tmp_path / "missing.mp4"), "--headless",
+                        "--detector", "boxes:/dev/null"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().endswith("video file not found")
+    assert r.stderr.count("error:") == 1
