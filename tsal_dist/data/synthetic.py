@@ -417,7 +417,8 @@ def render_face(img: np.ndarray, ident: Identity, st: FaceState) -> np.ndarray:
     unit = cam.scale  # px per head unit
 
     # body (neck + shoulders) first, behind the head
-    neck3 = np.array([[-0.42, 0.6, -0.75], [0.42, 0.6, -0.75], [0.46, 2.4, -0.7], [-0.46, 2.4, -0.7]])
+    neck3 = np.array([[-0.42, 0.6, -0.75], [0.42, 0.6, -0.75], [0.46, 2.4, -0.7],
+                      [-0.46, 2.4, -0.7]])
     cloth3 = np.array([[-0.5, 1.75, -0.7], [0.5, 1.75, -0.7], [1.6, 2.2, -0.7], [1.9, 4.0, -0.7],
                        [-1.9, 4.0, -0.7], [-1.6, 2.2, -0.7]])
     neck_shade = st.ambient + (1 - st.ambient) * 0.45
@@ -739,7 +740,8 @@ def draw_occluder(img: np.ndarray, occ: Occluder, shift: tuple[float, float] = (
         m = _poly_mask((h, w), [base @ rot.T + c])
     col = np.array(occ.color, np.float32)[None, None] * np.ones((h, w, 3), np.float32)
     if occ.texture > 0:
-        col *= 1 + occ.texture * _noise_field(np.random.default_rng(occ.seed), h, w, 6, 1)[..., None]
+        tex = _noise_field(np.random.default_rng(occ.seed), h, w, 6, 1)
+        col *= 1 + occ.texture * tex[..., None]
     _blend(img, m, col)
 
 
@@ -991,7 +993,7 @@ def dataset_lists(root: str | Path) -> dict[str, Path]:
 
 
 def _contact_sheet(samples: list[tuple[np.ndarray, np.ndarray]], cols: int = 6) -> np.ndarray:
-    """RGB grid of images with landmarks drawn (jaw, brows, nose, eyes, mouth in distinct colours)."""
+    """RGB grid of images with landmarks drawn (jaw, brows, nose, eyes, mouth coloured apart)."""
     groups = [(range(0, 17), (255, 255, 0)), (range(17, 27), (255, 128, 0)),
               (range(27, 36), (0, 255, 255)), (range(36, 48), (0, 255, 0)),
               (range(48, 68), (255, 0, 255))]

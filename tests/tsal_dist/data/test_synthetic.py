@@ -26,7 +26,8 @@ def _norm(p: str) -> Path:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
 
 
 def test_same_seed_same_bytes(dataset: Path, tmp_path: Path) -> None:
@@ -236,7 +237,18 @@ def test_rendered_features_sit_at_the_landmarks() -> None:
     np.testing.assert_allclose(img[3, 3], 0.5)  # far from the person: background untouched
 
 
-@pytest.mark.parametrize("bad", [dict(images=0), dict(frames=0), dict(videos=-1), dict(image_size=16)])
+@pytest.mark.parametrize("bad", [dict(images=0), dict(frames=0), dict(videos=-1),
+                                 dict(image_size=16)])
 def test_bad_sizes_raise(tmp_path: Path, bad: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         syn.generate_dataset(tmp_path, **{**SIZES, **bad}, progress=False)
+
+
+def test_render_is_a_pure_function_of_identity_and_state() -> None:
+    """No hidden per-call randomness: a re-rendered video frame is identical (no flicker)."""
+    ident = syn.sample_identity(np.random.default_rng(5))
+    st = syn.FaceState(yaw=-30, pitch=10, roll=-12, center=(60, 70), scale=40, mouth_open=0.5)
+    a, b = (np.full((128, 128, 3), 0.3, np.float32) for _ in range(2))
+    syn.render_face(a, ident, st)
+    syn.render_face(b, ident, st)
+    assert np.array_equal(a, b) and np.abs(a - 0.3).max() > 0.1
