@@ -63,10 +63,12 @@ def fit(cfg: ExperimentConfig, *, run_callbacks: list | None = None,
     run_dir = out / name
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     resolve_data(cfg)  # generate the synthetic dataset once, here, not in every worker
-    start_teacher_actor(run_name=name, mode=cfg.teacher.mode,
+    # Keep the handle for the whole fit: a non-detached actor dies with its last handle.
+    teacher = start_teacher_actor(run_name=name, mode=cfg.teacher.mode,
                         queue_length=cfg.teacher.queue_length, ema_decay=cfg.teacher.ema_decay,
                         keep_versions=cfg.teacher.max_staleness + 4,
                         checkpoint_dir=str(run_dir / "checkpoints"))
+    ray.get(teacher.ping.remote())  # fail here, clearly, if the actor cannot start
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir), "run_name": name},
@@ -78,9 +80,10 @@ def fit(cfg: ExperimentConfig, *, run_callbacks: list | None = None,
             callbacks=run_callbacks or None),
     )
     result = trainer.fit()
+    teacher_info = ray.get(teacher.info.remote())
     summary: dict[str, Any] = {"run_dir": str(run_dir), "name": name,
                                "metrics": result.metrics, "error": repr(result.error)
-                               if result.error else None}
+                               if result.error else None, "teacher_server": teacher_info}
     sp = run_dir / "eval" / "summary.json"
     if sp.is_file():
         summary["eval"] = json.loads(sp.read_text())
