@@ -31,6 +31,23 @@ def batch_buckets(max_batch: int) -> list[int]:
     return out
 
 
+def _retarget_device(module: Any, device: Any) -> Any:
+    """Rewrite tensor-creating nodes that torch.export baked to the export device (e.g. the
+    codec's ``torch.arange(..., device=cpu)``) so the program runs on ``device``."""
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return module
+    changed = False
+    for node in graph.nodes:
+        dev = node.kwargs.get("device") if node.kwargs else None
+        if dev is not None and str(dev) != str(device):
+            node.update_kwarg("device", device)
+            changed = True
+    if changed:
+        module.recompile()
+    return module
+
+
 class TorchEngine:
     """Args:
         spec: model spec (reads ``spec.pt2_path``).
@@ -69,7 +86,9 @@ class TorchEngine:
         self._torch = torch
         self.spec, self.device = spec, device
         self.precision = precision if device == "cuda" else "fp32"
-        self._module = module.to(device) if device == "cuda" else module
+        if device == "cuda":
+            module = _retarget_device(module.to(device), torch.device("cuda"))
+        self._module = module
         self._graphs: dict[int, tuple[Any, Any, Any, Any]] = {}
         self._use_graphs = cuda_graphs and device == "cuda"
         self._buckets = batch_buckets(max_batch)
