@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import torch, ray, deepspeed, decord, onnxruntime, tsal_dist, tsal_runtime" 2>/dev/null; then
   .venv/bin/pip install -q torch==2.13.0
-  .venv/bin/pip install -q -e ".[train,video,runtime,mat,dev]"
+  .venv/bin/pip install -q -e ".[train,video,runtime,detectors,mat,dev]"
 fi
 if .venv/bin/pip list 2>/dev/null | grep -E -i '^(nvidia-|triton|cuda-)' ; then
   echo "install.sh: CUDA packages were pulled in; the torch pin leaked" >&2

@@ -65,7 +65,7 @@ class DataConfig:
     num_points: int = 68
     labeled_limit: int = 0  # use only the first L labeled faces (0 = all); the SSL ablation knob
     pre_crop_expand: float = 0.2  # box grows by this fraction of its size on EACH side (SBR)
-    clip_length: int = 4  # T consecutive frames per unlabeled clip (TSAL: 10)
+    clip_length: int = 3  # T consecutive frames per unlabeled clip (TSAL: 10)
     clip_stride: int = 1  # frame step inside a clip
     rotate_max_deg: float = 20.0  # augmentation: rotation ~ U(-r, r), one draw per clip
     scale_min: float = 0.9  # augmentation: scale ~ U(min, max)
@@ -94,9 +94,9 @@ class ModelConfig:
     """Detector architecture and the codec constants that belong to it."""
 
     backbone: Literal["cpm_vgg16", "resnet", "mobilenetv2"] = "mobilenetv2"
-    input_size: int = 128  # square crop side fed to the network, pixels
-    width: float = 1.0  # channel multiplier of the light backbones (ignored by cpm_vgg16)
-    cpm_stages: int = 3  # heatmap refinement stages (TSAL hard-codes 3)
+    input_size: int = 96  # square crop side fed to the network, pixels
+    width: float = 0.5  # channel multiplier of the light backbones (ignored by cpm_vgg16)
+    cpm_stages: int = 2  # heatmap refinement stages (TSAL hard-codes 3)
     heatmap_sigma_px: float = 3.0  # Gaussian sigma in crop pixels (TSAL: 6 at 256 px)
     decode_window: int = 4  # soft-argmax window radius in heatmap cells (SBR 4; TSAL 20)
     centroid_index: int = 30  # 0-based landmark used as the facial centroid (nose tip, as TSAL)
@@ -182,10 +182,10 @@ class OptimConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9  # SGD only (nesterov)
-    batch_size: int = 16  # labeled faces per worker per step
-    clips_per_batch: int = 2  # unlabeled clips per worker per step (0 = supervised only)
-    steps: int = 1200  # optimizer steps of the whole run
-    warmup_steps: int = 50
+    batch_size: int = 8  # labeled faces per worker per step
+    clips_per_batch: int = 1  # unlabeled clips per worker per step (0 = supervised only)
+    steps: int = 2400  # optimizer steps of the whole run
+    warmup_steps: int = 100
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     milestones: tuple[float, ...] = (0.6, 0.75, 0.9)  # multistep, as fractions of steps
     gamma: float = 0.5  # multistep decay factor
@@ -242,10 +242,10 @@ class RunConfig:
 
     output: str = "runs"  # folder holding run folders (Ray storage path); shared FS on clusters
     name: str = ""  # run folder name; "" = tsal-<UTC timestamp>. Same name = resume.
-    log_every: int = 20  # steps between metrics.jsonl rows / progress reports
-    checkpoint_every: int = 200  # steps between checkpoints (and the final step)
+    log_every: int = 50  # steps between metrics.jsonl rows / progress reports
+    checkpoint_every: int = 400  # steps between checkpoints (and the final step)
     keep_checkpoints: int = 2  # newest checkpoints kept
-    eval_every: int = 0  # steps between validation evals of the teacher (0 = only at the end)
+    eval_every: int = 400  # steps between validation NMEs of the teacher (0 = none)
     val_images: int = 64  # held-out images used for the periodic validation NME
     max_failures: int = 2  # Ray Train worker-group restarts before giving up
     export: bool = True  # write ONNX + model.json of the teacher at the end

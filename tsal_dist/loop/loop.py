@@ -498,11 +498,11 @@ def finish_run(cfg: ExperimentConfig, *, run_dir: Path, teacher: torch.nn.Module
     except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
         print(f"warning: training curve plot failed: {e}")
     if cfg.run.export:
-        from tsal_dist.export import export_checkpoint
+        from tsal_dist.export import export
 
         ckpt = latest_checkpoint(run_dir / "checkpoints")
         if ckpt is not None:
-            export_checkpoint(ckpt, run_dir / "export", which="teacher")
+            export(ckpt, run_dir / "export", which="teacher")
             out["export"] = str(run_dir / "export")
     return out
 
