@@ -1,0 +1,78 @@
+"""``python -m tsal_dist.tune --config configs/sweeps/FILE.yaml``: a Ray Tune sweep of TSAL runs.
+
+A sweep file names a base config (``base:`` file or inline overrides), a search space of dotted
+config keys (``space:``), ``num_samples``, ``max_concurrent_trials``, the metric (``val_nme``, the
+teacher's validation NME), ``mode`` and the ASHA ``scheduler``; see configs/sweeps/default.yaml.
+The space is validated against the config before any trial starts. Results (CSV + markdown table,
+NME-vs-key plot, best_config.yaml for ``python -m tsal_dist.train --config``) go to ``output``.
+Runs on a local Ray instance, or on the cluster in RAY_ADDRESS (``ray job submit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+from tsal_dist.config import ConfigError, parse_set_args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tsal_dist.tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="sweep YAML (see configs/sweeps/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override of the BASE experiment config (repeatable)")
+    p.add_argument("--output", help="sweep output folder (overrides the file's output:)")
+    p.add_argument("--num-samples", type=int, help="overrides the file's num_samples")
+    p.add_argument("--max-concurrent-trials", type=int,
+                   help="overrides the file's max_concurrent_trials")
+    p.add_argument("--check", action="store_true",
+                   help="validate the sweep and its space, print the plan, start nothing")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from tsal_dist.distributed.search_space import num_trials
+    from tsal_dist.distributed.tune_driver import check_sweep, load_sweep
+
+    try:
+        sweep = load_sweep(args.config, parse_set_args(args.set))
+        changes = {}
+        if args.output:
+            changes["output"] = args.output
+        if args.num_samples is not None:
+            changes["num_samples"] = args.num_samples
+        if args.max_concurrent_trials is not None:
+            changes["max_concurrent_trials"] = args.max_concurrent_trials
+        if changes:
+            sweep = replace(sweep, **changes)
+            if sweep.num_samples < 1 or sweep.max_concurrent_trials < 1:
+                raise ConfigError("--num-samples and --max-concurrent-trials must be >= 1")
+            check_sweep(sweep)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = num_trials(sweep.space, sweep.num_samples)
+    print(f"sweep {sweep.name}: {n} trials over {list(sweep.space)}, "
+          f"{sweep.max_concurrent_trials} at a time, {sweep.base.optim.steps} steps each, "
+          f"scheduler {sweep.scheduler.kind}; output {sweep.output}")
+    if args.check:
+        return 0
+    from tsal_dist.distributed.tune_driver import run_sweep
+
+    res = run_sweep(sweep)
+    for k, v in res["files"].items():
+        print(f"{k:5s} {v}")
+    best = res["best"]
+    if best is None:
+        print("error: no trial reported a finite val_nme", file=sys.stderr)
+        return 1
+    print(f"best trial {best['trial']}: val NME {100 * best['val_nme']:.3f}% "
+          f"({', '.join(f'{k}={best[k]}' for k in sweep.space)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
