@@ -65,7 +65,10 @@ def ramp_weight(step: int, total_steps: int, up_frac: float, down_frac: float) -
 def teacher_consistency(pred_next: Sequence[Tensor], target_warped: Tensor) -> Tensor:
     """Teacher's single-source term: heatmaps on frame t+1 vs its own heatmaps on warp(t -> t+1).
 
-    ``loss = sum_s mean((pred_next[s] - stopgrad(target_warped))^2)``.
+    ``loss = sum_s sum((pred_next[s] - stopgrad(target_warped))^2) / (2 N)``: the same units as
+    ``heatmap_loss`` (summed squared error per frame, halved), so ``loss.unsup_weight`` weighs the
+    unlabeled frames against the labeled ones on one scale. (The original code used a pixel MEAN,
+    which made this term ~1e-4 of the supervised one: the teacher's unlabeled signal vanished.)
 
     Fixes METHOD.md §1.6 "Off-by-one (CODE)": the code compared the prediction on frame t with the
     warped image that reconstructs frame t+1. Callers pass predictions on frames 1..T-1 of each
@@ -86,7 +89,9 @@ def teacher_consistency(pred_next: Sequence[Tensor], target_warped: Tensor) -> T
             raise ValueError(f"teacher_consistency: stage {i} has shape {tuple(stage.shape)}, "
                              f"target_warped has {tuple(target_warped.shape)}")
     target = target_warped.detach()
-    return torch.stack([F.mse_loss(stage, target) for stage in pred_next]).sum()
+    n = max(1, target.shape[0])
+    return torch.stack([F.mse_loss(stage, target, reduction="sum") for stage in pred_next]
+                       ).sum() / (2 * n)
 
 
 def nearest_candidate(hm_coords: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:

@@ -45,14 +45,14 @@ def test_ramp_bad_args():
 def test_teacher_consistency_hand_computed_and_detached():
     target = torch.zeros(1, 2, 2, 2, requires_grad=True)
     s1 = torch.zeros(1, 2, 2, 2)
-    s1[0, 0, 0, 0] = 2.0  # mean sq err = 4 / 8
-    s2 = torch.ones(1, 2, 2, 2)  # mean sq err = 1
+    s1[0, 0, 0, 0] = 2.0  # summed sq err = 4, one frame -> 4 / 2
+    s2 = torch.ones(1, 2, 2, 2)  # summed sq err = 8 -> 8 / 2
     s1.requires_grad_(True)
     loss = teacher_consistency([s1, s2], target)
-    assert loss.item() == pytest.approx(0.5 + 1.0)
+    assert loss.item() == pytest.approx(2.0 + 4.0)
     loss.backward()
     assert target.grad is None  # the target is a stop-gradient
-    assert s1.grad[0, 0, 0, 0].item() == pytest.approx(2 * 2.0 / 8)
+    assert s1.grad[0, 0, 0, 0].item() == pytest.approx(2 * 2.0 / 2)
     s1g = s1.grad.clone()
     s1g[0, 0, 0, 0] = 0
     assert torch.all(s1g == 0)  # zero error elsewhere -> zero gradient
