@@ -1,0 +1,81 @@
+"""Distillation end to end in one process on a tiny synthetic set: ASM, both teachers, a student
+whose loss falls, checkpoints export can read, resume, and the strict config loader."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tsal_dist.config import ConfigError
+from tsal_dist.data.asm import ShapeModel
+from tsal_dist.loop.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from tsal_dist.loop.distill_loop import (DistillConfig, load_distill_config, run_distill)
+from tsal_dist.losses.kd import KDLossParams
+
+TINY = {
+    "experiment.data.synthetic.images": 48, "experiment.data.synthetic.test_images": 12,
+    "experiment.data.synthetic.videos": 2, "experiment.data.synthetic.test_videos": 1,
+    "experiment.data.synthetic.frames": 12, "experiment.data.synthetic.image_size": 96,
+    "experiment.model.backbone": "mobilenetv2", "experiment.model.input_size": 64,
+    "experiment.model.heatmap_sigma_px": 2.0,
+    "experiment.optim.batch_size": 8, "experiment.optim.steps": 40,
+    "experiment.optim.warmup_steps": 0, "experiment.optim.lr": 3e-3,
+    "experiment.run.log_every": 10, "experiment.run.checkpoint_every": 20,
+    "experiment.run.val_images": 8, "experiment.run.export": False,
+    "teachers.steps": 4, "student.dropout": 0.0,
+}
+
+
+def test_config_loader_is_strict_and_variants_resolve(tmp_path):
+    cfg = load_distill_config(None, {"kd.variant": "paper", "kd.reflect": "true"})
+    p = cfg.kd.params()
+    assert (p.beta_frac, p.low_ramp, p.reflect, p.main_factor) == (0.4, True, True, 1.0)
+    assert DistillConfig().kd.params() == KDLossParams.code()
+    with pytest.raises(ConfigError, match="kd.nope"):
+        load_distill_config(None, {"kd.nope": 1})
+    with pytest.raises(ConfigError, match="asm.variance"):
+        load_distill_config(None, {"asm.variance": 120})
+    y = tmp_path / "d.yaml"
+    y.write_text("experiment:\n  optim:\n    steps: 7\nstudent:\n  arch: heatmap\n")
+    cfg = load_distill_config(y)
+    assert cfg.experiment.optim.steps == 7 and cfg.student.arch == "heatmap"
+    y.write_text("experiment:\n  optimm: {lr: 1}\n")
+    with pytest.raises(ConfigError, match="d.yaml"):
+        load_distill_config(y)
+
+
+@pytest.mark.slow
+def test_short_distillation_run_loss_falls_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    cfg = load_distill_config(None, {**TINY, "experiment.data.cache_dir": str(tmp_path / "c")})
+    run_dir = tmp_path / "run"
+    summary = run_distill(cfg, run_dir=run_dir, progress=False)
+    assert ShapeModel.load(run_dir / "asm.npz").explained >= 0.9
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    s_rows = [r for r in rows if r["phase"] == "student"]
+    assert [r["step"] for r in s_rows] == [10, 20, 30, 40]
+    assert {"student/main", "student/aloss_tough", "student/aloss_tolerant"} <= set(s_rows[0])
+    assert s_rows[-1]["student/loss"] < s_rows[0]["student/loss"]
+    assert s_rows[-1]["student/px_error"] < s_rows[0]["student/px_error"]
+    assert {r["phase"] for r in rows} == {"tough", "tolerant", "student"}
+    ck = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    assert ck["step"] == 40 and ck["student_arch"] == "regressor"
+    assert {"config", "student", "teacher", "tolerant", "student_optim"} <= set(ck)
+    assert set(summary["eval"]) == {"tough", "tolerant", "student"}
+    for per_list in summary["eval"].values():
+        for r in per_list.values():
+            assert 0 < r["nme_inter_ocular"] < 10
+    # a finished run resumes as finished: nothing retrained, same student
+    again = run_distill(cfg, run_dir=run_dir, progress=False, final_eval=False)
+    assert again["step"] == 40
+    assert [s for s, _ in list_checkpoints(run_dir / "checkpoints")] == [20, 40]
+    # the export path of the project reads the student
+    from tsal_dist.export import load_export_module
+
+    module, _, head, _ = load_export_module(latest_checkpoint(run_dir / "checkpoints"),
+                                            "student")
+    assert head == "regression"
+    out = module(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))[0]
+    assert out.shape == (2, 68, 2)
