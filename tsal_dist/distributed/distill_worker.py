@@ -1,0 +1,42 @@
+"""What every Ray Train worker of a distillation runs: rebuild the config, run the KD loop.
+
+Fault tolerance: every phase resumes from its newest checkpoint in the run folder (shared
+storage), so a restarted worker group continues where the crashed one stopped; rank 0 attaches a
+pointer to the student checkpoints it reports (the weights stay in the run folder).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+
+from tsal_dist.loop.distill_loop import DistillConfig, run_distill
+from tsal_dist.loop.loop import WorkerContext
+
+
+def distill_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry: ``config = {"cfg": DistillConfig.to_dict(), "run_dir": str}``."""
+    cfg = DistillConfig.from_dict(config["cfg"])
+    ctx_ray = ray.train.get_context()
+    rank, world = ctx_ray.get_world_rank(), ctx_ray.get_world_size()
+    device = (ray.train.torch.get_device() if cfg.experiment.scaling.use_gpu
+              else torch.device("cpu"))
+    ctx = WorkerContext(rank=rank, world_size=world, device=device)
+
+    def reporter(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        # Every rank reports the same number of times; only rank 0 attaches the pointer.
+        if checkpoint is not None and rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "pointer.json").write_text(json.dumps(
+                    {"path": str(checkpoint), "step": metrics["step"]}))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+    run_distill(cfg, run_dir=Path(config["run_dir"]), ctx=ctx, reporter=reporter,
+                progress=rank == 0)
