@@ -179,6 +179,48 @@ def check_sweep(sweep: Sweep) -> None:
                           f"({sweep.base.optim.steps})")
 
 
+TRIAL_DRIVER_CPU = 0.01  # the trial function's own reservation (0 is refused by Tune)
+
+
+def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
+    """Logical resources one running trial holds: its driver function plus its Train workers."""
+    s = cfg.scaling
+    res = {"CPU": TRIAL_DRIVER_CPU + s.num_workers * s.cpus_per_worker}
+    if s.use_gpu:
+        res["GPU"] = s.num_workers * s.gpus_per_worker
+    return res
+
+
+def ray_cluster_resources() -> dict[str, float]:
+    import ray
+
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def check_resources(sweep: Sweep, available: Mapping[str, float], *, autoscaling: bool) -> None:
+    """Refuse a sweep whose single trial can never be placed (it would wait forever).
+
+    On a fixed (local) cluster one trial must fit; ``max_concurrent_trials`` beyond what fits only
+    queues, which Tune handles. An autoscaling cluster (RAY_ADDRESS set) may grow, so there a
+    shortfall is printed, not raised.
+
+    Raises:
+        ConfigError: naming scaling.cpus_per_worker / scaling.gpus_per_worker.
+    """
+    need = trial_resources(sweep.base)
+    for res, amount in need.items():
+        have = available.get(res, 0.0)
+        if amount > have + 1e-9:
+            key = "scaling.cpus_per_worker" if res == "CPU" else "scaling.gpus_per_worker"
+            msg = (f"{key}: one trial needs {amount:g} {res} ({sweep.base.scaling.num_workers} "
+                   f"workers + {TRIAL_DRIVER_CPU} CPU for the trial function) but the cluster has "
+                   f"{have:g}; lower {key} (logical units, e.g. 0.99) or scaling.num_workers")
+            if autoscaling:
+                print(f"warning: {msg}")
+            else:
+                raise ConfigError(msg)
+
+
 def trial_run_name(sweep_name: str, trial_id: str) -> str:
     """Run-folder name of a trial; Tune's trial name and directory are set to the same string."""
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in sweep_name)
@@ -240,6 +282,7 @@ def run_sweep(sweep: Sweep, *, verbose: int = 1) -> dict[str, Any]:
     runs_dir.mkdir(parents=True, exist_ok=True)
     write_sweep_file(sweep, out / "sweep.yaml")
     ensure_ray()
+    check_resources(sweep, ray_cluster_resources(), autoscaling=bool(os.environ.get("RAY_ADDRESS")))
     from tsal_dist.loop.loop import resolve_data
 
     resolve_data(sweep.base)  # generate the synthetic data once, before trials race for it

@@ -229,3 +229,20 @@ def test_best_row_and_overrides():
     assert best_row(rows[:1], mode="min", full_steps=12) is None
     ov = best_overrides(BASE, {"teacher.blend": 0.7}, ["teacher.blend"])
     assert ov == {"teacher": {"blend": 0.7}}  # only what differs from the defaults
+
+
+def test_check_resources_refuses_a_trial_that_cannot_fit(capsys):
+    from tsal_dist.distributed.tune_driver import check_resources, trial_resources
+
+    sweep = load_sweep(REPO / "configs" / "sweeps" / "smoke.yaml")
+    assert trial_resources(sweep.base) == {"CPU": pytest.approx(0.01 + 2 * 0.99)}
+    check_resources(sweep, {"CPU": 2.0}, autoscaling=False)  # the 2-core machine: fits
+    full = replace(sweep, base=replace(sweep.base, scaling=replace(sweep.base.scaling,
+                                                                   cpus_per_worker=1.0)))
+    with pytest.raises(ConfigError, match=r"scaling\.cpus_per_worker: one trial needs 2\.01 CPU"):
+        check_resources(full, {"CPU": 2.0}, autoscaling=False)
+    check_resources(full, {"CPU": 2.0}, autoscaling=True)  # may scale up: warn only
+    assert "warning: scaling.cpus_per_worker" in capsys.readouterr().out
+    gpu = load_sweep(REPO / "configs" / "sweeps" / "gpu.yaml")
+    with pytest.raises(ConfigError, match=r"scaling\.gpus_per_worker"):
+        check_resources(gpu, {"CPU": 64.0}, autoscaling=False)
