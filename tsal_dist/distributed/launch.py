@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -55,8 +55,17 @@ def scaling_config(cfg: ExperimentConfig) -> ScalingConfig:
 
 
 def fit(cfg: ExperimentConfig, *, run_callbacks: list | None = None,
-        storage_path: str | None = None) -> dict[str, Any]:
-    """Train on Ray; return the run summary (evaluation of teacher and student, paths)."""
+        storage_path: str | None = None, worker_env: dict[str, str] | None = None,
+        train_fn: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train on Ray; return the run summary (evaluation of teacher and student, paths).
+
+    Args:
+        run_callbacks: Ray Train RunConfig callbacks (Tune's report callback).
+        storage_path: Ray's bookkeeping folder (default ``<run.output>/_ray``).
+        worker_env: extra environment variables set in every training worker (debugging,
+            fault injection).
+        train_fn: the per-worker function (default ``train_loop_per_worker``; tests wrap it).
+    """
     ensure_ray()
     name = run_name_for(cfg)
     out = Path(cfg.run.output).expanduser().resolve()
@@ -70,8 +79,9 @@ def fit(cfg: ExperimentConfig, *, run_callbacks: list | None = None,
                         checkpoint_dir=str(run_dir / "checkpoints"))
     ray.get(teacher.ping.remote())  # fail here, clearly, if the actor cannot start
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir), "run_name": name},
+        train_fn or train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir), "run_name": name,
+                           "env": dict(worker_env or {})},
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name, storage_path=storage_path or str(out / "_ray"),

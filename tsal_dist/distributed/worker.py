@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +19,15 @@ from tsal_dist.loop.loop import WorkerContext, run
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry: ``config = {"cfg": cfg.to_dict(), "run_dir": str, "run_name": str}``."""
+    """Ray Train entry: ``config = {"cfg": cfg.to_dict(), "run_dir": str, "run_name": str}``
+    and optionally ``"env"`` (extra environment variables for this worker, e.g. fault
+    injection)."""
+    run_worker(config)
+
+
+def run_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Body of :func:`train_loop_per_worker`; returns this rank's loop summary."""
+    os.environ.update({str(k): str(v) for k, v in (config.get("env") or {}).items()})
     cfg = ExperimentConfig.from_dict(config["cfg"])
     ctx_ray = ray.train.get_context()
     rank, world = ctx_ray.get_world_rank(), ctx_ray.get_world_size()
@@ -47,25 +56,47 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
-    run(cfg, run_dir=run_dir, ctx=ctx, teacher_client=client, reporter=reporter, resume=resume,
-        progress=rank == 0, on_step=_fault_injector(rank))
+    return run(cfg, run_dir=run_dir, ctx=ctx, teacher_client=client, reporter=reporter,
+               resume=resume, progress=rank == 0,
+               on_step=_fault_injector(rank, config["run_name"]))
 
 
-def _fault_injector(rank: int) -> Callable[[int], None] | None:
+def _fault_injector(rank: int, run_name: str) -> Callable[[int], None] | None:
     """Fault injection for the fault-tolerance tests (off unless the env vars are set).
 
     ``TSAL_FAULT_KILL_AT_STEP=N``, ``TSAL_FAULT_RANK=r`` and ``TSAL_FAULT_MARKER=path``: the first
-    time rank r finishes step N it creates the marker and SIGKILLs its own process (a real crash:
-    no cleanup, no exception), so the restarted group does not crash again.
+    time rank r finishes step N (its checkpoint written) it creates the marker (JSON: pid, node
+    id) and does ``TSAL_FAULT_ACTION``:
+
+    - ``kill`` (default): SIGKILL its own process (a real crash: no cleanup, no exception);
+    - ``kill_teacher``: ``ray.kill`` the run's teacher actor with restart allowed, then go on;
+    - ``hang``: block (up to 600 s) so that the test can take the node away under it.
+
+    The marker makes it happen once: the restarted group does not crash again.
     """
     at = os.environ.get("TSAL_FAULT_KILL_AT_STEP")
     marker = os.environ.get("TSAL_FAULT_MARKER")
+    action = os.environ.get("TSAL_FAULT_ACTION", "kill")
     if not at or not marker or int(os.environ.get("TSAL_FAULT_RANK", "0")) != rank:
         return None
+    if action not in ("kill", "kill_teacher", "hang"):
+        raise ValueError(f"TSAL_FAULT_ACTION={action!r}: expected kill, kill_teacher or hang")
 
     def hook(step: int) -> None:
-        if step == int(at) and not os.path.exists(marker):
-            Path(marker).write_text(str(os.getpid()))
+        if step != int(at) or os.path.exists(marker):
+            return
+        info = {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+                "step": step, "action": action}
+        tmp = f"{marker}.tmp"
+        Path(tmp).write_text(json.dumps(info))
+        os.replace(tmp, marker)
+        if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "kill_teacher":
+            from tsal_dist.distributed.teacher_actor import NAMESPACE, actor_name
+
+            ray.kill(ray.get_actor(actor_name(run_name), namespace=NAMESPACE), no_restart=False)
+        else:
+            time.sleep(600)
 
     return hook

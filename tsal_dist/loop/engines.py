@@ -8,7 +8,9 @@ inside the one class that needs it.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import enum
+
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -60,6 +62,13 @@ class Engine:
 
     def weights_changed(self) -> None:
         """Called after module weights were modified in place from outside the optimizer."""
+
+    def modify_weights_(self, fn: Callable[[dict[str, torch.Tensor]], None]) -> None:
+        """Apply ``fn`` in place to the FULL module state dict (parameters and buffers), then
+        tell the optimizer (``weights_changed``). ``fn`` must compute the same result on every
+        rank (the teacher blend does: every rank applies the same server version)."""
+        fn(self.unwrapped().state_dict())
+        self.weights_changed()
 
     def broadcast_buffers(self) -> None:
         """Make every rank's buffers (BN running stats) equal to rank 0's."""
@@ -125,6 +134,8 @@ class DeepSpeedEngine(Engine):
             "train_batch_size": micro_batch * world,
             "gradient_accumulation_steps": 1,
             "zero_optimization": {"stage": zero_stage},
+            # SGD is not on DeepSpeed's tested list; the ZeRO tests check its steps numerically.
+            "zero_allow_untested_optimizer": True,
             "gradient_clipping": grad_clip if grad_clip > 0 else 0.0,
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
@@ -157,39 +168,76 @@ class DeepSpeedEngine(Engine):
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else 0.0
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        if self.zero_stage == 3:
-            import deepspeed
+    def _gathered(self, *, modify: bool):
+        """Context with the full parameters present (ZeRO-3 gathers them; a no-op otherwise).
+        With ``modify``, rank 0's values are written back into every rank's partitions."""
+        import contextlib
 
-            params = list(self.unwrapped().parameters())
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                return {k: v.detach().cpu().clone()
-                        for k, v in self.unwrapped().state_dict().items()}
-        return super().full_state_dict()
+        if self.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.unwrapped().parameters()),
+                                                 modifier_rank=0 if modify else None)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        with self._gathered(modify=False):  # collective under ZeRO-3: call on every rank
+            return {k: v.detach().cpu().clone() for k, v in self.unwrapped().state_dict().items()}
 
     def load_full_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        if self.zero_stage == 3:
-            import deepspeed
-
-            params = list(self.unwrapped().parameters())
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
-                self.unwrapped().load_state_dict(sd)
-        else:
+        with self._gathered(modify=True):
             self.unwrapped().load_state_dict(sd)
         self.weights_changed()
 
+    def modify_weights_(self, fn: Callable[[dict[str, torch.Tensor]], None]) -> None:
+        with self._gathered(modify=True):
+            fn(self.unwrapped().state_dict())
+        self.weights_changed()
+
     def weights_changed(self) -> None:
-        # ZeRO 1/2 keep flat fp32 master partitions that would overwrite the module weights at the
-        # next step; copy the modified weights into them.
+        # ZeRO 1-3 keep fp32 master partitions (flat copies) that the next optimizer step would
+        # write back over the module weights; copy the modified weights into them. Stage 0 in
+        # fp32 steps the module parameters themselves (nothing to refresh).
         refresh = getattr(self.optimizer, "refresh_fp32_params", None)
-        if self.zero_stage in (1, 2) and refresh is not None:
+        if self.zero_stage > 0 and refresh is not None:
             refresh()
 
     def optimizer_state(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
+        """This rank's optimizer state (its ZeRO partition), made loadable with weights_only:
+        the loss-scaler object is dropped (it is rebuilt from the config on load) and enums
+        become ints."""
+        sd = dict(self.optimizer.state_dict())
+        sd.pop("loss_scaler", None)
+        return _plain(sd)
 
     def load_optimizer_state(self, sd: dict[str, Any]) -> None:
-        if self.zero_stage in (1, 2):
-            self.optimizer.load_state_dict([sd], load_from_fp32_weights=True)
-        else:
+        if self.zero_stage == 0:
             self.optimizer.load_state_dict(sd)
+            return
+        sd = dict(sd)
+        sd["loss_scaler"] = self.optimizer.loss_scaler
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        # DeepSpeed indexes the list by data-parallel rank; each rank passes its own shard.
+        if self.zero_stage in (1, 2):
+            self.optimizer.load_state_dict([sd] * world, load_from_fp32_weights=True)
+        else:
+            self.optimizer.load_state_dict([sd] * world)
+
+
+def _plain(obj: Any) -> Any:
+    """Nested optimizer state -> values ``torch.load(weights_only=True)`` accepts: enums become
+    ints, dataclasses (DeepSpeed's fragment addresses, metadata for its universal checkpoints,
+    not read on load) plain dicts."""
+    import dataclasses
+
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj

@@ -374,8 +374,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         # ---- validation of the teacher (the model we ship)
         val = None
         if cfg.run.eval_every and (done % cfg.run.eval_every == 0 or done == total):
-            val = validation_nme(teacher.unwrapped(), hm_codec, val_ds, device) \
-                if ctx.is_main else math.nan
+            t_eval = eval_module(teacher, cfg)  # collective under ZeRO-3
+            val = validation_nme(t_eval, hm_codec, val_ds, device) if ctx.is_main else math.nan
             if ctx.is_main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps({"step": done, "val/nme_inter_ocular": val}) + "\n")
@@ -397,16 +397,33 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
     if bar is not None:
         bar.close()
 
-    summary: dict[str, Any] = {"step": end, "run_dir": str(run_dir), "last": last_logs}
+    summary: dict[str, Any] = {"step": end, "run_dir": str(run_dir), "last": last_logs,
+                               # per rank; equal on every rank (the replicas never diverge)
+                               "teacher_sha256": state_digest(teacher.full_state_dict()),
+                               "student_sha256": state_digest(student.full_state_dict())}
+    if end == total and final_eval:
+        t_final, s_final = eval_module(teacher, cfg), eval_module(student, cfg)  # every rank
     if end < total or not ctx.is_main or not final_eval:
         ctx.barrier()
         return summary
 
     # ---- final evaluation and export (rank 0)
-    summary.update(finish_run(cfg, run_dir=run_dir, teacher=teacher.unwrapped(),
-                              student=student.unwrapped(), hm_codec=hm_codec, lists=lists))
+    summary.update(finish_run(cfg, run_dir=run_dir, teacher=t_final, student=s_final,
+                              hm_codec=hm_codec, lists=lists))
     ctx.barrier()
     return summary
+
+
+def state_digest(sd: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a state dict (sorted by name)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _optim_state(state: dict, role: str, ckpt: Path, rank: int) -> dict:
@@ -422,15 +439,28 @@ def apply_sync_(*, teacher: Engine, student: Engine, filtered: dict[str, np.ndar
                 blend: float, student_keep: float, average_buffers: bool,
                 buffer_keys: frozenset[str]) -> None:
     """teacher <- blend*teacher + (1-blend)*F (and, in mutual mode, first
-    student <- keep*student + (1-keep)*teacher_old, as the original code's two-way lerp)."""
-    t_sd = teacher.unwrapped().state_dict()
+    student <- keep*student + (1-keep)*teacher_old, as the original code's two-way lerp).
+
+    Works on the full weights through ``Engine.modify_weights_`` (gathered under ZeRO-3, fp32
+    master partitions refreshed under ZeRO 1-3), so the next optimizer step starts from them."""
     if mode == "mutual":
-        t_old = {k: v.clone() for k, v in t_sd.items()}
-        lerp_state_(student.unwrapped().state_dict(), t_old, student_keep,
-                    average_buffers=average_buffers, buffer_keys=buffer_keys)
-        student.weights_changed()
-    lerp_state_(t_sd, filtered, blend, average_buffers=average_buffers, buffer_keys=buffer_keys)
-    teacher.weights_changed()
+        t_old = teacher.full_state_dict()
+        student.modify_weights_(lambda sd: lerp_state_(
+            sd, t_old, student_keep, average_buffers=average_buffers, buffer_keys=buffer_keys))
+    teacher.modify_weights_(lambda sd: lerp_state_(
+        sd, filtered, blend, average_buffers=average_buffers, buffer_keys=buffer_keys))
+
+
+def eval_module(engine: Engine, cfg: ExperimentConfig) -> torch.nn.Module:
+    """A plain module with the engine's full weights for rank-0-only evaluation. Under ZeRO-3 the
+    parameters are partitioned (a forward on one rank would wait for the others), so this builds
+    a copy from the gathered state: call it on EVERY rank. Otherwise the unwrapped module."""
+    if getattr(engine, "zero_stage", 0) == 3:
+        sd = engine.full_state_dict()
+        model = build_model(cfg.model, cfg.data.num_points)
+        model.load_state_dict(sd)
+        return model.to(next(iter(sd.values())).device)
+    return engine.unwrapped()
 
 
 def save_training_checkpoint(ckpt_dir: Path, *, step: int, cfg: ExperimentConfig,
