@@ -203,12 +203,14 @@ def _to_norm(px: Tensor, size: int) -> Tensor:
 
 
 def predict_normalized(model: nn.Module, images: Tensor, codec: HeatmapCodec | None) -> Tensor:
-    """(B, K, 2) crop-normalised coordinates of a regressor (codec None) or heatmap detector."""
+    """(B, K, 2) crop-normalised coordinates of a regressor (codec None) or heatmap detector.
+
+    For a detector the unused centroid outputs are added times 0 (see ``_unused_heads``)."""
     out = model(images)
     if codec is None:
         return out
     xy, _ = codec.decode(out["heatmaps"][-1][:, : codec.num_points])
-    return _to_norm(xy, codec.input_size)
+    return _to_norm(xy, codec.input_size) + _unused_heads(out)
 
 
 def _codec(model: nn.Module, m: ModelConfig, k: int) -> HeatmapCodec:
@@ -243,6 +245,16 @@ def _freeze(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def _unused_heads(out: dict[str, Any]) -> Tensor:
+    """0 * (centroid outputs and every heatmap stage): keeps every parameter in the graph so
+    DDP's reducer does not wait for gradients of heads the distillation does not train (the
+    centroid branch; the early stages of a heatmap student). Adds exactly 0."""
+    total = out["center"].sum() + out["offsets"].sum()
+    for h in out["heatmaps"]:
+        total = total + h.sum()
+    return 0.0 * total
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
@@ -348,7 +360,7 @@ def train_teacher(role: str, *, dcfg: DistillConfig, dataset: LabeledImageDatase
         target, mask = codec.encode(target_xy, b["visible"])
         out = eng.module(b["image"])
         loss = heatmap_loss(out["heatmaps"], target, mask)
-        eng.backward(loss)
+        eng.backward(loss + _unused_heads(out))
         lr = lr_at(step, base_lr=t.lr, total_steps=t.steps, warmup_steps=e.optim.warmup_steps,
                    schedule="constant")
         eng.step(lr)
