@@ -182,9 +182,12 @@ def test_write_results_table_plot_and_best_config(tmp_path):
     sweep = replace(sweep, output=str(tmp_path))
     runs = tmp_path / "runs"
     base = sweep.base
-    mk = lambda d, u: trial_cfg(base.to_dict(), {"teacher.ema_decay": d, "teacher.blend": 0.5,  # noqa: E731
-                                                 "loss.unsup_weight": u}, run_name="x",
-                                runs_dir=str(runs))
+
+    def mk(d: float, u: float) -> ExperimentConfig:
+        return trial_cfg(base.to_dict(), {"teacher.ema_decay": d, "teacher.blend": 0.5,
+                                          "loss.unsup_weight": u}, run_name="x",
+                         runs_dir=str(runs))
+
     _fake_trial(runs, "smoke_a", mk(0.5, 0.5), [0.30, 0.20], 0.21)  # full 12 steps
     _fake_trial(runs, "smoke_b", mk(0.8, 3.0), [0.10], None)        # stopped at step 6
     _fake_trial(runs, "smoke_c", mk(0.8, 0.5), [0.40, 0.25], 0.3)
