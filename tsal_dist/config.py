@@ -240,7 +240,8 @@ class ScalingConfig:
 class RunConfig:
     """Where results go and how often things happen."""
 
-    output: str = "runs"  # folder holding run folders (Ray storage path); shared FS on clusters
+    output: str = "runs"  # folder holding run folders; shared POSIX storage on clusters
+    storage_path: str = ""  # Ray Train storage (pointer checkpoints); "" = <output>/_ray, or s3://...
     name: str = ""  # run folder name; "" = tsal-<UTC timestamp>. Same name = resume.
     log_every: int = 50  # steps between metrics.jsonl rows / progress reports
     checkpoint_every: int = 400  # steps between checkpoints (and the final step)

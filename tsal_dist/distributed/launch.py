@@ -84,7 +84,7 @@ def fit(cfg: ExperimentConfig, *, run_callbacks: list | None = None,
                            "env": dict(worker_env or {})},
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
-            name=name, storage_path=storage_path or str(out / "_ray"),
+            name=name, storage_path=storage_path or cfg.run.storage_path or str(out / "_ray"),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             callbacks=run_callbacks or None),

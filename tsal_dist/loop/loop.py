@@ -344,6 +344,9 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                             average_buffers=cfg.teacher.average_buffers,
                             buffer_keys=buffer_keys)
                 applied_version = version
+        # the effective coefficients, as used this step (provenance for sweeps and curves)
+        logs.update({"loss/unsup_weight": ramp * cfg.loss.unsup_weight,
+                     "teacher/blend": cfg.teacher.blend, "teacher/ema_decay": cfg.teacher.ema_decay})
         logs.update(lr=lr, ramp=ramp, **{"teacher/version": applied_version,
                                           "teacher/staleness_steps": (step + 1 - applied_version)
                                           if applied_version >= 0 else -1})
