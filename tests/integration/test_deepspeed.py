@@ -105,3 +105,69 @@ def test_zero_stages_refresh_master_weights_after_blend(tmp_path):
         ref2 = _sgd_reference(r0["after"], world)
         for k in ref2:
             assert torch.allclose(r0["again"][k], ref2[k], atol=1e-6), (stage, k)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_run_in_ray_workers_resumes_and_evaluates(ray_local, smoke_cfg, tmp_path,
+                                                           stage):
+    """2 Ray Train workers under ZeRO-``stage``; rank 1 is SIGKILLed after step 8, so the group
+    restarts from ckpt-6 and must load its optimizer shards; the final checkpoint evaluates
+    with the ordinary eval CLI."""
+    from tsal_dist.config import with_overrides
+    from tsal_dist.distributed.launch import fit
+    from tsal_dist.loop.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+
+    cfg = with_overrides(smoke_cfg, {"run.output": str(tmp_path), "run.name": f"ds{stage}",
+                                     "run.export": False, "train.engine": "deepspeed",
+                                     "train.zero_stage": stage, "run.eval_every": 0})
+    marker = tmp_path / "fault.json"
+    summary = fit(cfg, worker_env={"TSAL_FAULT_KILL_AT_STEP": "8", "TSAL_FAULT_RANK": "1",
+                                   "TSAL_FAULT_MARKER": str(marker)})
+    assert summary["error"] is None
+    assert json.loads(marker.read_text())["step"] == 8  # the crash really happened
+    ckdir = Path(summary["run_dir"]) / "checkpoints"
+    assert [s for s, _ in list_checkpoints(ckdir)] == [6, 12]
+    for r in (0, 1):  # per-rank ZeRO optimizer partitions next to the full-weights file
+        shard = torch.load(ckdir / f"ckpt-00000012.optim-rank{r}.pt", weights_only=True)
+        assert set(shard) == {"student_optim", "teacher_optim"}
+    ck = load_checkpoint(latest_checkpoint(ckdir))
+    assert ck["engine"] == "deepspeed" and ck["step"] == 12
+    assert "student_optim" not in ck  # sharded, not in the main file
+    assert all(v.numel() > 0 for v in ck["teacher"].values() if v.dim() > 0)  # gathered
+    rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text()
+            .splitlines()]
+    steps = [r["step"] for r in rows if "student/loss" in r]
+    assert steps.count(3) == 1 and steps[-1] == 12  # resumed at 6, not started over
+    out = tmp_path / "eval.json"
+    from tsal_dist.loop.loop import resolve_data
+
+    test_list = resolve_data(cfg).eval[0]
+    proc = subprocess.run([sys.executable, "-m", "tsal_dist.eval", "--checkpoint",
+                           str(latest_checkpoint(ckdir)), "--list", str(test_list),
+                           "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res and all(0 < r["nme_inter_ocular"] < 10 for r in _summaries(res))
+
+
+def _summaries(obj):
+    if isinstance(obj, dict) and "nme_inter_ocular" in obj:
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _summaries(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _summaries(v)

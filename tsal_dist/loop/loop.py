@@ -330,6 +330,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                          structure_descriptor=cfg.loss.structure_descriptor)
 
         # ---- recursive average filtering: push the student, blend a step-determined version
+        t_sync = time.perf_counter()
         if is_sync_step(step, cfg.teacher.sync_every):
             student.broadcast_buffers()
             teacher.broadcast_buffers()
@@ -347,6 +348,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         # the effective coefficients, as used this step (provenance for sweeps and curves)
         logs.update({"loss/unsup_weight": ramp * cfg.loss.unsup_weight,
                      "teacher/blend": cfg.teacher.blend, "teacher/ema_decay": cfg.teacher.ema_decay})
+        # sync cost of this step in ms (0 off sync steps: the logged mean is the per-step share)
+        logs["teacher/sync_ms"] = 1000.0 * (time.perf_counter() - t_sync)
         logs.update(lr=lr, ramp=ramp, **{"teacher/version": applied_version,
                                           "teacher/staleness_steps": (step + 1 - applied_version)
                                           if applied_version >= 0 else -1})
@@ -362,6 +365,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
             row.update(step=done, time=time.time(), sec_per_step=(now - t_last) / n_sum,
                        samples_per_sec=n_sum * o.batch_size * ctx.world_size / (now - t_last))
             row["teacher/version"] = applied_version
+            row["mem/max_rss_mib"] = _max_rss_mib()
             row["lr"] = lr
             sums, n_sum, t_last = {}, 0, now
             last_logs = row
@@ -415,6 +419,13 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                               hm_codec=hm_codec, lists=lists))
     ctx.barrier()
     return summary
+
+
+def _max_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def state_digest(sd: dict[str, torch.Tensor]) -> str:
