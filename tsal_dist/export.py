@@ -22,6 +22,7 @@ torch on random crops (skipped with a warning if onnxruntime is missing).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -119,16 +120,27 @@ def load_export_module(checkpoint: str | os.PathLike[str], which: str = "teacher
         raise ExportError(f"{p}: expected a dict with 'config' and {which!r}, got {keys}")
     cfg = ExperimentConfig.from_dict(ckpt["config"])
     state = ckpt[which]
+    if not isinstance(state, dict):
+        raise ExportError(f"{p}: {which!r} is not a state dict ({type(state).__name__})")
     k = cfg.data.num_points
-    if ckpt.get(f"{which}_arch") == "regressor" or _is_regressor_state(state):
-        size = int(ckpt.get(f"{which}_input_size", cfg.model.input_size))
-        model: nn.Module = MobileNetV2Regressor(k, size, width=cfg.model.width)
+    # Distillation checkpoints describe their student: student_arch ("regressor" | "heatmap"),
+    # student_width, student_input_size (tsal_dist.loop.distill_loop.build_student).
+    arch = ckpt.get(f"{which}_arch")
+    if arch not in (None, "regressor", "heatmap"):
+        raise ExportError(f"{p}: unknown {which}_arch {arch!r} (expected regressor or heatmap)")
+    size = int(ckpt.get(f"{which}_input_size", cfg.model.input_size))
+    width = float(ckpt.get(f"{which}_width", cfg.model.width) or cfg.model.width)
+    if arch == "regressor" or (arch is None and _is_regressor_state(state)):
+        model: nn.Module = MobileNetV2Regressor(k, size, width=width)
         codec, head = None, "regression"
     else:
-        model = build_model(cfg.model, k)
-        size = cfg.model.input_size
+        mcfg = cfg.model
+        if arch == "heatmap":  # distillation heatmap student: a MobileNetV2 LandmarkDetector
+            mcfg = dataclasses.replace(mcfg, backbone="mobilenetv2", width=width, input_size=size)
+        model = build_model(mcfg, k)
+        size = int(model.input_size)
         codec = HeatmapCodec(input_size=size, stride=model.stride, num_points=k,
-                             sigma_px=cfg.model.heatmap_sigma_px, window=cfg.model.decode_window)
+                             sigma_px=mcfg.heatmap_sigma_px, window=mcfg.decode_window)
         head = "heatmap"
     try:
         model.load_state_dict(state)

@@ -100,3 +100,64 @@ def test_export_parity(ckpt: Path, tmp_path: Path, which: str, head: str) -> Non
     # the runtime's torch engine runs model.pt2 without tsal_dist
     t_lm, t_sc = make_engine("torch", spec, device="cpu").run(crops)
     assert np.abs(t_lm - lm).max() < 1e-4 and np.abs(t_sc - sc).max() < 1e-4
+
+
+def distill_checkpoint(path: Path, arch: str, width: float, size: int) -> torch.nn.Module:
+    """A distillation-style checkpoint: the experiment is a resnet teacher at 64 px, the student
+    is described by student_arch / student_width / student_input_size (distill_loop.py)."""
+    import dataclasses
+
+    torch.manual_seed(1)
+    cfg = ExperimentConfig.from_dict({"model": {"backbone": "resnet", "input_size": 64,
+                                                "width": 0.25, "cpm_stages": 1}})
+    teacher = build_model(cfg.model, cfg.data.num_points)
+    if arch == "regressor":
+        student: torch.nn.Module = MobileNetV2Regressor(cfg.data.num_points, size, width=width)
+    else:
+        student = build_model(dataclasses.replace(cfg.model, backbone="mobilenetv2", width=width,
+                                                  input_size=size), cfg.data.num_points)
+    torch.save({"config": cfg.to_dict(), "teacher": teacher.state_dict(),
+                "student": student.state_dict(), "student_arch": arch, "student_width": width,
+                "student_input_size": size, "step": 3}, path)
+    return student.eval()
+
+
+@pytest.mark.parametrize("arch, head", [("heatmap", "heatmap"), ("regressor", "regression")])
+def test_distill_student_architecture(tmp_path: Path, arch: str, head: str) -> None:
+    """--which student rebuilds the distilled student (MobileNetV2 detector / regressor) at the
+    checkpoint's width and input size, not the experiment's teacher architecture."""
+    student = distill_checkpoint(tmp_path / "ckpt-00000003.pt", arch, width=0.35, size=96)
+    module, _, got_head, _ = load_export_module(tmp_path / "ckpt-00000003.pt", "student")
+    assert got_head == head and module.input_size == 96
+    assert type(module.model) is type(student)
+    # same weights -> same raw output as the model the distillation loop built
+    x = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        a, b = module.model(x), student(x)
+    if head == "heatmap":
+        assert torch.equal(a["heatmaps"][-1], b["heatmaps"][-1])
+        assert module.codec is not None and module.codec.input_size == 96
+    else:
+        assert torch.equal(a, b)
+    # a wrong arch tag is a clear error naming the file
+    bad = torch.load(tmp_path / "ckpt-00000003.pt", weights_only=True)
+    bad["student_arch"] = "transformer"
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ExportError, match="bad.pt: unknown student_arch 'transformer'"):
+        load_export_module(tmp_path / "bad.pt", "student")
+
+
+@pytest.mark.slow
+def test_export_heatmap_student_cli(tmp_path: Path) -> None:
+    """``python -m tsal_dist.export --which student`` on a heatmap student: model.json + ONNX."""
+    from tsal_dist.export import main
+
+    torch.set_num_threads(1)
+    distill_checkpoint(tmp_path / "ckpt-00000003.pt", "heatmap", width=0.35, size=64)
+    assert main(["--checkpoint", str(tmp_path / "ckpt-00000003.pt"), "--out",
+                 str(tmp_path / "exp"), "--which", "student"]) == 0
+    spec = load_spec(tmp_path / "exp")
+    assert spec.head == "heatmap" and spec.which == "student" and spec.input_size == 64
+    lm, sc = make_engine("onnxruntime", spec, threads=1).run(
+        np.zeros((2, 64, 64, 3), np.uint8))
+    assert lm.shape == (2, 68, 2) and sc.shape == (2, 68)
