@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from tsal_dist.codec import HeatmapCodec
 from tsal_dist.config import ExperimentConfig
+from tsal_dist.data.transforms import IMAGENET_MEAN_RGB
 from tsal_dist.models import MobileNetV2Regressor, build_model
 
 log = logging.getLogger("tsal_dist.export")
@@ -228,6 +229,9 @@ def export(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
         "config_hash": cfg.hash(),
         "onnx_sha256": _sha256(onnx_path),
         "which": which,
+        # crop convention of tsal_dist.data.transforms.warp_image (the runtime copies it)
+        "border_value": [float(v) for v in IMAGENET_MEAN_RGB],
+        "antialias": True,
     }
     if check:
         check_parity(module, onnx_path, size, atol=check_atol)

@@ -12,6 +12,8 @@ tests/integration/test_export_parity.py). Exported landmarks are crop-normalised
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -48,15 +50,21 @@ def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return pts @ m[:, :2].T + m[:, 2]
 
 
-def extract_crops(frame: np.ndarray, boxes: np.ndarray, size: int,
-                  expand: float) -> tuple[np.ndarray, np.ndarray]:
-    """Warp each box of a frame to an S x S crop (zero padding outside the frame).
+def extract_crops(frame: np.ndarray, boxes: np.ndarray, size: int, expand: float,
+                  border_value: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                  antialias: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Warp each box of a frame to an S x S crop, the way training/eval crops are made.
 
     Args:
         frame: (H, W, 3) uint8 RGB.
         boxes: (N, 4) float image px.
         size: S.
         expand: crop expansion per side.
+        border_value: RGB fill outside the frame (training uses the ImageNet mean, see
+            ``ModelSpec.border_value``).
+        antialias: when the crop shrinks the frame by 2x or more, box-filter the crop's
+            footprint by an integer factor first (cv2.INTER_AREA), as
+            ``tsal_dist.data.transforms.warp_image`` does.
 
     Returns:
         crops (N, S, S, 3) uint8 and the image->crop matrices (N, 2, 3) float64.
@@ -64,12 +72,37 @@ def extract_crops(frame: np.ndarray, boxes: np.ndarray, size: int,
     n = len(boxes)
     crops = np.empty((n, size, size, 3), dtype=np.uint8)
     mats = np.empty((n, 2, 3), dtype=np.float64)
+    bv = tuple(float(v) for v in border_value)
     for i, b in enumerate(boxes):
         m = crop_matrix(b, size, expand)
         mats[i] = m
-        crops[i] = cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        img, mw = frame, m
+        s = math.sqrt(abs(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]))  # crop px per image px
+        if antialias and 0 < s < 0.5:
+            img, mw = _area_downscale_roi(frame, m, size, int(math.floor(1.0 / s)))
+        crops[i] = cv2.warpAffine(img, mw, (size, size), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=bv)
     return crops, mats
+
+
+def _area_downscale_roi(img: np.ndarray, m: np.ndarray, size: int,
+                        k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut the crop's footprint (+ margin) out of ``img``, shrink it k x with INTER_AREA; return
+    it with the affine re-expressed on the shrunk grid (same algorithm as training)."""
+    h_img, w_img = img.shape[:2]
+    e = size - 0.5
+    corners = np.array([[-0.5, -0.5], [e, -0.5], [-0.5, e], [e, e]])
+    foot = apply_affine(invert_affine(m), corners)
+    x0 = max(int(math.floor(foot[:, 0].min())) - 2 * k, 0)
+    y0 = max(int(math.floor(foot[:, 1].min())) - 2 * k, 0)
+    x1 = min(int(math.ceil(foot[:, 0].max())) + 2 * k + 1, w_img)
+    y1 = min(int(math.ceil(foot[:, 1].max())) + 2 * k + 1, h_img)
+    w, h = (x1 - x0) // k * k, (y1 - y0) // k * k
+    if w < k or h < k:  # footprint (almost) entirely outside the frame
+        return img, m
+    roi = cv2.resize(img[y0:y0 + h, x0:x0 + w], (w // k, h // k), interpolation=cv2.INTER_AREA)
+    off = np.array([x0 + (k - 1) / 2.0, y0 + (k - 1) / 2.0])
+    return roi, np.hstack([m[:, :2] * k, (m[:, :2] @ off + m[:, 2])[:, None]])
 
 
 def normalised_to_image(norm: np.ndarray, mats: np.ndarray, size: int) -> np.ndarray:

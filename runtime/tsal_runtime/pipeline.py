@@ -7,7 +7,9 @@ Per frame:
    (``geometry.adapt_box``), landmarked once, then re-centred on the tight box of that first
    estimate and landmarked again (``refine`` passes). Between detections a track's box is the
    tight box of its previous frame's raw landmarks -- the same box convention as the training
-   lists (landmark bounding box), so the crop matches training and eval.
+   lists (landmark bounding box), so the crop matches training and eval. A detection matching a
+   track is dropped (the landmark box is better), except from an ``exact`` detector (given
+   landmark boxes, ``boxes:FILE``), whose box replaces the track's.
 3. Crops of all faces go to the engine in ONE call; landmarks map back to image px.
 4. Per-track One Euro smoothing (``smooth=False`` turns it off).
 """
@@ -94,7 +96,8 @@ class Pipeline:
         s, k = self.spec.input_size, self.spec.num_landmarks
         if len(boxes) == 0:
             return np.zeros((0, k, 2)), np.zeros((0, k), np.float32)
-        crops, mats = extract_crops(frame, boxes, s, self.spec.crop_expand)
+        crops, mats = extract_crops(frame, boxes, s, self.spec.crop_expand,
+                                    self.spec.border_value, self.spec.antialias)
         norm, scores = self.engine.run(crops)
         return normalised_to_image(norm, mats, s), scores
 
@@ -131,10 +134,15 @@ class Pipeline:
             self._since_detect = 0
             self._need_detect = False
             cal = self.detector.calibration
+            exact = bool(getattr(self.detector, "exact", False))
             for d in dets:
                 box = adapt_box(d[:4], *cal)
                 best = max(tracks, key=lambda t: iou(t.box, box), default=None)
                 if best is not None and iou(best.box, box) > 0.3:
+                    if exact and self._valid_box(box, h, w) and all(best is not t for t in pending):
+                        # given landmark boxes (boxes:FILE) replace the tracked box
+                        best.box = box
+                        pending.append(best)
                     continue  # already tracked: the track's landmark box is better than a det box
                 if self._valid_box(box, h, w):
                     pending.append(self._new_track(box))
@@ -145,7 +153,8 @@ class Pipeline:
             lms, _sc = self._landmarks(image, np.stack([t.box for t in pending]))
             for t, lm in zip(pending, lms):
                 t.box = landmark_box(lm)
-        active = (tracks + pending)[: self.max_faces]
+        ids = {id(t) for t in tracks}
+        active = (tracks + [t for t in pending if id(t) not in ids])[: self.max_faces]
         boxes = np.stack([t.box for t in active]) if active else np.zeros((0, 4))
         lms, scores = self._landmarks(image, boxes)
         timings["landmark"] = (time.perf_counter() - t0) * 1e3

@@ -22,6 +22,10 @@ MODEL_JSON = "model.json"
 MODEL_ONNX = "model.onnx"
 MODEL_PT2 = "model.pt2"
 
+# The training crops' fill colour outside the image (tsal_dist.data.transforms.warp_image):
+# the ImageNet mean on the 0-255 scale, RGB. Default for model.json files that do not say.
+IMAGENET_MEAN_RGB: tuple[float, float, float] = (123.675, 116.28, 103.53)
+
 _REQUIRED = ("schema_version", "input_name", "input_size", "layout", "channel_order", "dtype",
              "crop_expand", "num_landmarks")
 
@@ -47,6 +51,9 @@ class ModelSpec:
         num_landmarks: K.
         head: "heatmap" (decoded in-graph) or "regression" (direct normalised coordinates).
         eye_corners: [left, right] landmark indices for inter-ocular normalisation, or ().
+        border_value: RGB fill of crop pixels outside the frame (as in training).
+        antialias: box-filter the crop's footprint first when it shrinks the frame >= 2x
+            (as ``tsal_dist.data.transforms.warp_image``).
     """
 
     model_dir: Path
@@ -69,6 +76,8 @@ class ModelSpec:
     config_hash: str = ""
     onnx_sha256: str = ""
     which: str = ""
+    border_value: tuple[float, float, float] = IMAGENET_MEAN_RGB
+    antialias: bool = True
 
     @property
     def onnx_path(self) -> Path:
@@ -85,6 +94,7 @@ class ModelSpec:
         d["output_names"] = list(self.output_names)
         d["flip_pairs"] = [list(p) for p in self.flip_pairs]
         d["eye_corners"] = list(self.eye_corners)
+        d["border_value"] = list(self.border_value)
         return d
 
 
@@ -137,6 +147,8 @@ def parse_spec(d: dict[str, Any], model_dir: Path, where: str = MODEL_JSON) -> M
             config_hash=str(d.get("config_hash", "")),
             onnx_sha256=str(d.get("onnx_sha256", "")),
             which=str(d.get("which", "")),
+            border_value=tuple(float(v) for v in d.get("border_value", IMAGENET_MEAN_RGB)),  # type: ignore[arg-type]
+            antialias=bool(d.get("antialias", True)),
         )
     except (TypeError, ValueError) as e:
         raise SpecError(f"{where}: bad field value ({e})") from None
@@ -147,6 +159,7 @@ def parse_spec(d: dict[str, Any], model_dir: Path, where: str = MODEL_JSON) -> M
         (spec.input_size >= 8, f"input_size {spec.input_size} (must be >= 8)"),
         (spec.num_landmarks >= 1, f"num_landmarks {spec.num_landmarks} (must be >= 1)"),
         (0.0 <= spec.crop_expand <= 2.0, f"crop_expand {spec.crop_expand} (must be in [0, 2])"),
+        (len(spec.border_value) == 3, f"border_value {list(spec.border_value)} (need 3 values)"),
         (len(spec.output_names) == 2, f"output_names {spec.output_names} (need 2)"),
         (spec.head in ("heatmap", "regression"), f"head {spec.head!r}"),
         (len(spec.eye_corners) in (0, 2)

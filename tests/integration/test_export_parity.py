@@ -38,6 +38,24 @@ def test_crop_convention_matches_training(box: tuple, size: int, expand: float) 
                        train_crop_matrix(box, size, expand), atol=1e-12)
 
 
+@pytest.mark.parametrize("box", [(10.0, 20.0, 110.0, 140.0),  # 1.9x shrink: plain bilinear
+                                 (-30.0, 150.0, 200.0, 330.0),  # 4x shrink + out of frame
+                                 (5.5, 7.25, 250.0, 160.0)])
+def test_crop_pixels_match_training(box: tuple) -> None:
+    """Runtime crops == tsal_dist.data.transforms.warp_image (border fill and antialias)."""
+    from tsal_dist.data.transforms import IMAGENET_MEAN_RGB, warp_image
+    from tsal_runtime.geometry import extract_crops
+    from tsal_runtime.spec import IMAGENET_MEAN_RGB as RUNTIME_MEAN
+
+    assert RUNTIME_MEAN == IMAGENET_MEAN_RGB
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    frame = np.ascontiguousarray(np.repeat(np.repeat(frame[::4, ::4], 4, 0), 4, 1))
+    want = warp_image(frame, train_crop_matrix(box, 48, 0.2), 48)
+    got, _ = extract_crops(frame, np.array([box]), 48, 0.2, RUNTIME_MEAN, antialias=True)
+    assert np.array_equal(got[0], want)
+
+
 def make_checkpoint(path: Path) -> None:
     torch.manual_seed(0)
     cfg = ExperimentConfig.from_dict({"model": {"input_size": SIZE, "width": 0.5,

@@ -32,6 +32,21 @@ def test_extract_crops_samples_the_right_pixels() -> None:
     # a box at the border: outside is zero padding, no error
     crops, _ = extract_crops(frame, np.array([[-50.0, -50.0, 10.0, 10.0]]), 16, 0.2)
     assert crops[0, 0, 0].tolist() == [0, 0, 0]
+    crops, _ = extract_crops(frame, np.array([[-50.0, -50.0, 10.0, 10.0]]), 16, 0.2,
+                             border_value=(124, 116, 104))
+    assert crops[0, 0, 0].tolist() == [124, 116, 104]
+
+
+def test_extract_crops_antialias() -> None:
+    """A 1-px checkerboard shrunk 4x: plain bilinear aliases (it samples pixel centres of one
+    colour only), the box-filtered crop is the flat mean grey (127.5 -> 127/128)."""
+    yy, xx = np.mgrid[:256, :256]
+    frame = np.repeat((((xx + yy) % 2) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    box = np.array([[64.0, 64.0, 192.0, 192.0]])
+    plain, _ = extract_crops(frame, box, 32, 0.0)
+    aa, _ = extract_crops(frame, box, 32, 0.0, antialias=True)
+    assert np.abs(plain[0, 4:-4, 4:-4].astype(float) - 127.5).min() > 100
+    assert np.abs(aa[0, 4:-4, 4:-4].astype(float) - 127.5).max() <= 1
 
 
 def test_boxes() -> None:

