@@ -66,18 +66,21 @@ def _stop_head(temp_dir: str) -> None:
 
 
 def test_ray_job_submit_runs_the_train_cli(tmp_path):
-    gcs, dash, agent, grpc, metrics, rtenv, client = _free_ports(7)
+    gcs, dash, agent, grpc, metrics, rtenv = _free_ports(6)
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rjob")  # short: Ray's unix sockets live here
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.1")
+    # The 2.60 dashboard here answers 401 without a token: give head and client the same one.
+    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.1",
+               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
     start = [str(BIN / "ray"), "start", "--head", "--num-cpus", "3", "--disable-usage-stats",
              "--include-dashboard=true", "--dashboard-host", "127.0.0.1",
              "--port", str(gcs), "--dashboard-port", str(dash),
              "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(grpc),
              "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rtenv),
-             "--ray-client-server-port", str(client), "--temp-dir", temp_dir]
+             "--temp-dir", temp_dir]
     try:
-        subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+        st = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
+        assert st.returncode == 0, (st.stdout[-3000:], st.stderr[-3000:])
         out = tmp_path / "runs"
         submit = [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
                   "--working-dir", ".", "--runtime-env-json",

@@ -61,7 +61,8 @@ def fit(cfg: ExperimentConfig, *, run_callbacks: list | None = None,
 
     Args:
         run_callbacks: Ray Train RunConfig callbacks (Tune's report callback).
-        storage_path: Ray's bookkeeping folder (default ``<run.output>/_ray``).
+        storage_path: Ray's bookkeeping folder (default ``run.storage_path``, else
+            ``<run.output>/_ray``).
         worker_env: extra environment variables set in every training worker (debugging,
             fault injection).
         train_fn: the per-worker function (default ``train_loop_per_worker``; tests wrap it).

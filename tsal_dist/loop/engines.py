@@ -35,6 +35,8 @@ class Engine:
     """Interface; see DDPEngine and DeepSpeedEngine."""
 
     module: nn.Module  # what forward is called on (possibly wrapped)
+    # True when full_state_dict() is a collective (ZeRO-3 gathers): every rank must call it.
+    collective_state: bool = False
 
     def unwrapped(self) -> nn.Module:
         raise NotImplementedError
@@ -149,6 +151,7 @@ class DeepSpeedEngine(Engine):
         model = model.to(device)
         self._raw = model
         self.zero_stage = zero_stage
+        self.collective_state = zero_stage == 3
         engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                  config=ds_config)
         self.engine = engine

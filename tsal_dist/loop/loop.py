@@ -334,8 +334,10 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         if is_sync_step(step, cfg.teacher.sync_every):
             student.broadcast_buffers()
             teacher.broadcast_buffers()
+            if ctx.is_main or student.collective_state:  # ZeRO-3: every rank gathers
+                s_full = student.full_state_dict()
             if ctx.is_main:
-                teacher_client.push(_np_state(student.full_state_dict()), step + 1)
+                teacher_client.push(_np_state(s_full), step + 1)
             version = version_to_apply(step, cfg.teacher.sync_every, cfg.teacher.max_staleness)
             if version is not None:
                 filtered = teacher_client.get(version)
@@ -469,7 +471,7 @@ def eval_module(engine: Engine, cfg: ExperimentConfig) -> torch.nn.Module:
     """A plain module with the engine's full weights for rank-0-only evaluation. Under ZeRO-3 the
     parameters are partitioned (a forward on one rank would wait for the others), so this builds
     a copy from the gathered state: call it on EVERY rank. Otherwise the unwrapped module."""
-    if getattr(engine, "zero_stage", 0) == 3:
+    if engine.collective_state:
         sd = engine.full_state_dict()
         model = build_model(cfg.model, cfg.data.num_points)
         model.load_state_dict(sd)
