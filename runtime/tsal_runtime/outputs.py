@@ -138,10 +138,14 @@ def draw(rgb: np.ndarray, res: FrameResult, fps: float, show_boxes: bool = True)
     lines = [f"FPS {fps:5.1f}  faces {len(res.faces)}" + ("  [det]" if res.detected else "")]
     lines.append("  ".join(f"{k} {res.timings_ms.get(k, 0.0):.1f}" for k in STAGES) + " ms")
     scale = 0.45 * unit
+    # white text on a darkened panel (readable on any background; a thick black outline under
+    # small anti-aliased text smears the glyphs)
+    tw = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, unit)[0][0] for line in lines)
+    x2, y2 = min(w, 12 + tw), min(h, int(18 * unit * len(lines) + 8 * unit))
+    if x2 > 0 and y2 > 0:
+        img[:y2, :x2] = (img[:y2, :x2] * 0.35).astype(np.uint8)
     for i, line in enumerate(lines):
         y = int(18 * unit * (i + 1))
-        cv2.putText(img, line, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3 * unit,
-                    cv2.LINE_AA)
         cv2.putText(img, line, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), unit,
                     cv2.LINE_AA)
     return img

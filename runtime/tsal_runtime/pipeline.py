@@ -78,7 +78,7 @@ class Pipeline:
     def __init__(self, spec: ModelSpec, engine: Engine, detector: FaceDetector,
                  detect_every: int = 10, max_faces: int = 4, min_score: float = 0.2,
                  refine: int = 1, smooth: bool = True, min_cutoff: float = 1.0,
-                 beta: float = 0.5, d_cutoff: float = 1.0, min_face_px: float = 8.0) -> None:
+                 beta: float = 5.0, d_cutoff: float = 1.0, min_face_px: float = 8.0) -> None:
         if detect_every < 1 or max_faces < 1 or refine < 0:
             raise ValueError("need detect_every >= 1, max_faces >= 1, refine >= 0")
         self.spec, self.engine, self.detector = spec, engine, detector
