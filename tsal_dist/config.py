@@ -131,6 +131,9 @@ class LossConfig:
     ramp_up_frac: float = 0.4  # ramp reaches 1 at this fraction of the schedule (TSAL 60/150)
     ramp_down_frac: float = 0.0  # ramp decays over the last fraction (TSAL 40/150; 0 = never)
     structure_descriptor: Literal["pairs", "centroid"] = "pairs"  # (j, j+34) pairs or |o_j|^2
+    # Whose outputs on the warped frames make the student's multi-source target: its own (TSAL
+    # code) or the teacher's (mean-teacher reading of "the student absorbs the teacher").
+    pseudo_source: Literal["self", "teacher"] = "self"
 
     def __post_init__(self) -> None:
         for name in ("heatmap_weight", "centroid_weight", "offset_weight", "structure_weight",

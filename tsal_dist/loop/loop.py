@@ -327,7 +327,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         logs = tsal_step(student=student, teacher=teacher, labeled=labeled, clips=clips,
                          hm_codec=hm_codec, ctr_codec=ctr_codec, weights=weights, ramp=ramp,
                          lr=lr, fusion_mu=cfg.loss.fusion_mu,
-                         structure_descriptor=cfg.loss.structure_descriptor)
+                         structure_descriptor=cfg.loss.structure_descriptor,
+                         pseudo_source=cfg.loss.pseudo_source)
 
         # ---- recursive average filtering: push the student, blend a step-determined version
         t_sync = time.perf_counter()
@@ -349,7 +350,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                 applied_version = version
         # the effective coefficients, as used this step (provenance for sweeps and curves)
         logs.update({"loss/unsup_weight": ramp * cfg.loss.unsup_weight,
-                     "teacher/blend": cfg.teacher.blend, "teacher/ema_decay": cfg.teacher.ema_decay})
+                     "teacher/blend": cfg.teacher.blend,
+                     "teacher/ema_decay": cfg.teacher.ema_decay})
         # sync cost of this step in ms (0 off sync steps: the logged mean is the per-step share)
         logs["teacher/sync_ms"] = 1000.0 * (time.perf_counter() - t_sync)
         logs.update(lr=lr, ramp=ramp, **{"teacher/version": applied_version,

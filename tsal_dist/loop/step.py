@@ -114,7 +114,7 @@ def make_targets(batch: dict, hm_codec: HeatmapCodec, ctr_codec: CentroidCodec) 
 def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | None,
               hm_codec: HeatmapCodec, ctr_codec: CentroidCodec, weights: LossWeights,
               ramp: float, lr: float, fusion_mu: float, structure_descriptor: str = "pairs",
-              train_teacher: bool = True) -> dict[str, float]:
+              train_teacher: bool = True, pseudo_source: str = "self") -> dict[str, float]:
     """Run one optimizer step of student and teacher; return logged scalars.
 
     Args:
@@ -122,6 +122,9 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
         clips: collated clip items or None (supervised-only step).
         ramp: the consistency ramp value for this step (losses.consistency.ramp_weight).
         train_teacher: False freezes the teacher's optimizer (plain mean-teacher ablation).
+        pseudo_source: "self" (TSAL code: the student's multi-source target comes from its own
+            outputs on the warped frames) or "teacher" (from the teacher's outputs on the same
+            warped frames, computed in the teacher's pass: the mean-teacher reading).
     """
     images = labeled["image"]
     b = images.shape[0]
@@ -139,14 +142,26 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
         inputs = images
         sizes = [b]
 
+    if pseudo_source not in ("self", "teacher"):
+        raise ValueError(f"pseudo_source must be 'self' or 'teacher', got {pseudo_source!r}")
     logs: dict[str, float] = {}
+    teacher_warped: dict | None = None
     for role, engine in (("teacher", teacher), ("student", student)):
         if role == "teacher" and not train_teacher:
+            if clips is not None and pseudo_source == "teacher":
+                with torch.no_grad():
+                    teacher_warped = _split(teacher.module(wrp), [wrp.shape[0]])[0]
             continue
         out = engine.module(inputs)
         parts = _split(out, sizes)
+        warped_out = parts[2] if clips is not None else None
+        if role == "teacher" and warped_out is not None:
+            teacher_warped = {k: ([v.detach() for v in x] if isinstance(x, list) else x.detach())
+                              for k, x in warped_out.items()}
+        if role == "student" and pseudo_source == "teacher" and warped_out is not None:
+            warped_out = teacher_warped
         terms = model_terms(parts[0], parts[1] if clips is not None else None,
-                            parts[2] if clips is not None else None, role=role, targets=targets,
+                            warped_out, role=role, targets=targets,
                             clip_ids=clip_ids, hm_codec=hm_codec, ctr_codec=ctr_codec,
                             fusion_mu=fusion_mu, structure_descriptor=structure_descriptor)
         loss = total_loss(terms, weights, ramp)
