@@ -45,7 +45,8 @@ def _pids_mentioning(text: str) -> list[int]:
     for p in Path("/proc").iterdir():
         if p.name.isdigit() and int(p.name) != os.getpid():
             try:
-                if text in (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore"):
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ")
+                if text in cmd.decode(errors="ignore"):
                     out.append(int(p.name))
             except OSError:
                 continue

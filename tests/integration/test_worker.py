@@ -12,7 +12,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from tsal_dist.config import with_overrides  # noqa: E402
-from tsal_dist.loop.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
+from tsal_dist.loop.checkpoint import (latest_checkpoint, list_checkpoints,  # noqa: E402
+                                       load_checkpoint)
 from tsal_dist.loop.loop import state_digest  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -40,7 +40,8 @@ class TeacherActorImpl:
             self._restore_latest(Path(checkpoint_dir))
 
     def _restore_latest(self, folder: Path) -> None:
-        from tsal_dist.loop.checkpoint import latest_checkpoint, load_checkpoint, torch_state_to_numpy
+        from tsal_dist.loop.checkpoint import (latest_checkpoint, load_checkpoint,
+                                               torch_state_to_numpy)
 
         ckpt = latest_checkpoint(folder)
         if ckpt is not None:
