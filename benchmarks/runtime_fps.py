@@ -332,7 +332,8 @@ def bench_mediapipe(frames_by: dict[str, list[np.ndarray]],
 
         return [{"kind": "peer", "pipeline": "MediaPipe face mesh",
                  "skipped": f"FaceMesh fails with protobuf {google.protobuf.__version__} "
-                            f"({type(e).__name__}: {str(e)[:60]}); needs protobuf<5 in its own venv"}]
+                            f"({type(e).__name__}: {str(e)[:60]}); needs protobuf<5 in its own "
+                            f"venv (--mediapipe-python)"}]
     rows = []
     for key, frames in list(frames_by.items()) + [("still:" + k, v) for k, v in stills.items()]:
         fm = face_mesh.FaceMesh(static_image_mode=False, max_num_faces=4, refine_landmarks=False)
@@ -475,7 +476,8 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
                           f"{t[f'e2e_fps_{v}']:.1f} vs {t[f'dlib_fps_{v}']:.1f} FPS | "
                           f"{yn(f'faster_than_dlib_{v}')} |")
         md.append("")
-    md += ["## Landmark model latency", "", "| engine | batch | p50 ms | p99 ms | ms/face | faces/s |",
+    md += ["## Landmark model latency", "",
+           "| engine | batch | p50 ms | p99 ms | ms/face | faces/s |",
           "|---|---|---|---|---|---|"]
     for r in rows:
         if r["kind"] == "engine" and "skipped" not in r:

@@ -147,7 +147,8 @@ def parse_spec(d: dict[str, Any], model_dir: Path, where: str = MODEL_JSON) -> M
             config_hash=str(d.get("config_hash", "")),
             onnx_sha256=str(d.get("onnx_sha256", "")),
             which=str(d.get("which", "")),
-            border_value=tuple(float(v) for v in d.get("border_value", IMAGENET_MEAN_RGB)),  # type: ignore[arg-type]
+            border_value=tuple(  # type: ignore[arg-type]
+                float(v) for v in d.get("border_value", IMAGENET_MEAN_RGB)),
             antialias=bool(d.get("antialias", True)),
         )
     except (TypeError, ValueError) as e:

@@ -176,7 +176,8 @@ def test_camera_window_under_xvfb(tmp_path: Path, const_model: Path) -> None:
     green = (win[..., 1] > 200) & (win[..., 0] < 80) & (win[..., 2] < 80)
     ys, xs = np.nonzero(green)
     assert len(xs) > 20, "no landmark/box pixels on screen"
-    for x, y in [(box[0], box[1]), (box[2], box[3]), ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)]:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    for x, y in [(box[0], box[1]), (box[2], box[3]), (cx, cy)]:
         assert np.min(np.hypot(xs - x, ys - y)) < 3, f"no landmark drawn near ({x}, {y})"
     # HUD: white text in the top-left band (FPS line and the per-stage ms line)
     white = (win[:45, :320] > 230).all(-1)
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--video", required=True)
     ap.add_argument("--detector", default="auto")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "runtime_camera_xvfb.png"))
+    ap.add_argument("--out",
+                    default=str(ROOT / "benchmarks" / "results" / "runtime_camera_xvfb.png"))
     ap.add_argument("--frames", type=int, default=60)
     args = ap.parse_args(argv)
     why = missing_tools()
