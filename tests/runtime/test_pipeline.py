@@ -117,3 +117,34 @@ def test_bad_arguments(const_model: Path) -> None:
     with pytest.raises(ValueError):
         make(const_model, [], detect_every=0)
     assert K == 5
+
+
+class MovingDetector(ListDetector):
+    """Box shifted right by 4 px per frame; ``exact`` like the boxes:FILE detector."""
+
+    exact = True
+
+    def __call__(self, frame: np.ndarray, frame_index: int = 0) -> np.ndarray:
+        self.calls.append(frame_index)
+        b = self.boxes.copy()
+        b[:, [0, 2]] += 4.0 * frame_index
+        return b
+
+
+def test_exact_detector_boxes_replace_tracked_boxes(const_model: Path) -> None:
+    """Given landmark boxes (boxes:FILE) are used as they are on every detection frame, keeping
+    the track id; a non-exact detector's matching box is ignored in favour of the track's."""
+    box = [40.0, 30.0, 90.0, 80.0]
+    spec = load_spec(const_model)
+    for exact in (True, False):
+        det = MovingDetector([box])
+        det.exact = exact  # type: ignore[misc]
+        pipe = Pipeline(spec, make_engine("onnxruntime", spec), det, detect_every=1, refine=0,
+                        smooth=False)
+        for i in range(4):
+            f = pipe.process(grey(), i, i / 30).faces[0]
+            assert f.track_id == 0
+            # the constant model's tight landmark box equals the crop box it was given
+            want_x1 = box[0] + (4.0 * i if exact else 0.0)
+            assert f.landmarks[:, 0].min() == pytest.approx(want_x1, abs=1e-3)
+        assert det.calls == [0, 1, 2, 3]
