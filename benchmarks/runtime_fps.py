@@ -504,6 +504,20 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
             md.append(f"| {r['pipeline']} | {r.get('video', '1face')} | "
                       f"{'on' if r['smooth'] else 'off'} | "
                       f"{r['jitter_iod']:.4f} | {r['frames']} |")
+    for r in rows:
+        if r["kind"] == "nme":
+            md += ["", "## Accuracy: runtime vs evaluation path (synthetic test videos)", "",
+                   f"{r['frames']} frames, inter-ocular NME "
+                   "(tests/integration/test_runtime_nme.py)."
+                   " listbox = the list box every frame (the eval protocol); tracking = list box"
+                   " on frame 0, then the runtime's own tracking + smoothing; yunet = the default"
+                   " pipeline (YuNet every 10 frames).", "",
+                   "| path | NME % | vs eval (pp) |", "|---|---|---|",
+                   f"| evaluate_list | {100 * r['nme_eval']:.3f} | |"]
+            for k in ("listbox", "tracking", "yunet"):
+                if f"nme_runtime_{k}" in r:
+                    v = 100 * r[f"nme_runtime_{k}"]
+                    md.append(f"| tsal-runtime ({k}) | {v:.3f} | {v - 100 * r['nme_eval']:+.3f} |")
     (out / "runtime_fps.md").write_text("\n".join(md) + "\n")
     import matplotlib
 
@@ -545,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
                          "frames; default: in this process if it works")
     ap.add_argument("--mediapipe-worker", metavar="DIR", help=argparse.SUPPRESS)
     ap.add_argument("--note", default="", help="free text recorded in the results (machine load)")
+    ap.add_argument("--nme-json", metavar="FILE",
+                    help="runtime vs eval NME of this model on the synthetic test videos, written "
+                         "by `python tests/integration/test_runtime_nme.py --json FILE`; included "
+                         "in the results")
     args = ap.parse_args(argv)
     if args.mediapipe_worker:
         return mediapipe_worker(args.mediapipe_worker)
@@ -578,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
             "load_avg_start": load_start, "load_avg_end": list(os.getloadavg()),
             "note": args.note or ("random-init weights (latency only)" if not args.model else "")}
     meta["targets"] = check_targets(rows)
+    if args.nme_json:
+        rows.append({"kind": "nme", **json.loads(Path(args.nme_json).read_text())})
     write_results(rows, meta, Path(args.out))
     print((Path(args.out) / "runtime_fps.md").read_text())
     return 0
