@@ -538,8 +538,10 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
         if v.any():
             a2.bar(range(len(bars)), v, bottom=bottom, label=k)
             bottom += v
-    a2.set_xticks(range(len(bars)), [f"{r['pipeline'][:14]}\n{r['video']}" for r in bars],
-                  fontsize=7)
+    short = {"tsal-runtime": "tsal", "dlib HOG + ERT68": "dlib", "MediaPipe face mesh": "MP mesh"}
+    a2.set_xticks(range(len(bars)), [f"{short.get(r['pipeline'], r['pipeline'][:8])}\n"
+                                     f"{r['video']}" for r in bars], fontsize=7, rotation=35,
+                  ha="right")
     a2.set(ylabel="ms per frame", title="end to end, 640x480")
     a2.legend(fontsize=8)
     fig.tight_layout()
