@@ -7,9 +7,11 @@ frames). Teacher (calm): the same supervised terms and SINGLE-source heatmap con
 own predictions on the warped frames. Both step their own optimizers. The recursive averaging of the
 student into the teacher happens at sync points in loop.py, not here.
 
-Each model runs ONE forward per step on cat(labeled, frames t+1, warped(t -> t+1)): the warped
-outputs are detached targets, and sharing the forward keeps BatchNorm statistics identical to what
-the targets were computed with and avoids a second pass.
+Each model runs two forwards per step, one backward: the labeled faces alone, then the clip frames
+cat(frames t+1, warped(t -> t+1)) (the warped outputs are detached targets). Keeping them apart
+matters: a clip's frames are near-duplicates, and mixing them into the labeled faces' BatchNorm
+batch skews its statistics — measured on synthetic data, that alone cost ~1 NME point on test
+videos (benchmarks/results/semi_supervised.md), more than the consistency terms gain.
 """
 
 from __future__ import annotations
@@ -136,11 +138,8 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
         nxt = frames[:, 1:].reshape(c * (t - 1), *frames.shape[2:])
         wrp = warped.reshape(c * (t - 1), *warped.shape[2:])
         clip_ids = torch.arange(c, device=images.device).repeat_interleave(t - 1)
-        inputs = torch.cat([images, nxt, wrp])
-        sizes = [b, nxt.shape[0], wrp.shape[0]]
-    else:
-        inputs = images
-        sizes = [b]
+        clip_inputs = torch.cat([nxt, wrp])
+        clip_sizes = [nxt.shape[0], wrp.shape[0]]
 
     if pseudo_source not in ("self", "teacher"):
         raise ValueError(f"pseudo_source must be 'self' or 'teacher', got {pseudo_source!r}")
@@ -152,8 +151,9 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
                 with torch.no_grad():
                     teacher_warped = _split(teacher.module(wrp), [wrp.shape[0]])[0]
             continue
-        out = engine.module(inputs)
-        parts = _split(out, sizes)
+        parts = [engine.module(images)]
+        if clips is not None:
+            parts += _split(engine.module(clip_inputs), clip_sizes)
         warped_out = parts[2] if clips is not None else None
         if role == "teacher" and warped_out is not None:
             teacher_warped = {k: ([v.detach() for v in x] if isinstance(x, list) else x.detach())
