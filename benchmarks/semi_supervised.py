@@ -34,6 +34,9 @@ METHODS = {
     "tsal-queue": {"teacher.mode": "queue"},
     "tsal-ema": {"teacher.mode": "ema"},
     "tsal-mutual": {"teacher.mode": "mutual"},
+    # diagnostic: the heatmap source alone (no centroid fusion, no structure term)
+    "tsal-queue-hm-only": {"teacher.mode": "queue", "loss.fusion_mu": 1.0,
+                           "loss.structure_weight": 0.0},
 }
 
 
@@ -80,7 +83,7 @@ def main() -> int:
     p.add_argument("--clips", type=int, default=2, help="unlabeled clips per step (TSAL runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parallel", type=int, default=2)
-    p.add_argument("--methods", nargs="*", default=list(METHODS))
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--out", default="/tmp/tsal_semi_supervised")
     p.add_argument("--set", action="append", default=[], help="extra dotted overrides")
     args = p.parse_args()
