@@ -187,7 +187,7 @@ class OptimConfig:
     momentum: float = 0.9  # SGD only (nesterov)
     batch_size: int = 8  # labeled faces per worker per step
     clips_per_batch: int = 1  # unlabeled clips per worker per step (0 = supervised only)
-    steps: int = 2000  # optimizer steps of the whole run
+    steps: int = 1500  # optimizer steps of the whole run
     warmup_steps: int = 100
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     milestones: tuple[float, ...] = (0.6, 0.75, 0.9)  # multistep, as fractions of steps
