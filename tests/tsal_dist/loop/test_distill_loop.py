@@ -11,7 +11,8 @@ import torch
 from tsal_dist.config import ConfigError
 from tsal_dist.data.asm import ShapeModel
 from tsal_dist.loop.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from tsal_dist.loop.distill_loop import (DistillConfig, load_distill_config, run_distill)
+from tsal_dist.loop.distill_loop import (DistillConfig, _engine, build_student,
+                                         load_distill_config, run_distill)
 from tsal_dist.losses.kd import KDLossParams
 
 TINY = {
@@ -46,12 +47,39 @@ def test_config_loader_is_strict_and_variants_resolve(tmp_path):
         load_distill_config(y)
 
 
+def test_student_defaults_start_at_crop_centre_without_decay_or_dropout():
+    cfg = DistillConfig()
+    assert (cfg.student.dropout, cfg.student.head_init, cfg.student.weight_decay) == (
+        0.0, "zero", 0.0)
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (3, 3, 64, 64)).float()
+    small = {"experiment.model.input_size": 64}
+    s = build_student(load_distill_config(None, small)).train()
+    assert torch.equal(s(x), torch.full((3, 68, 2), 0.5))  # zero head: exactly the centre
+    g = build_student(load_distill_config(None, {**small, "student.head_init": "glorot"}))
+    assert (g.train()(x) - 0.5).abs().max() > 0.05  # Keras/Glorot head: random offsets
+    # the student's optimizer takes student.weight_decay, the teachers' experiment.optim's
+    e = cfg.experiment
+    assert e.optim.weight_decay > 0
+    eng = _engine(s, e, 1e-3, 8, torch.device("cpu"), weight_decay=0.0)
+    assert eng.optimizer.param_groups[0]["weight_decay"] == 0.0
+    eng = _engine(s, e, 1e-3, 8, torch.device("cpu"))
+    assert eng.optimizer.param_groups[0]["weight_decay"] == e.optim.weight_decay
+    with pytest.raises(ConfigError, match="student.weight_decay"):
+        load_distill_config(None, {"student.weight_decay": -1})
+    with pytest.raises(ConfigError, match="student.head_init"):
+        load_distill_config(None, {"student.head_init": "he"})
+
+
 @pytest.mark.slow
 def test_short_distillation_run_loss_falls_and_resumes(tmp_path):
     torch.manual_seed(0)
     cfg = load_distill_config(None, {**TINY, "experiment.data.cache_dir": str(tmp_path / "c")})
     run_dir = tmp_path / "run"
-    summary = run_distill(cfg, run_dir=run_dir, progress=False)
+    cache: dict = {}
+    summary = run_distill(cfg, run_dir=run_dir, progress=False, teacher_cache=cache)
+    assert len(cache) == 40  # one entry of both teachers' predictions per KD step
+    assert {v[0].shape for v in cache.values()} == {(8, 68, 2)}
     assert ShapeModel.load(run_dir / "asm.npz").explained >= 0.9
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     s_rows = [r for r in rows if r["phase"] == "student"]
