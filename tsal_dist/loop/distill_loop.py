@@ -117,9 +117,14 @@ class StudentConfig:
     # ~1e-3, so decay 1e-4 pulls as hard as the data on the backbone's weights; KD's student
     # uses none. The teachers keep experiment.optim.weight_decay.
     weight_decay: float = 0.0
+    # Seed of the student's initial weights only (-1 = experiment.train.seed). The batch order
+    # and augmentation stay those of experiment.train.seed, so reruns that differ only here
+    # measure init noise and can share the teachers' cached predictions (``teacher_cache``).
+    seed: int = -1
 
     def __post_init__(self) -> None:
         _chk(self.width >= 0, "student.width", "must be >= 0")
+        _chk(self.seed >= -1, "student.seed", "must be >= -1")
         _chk(0 <= self.dropout < 1, "student.dropout", "must be in [0, 1)")
         _chk(self.weight_decay >= 0, "student.weight_decay", "must be >= 0")
 
@@ -163,7 +168,7 @@ class KDConfig:
 
 def _default_experiment() -> ExperimentConfig:
     # Teachers heavier than the student (ResNet-18-style heatmap detector vs MobileNetV2
-    # regressor at width 0.5), KD's optimizer (Adam 1e-3, no schedule), no TSAL video clips.
+    # regressor at width 0.5), KD's optimizer (Adam, no schedule), no TSAL video clips.
     # Student steps: direct regression from a global-average-pooled 3x3 map (96 px) sits at
     # the mean shape for ~600 steps of batch 8 before it localises (synthetic data, measured:
     # NME 32% at 600 steps, 18% at 1000, single process); 1000 steps x 2 workers (batch 16)
@@ -171,7 +176,10 @@ def _default_experiment() -> ExperimentConfig:
     # teachers' 0.5 s/step affordable; 128 px learned faster per step but cost 1.6x per step.
     return ExperimentConfig(
         model=ModelConfig(backbone="resnet", width=0.5),
-        optim=OptimConfig(lr=1e-3, steps=1000, warmup_steps=20, schedule="constant",
+    # Student lr 3e-3 (KD: 1e-3): at 1000 steps, two seeds, plain L2 reached NME 14.0 / 20.4%
+    # with 3e-3 vs 17.7 / 23.2% with 1e-3 (measured at 96 px, zero head, no dropout / decay;
+    # dropout 0.5: 28.4%, weight decay 1e-4: 22.3%, both seed 0 at 1e-3).
+        optim=OptimConfig(lr=3e-3, steps=1000, warmup_steps=20, schedule="constant",
                           clips_per_batch=0, batch_size=8),
         run=RunConfig(log_every=25, checkpoint_every=100, eval_every=0, export=True))
 
@@ -521,7 +529,7 @@ def run_distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext 
 
     # ---- student
     o = e.optim
-    torch.manual_seed(e.train.seed)
+    torch.manual_seed(e.train.seed if dcfg.student.seed < 0 else dcfg.student.seed)
     student_model = build_student(dcfg)
     s_codec = None if dcfg.student.arch == "regression" else _codec(student_model, e.model, k)
     student = _engine(student_model, e, o.lr, o.batch_size, ctx.device,

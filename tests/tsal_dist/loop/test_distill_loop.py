@@ -107,3 +107,21 @@ def test_short_distillation_run_loss_falls_and_resumes(tmp_path):
     assert head == "regression"
     out = module(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))[0]
     assert out.shape == (2, 68, 2)
+
+
+def test_configs_distill_yaml_spells_out_the_defaults():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "configs" / "distill.yaml"
+    assert load_distill_config(path) == DistillConfig()
+
+
+def test_student_seed_is_validated_and_build_student_does_not_reseed():
+    small = {"experiment.model.input_size": 64, "student.head_init": "glorot"}
+    torch.manual_seed(5)
+    a = build_student(load_distill_config(None, small)).state_dict()
+    torch.manual_seed(5)
+    b = build_student(load_distill_config(None, {**small, "student.seed": 3})).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # build_student itself does not seed
+    with pytest.raises(ConfigError, match="student.seed"):
+        load_distill_config(None, {"student.seed": -2})
