@@ -40,7 +40,11 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+        # The dashboard hosts the State API that Train V2's PlacementGroupCleaner polls; without
+        # it the cleaner cannot see a finished controller, and a finished trial's placement
+        # group can linger and starve the next one (seen in sequential Tune sweeps).
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 log_to_driver=True,
                  runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S":
                                            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}})
 
