@@ -474,9 +474,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                base: ExperimentConfig | None = None) -> ExperimentConfig:
-    """Defaults <- YAML file (overrides only) <- dotted overrides. Errors name file and key."""
-    cfg = base or ExperimentConfig()
+                base: Any = None) -> Any:
+    """Defaults <- YAML file (overrides only) <- dotted overrides. Errors name file and key.
+
+    ``base`` is the config object to start from (an ExperimentConfig by default; any frozen
+    config dataclass works, e.g. the distillation's DistillConfig).
+    """
+    cfg = base if base is not None else ExperimentConfig()
     if path is not None:
         try:
             cfg = with_overrides(cfg, flatten(load_yaml(path)))

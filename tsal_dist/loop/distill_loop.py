@@ -39,8 +39,7 @@ from torch import Tensor, nn
 
 from tsal_dist.codec import HeatmapCodec
 from tsal_dist.config import (ConfigError, ExperimentConfig, ModelConfig, OptimConfig,
-                              RunConfig, flatten, from_dict, load_yaml, save_config, to_dict,
-                              with_overrides)
+                              RunConfig, from_dict, load_config, save_config, to_dict)
 from tsal_dist.data.asm import ShapeModel, fit_shape_model
 from tsal_dist.data.datasets import (EvalImageDataset, LabeledImageDataset, collate,
                                      seeded_batch_indices)
@@ -209,17 +208,7 @@ def load_distill_config(path: str | Path | None = None,
                         overrides: Mapping[str, Any] | None = None) -> DistillConfig:
     """Defaults <- YAML (overrides only; unknown keys raise) <- dotted overrides
     (``experiment.optim.steps=100``, ``kd.variant=paper``)."""
-    cfg = DistillConfig()
-    if path is not None:
-        try:
-            cfg = with_overrides(cfg, flatten(load_yaml(path)))
-        except ConfigError as e:
-            if str(e).startswith(str(path)):
-                raise
-            raise ConfigError(f"{path}: {e}") from e
-    if overrides:
-        cfg = with_overrides(cfg, overrides)
-    return cfg
+    return load_config(path, overrides, base=DistillConfig())
 
 
 # ----------------------------------------------------------------------------- helpers
