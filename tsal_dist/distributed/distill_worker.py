@@ -7,14 +7,13 @@ pointer to the student checkpoints it reports (the weights stay in the run folde
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import ray.train
 import torch
 
+from tsal_dist.distributed.worker import pointer_reporter
 from tsal_dist.loop.distill_loop import DistillConfig, run_distill
 from tsal_dist.loop.loop import WorkerContext
 
@@ -28,15 +27,5 @@ def distill_loop_per_worker(config: dict[str, Any]) -> None:
               else torch.device("cpu"))
     ctx = WorkerContext(rank=rank, world_size=world, device=device)
 
-    def reporter(metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        # Every rank reports the same number of times; only rank 0 attaches the pointer.
-        if checkpoint is not None and rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                (Path(d) / "pointer.json").write_text(json.dumps(
-                    {"path": str(checkpoint), "step": metrics["step"]}))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
-
-    run_distill(cfg, run_dir=Path(config["run_dir"]), ctx=ctx, reporter=reporter,
+    run_distill(cfg, run_dir=Path(config["run_dir"]), ctx=ctx, reporter=pointer_reporter(rank),
                 progress=rank == 0)

@@ -45,18 +45,8 @@ def run_worker(config: dict[str, Any]) -> dict[str, Any]:
         if Path(pointer["path"]).is_file():
             resume = Path(pointer["path"])
 
-    def reporter(metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        # Every rank must report the same number of times; only rank 0 attaches the checkpoint
-        # (a tiny pointer: the weights already live in the run folder on shared storage).
-        if checkpoint is not None and rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                (Path(d) / "pointer.json").write_text(json.dumps(
-                    {"path": str(checkpoint), "step": metrics["step"]}))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
-
-    return run(cfg, run_dir=run_dir, ctx=ctx, teacher_client=client, reporter=reporter,
+    return run(cfg, run_dir=run_dir, ctx=ctx, teacher_client=client,
+               reporter=pointer_reporter(rank),
                resume=resume, progress=rank == 0,
                on_step=_fault_injector(rank, config["run_name"]))
 
@@ -100,3 +90,22 @@ def _fault_injector(rank: int, run_name: str) -> Callable[[int], None] | None:
             time.sleep(600)
 
     return hook
+
+
+def pointer_reporter(rank: int) -> Callable[[dict[str, Any], Path | None], None]:
+    """The loop's reporter inside a Ray Train worker.
+
+    Every rank must report the same number of times; only rank 0 attaches the checkpoint, as a
+    tiny pointer (the weights already live in the run folder on shared storage).
+    """
+
+    def reporter(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        if checkpoint is not None and rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "pointer.json").write_text(json.dumps(
+                    {"path": str(checkpoint), "step": metrics["step"]}))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+    return reporter
