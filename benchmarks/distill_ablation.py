@@ -140,10 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             for role, label in (("tough", "Tough teacher"), ("tolerant", "Tolerant teacher")):
                 m = build_model(e.model, e.data.num_points)
                 m.load_state_dict(load_checkpoint(latest_checkpoint(tdir / role))["teacher"])
-                models[label] = (m, HeatmapCodec(input_size=e.model.input_size, stride=m.stride,
-                                                 num_points=e.data.num_points,
-                                                 sigma_px=e.model.heatmap_sigma_px,
-                                                 window=e.model.decode_window))
+                models[label] = (m, HeatmapCodec.for_model(e.model, stride=m.stride,
+                                                           num_points=e.data.num_points))
         first = False
         ck = load_ckpt_student(run_dir)
         student = MobileNetV2Regressor(cfg.experiment.data.num_points,

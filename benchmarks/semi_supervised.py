@@ -10,9 +10,10 @@ go two at a time on a 2-core machine):
 
 and evaluates teacher and student of each on the held-out synthetic test images and the held-out
 synthetic test videos (never used in training). Writes benchmarks/results/semi_supervised.json
-(one row per method/model/eval set, with nme_inter_ocular), a markdown table and a plot.
+(one row per method/seed/model/eval set, with nme_inter_ocular, plus mean ± sd over seeds),
+semi_supervised_table.md and a plot. The verdict and the diagnosis are in semi_supervised.md.
 
-    python benchmarks/semi_supervised.py [--labeled 100] [--steps 1500] [--parallel 2]
+    python benchmarks/semi_supervised.py [--labeled 100] [--steps 1500] [--seeds 0 1 2] [--reuse]
 """
 
 from __future__ import annotations
@@ -51,27 +52,58 @@ def base_overrides(args: argparse.Namespace) -> dict:
         "run.eval_every": 0,
         "run.log_every": 50,
         "run.export": False,
-        "train.seed": args.seed,
         **dict(kv.split("=", 1) for kv in args.set),
     }
 
 
-def run_one(method: str, overrides: dict, out: str) -> dict:
+def run_one(method: str, seed: int, overrides: dict, out: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
     from tsal_dist.config import ExperimentConfig, with_overrides
     from tsal_dist.loop.loop import run
 
-    cfg = with_overrides(ExperimentConfig(), {**overrides, **METHODS[method],
-                                              "run.output": out, "run.name": method})
+    name = run_name(method, seed)
+    cfg = with_overrides(ExperimentConfig(), {**overrides, **METHODS[method], "train.seed": seed,
+                                              "run.output": out, "run.name": name})
     import shutil
 
-    shutil.rmtree(Path(out) / method, ignore_errors=True)  # a fresh run, never a resume
+    shutil.rmtree(Path(out) / name, ignore_errors=True)  # a fresh run, never a resume
     t0 = time.perf_counter()
-    summary = run(cfg, run_dir=Path(out) / method, progress=False, resume=None)
-    return {"method": method, "seconds": time.perf_counter() - t0, "eval": summary.get("eval"),
-            "config": cfg.to_dict()}
+    summary = run(cfg, run_dir=Path(out) / name, progress=False, resume=None)
+    return {"method": method, "seed": seed, "seconds": time.perf_counter() - t0,
+            "eval": summary.get("eval"), "config": cfg.to_dict()}
+
+
+def run_name(method: str, seed: int) -> str:
+    return f"{method}-s{seed}"
+
+
+def reuse_one(method: str, seed: int, overrides: dict, out: str) -> dict | None:
+    """A finished run of exactly this configuration in ``out`` (its config and eval summary),
+    or None. The config comparison makes a stale folder from other settings count as missing."""
+    from tsal_dist.config import ExperimentConfig, load_config, with_overrides
+
+    run_dir = Path(out) / run_name(method, seed)
+    summary, config = run_dir / "eval" / "summary.json", run_dir / "config.yaml"
+    if not (summary.is_file() and config.is_file()):
+        return None
+    want = with_overrides(ExperimentConfig(), {**overrides, **METHODS[method], "train.seed": seed,
+                                               "run.output": out,
+                                               "run.name": run_name(method, seed)})
+    try:
+        have = load_config(config)
+    except Exception:  # unreadable or from another version: run it again
+        return None
+    # the folder may have been renamed: compare everything but where the run was written
+    same_place = {"run.output": want.run.output, "run.name": want.run.name}
+    if with_overrides(have, same_place).hash() != want.hash():
+        return None
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+    times = [r["time"] for r in rows if "time" in r]
+    return {"method": method, "seed": seed, "seconds": times[-1] - times[0] if times else 0.0,
+            "eval": json.loads(summary.read_text()), "config": have.to_dict(), "reused": True}
 
 
 def main() -> int:
@@ -81,10 +113,13 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--clips", type=int, default=2, help="unlabeled clips per step (TSAL runs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds; the table reports mean and sd over them")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--out", default="/tmp/tsal_semi_supervised")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep finished runs in --out whose config matches; run only the rest")
     p.add_argument("--set", action="append", default=[], help="extra dotted overrides")
     args = p.parse_args()
 
@@ -93,43 +128,82 @@ def main() -> int:
 
     over = base_overrides(args)
     resolve_data(with_overrides(ExperimentConfig(), over))  # generate the data once, up front
+    jobs = [(m, s) for s in args.seeds for m in args.methods]
+    runs: dict[tuple[str, int], dict] = {}
+    if args.reuse:
+        for m, s in jobs:
+            got = reuse_one(m, s, over, args.out)
+            if got is not None:
+                print(f"reusing {run_name(m, s)}", flush=True)
+                runs[(m, s)] = got
+    todo = [j for j in jobs if j not in runs]
     with ProcessPoolExecutor(max_workers=args.parallel) as ex:
-        futs = {m: ex.submit(run_one, m, over, args.out) for m in args.methods}
-        runs = {m: f.result() for m, f in futs.items()}
+        futs = {j: ex.submit(run_one, j[0], j[1], over, args.out) for j in todo}
+        for j, f in futs.items():
+            runs[j] = f.result()
+            print(f"done {run_name(*j)} in {runs[j]['seconds']:.0f} s", flush=True)
 
     rows = []
-    for m, r in runs.items():
+    for (m, seed), r in sorted(runs.items(), key=lambda kv: (jobs.index(kv[0]))):
         for which, lists in (r["eval"] or {}).items():
             for name, s in lists.items():
-                rows.append({"method": m, "model": which, "eval_set": name,
+                rows.append({"method": m, "seed": seed, "model": which, "eval_set": name,
                              "count": s["count"], "nme_inter_ocular": s["nme_inter_ocular"],
                              "nme_inter_pupil": s["nme_inter_pupil"], "auc@0.08": s["auc@0.08"],
                              "fr@0.08": s["fr@0.08"], "train_seconds": round(r["seconds"], 1)})
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, "
                        f"{platform.python_version()}",
             "labeled_images": args.labeled, "steps": args.steps, "batch": args.batch,
-            "clips_per_step": args.clips, "seed": args.seed,
+            "clips_per_step": args.clips, "seeds": args.seeds,
+            "overrides": dict(kv.split("=", 1) for kv in args.set),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    summary = aggregate(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _write(RESULTS / "semi_supervised.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
-    _write(RESULTS / "semi_supervised.md", markdown(rows, meta))
-    plot(rows, RESULTS / "semi_supervised.png")
-    print(markdown(rows, meta))
+    _write(RESULTS / "semi_supervised.json",
+           json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=2))
+    _write(RESULTS / "semi_supervised_table.md", markdown(summary, meta))
+    plot(summary, RESULTS / "semi_supervised.png")
+    print(markdown(summary, meta))
     return 0
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"# Semi-supervised ablation (synthetic faces)", "",
-             f"L = {meta['labeled_images']} labeled images, {meta['steps']} steps, batch "
-             f"{meta['batch']} (+{meta['clips_per_step']} unlabeled clips for TSAL), seed "
-             f"{meta['seed']}; {meta['machine']}. NME in % of the inter-ocular distance; "
-             "held-out test images and test videos.", "",
-             "| method | model | eval set | n | NME io % | NME ip % | AUC@0.08 | FR@0.08 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and sample sd over seeds of each (method, model, eval set)."""
+    import statistics
+
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in rows:
+        groups.setdefault((r["method"], r["model"], r["eval_set"]), []).append(r)
+    out = []
+    for (m, model, es), rs in groups.items():
+        row = {"method": m, "model": model, "eval_set": es, "count": rs[0]["count"],
+               "seeds": [r["seed"] for r in rs]}
+        for key in ("nme_inter_ocular", "nme_inter_pupil", "auc@0.08", "fr@0.08"):
+            vals = [r[key] for r in rs]
+            row[key] = statistics.fmean(vals)
+            row[f"{key}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            row[f"{key}_per_seed"] = vals
+        out.append(row)
+    return out
+
+
+def markdown(summary: list[dict], meta: dict) -> str:
+    seeds = meta["seeds"]
+    lines = ["# Semi-supervised ablation (synthetic faces): measured table", "",
+             f"L = {meta['labeled_images']} labeled images, {meta['steps']} steps, batch "
+             f"{meta['batch']} (+{meta['clips_per_step']} unlabeled clips for TSAL), seeds "
+             f"{', '.join(map(str, seeds))}; {meta['machine']}. NME in % of the inter-ocular "
+             "distance, mean ± sd over seeds (per-seed values in the JSON); held-out test images "
+             "and test videos.", f"Command: `{meta['command']}`", "",
+             "| method | model | eval set | n | NME io % | per seed | NME ip % | AUC@0.08 | "
+             "FR@0.08 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in summary:
+        per = " / ".join(f"{100 * v:.2f}" for v in r["nme_inter_ocular_per_seed"])
         lines.append(f"| {r['method']} | {r['model']} | {r['eval_set']} | {r['count']} | "
-                     f"{100 * r['nme_inter_ocular']:.2f} | {100 * r['nme_inter_pupil']:.2f} | "
-                     f"{r['auc@0.08']:.3f} | {r['fr@0.08']:.3f} |")
+                     f"{100 * r['nme_inter_ocular']:.2f} ± {100 * r['nme_inter_ocular_sd']:.2f} | "
+                     f"{per} | {100 * r['nme_inter_pupil']:.2f} | {r['auc@0.08']:.3f} | "
+                     f"{r['fr@0.08']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,13 +218,14 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4), squeeze=False)
     for ax, es in zip(axes[0], sets):
         for j, model in enumerate(("teacher", "student")):
-            vals = [next((100 * r["nme_inter_ocular"] for r in rows if r["method"] == m and
-                          r["model"] == model and r["eval_set"] == es), float("nan"))
-                    for m in methods]
+            got = [next((r for r in rows if r["method"] == m and r["model"] == model and
+                         r["eval_set"] == es), None) for m in methods]
+            vals = [100 * g["nme_inter_ocular"] if g else float("nan") for g in got]
+            sds = [100 * g["nme_inter_ocular_sd"] if g else 0.0 for g in got]
             xs = [i + (j - 0.5) * 0.38 for i in range(len(methods))]
-            ax.bar(xs, vals, width=0.38, label=model)
+            ax.bar(xs, vals, width=0.38, yerr=sds, capsize=3, label=model)
         ax.set_xticks(range(len(methods)), methods, rotation=15)
-        ax.set_ylabel("NME (inter-ocular), %")
+        ax.set_ylabel("NME (inter-ocular), %, mean ± sd over seeds")
         ax.set_title(es)
         ax.legend()
     fig.tight_layout()

@@ -99,6 +99,11 @@ class ModelConfig:
     cpm_stages: int = 2  # heatmap refinement stages (TSAL hard-codes 3)
     heatmap_sigma_px: float = 3.0  # Gaussian sigma in crop pixels (TSAL: 6 at 256 px)
     decode_window: int = 4  # soft-argmax window radius in heatmap cells (SBR 4; TSAL 20)
+    # inference decode (eval, validation, export): "dark" = Gaussian blur + log-Taylor refinement
+    # (codec.decode_dark), "window" = the SBR windowed mean above. Training's consistency terms
+    # always use the differentiable window mean.
+    decode: Literal["window", "dark"] = "dark"
+    decode_blur_cells: float = 2.5  # DARK smoothing sigma in cells (chosen on validation images)
     centroid_index: int = 30  # 0-based landmark used as the facial centroid (nose tip, as TSAL)
     centroid_topk: int = 32  # K centroid candidates decoded for the student's pseudo-label
 
@@ -109,6 +114,7 @@ class ModelConfig:
         _check(1 <= self.cpm_stages <= 6, "model.cpm_stages", "must be in [1, 6]")
         _check(self.heatmap_sigma_px > 0, "model.heatmap_sigma_px", "must be > 0")
         _check(self.decode_window >= 1, "model.decode_window", "must be >= 1")
+        _check(0 <= self.decode_blur_cells <= 8, "model.decode_blur_cells", "must be in [0, 8]")
         _check(self.centroid_index >= 0, "model.centroid_index", "must be >= 0")
         _check(self.centroid_topk >= 1, "model.centroid_topk", "must be >= 1")
 

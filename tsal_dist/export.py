@@ -89,7 +89,7 @@ class CropToLandmarks(nn.Module):
             lm = self.model(x).float()
             return lm, torch.ones_like(lm[..., 0])
         heatmaps = self.model(x)["heatmaps"][-1]
-        coords, scores = self.codec.decode(heatmaps)
+        coords, scores = self.codec.locate(heatmaps)
         return (coords + 0.5) / float(self.input_size), scores
 
 
@@ -140,8 +140,7 @@ def load_export_module(checkpoint: str | os.PathLike[str], which: str = "teacher
             mcfg = dataclasses.replace(mcfg, backbone="mobilenetv2", width=width, input_size=size)
         model = build_model(mcfg, k)
         size = int(model.input_size)
-        codec = HeatmapCodec(input_size=size, stride=model.stride, num_points=k,
-                             sigma_px=mcfg.heatmap_sigma_px, window=mcfg.decode_window)
+        codec = HeatmapCodec.for_model(mcfg, stride=model.stride, num_points=k, input_size=size)
         head = "heatmap"
     try:
         model.load_state_dict(state)
@@ -222,7 +221,8 @@ def export(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
         "eye_corners": list(eyes),
         "head": head,
         "decode": ({"stride": int(module.model.stride), "window": cfg.model.decode_window,
-                    "sigma_px": cfg.model.heatmap_sigma_px} if head == "heatmap" else None),
+                    "sigma_px": cfg.model.heatmap_sigma_px, "method": cfg.model.decode,
+                    "blur_cells": cfg.model.decode_blur_cells} if head == "heatmap" else None),
         "opset": opset,
         "source_checkpoint": str(Path(checkpoint).resolve()),
         "step": int(ckpt.get("step", -1)),

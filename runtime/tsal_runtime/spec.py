@@ -37,6 +37,8 @@ class DecodeSpec:
     stride: int = 0
     window: int = 0
     sigma_px: float = 0.0
+    method: str = "window"  # "window" (SBR mean) or "dark" (blur + log-Taylor), as exported
+    blur_cells: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,9 @@ def parse_spec(d: dict[str, Any], model_dir: Path, where: str = MODEL_JSON) -> M
             flip_pairs=tuple((int(a), int(b)) for a, b in d.get("flip_pairs", [])),
             eye_corners=tuple(int(i) for i in d.get("eye_corners", [])),
             decode=DecodeSpec(stride=int(dec.get("stride", 0)), window=int(dec.get("window", 0)),
-                              sigma_px=float(dec.get("sigma_px", 0.0))),
+                              sigma_px=float(dec.get("sigma_px", 0.0)),
+                              method=str(dec.get("method", "window")),
+                              blur_cells=float(dec.get("blur_cells", 0.0))),
             head=str(d.get("head", "heatmap")),
             opset=int(d.get("opset", 0)),
             source_checkpoint=str(d.get("source_checkpoint", "")),

@@ -95,7 +95,8 @@ def test_export_parity(ckpt: Path, tmp_path: Path, which: str, head: str) -> Non
     for key in read:
         want = written.get(key)
         if key == "decode" and want is None:
-            want = {"stride": 0, "window": 0, "sigma_px": 0.0}
+            want = {"stride": 0, "window": 0, "sigma_px": 0.0, "method": "window",
+                    "blur_cells": 0.0}
         assert read[key] == want, key
     assert spec.head == head and spec.which == which and meta["step"] == 7
     assert spec.num_landmarks == 68 and spec.landmark_scheme == "ibug68"

@@ -66,6 +66,7 @@ def eval_path(checkpoint: Path, list_path: Path, which: str = "teacher") -> dict
     res = evaluate_list(module.model, list_path, input_size=module.input_size,
                         pre_crop_expand=cfg.data.pre_crop_expand, num_points=cfg.data.num_points,
                         sigma_px=cfg.model.heatmap_sigma_px, window=cfg.model.decode_window,
+                        locate=cfg.model.decode, blur_cells=cfg.model.decode_blur_cells,
                         batch_size=16)
     keys = [split_video_ref(e.image) for e in res.entries]
     return {"nme": float(np.mean(res.primary_nmes)), "nmes": res.primary_nmes,

@@ -348,3 +348,66 @@ def test_codecs_on_cuda_match_cpu() -> None:
     cand_g, sc_g = cc.decode(logits.cuda(), offsets.cuda())
     torch.testing.assert_close(cand_g.cpu(), cand)
     torch.testing.assert_close(sc_g.cpu(), sc)
+
+
+# ------------------------------------------------------------------------------- DARK decode
+
+
+def _gaussian_maps(centres_cells: torch.Tensor, size: int, sigma_cells: float) -> torch.Tensor:
+    """(1, C, size, size) untruncated Gaussians at sub-cell centres (u, v) in cells."""
+    grid = torch.arange(size, dtype=torch.float64)
+    u = centres_cells[:, 0].double().view(-1, 1, 1)
+    v = centres_cells[:, 1].double().view(-1, 1, 1)
+    d2 = (grid.view(1, 1, -1) - u) ** 2 + (grid.view(1, -1, 1) - v) ** 2
+    return torch.exp(-d2 / (2 * sigma_cells ** 2)).float()[None]
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.0, 2.5])
+def test_dark_recovers_subcell_gaussian_centres(blur: float) -> None:
+    # log of a Gaussian is an exact quadratic, so the Taylor step lands on the centre; a Gaussian
+    # blur keeps the centre (away from the border), so the smoothed decode does too.
+    from tsal_dist.codec import decode_dark
+
+    g = torch.Generator().manual_seed(3)
+    centres = 20 + torch.rand(6, 2, generator=g) * 24  # cells, inside a 64-cell map
+    maps = _gaussian_maps(centres, 64, sigma_cells=1.5)
+    coords, scores = decode_dark(maps, 4, blur)
+    want = centres * 4 + 1.5  # cells -> crop px
+    err_cells = ((coords[0] - want).abs() / 4).amax()
+    assert err_cells < (1e-3 if blur == 0 else 0.02), float(err_cells)
+    torch.testing.assert_close(scores[0], maps[0].flatten(1).amax(1))
+
+
+def test_dark_beats_window_mean_on_a_skewed_peak_and_falls_back_on_flat_maps() -> None:
+    from tsal_dist.codec import decode_dark
+
+    # a Gaussian at sub-cell 0.4 plus a broad pedestal: the window mean is pulled to the window
+    # centre, the log-Taylor step is not fooled by the pedestal's flat part
+    centre = torch.tensor([[10.4, 12.0]])
+    maps = _gaussian_maps(centre, 24, 0.9) + 0.05
+    dark_xy, _ = decode_dark(maps, 4, 0.0)
+    mean_xy, _ = decode_peaks(maps, 4, 4)
+    want = centre * 4 + 1.5
+    assert (dark_xy[0] - want).abs().amax() < (mean_xy[0] - want).abs().amax()
+    # a flat (or all-zero) channel has no negative-definite Hessian: cell centre of the argmax
+    flat = torch.zeros(1, 1, 8, 8)
+    xy, s = decode_dark(flat, 4, 1.0)
+    assert xy.tolist() == [[[1.5, 1.5]]] and s.tolist() == [[0.0]]
+
+
+def test_codec_locate_dispatches_and_validates() -> None:
+    from tsal_dist.codec import decode_dark
+
+    maps = _gaussian_maps(torch.tensor([[5.3, 6.7], [9.1, 2.2]]), 16, 1.0)
+    window = _hm(input_size=64, num_points=2)
+    dark = _hm(input_size=64, num_points=2, locate="dark", blur_cells=1.5)
+    torch.testing.assert_close(window.locate(maps)[0], window.decode(maps)[0])
+    torch.testing.assert_close(dark.locate(maps)[0], decode_dark(maps, 4, 1.5)[0])
+    with_bg = torch.cat([maps, torch.zeros(1, 1, 16, 16)], dim=1)  # background channel ignored
+    torch.testing.assert_close(dark.locate(with_bg)[0], dark.locate(maps)[0])
+    with pytest.raises(ValueError, match="locate must be one of"):
+        _hm(locate="argmax")
+    with pytest.raises(ValueError, match="blur_cells"):
+        _hm(locate="dark", blur_cells=-1.0)
+    with pytest.raises(ValueError, match="heatmaps must be"):
+        dark.locate(torch.zeros(1, 5, 16, 16))

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--plot", metavar="CED.png", help="write a CED plot (primary NME) here")
     ap.add_argument("--batch-size", type=int, default=32, help="crops per forward pass")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. --set model.decode_window=20 (repeatable)")
+                    help="config override, e.g. --set model.decode=window (repeatable)")
     return ap
 
 
@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 model, path, input_size=cfg.model.input_size,
                 pre_crop_expand=cfg.data.pre_crop_expand, num_points=cfg.data.num_points,
                 sigma_px=cfg.model.heatmap_sigma_px, window=cfg.model.decode_window,
+                locate=cfg.model.decode, blur_cells=cfg.model.decode_blur_cells,
                 batch_size=args.batch_size, device=args.device, strict=cfg.data.strict, name=name))
         except (AnnotationError, FileNotFoundError) as e:
             raise UsageError(str(e)) from None

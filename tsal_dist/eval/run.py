@@ -57,13 +57,16 @@ def apply_affine(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return np.einsum("nij,nkj->nki", M[..., :2], p) + M[:, None, :, 2]
 
 
-def heatmap_decoder(model: torch.nn.Module, *, sigma_px: float, window: int) -> Decode:
-    """``HeatmapCodec(...).decode`` for the model's geometry (input_size, stride, num_points)."""
+def heatmap_decoder(model: torch.nn.Module, *, sigma_px: float, window: int,
+                    locate: str = "window", blur_cells: float = 0.0) -> Decode:
+    """``HeatmapCodec(...).locate`` (the inference decode: "window" mean or "dark") for the
+    model's geometry (input_size, stride, num_points)."""
     from tsal_dist.codec import HeatmapCodec
 
     codec = HeatmapCodec(input_size=int(model.input_size), stride=int(model.stride),
-                         num_points=int(model.num_points), sigma_px=sigma_px, window=window)
-    return codec.decode
+                         num_points=int(model.num_points), sigma_px=sigma_px, window=window,
+                         locate=locate, blur_cells=blur_cells)
+    return codec.locate
 
 
 def _get_item(dataset: Any, i: int) -> Mapping[str, Any]:
@@ -82,7 +85,8 @@ def _np(x: Any, dtype: Any = np.float64) -> np.ndarray:
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, device: str = "cpu",
             decode: Decode | None = None, sigma_px: float = 3.0,
-            window: int = 4) -> dict[str, np.ndarray]:
+            window: int = 4, locate: str = "window",
+            blur_cells: float = 0.0) -> dict[str, np.ndarray]:
     """Predict landmarks for every item of an eval dataset, in IMAGE pixels.
 
     Each item is a dict with ``image`` uint8 (3, S, S), ``affine`` (2, 3) image->crop,
@@ -100,7 +104,8 @@ def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, devic
         device: torch device string.
         decode: (B, K, h, w) maps -> (coords (B, K, 2) crop px, scores (B, K)); default
             ``HeatmapCodec(model.input_size, model.stride, model.num_points, sigma_px, window)``.
-        sigma_px, window: codec arguments for the default decode.
+        sigma_px, window, locate, blur_cells: codec arguments for the default decode
+            (``model.decode`` / ``model.decode_blur_cells`` of the config).
 
     Returns:
         ``preds`` (N, K, 2) image px, ``gts`` (N, K, 2), ``visible`` (N, K), ``face_size`` (N,)
@@ -111,7 +116,8 @@ def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, devic
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     k = int(model.num_points)
     if decode is None:
-        decode = heatmap_decoder(model, sigma_px=sigma_px, window=window)
+        decode = heatmap_decoder(model, sigma_px=sigma_px, window=window, locate=locate,
+                                 blur_cells=blur_cells)
     was_training = model.training
     model.to(device).eval()
     cols: dict[str, list[np.ndarray]] = {n: [] for n in ("preds", "gts", "visible", "face_size",
@@ -217,7 +223,7 @@ def per_video_summaries(entries: Sequence[ListEntry], nmes: Mapping[str, np.ndar
 
 def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: int,
                   pre_crop_expand: float, num_points: int, sigma_px: float, window: int,
-                  batch_size: int = 32, device: str = "cpu", strict: bool = False,
+                  locate: str = "window", blur_cells: float = 0.0, batch_size: int = 32, device: str = "cpu", strict: bool = False,
                   name: str | None = None) -> EvalResult:
     """Evaluate ``model`` on one SBR list file (see :func:`evaluate_lists` for the arguments)."""
     # Imported here: eval's metrics/plots stay free of the data package (DESIGN.md layering).
@@ -232,7 +238,7 @@ def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: 
     dataset = EvalImageDataset(labeled, num_points=num_points, input_size=input_size,
                                pre_crop_expand=pre_crop_expand, strict=strict)
     out = predict(model, dataset, batch_size=batch_size, device=device, sigma_px=sigma_px,
-                  window=window)
+                  window=window, locate=locate, blur_cells=blur_cells)
     # items carry their position in `labeled`, so skipped bad files do not shift anything
     used = [labeled[int(i)] for i in out["indices"]]
     summary, nmes = score_predictions(out["preds"], out["gts"], out["visible"], out["face_size"],
@@ -258,8 +264,8 @@ def list_names(list_paths: Sequence[str | Path]) -> list[str]:
 
 def evaluate_lists(model: torch.nn.Module, list_paths: Sequence[str | Path], *, input_size: int,
                    pre_crop_expand: float, num_points: int, sigma_px: float, window: int,
-                   batch_size: int = 32, device: str = "cpu",
-                   strict: bool = False) -> dict[str, dict[str, Any]]:
+                   locate: str = "window", blur_cells: float = 0.0, batch_size: int = 32,
+                   device: str = "cpu", strict: bool = False) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` on each SBR list file; one summary per list (= per category).
 
     Args:
@@ -268,7 +274,8 @@ def evaluate_lists(model: torch.nn.Module, list_paths: Sequence[str | Path], *, 
         input_size: crop side S in px (``model.input_size``).
         pre_crop_expand: box expansion on each side, fraction of the box size.
         num_points: K; picks the normalisers (68: inter-ocular + inter-pupil, 19: face_size, ...).
-        sigma_px, window: heatmap decode arguments (``HeatmapCodec``).
+        sigma_px, window, locate, blur_cells: heatmap decode arguments (``HeatmapCodec``;
+            pass the config's ``model.decode`` / ``model.decode_blur_cells``).
         batch_size: crops per forward pass.
         device: torch device string.
         strict: True: the first bad image/annotation raises; False: skipped and counted.
@@ -281,6 +288,6 @@ def evaluate_lists(model: torch.nn.Module, list_paths: Sequence[str | Path], *, 
     names = list_names(list_paths)
     return {name: evaluate_list(model, p, input_size=input_size, pre_crop_expand=pre_crop_expand,
                                 num_points=num_points, sigma_px=sigma_px, window=window,
-                                batch_size=batch_size, device=device, strict=strict,
+                                locate=locate, blur_cells=blur_cells, batch_size=batch_size, device=device, strict=strict,
                                 name=name).summary
             for name, p in zip(names, list_paths)}

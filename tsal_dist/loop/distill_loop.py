@@ -225,13 +225,13 @@ def predict_normalized(model: nn.Module, images: Tensor, codec: HeatmapCodec | N
     out = model(images)
     if codec is None:
         return out
-    xy, _ = codec.decode(out["heatmaps"][-1][:, : codec.num_points])
+    xy, _ = codec.locate(out["heatmaps"][-1][:, : codec.num_points])
     return _to_norm(xy, codec.input_size) + _unused_heads(out)
 
 
 def _codec(model: nn.Module, m: ModelConfig, k: int) -> HeatmapCodec:
-    return HeatmapCodec(input_size=int(model.input_size), stride=int(model.stride), num_points=k,
-                        sigma_px=m.heatmap_sigma_px, window=m.decode_window)
+    return HeatmapCodec.for_model(m, stride=int(model.stride), num_points=k,
+                                  input_size=int(model.input_size))
 
 
 def build_student(dcfg: DistillConfig) -> nn.Module:
@@ -435,6 +435,7 @@ def evaluate_model(model: nn.Module, list_path: str | Path, *, e: ExperimentConf
         return evaluate_list(model, list_path, input_size=e.model.input_size,
                              pre_crop_expand=e.data.pre_crop_expand, num_points=e.data.num_points,
                              sigma_px=e.model.heatmap_sigma_px, window=e.model.decode_window,
+                             locate=e.model.decode, blur_cells=e.model.decode_blur_cells,
                              strict=e.data.strict, name=name).summary
     entries = [x for x in read_list(list_path) if x.annotation is not None]
     ds = EvalImageDataset(entries, num_points=e.data.num_points, input_size=e.model.input_size,

@@ -160,7 +160,7 @@ def predict_crops(model: torch.nn.Module, codec: HeatmapCodec, images: torch.Ten
                   ) -> torch.Tensor:
     """Decoded landmarks (B, K, 2) in crop px from the last heatmap stage."""
     out = model(images)
-    xy, _ = codec.decode(out["heatmaps"][-1][:, : codec.num_points])
+    xy, _ = codec.locate(out["heatmaps"][-1][:, : codec.num_points])
     return xy
 
 
@@ -265,9 +265,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
     student_model = build_model(m, d.num_points)
     teacher_model = build_model(m, d.num_points)
     teacher_model.load_state_dict(student_model.state_dict())
-    hm_codec = HeatmapCodec(input_size=m.input_size, stride=student_model.stride,
-                            num_points=d.num_points, sigma_px=m.heatmap_sigma_px,
-                            window=m.decode_window)
+    hm_codec = HeatmapCodec.for_model(m, stride=student_model.stride, num_points=d.num_points)
     ctr_codec = CentroidCodec(input_size=m.input_size, stride=student_model.stride,
                               num_points=d.num_points, centroid_index=m.centroid_index,
                               topk=m.centroid_topk)
@@ -530,7 +528,9 @@ def finish_run(cfg: ExperimentConfig, *, run_dir: Path, teacher: torch.nn.Module
                                   pre_crop_expand=cfg.data.pre_crop_expand,
                                   num_points=cfg.data.num_points,
                                   sigma_px=cfg.model.heatmap_sigma_px,
-                                  window=cfg.model.decode_window, batch_size=32, device="cpu",
+                                  window=cfg.model.decode_window, locate=cfg.model.decode,
+                                  blur_cells=cfg.model.decode_blur_cells, batch_size=32,
+                                  device="cpu",
                                   strict=cfg.data.strict, name=name)
                 results[which][name] = r.summary
                 curves[f"{which} {name}"] = r.primary_nmes
