@@ -38,6 +38,13 @@ METHODS = {
     # diagnostic: the heatmap source alone (no centroid fusion, no structure term)
     "tsal-queue-hm-only": {"teacher.mode": "queue", "loss.fusion_mu": 1.0,
                            "loss.structure_weight": 0.0},
+    # the diagnosis's fix: frames t and t+1 shown as different views (per-frame jitter) and the
+    # consistency taken in OUTPUT space (frame t's heatmaps carried through flow + view change)
+    "tsal-queue-equivariant": {"teacher.mode": "queue", "loss.fusion_mu": 1.0,
+                               "loss.structure_weight": 0.0, "loss.consistency_space": "output",
+                               "data.clip_jitter_rotate_deg": 10.0,
+                               "data.clip_jitter_scale": 0.1,
+                               "data.clip_jitter_shift_frac": 0.05},
 }
 
 
@@ -80,17 +87,27 @@ def run_name(method: str, seed: int) -> str:
 
 
 def reuse_one(method: str, seed: int, overrides: dict, out: str) -> dict | None:
-    """A finished run of exactly this configuration in ``out`` (its config and eval summary),
-    or None. The config comparison makes a stale folder from other settings count as missing."""
-    from tsal_dist.config import ExperimentConfig, load_config, with_overrides
+    """A finished training of exactly this configuration in ``out`` (its final checkpoint),
+    re-evaluated with the current code, or None. The config comparison makes a stale folder from
+    other settings count as missing; evaluation is redone so that every row of a table comes from
+    the same evaluation code, whenever its training ran."""
+    import torch
 
-    run_dir = Path(out) / run_name(method, seed)
-    summary, config = run_dir / "eval" / "summary.json", run_dir / "config.yaml"
-    if not (summary.is_file() and config.is_file()):
+    torch.set_num_threads(1)
+    from tsal_dist.codec import HeatmapCodec
+    from tsal_dist.config import ExperimentConfig, load_config, with_overrides
+    from tsal_dist.loop.checkpoint import latest_checkpoint, load_checkpoint
+    from tsal_dist.loop.loop import finish_run, resolve_data
+    from tsal_dist.models import build_model
+
+    name = run_name(method, seed)
+    run_dir = Path(out) / name
+    config = run_dir / "config.yaml"
+    ckpt_path = latest_checkpoint(run_dir / "checkpoints") if config.is_file() else None
+    if ckpt_path is None:
         return None
     want = with_overrides(ExperimentConfig(), {**overrides, **METHODS[method], "train.seed": seed,
-                                               "run.output": out,
-                                               "run.name": run_name(method, seed)})
+                                               "run.output": out, "run.name": name})
     try:
         have = load_config(config)
     except Exception:  # unreadable or from another version: run it again
@@ -99,11 +116,22 @@ def reuse_one(method: str, seed: int, overrides: dict, out: str) -> dict | None:
     same_place = {"run.output": want.run.output, "run.name": want.run.name}
     if with_overrides(have, same_place).hash() != want.hash():
         return None
+    ckpt = load_checkpoint(ckpt_path)
+    if int(ckpt.get("step", -1)) != want.optim.steps:
+        return None  # an unfinished run: train it again from scratch
+    models = {}
+    for which in ("teacher", "student"):
+        models[which] = build_model(want.model, want.data.num_points)
+        models[which].load_state_dict(ckpt[which])
+    codec = HeatmapCodec.for_model(want.model, stride=models["teacher"].stride,
+                                   num_points=want.data.num_points)
+    result = finish_run(want, run_dir=run_dir, teacher=models["teacher"],
+                        student=models["student"], hm_codec=codec, lists=resolve_data(want))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
             if line.strip()]
     times = [r["time"] for r in rows if "time" in r]
     return {"method": method, "seed": seed, "seconds": times[-1] - times[0] if times else 0.0,
-            "eval": json.loads(summary.read_text()), "config": have.to_dict(), "reused": True}
+            "eval": result.get("eval"), "config": want.to_dict(), "reused": True}
 
 
 def main() -> int:
@@ -119,7 +147,8 @@ def main() -> int:
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--out", default="/tmp/tsal_semi_supervised")
     p.add_argument("--reuse", action="store_true",
-                   help="keep finished runs in --out whose config matches; run only the rest")
+                   help="keep finished trainings in --out whose config matches (re-evaluated "
+                        "with the current code); train only the rest")
     p.add_argument("--set", action="append", default=[], help="extra dotted overrides")
     args = p.parse_args()
 
@@ -131,11 +160,13 @@ def main() -> int:
     jobs = [(m, s) for s in args.seeds for m in args.methods]
     runs: dict[tuple[str, int], dict] = {}
     if args.reuse:
-        for m, s in jobs:
-            got = reuse_one(m, s, over, args.out)
-            if got is not None:
-                print(f"reusing {run_name(m, s)}", flush=True)
-                runs[(m, s)] = got
+        with ProcessPoolExecutor(max_workers=args.parallel) as ex:
+            found = {j: ex.submit(reuse_one, j[0], j[1], over, args.out) for j in jobs}
+            for j, f in found.items():
+                got = f.result()
+                if got is not None:
+                    print(f"reusing {run_name(*j)} (re-evaluated)", flush=True)
+                    runs[j] = got
     todo = [j for j in jobs if j not in runs]
     with ProcessPoolExecutor(max_workers=args.parallel) as ex:
         futs = {j: ex.submit(run_one, j[0], j[1], over, args.out) for j in todo}

@@ -73,6 +73,12 @@ class DataConfig:
     shift_max_frac: float = 0.1  # crop centre jitter, fraction of the crop side (TSAL 30/256)
     flip: bool = False  # horizontal flip with landmark pair swap (TSAL: off)
     flow: Literal["dis", "farneback", "none"] = "dis"  # tracking source for unlabeled clips
+    # per-frame view jitter of unlabeled clips on top of the clip's one transform (0 = none):
+    # rotation ~ U(-r, r) deg, zoom ~ U(1 - s, 1 + s), shift ~ U(-f S, f S) px. Use with
+    # loss.consistency_space=output (in image space the registration cancels the jitter).
+    clip_jitter_rotate_deg: float = 0.0
+    clip_jitter_scale: float = 0.0
+    clip_jitter_shift_frac: float = 0.0
     strict: bool = False  # True: the first bad file is fatal; False: report, skip, count
     loader_workers: int = 0  # DataLoader worker processes per training worker
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -87,6 +93,11 @@ class DataConfig:
         _check(0 < self.scale_min <= self.scale_max, "data.scale_min", "need 0 < min <= max")
         _check(0 <= self.shift_max_frac < 0.5, "data.shift_max_frac", "must be in [0, 0.5)")
         _check(self.loader_workers >= 0, "data.loader_workers", "must be >= 0")
+        _check(0 <= self.clip_jitter_rotate_deg <= 90, "data.clip_jitter_rotate_deg",
+               "must be in [0, 90]")
+        _check(0 <= self.clip_jitter_scale < 1, "data.clip_jitter_scale", "must be in [0, 1)")
+        _check(0 <= self.clip_jitter_shift_frac < 0.5, "data.clip_jitter_shift_frac",
+               "must be in [0, 0.5)")
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,11 @@ class LossConfig:
     # Whose outputs on the warped frames make the student's multi-source target: its own (TSAL
     # code) or the teacher's (mean-teacher reading of "the student absorbs the teacher").
     pseudo_source: Literal["self", "teacher"] = "self"
+    # Where frame t is carried into frame t+1 for the consistency target: "image" (TSAL: the
+    # model runs on the flow-registered image) or "output" (the model runs on frame t's own view
+    # and its heatmaps/points are carried through the tracking grid; with data.clip_jitter_* the
+    # two frames are different views, so the term asks for equivariance).
+    consistency_space: Literal["image", "output"] = "image"
 
     def __post_init__(self) -> None:
         for name in ("heatmap_weight", "centroid_weight", "offset_weight", "structure_weight",

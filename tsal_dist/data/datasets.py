@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tsal_dist.data.flow import FlowMethod, warp_to_next
+from tsal_dist.data.flow import FlowMethod, remap_with_grid, tracking_grids
 from tsal_dist.data.formats import AnnotationError, ListEntry, read_pts, split_video_ref
 from tsal_dist.data.images import VideoCache, read_image
 from tsal_dist.data.transforms import (
     IBUG68_FLIP_PAIRS,
     IDENTITY_AUGMENTATION,
     Augmentation,
+    compose_affine,
     flip_permutation,
     sample_augmentation,
     transform_landmarks,
@@ -333,15 +334,26 @@ class ClipDataset(_FaceCrops):
     crops; a point that leaves the crop becomes invisible). Clips are built by
     :func:`build_clips` (non-overlapping windows unless ``all_starts``).
 
-    Item (CONTRACTS.md): ``frames`` uint8 (T, 3, S, S); ``warped`` uint8 (T-1, 3, S, S) with
-    warped[t] = crop t warped into crop t+1's geometry by dense flow (see
-    :func:`~tsal_dist.data.flow.warp_to_next`, computed on the crops); ``landmarks`` float32
-    (T, K, 2) crop px; ``visible`` float32 (T, K); ``labeled`` bool (T,) (False for
-    ``annotation`` None frames, whose landmarks/visibility are 0); ``index`` int64 () = clip used.
+    Optionally each frame also gets its own small "view jitter" (rotation, zoom, shift about the
+    crop centre) on top of the clip's transform, as TSAL's independently augmented copies: then
+    frame t and frame t+1 are different VIEWS, and the tracking grid carries the exact view change
+    composed with the flow (``tracking_grids``), so a consistency term can compare predictions
+    across views in output space.
+
+    Item (CONTRACTS.md): ``frames`` uint8 (T, 3, S, S) (the views); ``grid`` float32
+    (T-1, S, S, 2): for every pixel of view t+1, where it comes from in view t (crop px; flow
+    computed on the shared-transform crops, see :func:`~tsal_dist.data.flow.tracking_grids`);
+    ``warped`` uint8 (T-1, 3, S, S) = view t resampled through that grid (frame t registered onto
+    frame t+1's geometry; without jitter exactly :func:`~tsal_dist.data.flow.warp_to_next`);
+    ``landmarks`` float32 (T, K, 2) crop px; ``visible`` float32 (T, K); ``labeled`` bool (T,)
+    (False for ``annotation`` None frames, whose landmarks/visibility are 0); ``index`` int64 () =
+    clip used.
 
     Args: as :class:`LabeledImageDataset`, plus ``clip_length`` T (>= 2), ``clip_stride`` (frame
     step inside a clip), ``flow`` ("dis" | "farneback" | "none"), ``flow_preset`` (DIS preset),
-    ``all_starts``. A clip with any bad frame or annotation is skipped as a whole.
+    ``all_starts``, ``jitter_rotate_deg`` / ``jitter_scale`` / ``jitter_shift_frac`` (per-frame
+    view jitter: rotation ~ U(-r, r) deg, zoom ~ U(1 - s, 1 + s), shift ~ U(-f S, f S) px; all 0 =
+    no jitter). A clip with any bad frame or annotation is skipped as a whole.
     """
 
     def __init__(self, entries: Sequence[ListEntry], *, num_points: int, clip_length: int,
@@ -350,7 +362,9 @@ class ClipDataset(_FaceCrops):
                  shift_max_frac: float = 0.0, flip: bool = False,
                  flip_pairs: Sequence[tuple[int, int]] | None = None, flow: FlowMethod = "dis",
                  flow_preset: str = "medium", all_starts: bool = False, strict: bool = False,
-                 report: Report | None = None, max_open_videos: int = 4) -> None:
+                 report: Report | None = None, max_open_videos: int = 4,
+                 jitter_rotate_deg: float = 0.0, jitter_scale: float = 0.0,
+                 jitter_shift_frac: float = 0.0) -> None:
         if clip_length < 2:
             raise ValueError(f"clip_length must be >= 2 (pairs of frames), got {clip_length}")
         if flow not in ("dis", "farneback", "none"):
@@ -363,10 +377,21 @@ class ClipDataset(_FaceCrops):
                          max_open_videos=max_open_videos)
         self.clip_length, self.clip_stride = clip_length, clip_stride
         self.flow, self.flow_preset = flow, flow_preset
+        if not (0 <= jitter_rotate_deg <= 90 and 0 <= jitter_scale < 1
+                and 0 <= jitter_shift_frac < 0.5):
+            raise ValueError(f"bad view jitter: rotate {jitter_rotate_deg} (0..90), scale "
+                             f"{jitter_scale} ([0, 1)), shift {jitter_shift_frac} ([0, 0.5))")
+        self.jitter = (float(jitter_rotate_deg), float(jitter_scale), float(jitter_shift_frac))
         self.clips = build_clips(self.entries, clip_length, clip_stride, all_starts)
 
     def __len__(self) -> int:
         return len(self.clips)
+
+    def _jitters(self, seed: int, t_len: int) -> list[np.ndarray] | None:
+        if not (self.augment and any(self.jitter)):
+            return None
+        rng = np.random.default_rng([seed, 0x71E])  # independent of the clip's own draw
+        return [view_jitter(rng, self.input_size, *self.jitter) for _ in range(t_len)]
 
     def _frames(self, idx: list[int]) -> list[np.ndarray]:
         refs = [self.entries[i].image for i in idx]
@@ -387,17 +412,39 @@ class ClipDataset(_FaceCrops):
         M = self._matrix(aug, box, self.entries[idx[0]].image)
         imgs = self._frames(idx)
         S = self.input_size
-        crops = np.stack([warp_image(img, M, S) for img in imgs])  # (T, S, S, 3)
-        warped = warp_to_next(crops, self.flow, self.flow_preset)
-        lms, vis = zip(*(self._landmarks(M, p, v, aug) for p, v, _ in anns))
+        shared = np.stack([warp_image(img, M, S) for img in imgs])  # (T, S, S, 3)
+        jit = self._jitters(seed, len(idx))
+        if jit is None:
+            views, mats = shared, [M] * len(idx)
+        else:
+            mats = [compose_affine(J, M) for J in jit]
+            views = np.stack([warp_image(img, Mt, S) for img, Mt in zip(imgs, mats)])
+        grid = tracking_grids(shared, jit, self.flow, self.flow_preset)
+        warped = np.stack([remap_with_grid(views[t], grid[t]) for t in range(len(idx) - 1)])
+        lms, vis = zip(*(self._landmarks(Mt, p, v, aug) for Mt, (p, v, _) in zip(mats, anns)))
         return {
-            "frames": torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))),
+            "frames": torch.from_numpy(np.ascontiguousarray(views.transpose(0, 3, 1, 2))),
             "warped": torch.from_numpy(np.ascontiguousarray(warped.transpose(0, 3, 1, 2))),
+            "grid": torch.from_numpy(np.ascontiguousarray(grid)),
             "landmarks": torch.from_numpy(np.stack(lms)),
             "visible": torch.from_numpy(np.stack(vis)),
             "labeled": torch.tensor([a[2] for a in anns], dtype=torch.bool),
             "index": torch.tensor(index, dtype=torch.int64),
         }
+
+
+def view_jitter(rng: np.random.Generator, size: int, rotate_deg: float, scale: float,
+                shift_frac: float) -> np.ndarray:
+    """One per-frame view jitter: a (2, 3) crop -> crop similarity about the crop centre."""
+    rot = float(rng.uniform(-rotate_deg, rotate_deg))
+    zoom = float(rng.uniform(1.0 - scale, 1.0 + scale))
+    m = shift_frac * size
+    dx, dy = (float(v) for v in rng.uniform(-m, m, size=2))
+    c = (size - 1) / 2.0
+    a = zoom * math.cos(math.radians(rot))
+    b = zoom * math.sin(math.radians(rot))
+    return np.array([[a, b, c - a * c - b * c + dx],
+                     [-b, a, c + b * c - a * c + dy]])
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

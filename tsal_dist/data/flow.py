@@ -10,7 +10,7 @@ What does not belong here: cropping and augmentation (transforms.py), learned fl
 from __future__ import annotations
 
 import threading
-from typing import Literal
+from typing import Literal, Sequence
 
 import cv2
 import numpy as np
@@ -103,3 +103,71 @@ def warp_to_next(frames: np.ndarray, method: FlowMethod = "dis",
             flow = flow_between(grays[t + 1], grays[t], method)
         out[t] = warp_with_flow(frames[t], flow)
     return out
+
+
+def _affine_apply(M: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (M[0, 0] * x + M[0, 1] * y + M[0, 2]).astype(np.float32), \
+        (M[1, 0] * x + M[1, 1] * y + M[1, 2]).astype(np.float32)
+
+
+def tracking_grids(shared: np.ndarray, jitters: Sequence[np.ndarray] | None = None,
+                   method: FlowMethod = "dis", preset: str = "medium") -> np.ndarray:
+    """Where every pixel of frame t+1 comes from in frame t, for jittered views of a clip.
+
+    The clip's frames are first cropped with ONE shared transform (``shared``: the crops on which
+    the flow is computed); frame t is then shown to the network as view t = ``jitters[t]``
+    applied to shared crop t (a crop -> crop affine per frame; None = identity for all). For
+    output pixel y of view t+1: ``x = jitters[t+1]^-1 y`` (shared crop t+1), ``x' = x + F(x)``
+    with F the dense flow from shared crop t+1 to shared crop t, and ``grid[t][y] =
+    jitters[t](x')`` (view t px). With no jitter this is the grid of :func:`warp_to_next`
+    (``y + F(y)``), so ``remap(view t, grid[t])`` is the registered image TSAL detects on.
+
+    Args:
+        shared: (T, S, S, 3) uint8 crops under the shared transform, T >= 2.
+        jitters: T (2, 3) or (3, 3) crop -> crop affines, or None.
+        method, preset: see :func:`flow_between`.
+
+    Returns:
+        (T-1, S, S, 2) float32 (x, y) positions in view t, crop px.
+    """
+    shared = np.asarray(shared)
+    if shared.ndim != 4 or shared.shape[0] < 2:
+        raise ValueError(f"tracking_grids: expected (T>=2, H, W, C) crops, got {shared.shape}")
+    t_len, h, w = shared.shape[:3]
+    if jitters is not None and len(jitters) != t_len:
+        raise ValueError(f"tracking_grids: {len(jitters)} jitters for {t_len} frames")
+    eye = np.eye(3)
+
+    def full(M: np.ndarray | None) -> np.ndarray:
+        if M is None:
+            return eye
+        M = np.asarray(M, np.float64)
+        return np.vstack([M[:2], [0.0, 0.0, 1.0]])
+
+    J = [full(None if jitters is None else jitters[t]) for t in range(t_len)]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    grays = [_gray(f) for f in shared] if method != "none" else []
+    out = np.empty((t_len - 1, h, w, 2), np.float32)
+    for t in range(t_len - 1):
+        xs, ys = _affine_apply(np.linalg.inv(J[t + 1]), gx, gy)
+        if method == "none":
+            fx = fy = np.float32(0.0)
+        else:
+            if method == "dis":
+                flow = _dis(preset).calc(grays[t + 1], grays[t], None)
+            else:
+                flow = flow_between(grays[t + 1], grays[t], method)
+            if np.array_equal(J[t + 1], eye):
+                f = flow
+            else:
+                f = cv2.remap(flow, xs, ys, interpolation=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+            fx, fy = f[..., 0], f[..., 1]
+        out[t, ..., 0], out[t, ..., 1] = _affine_apply(J[t], xs + fx, ys + fy)
+    return out
+
+
+def remap_with_grid(img: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``out[y, x] = img[grid[y, x, 1], grid[y, x, 0]]`` (bilinear, border replicate)."""
+    return cv2.remap(img, np.ascontiguousarray(grid[..., 0]), np.ascontiguousarray(grid[..., 1]),
+                     interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

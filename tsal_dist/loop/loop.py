@@ -256,7 +256,9 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         clip_ds = ClipDataset(unl, num_points=d.num_points, clip_length=d.clip_length,
                               clip_stride=d.clip_stride, input_size=m.input_size,
                               pre_crop_expand=d.pre_crop_expand, augment=True, flow=d.flow,
-                              strict=d.strict, **aug)
+                              strict=d.strict, jitter_rotate_deg=d.clip_jitter_rotate_deg,
+                              jitter_scale=d.clip_jitter_scale,
+                              jitter_shift_frac=d.clip_jitter_shift_frac, **aug)
     val_ds = EvalImageDataset(val_entries, num_points=d.num_points, input_size=m.input_size,
                               pre_crop_expand=d.pre_crop_expand, strict=d.strict)
 
@@ -326,7 +328,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                          hm_codec=hm_codec, ctr_codec=ctr_codec, weights=weights, ramp=ramp,
                          lr=lr, fusion_mu=cfg.loss.fusion_mu,
                          structure_descriptor=cfg.loss.structure_descriptor,
-                         pseudo_source=cfg.loss.pseudo_source)
+                         pseudo_source=cfg.loss.pseudo_source,
+                         consistency_space=cfg.loss.consistency_space)
 
         # ---- recursive average filtering: push the student, blend a step-determined version
         t_sync = time.perf_counter()

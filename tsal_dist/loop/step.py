@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from tsal_dist.codec import CentroidCodec, HeatmapCodec
-from tsal_dist.losses.consistency import (student_consistency, student_pseudo_target,
-                                          teacher_consistency)
+from tsal_dist.losses.consistency import (grid_to_cells, points_through_inverse_grid,
+                                          student_consistency, student_pseudo_target,
+                                          teacher_consistency, warp_heatmaps)
 from tsal_dist.losses.focal import centroid_focal_loss
 from tsal_dist.losses.heatmap import heatmap_loss
 from tsal_dist.losses.offset import offset_loss
@@ -63,16 +64,20 @@ def _split(out: dict, sizes: list[int]) -> list[dict]:
 
 def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: str,
                 targets: dict, clip_ids: torch.Tensor | None, hm_codec: HeatmapCodec,
-                ctr_codec: CentroidCodec, fusion_mu: float, structure_descriptor: str
-                ) -> dict[str, torch.Tensor]:
+                ctr_codec: CentroidCodec, fusion_mu: float, structure_descriptor: str,
+                grid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Unweighted loss terms of one model.
 
     Args:
         out_l: model outputs on the labeled faces (B).
         out_n: outputs on clip frames t+1 (N = clips * (T-1)), or None without clips.
-        out_w: outputs on warp(frame t -> t+1) (N), or None; used only as detached targets.
+        out_w: the source of the consistency target (N), or None; used only as detached targets:
+            outputs on warp(frame t -> t+1) ("image" space, ``grid`` None), or outputs on frame t
+            itself ("output" space), carried into frame t+1 through ``grid``.
         role: "teacher" (single-source consistency) or "student" (multi-source).
         targets: heatmap/centroid targets of the labeled faces (see ``make_targets``).
+        grid: (N, S, S, 2) tracking grid (crop px of frame t for each pixel of frame t+1) for
+            output-space consistency, or None.
     """
     k = hm_codec.num_points
     terms = {
@@ -90,14 +95,26 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
     centre_idx = out_n["center"].detach().flatten(1).argmax(1)
     terms["structure"] = structure_loss(gather_at(out_n["offsets"], centre_idx), clip_ids, None,
                                         descriptor=structure_descriptor)
+    cell_grid = None if grid is None else grid_to_cells(grid, hm_codec.stride)
     if role == "teacher":
-        # Single source: heatmaps on frame t+1 vs own heatmaps on frame t warped into t+1.
-        terms["consistency"] = teacher_consistency(out_n["heatmaps"],
-                                                   out_w["heatmaps"][-1].detach())
+        # Single source: heatmaps on frame t+1 vs own heatmaps on frame t, registered into t+1
+        # (image space: computed on the warped image; output space: the maps resampled).
+        preds, tgt = out_n["heatmaps"], out_w["heatmaps"][-1].detach()
+        if cell_grid is not None:
+            tgt, valid = warp_heatmaps(tgt, cell_grid)
+            preds, tgt = [p * valid for p in preds], tgt * valid
+        terms["consistency"] = teacher_consistency(preds, tgt)
     else:
         with torch.no_grad():
-            hm_xy, _ = hm_codec.decode(out_w["heatmaps"][-1][:, :k].detach())
+            maps_w = out_w["heatmaps"][-1][:, :k].detach()
+            if cell_grid is not None:
+                maps_w, _ = warp_heatmaps(maps_w, cell_grid)
+            hm_xy, _ = hm_codec.decode(maps_w)
             cands, _ = ctr_codec.decode(out_w["center"].detach(), out_w["offsets"].detach())
+            if grid is not None:
+                n, kk = cands.shape[:2]
+                cands = points_through_inverse_grid(cands.reshape(n, kk * k, 2),
+                                                    grid).reshape(n, kk, k, 2)
             target = student_pseudo_target(hm_xy, cands, fusion_mu)
         pred_xy, _ = hm_codec.decode(out_n["heatmaps"][-1][:, :k])
         terms["consistency"] = student_consistency(pred_xy, target, hm_codec.stride)
@@ -116,7 +133,8 @@ def make_targets(batch: dict, hm_codec: HeatmapCodec, ctr_codec: CentroidCodec) 
 def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | None,
               hm_codec: HeatmapCodec, ctr_codec: CentroidCodec, weights: LossWeights,
               ramp: float, lr: float, fusion_mu: float, structure_descriptor: str = "pairs",
-              train_teacher: bool = True, pseudo_source: str = "self") -> dict[str, float]:
+              train_teacher: bool = True, pseudo_source: str = "self",
+              consistency_space: str = "image") -> dict[str, float]:
     """Run one optimizer step of student and teacher; return logged scalars.
 
     Args:
@@ -127,16 +145,29 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
         pseudo_source: "self" (TSAL code: the student's multi-source target comes from its own
             outputs on the warped frames) or "teacher" (from the teacher's outputs on the same
             warped frames, computed in the teacher's pass: the mean-teacher reading).
+        consistency_space: "image" (TSAL: targets from the model on the registered image
+            ``clips["warped"]``) or "output" (targets from the model on frame t itself, carried
+            into frame t+1 through ``clips["grid"]``; see losses.consistency).
     """
+    if consistency_space not in ("image", "output"):
+        raise ValueError(f"consistency_space must be 'image' or 'output', "
+                         f"got {consistency_space!r}")
     images = labeled["image"]
     b = images.shape[0]
     targets = make_targets(labeled, hm_codec, ctr_codec)
-    clip_ids = None
+    clip_ids = grid = None
     if clips is not None:
-        frames, warped = clips["frames"], clips["warped"]
+        frames = clips["frames"]
         c, t = frames.shape[:2]
         nxt = frames[:, 1:].reshape(c * (t - 1), *frames.shape[2:])
-        wrp = warped.reshape(c * (t - 1), *warped.shape[2:])
+        if consistency_space == "output":
+            # the target's source: frame t as the model sees it, carried through the grid
+            wrp = frames[:, :-1].reshape(c * (t - 1), *frames.shape[2:])
+            g = clips["grid"]
+            grid = g.reshape(c * (t - 1), *g.shape[2:]).float()
+        else:
+            warped = clips["warped"]
+            wrp = warped.reshape(c * (t - 1), *warped.shape[2:])
         clip_ids = torch.arange(c, device=images.device).repeat_interleave(t - 1)
         clip_inputs = torch.cat([nxt, wrp])
         clip_sizes = [nxt.shape[0], wrp.shape[0]]
@@ -163,7 +194,8 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
         terms = model_terms(parts[0], parts[1] if clips is not None else None,
                             warped_out, role=role, targets=targets,
                             clip_ids=clip_ids, hm_codec=hm_codec, ctr_codec=ctr_codec,
-                            fusion_mu=fusion_mu, structure_descriptor=structure_descriptor)
+                            fusion_mu=fusion_mu, structure_descriptor=structure_descriptor,
+                            grid=grid)
         loss = total_loss(terms, weights, ramp)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{role} loss is not finite: "

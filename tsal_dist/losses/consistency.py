@@ -2,7 +2,16 @@
 the student's multi-source (heatmap + centroid) pseudo-target and term.
 
 Frame pairing (all functions here): predictions on frame t+1 are compared with predictions on
-frame t warped into frame t+1's geometry (``warped[t]`` of a clip item, docs/CONTRACTS.md).
+frame t carried into frame t+1's geometry, in one of two spaces (``loss.consistency_space``):
+
+- "image" (TSAL): the model runs on the registered IMAGE ``warped[t]`` (frame t resampled into
+  frame t+1's geometry, docs/CONTRACTS.md) and its outputs are the target as they are;
+- "output": the model runs on frame t itself (its own view) and its OUTPUTS are carried through
+  the clip's tracking grid: heatmaps resampled (:func:`warp_heatmaps`), points moved through the
+  inverse of the grid (:func:`points_through_inverse_grid`). With per-frame view jitter the two
+  inputs are different views, so the term asks for equivariance, not just agreement on
+  near-identical images.
+
 Decoding heatmaps/centroids into coordinates belongs to ``tsal_dist.codec``, not here.
 """
 
@@ -16,7 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "grid_to_cells",
     "nearest_candidate",
+    "points_through_inverse_grid",
+    "warp_heatmaps",
     "ramp_weight",
     "student_consistency",
     "student_pseudo_target",
@@ -163,3 +175,70 @@ def student_consistency(pred_coords: Tensor, target: Tensor, stride: int | float
         raise ValueError(f"student_consistency: pred_coords {tuple(pred_coords.shape)} and target "
                          f"{tuple(target.shape)} must both be (N, K, 2)")
     return F.mse_loss(pred_coords / stride, target.detach().to(pred_coords.dtype) / stride)
+
+
+def grid_to_cells(grid_px: Tensor, stride: int) -> Tensor:
+    """A crop-px tracking grid as a ``grid_sample`` grid over heatmap cells.
+
+    Args:
+        grid_px: (N, S, S, 2) for every crop pixel of frame t+1, its (x, y) in frame t, crop px.
+        stride: crop px per heatmap cell (S must be a multiple).
+
+    Returns:
+        (N, h, w, 2) normalised coordinates (align_corners=True) of each CELL centre of frame t+1
+        in frame t's heatmap: the mean of the grid over the cell's stride x stride pixels (exact
+        for an affine grid: that mean is the grid at the cell centre), converted px -> cells.
+    """
+    if grid_px.dim() != 4 or grid_px.shape[3] != 2 or grid_px.shape[1] % stride:
+        raise ValueError(f"grid_to_cells: grid must be (N, S, S, 2) with S a multiple of "
+                         f"{stride}, got {tuple(grid_px.shape)}")
+    g = F.avg_pool2d(grid_px.permute(0, 3, 1, 2).float(), stride)  # (N, 2, h, w) px
+    h = g.shape[2]
+    cells = (g - (stride - 1) / 2.0) / stride
+    return (cells / max(1, h - 1) * 2.0 - 1.0).permute(0, 2, 3, 1)
+
+
+def warp_heatmaps(maps: Tensor, cell_grid: Tensor) -> tuple[Tensor, Tensor]:
+    """Frame t's heatmaps resampled into frame t+1's geometry (bilinear).
+
+    Args:
+        maps: (N, C, h, w) heatmaps predicted on frame t.
+        cell_grid: (N, h, w, 2) from :func:`grid_to_cells`.
+
+    Returns:
+        (warped (N, C, h, w), valid (N, 1, h, w) float: 1 where the source cell lies inside
+        frame t's map, else 0 (those cells have no target and must be masked out)).
+    """
+    warped = F.grid_sample(maps, cell_grid.to(maps.dtype), mode="bilinear", padding_mode="zeros",
+                           align_corners=True)
+    valid = (cell_grid.abs() <= 1.0).all(dim=-1)[:, None].to(maps.dtype)
+    return warped, valid
+
+
+def points_through_inverse_grid(points: Tensor, grid_px: Tensor, iters: int = 8) -> Tensor:
+    """Move points of frame t into frame t+1: solve ``grid(y) = p`` for y.
+
+    The tracking grid maps frame t+1 -> frame t (where each pixel comes from); points go the other
+    way. Fixed-point iteration ``y <- y + (p - grid(y))`` from y = p, with the grid read
+    bilinearly (border values outside): converges when the grid is close to a rigid motion (the
+    view jitter is a small similarity), to ~1e-3 px in a few steps.
+
+    Args:
+        points: (N, P, 2) crop px in frame t.
+        grid_px: (N, S, S, 2) as for :func:`grid_to_cells`.
+
+    Returns:
+        (N, P, 2) crop px in frame t+1.
+    """
+    if points.dim() != 3 or points.shape[0] != grid_px.shape[0]:
+        raise ValueError(f"points_through_inverse_grid: points (N, P, 2) and grid (N, S, S, 2) "
+                         f"disagree: {tuple(points.shape)} vs {tuple(grid_px.shape)}")
+    s = grid_px.shape[1]
+    g = grid_px.permute(0, 3, 1, 2).to(points.dtype)  # (N, 2, S, S)
+    y = points.clone()
+    for _ in range(iters):
+        norm = (y / max(1, s - 1) * 2.0 - 1.0)[:, :, None]  # (N, P, 1, 2)
+        at = F.grid_sample(g, norm, mode="bilinear", padding_mode="border",
+                           align_corners=True)[..., 0].permute(0, 2, 1)  # (N, P, 2)
+        y = y + (points - at)
+    return y

@@ -285,7 +285,7 @@ def test_clip_item_format_one_augmentation_and_labels(tmp_path):
     ds = _clips(entries)
     assert len(ds) == 3 and ds.clips[1] == [4, 5, 6, 7]
     it = ds.get(1, 11)
-    assert set(it) == {"frames", "warped", "landmarks", "visible", "labeled", "index"}
+    assert set(it) == {"frames", "warped", "grid", "landmarks", "visible", "labeled", "index"}
     assert it["frames"].shape == (4, 3, S, S) and it["frames"].dtype == torch.uint8
     assert it["warped"].shape == (3, 3, S, S) and it["warped"].dtype == torch.uint8
     assert it["landmarks"].shape == (4, K, 2) and it["landmarks"].dtype == torch.float32
@@ -416,3 +416,64 @@ def test_datasets_pickle_with_open_video_readers(tmp_path):
     b = clone.get(1, 2)
     for k in a:
         assert torch.equal(a[k], b[k])
+
+
+def test_clip_view_jitter_grid_carries_points_between_views(tmp_path):
+    # a labeled video moving 2 px/frame; every frame gets its own view jitter. The landmarks of
+    # view t+1 read through the tracking grid must land on the landmarks of view t (flow + the
+    # exact view change), although the views differ by several pixels
+    entries = _video_entries(tmp_path, n=8, shift_px=2, labeled_every=1)
+    jit = dict(jitter_rotate_deg=10.0, jitter_scale=0.1, jitter_shift_frac=0.05)
+    ds = _clips(entries, **jit)
+    it = ds.get(0, 5)
+    lm, vis, grid = it["landmarks"].numpy(), it["visible"].numpy(), it["grid"].numpy()
+    assert grid.shape == (3, S, S, 2) and grid.dtype == np.float32
+    moved, errs = [], []
+    for t in range(3):
+        m = (vis[t] > 0) & (vis[t + 1] > 0)
+        p = lm[t + 1][m].astype(np.float32)
+        at = np.stack([cv2.remap(grid[t][..., c], p[:, :1], p[:, 1:], cv2.INTER_LINEAR)[:, 0]
+                       for c in range(2)], axis=1)
+        errs.append(np.abs(at - lm[t][m]).max())
+        moved.append(np.abs(lm[t + 1][m] - lm[t][m]).max())
+    assert max(errs) < 0.75, errs  # flow is estimated on a textured MJPG video
+    assert min(moved) > 2.0, moved  # the views really differ
+    # the warped image is view t resampled through the grid: it matches view t+1
+    fr, wp = it["frames"].numpy().astype(float), it["warped"].numpy().astype(float)
+    for t in range(3):
+        before = ((fr[t] - fr[t + 1])[:, 8:-8, 8:-8] ** 2).mean()
+        after = ((wp[t] - fr[t + 1])[:, 8:-8, 8:-8] ** 2).mean()
+        assert after < 0.25 * before, (t, before, after)
+    # no jitter: the grid is identity + flow and the item equals the jitter-free dataset's
+    plain = _clips(entries).get(0, 5)
+    assert torch.equal(plain["warped"], _clips(entries, jitter_rotate_deg=0.0).get(0, 5)["warped"])
+    with pytest.raises(ValueError, match="view jitter"):
+        _clips(entries, jitter_scale=1.5)
+
+
+def test_tracking_grid_of_pure_view_changes_is_the_affine(tmp_path):
+    from tsal_dist.data.flow import tracking_grids, warp_to_next
+    from tsal_dist.data.datasets import view_jitter
+
+    rng = np.random.default_rng(0)
+    shared = np.repeat(rng.integers(0, 255, (1, S, S, 3), dtype=np.uint8), 3, axis=0)
+    jit = [view_jitter(rng, S, 15.0, 0.1, 0.05) for _ in range(3)]
+    grid = tracking_grids(shared, jit, "none")
+    ys, xs = np.mgrid[0:S, 0:S].astype(np.float64)
+    for t in range(2):
+        full = [np.vstack([j, [0, 0, 1]]) for j in (jit[t], jit[t + 1])]
+        A = full[0] @ np.linalg.inv(full[1])  # view t+1 px -> view t px
+        want_x = A[0, 0] * xs + A[0, 1] * ys + A[0, 2]
+        want_y = A[1, 0] * xs + A[1, 1] * ys + A[1, 2]
+        np.testing.assert_allclose(grid[t][..., 0], want_x, atol=1e-3)
+        np.testing.assert_allclose(grid[t][..., 1], want_y, atol=1e-3)
+    # without jitter the grid resamples exactly like warp_to_next
+    frames = rng.integers(0, 255, (3, S, S, 3), dtype=np.uint8)
+    frames = np.stack([cv2.GaussianBlur(f, (0, 0), 2) for f in frames])
+    from tsal_dist.data.flow import remap_with_grid
+    g = tracking_grids(frames, None, "dis")
+    want = warp_to_next(frames, "dis")
+    for t in range(2):
+        assert np.array_equal(remap_with_grid(frames[t], g[t]), want[t])
+    with pytest.raises(ValueError, match="jitters for"):
+        tracking_grids(frames, jit[:2], "none")

@@ -83,3 +83,28 @@ def test_teacher_source_needs_valid_name():
         tsal_step(student=student, teacher=teacher, labeled=labeled, clips=clips,
                   hm_codec=codec, ctr_codec=ctr, weights=LossWeights(), ramp=1.0, lr=1e-3,
                   fusion_mu=0.5, pseudo_source="oracle")
+
+
+def test_output_space_with_identity_grid_equals_image_space():
+    # warped == frame t and an identity grid: carrying frame t's OUTPUTS through the grid must give
+    # exactly the image-space targets (same inputs, same BatchNorm batch)
+    torch.set_num_threads(1)
+    labeled, clips = _batch(c=2)
+    ys, xs = torch.meshgrid(torch.arange(S, dtype=torch.float32),
+                            torch.arange(S, dtype=torch.float32), indexing="ij")
+    clips["grid"] = torch.stack([xs, ys], -1).expand(2, 2, S, S, 2).clone()
+    logs = {}
+    for space in ("image", "output"):
+        student, teacher, codec, ctr = _engines(seed=3)
+        logs[space] = tsal_step(student=student, teacher=teacher, labeled=labeled, clips=clips,
+                                hm_codec=codec, ctr_codec=ctr, weights=LossWeights(), ramp=1.0,
+                                lr=1e-3, fusion_mu=0.5, consistency_space=space)
+    for role in ("teacher", "student"):
+        assert logs["output"][f"{role}/consistency"] == pytest.approx(
+            logs["image"][f"{role}/consistency"], rel=1e-4, abs=1e-6)
+        assert logs["output"][f"{role}/consistency"] > 0
+    student, teacher, codec, ctr = _engines()
+    with pytest.raises(ValueError, match="consistency_space"):
+        tsal_step(student=student, teacher=teacher, labeled=labeled, clips=clips, hm_codec=codec,
+                  ctr_codec=ctr, weights=LossWeights(), ramp=1.0, lr=1e-3, fusion_mu=0.5,
+                  consistency_space="pixels")

@@ -100,3 +100,55 @@ def test_student_consistency_is_stop_gradient_on_target():
     target = torch.randn(2, 3, 2, requires_grad=True)
     student_consistency(pred, target, 4).backward()
     assert target.grad is None
+
+
+# ----------------------------------------------------------------------- output-space carrying
+
+
+def _affine_grid_px(A: "np.ndarray", n: int, s: int) -> torch.Tensor:
+    """(n, s, s, 2) grid: pixel y of frame t+1 -> A y in frame t (crop px)."""
+    import numpy as np
+
+    ys, xs = np.mgrid[0:s, 0:s].astype(np.float64)
+    g = np.stack([A[0, 0] * xs + A[0, 1] * ys + A[0, 2], A[1, 0] * xs + A[1, 1] * ys + A[1, 2]],
+                 axis=-1)
+    return torch.from_numpy(np.repeat(g[None], n, axis=0)).float()
+
+
+def _similarity(deg: float, zoom: float, dx: float, dy: float, s: int) -> "np.ndarray":
+    import numpy as np
+
+    c = (s - 1) / 2
+    a, b = zoom * math.cos(math.radians(deg)), zoom * math.sin(math.radians(deg))
+    return np.array([[a, b, c - a * c - b * c + dx], [-b, a, c + b * c - a * c + dy], [0, 0, 1]])
+
+
+def test_heatmaps_and_points_carried_through_an_affine_grid() -> None:
+    import numpy as np
+
+    from tsal_dist.codec import HeatmapCodec
+    from tsal_dist.losses.consistency import (grid_to_cells, points_through_inverse_grid,
+                                              warp_heatmaps)
+
+    s, stride = 64, 4
+    codec = HeatmapCodec(input_size=s, stride=stride, num_points=3, sigma_px=4.0, window=3)
+    A = _similarity(8.0, 1.05, 2.0, -1.5, s)  # frame t+1 px -> frame t px
+    grid = _affine_grid_px(A, 2, s)
+    pts_t = torch.tensor([[[20.0, 24.0], [40.0, 30.0], [31.0, 44.0]]] * 2)
+    # points: frame t -> t+1 is A^-1
+    Ainv = np.linalg.inv(A)
+    want = torch.from_numpy(np.einsum("ij,nkj->nki", Ainv[:2, :2], pts_t.double().numpy())
+                            + Ainv[:2, 2]).float()
+    got = points_through_inverse_grid(pts_t, grid)
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=0)
+    # heatmaps drawn at pts_t, carried into t+1, decode at the moved points
+    maps, _ = codec.encode(pts_t, torch.ones(2, 3))
+    warped, valid = warp_heatmaps(maps, grid_to_cells(grid, stride))
+    xy, _ = codec.decode(warped)
+    assert (xy - want).abs().max() < 0.3 * stride, (xy - want).abs().max()
+    # cells whose source lies outside frame t's map are invalid; the rest valid
+    far = _affine_grid_px(_similarity(0.0, 1.0, 40.0, 0.0, s), 1, s)  # shifted 40 px right
+    _, valid = warp_heatmaps(maps[:1], grid_to_cells(far, stride))
+    assert valid[0, 0, :, :5].all() and not valid[0, 0, :, -5:].any()
+    with pytest.raises(ValueError, match="grid_to_cells"):
+        grid_to_cells(torch.zeros(1, 62, 62, 2), stride)
