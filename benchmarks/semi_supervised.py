@@ -46,6 +46,11 @@ METHODS = {
                                "data.clip_jitter_scale": 0.1,
                                "data.clip_jitter_shift_frac": 0.05},
 }
+# diagnostics with the student's consistency in the heatmap loss's units (x K = 68)
+METHODS["tsal-queue-hm-only-s68"] = {**METHODS["tsal-queue-hm-only"],
+                                     "loss.student_unsup_weight": 68.0}
+METHODS["tsal-queue-equivariant-s68"] = {**METHODS["tsal-queue-equivariant"],
+                                         "loss.student_unsup_weight": 68.0}
 
 
 def base_overrides(args: argparse.Namespace) -> dict:

@@ -144,6 +144,10 @@ class LossConfig:
     offset_weight: float = 0.1  # smooth-L1 on landmark offsets from the centroid (cells)
     structure_weight: float = 0.01  # facial structure invariant constraint, per clip
     unsup_weight: float = 1.0  # consistency weight on unlabeled clips, times the ramp
+    # extra factor on the STUDENT's consistency only. Its term is TSAL's per-coordinate MEAN of
+    # squared cell errors, ~1/(2K) of a per-frame sum: at 1 (TSAL) it is ~0.3 % of the student's
+    # loss on the default run. K (68) puts it in the heatmap loss's units (per-frame sum / 2).
+    student_unsup_weight: float = 1.0
     fusion_mu: float = 0.5  # student target = mu * heatmap_locations + (1 - mu) * centroid_shape
     ramp_up_frac: float = 0.4  # ramp reaches 1 at this fraction of the schedule (TSAL 60/150)
     ramp_down_frac: float = 0.0  # ramp decays over the last fraction (TSAL 40/150; 0 = never)
@@ -159,7 +163,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         for name in ("heatmap_weight", "centroid_weight", "offset_weight", "structure_weight",
-                     "unsup_weight"):
+                     "unsup_weight", "student_unsup_weight"):
             _check(getattr(self, name) >= 0, f"loss.{name}", "must be >= 0")
         _check(0 <= self.fusion_mu <= 1, "loss.fusion_mu", "must be in [0, 1]")
         _check(0 <= self.ramp_up_frac <= 1, "loss.ramp_up_frac", "must be in [0, 1]")

@@ -276,7 +276,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
     buffer_keys = frozenset(k for k, _ in student.unwrapped().named_buffers())
     weights = LossWeights(heatmap=cfg.loss.heatmap_weight, centroid=cfg.loss.centroid_weight,
                           offset=cfg.loss.offset_weight, structure=cfg.loss.structure_weight,
-                          unsup=cfg.loss.unsup_weight)
+                          unsup=cfg.loss.unsup_weight,
+                          student_unsup=cfg.loss.student_unsup_weight)
 
     # ---- resume: weights, optimizers, server, RNG; the step restores schedule and data position
     start = 0

@@ -40,13 +40,17 @@ class LossWeights:
     offset: float = 0.1
     structure: float = 0.01
     unsup: float = 1.0
+    student_unsup: float = 1.0  # extra factor on the student's consistency (role="student")
 
 
-def total_loss(terms: dict[str, torch.Tensor], w: LossWeights, ramp: float) -> torch.Tensor:
-    """sum(weight * term); the consistency term is scaled by ``ramp * unsup``."""
+def total_loss(terms: dict[str, torch.Tensor], w: LossWeights, ramp: float,
+               role: str = "teacher") -> torch.Tensor:
+    """sum(weight * term); the consistency term is scaled by ``ramp * unsup`` (times
+    ``student_unsup`` for the student)."""
+    unsup = w.unsup * (w.student_unsup if role == "student" else 1.0)
     return (w.heatmap * terms["heatmap"] + w.centroid * terms["centroid"]
             + w.offset * terms["offset"] + w.structure * terms["structure"]
-            + ramp * w.unsup * terms["consistency"])
+            + ramp * unsup * terms["consistency"])
 
 
 def _split(out: dict, sizes: list[int]) -> list[dict]:
@@ -196,7 +200,7 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
                             clip_ids=clip_ids, hm_codec=hm_codec, ctr_codec=ctr_codec,
                             fusion_mu=fusion_mu, structure_descriptor=structure_descriptor,
                             grid=grid)
-        loss = total_loss(terms, weights, ramp)
+        loss = total_loss(terms, weights, ramp, role)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{role} loss is not finite: "
                                      f"{ {k: float(v) for k, v in terms.items()} }")

@@ -71,9 +71,13 @@ def test_supervised_only_step_has_zero_unlabeled_terms():
 def test_total_loss_weights_each_term_once():
     terms = {k: torch.tensor(v) for k, v in
              dict(heatmap=2.0, centroid=3.0, offset=5.0, structure=7.0, consistency=11.0).items()}
-    w = LossWeights(heatmap=1.0, centroid=0.5, offset=0.1, structure=0.01, unsup=2.0)
+    w = LossWeights(heatmap=1.0, centroid=0.5, offset=0.1, structure=0.01, unsup=2.0,
+                    student_unsup=68.0)
     assert float(total_loss(terms, w, ramp=0.25)) == pytest.approx(
         2.0 + 1.5 + 0.5 + 0.07 + 0.25 * 2.0 * 11.0)
+    # the student's consistency alone gets the extra factor
+    assert float(total_loss(terms, w, ramp=0.25, role="student")) == pytest.approx(
+        2.0 + 1.5 + 0.5 + 0.07 + 0.25 * 2.0 * 68.0 * 11.0)
 
 
 def test_teacher_source_needs_valid_name():
