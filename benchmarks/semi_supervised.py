@@ -49,6 +49,10 @@ METHODS = {
 # diagnostics with the student's consistency in the heatmap loss's units (x K = 68)
 METHODS["tsal-queue-hm-only-s68"] = {**METHODS["tsal-queue-hm-only"],
                                      "loss.student_unsup_weight": 68.0}
+# mean-teacher reading: the student matches the TEACHER's heatmaps on the other view (heatmap MSE)
+METHODS["tsal-queue-equivariant-mt"] = {**METHODS["tsal-queue-equivariant"],
+                                        "loss.pseudo_source": "teacher",
+                                        "loss.student_consistency": "heatmap"}
 METHODS["tsal-queue-equivariant-s68"] = {**METHODS["tsal-queue-equivariant"],
                                          "loss.student_unsup_weight": 68.0}
 

@@ -160,6 +160,10 @@ class LossConfig:
     # and its heatmaps/points are carried through the tracking grid; with data.clip_jitter_* the
     # two frames are different views, so the term asks for equivariance).
     consistency_space: Literal["image", "output"] = "image"
+    # The student's unsupervised term: "multi_source" (TSAL: fused heatmap + centroid coordinates,
+    # soft-argmax MSE) or "heatmap" (the teacher's single-source heatmap MSE, on the target
+    # pseudo_source names; with pseudo_source=teacher this is the mean-teacher recipe).
+    student_consistency: Literal["multi_source", "heatmap"] = "multi_source"
 
     def __post_init__(self) -> None:
         for name in ("heatmap_weight", "centroid_weight", "offset_weight", "structure_weight",

@@ -69,7 +69,8 @@ def _split(out: dict, sizes: list[int]) -> list[dict]:
 def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: str,
                 targets: dict, clip_ids: torch.Tensor | None, hm_codec: HeatmapCodec,
                 ctr_codec: CentroidCodec, fusion_mu: float, structure_descriptor: str,
-                grid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                grid: torch.Tensor | None = None,
+                student_term: str = "multi_source") -> dict[str, torch.Tensor]:
     """Unweighted loss terms of one model.
 
     Args:
@@ -82,6 +83,8 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
         targets: heatmap/centroid targets of the labeled faces (see ``make_targets``).
         grid: (N, S, S, 2) tracking grid (crop px of frame t for each pixel of frame t+1) for
             output-space consistency, or None.
+        student_term: "multi_source" (TSAL) or "heatmap" (the student uses the single-source
+            heatmap term too, on ``out_w``).
     """
     k = hm_codec.num_points
     terms = {
@@ -100,7 +103,7 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
     terms["structure"] = structure_loss(gather_at(out_n["offsets"], centre_idx), clip_ids, None,
                                         descriptor=structure_descriptor)
     cell_grid = None if grid is None else grid_to_cells(grid, hm_codec.stride)
-    if role == "teacher":
+    if role == "teacher" or student_term == "heatmap":
         # Single source: heatmaps on frame t+1 vs own heatmaps on frame t, registered into t+1
         # (image space: computed on the warped image; output space: the maps resampled).
         preds, tgt = out_n["heatmaps"], out_w["heatmaps"][-1].detach()
@@ -138,7 +141,8 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
               hm_codec: HeatmapCodec, ctr_codec: CentroidCodec, weights: LossWeights,
               ramp: float, lr: float, fusion_mu: float, structure_descriptor: str = "pairs",
               train_teacher: bool = True, pseudo_source: str = "self",
-              consistency_space: str = "image") -> dict[str, float]:
+              consistency_space: str = "image",
+              student_term: str = "multi_source") -> dict[str, float]:
     """Run one optimizer step of student and teacher; return logged scalars.
 
     Args:
@@ -152,7 +156,11 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
         consistency_space: "image" (TSAL: targets from the model on the registered image
             ``clips["warped"]``) or "output" (targets from the model on frame t itself, carried
             into frame t+1 through ``clips["grid"]``; see losses.consistency).
+        student_term: the student's unsupervised term, "multi_source" (TSAL) or "heatmap"
+            (``loss.student_consistency``).
     """
+    if student_term not in ("multi_source", "heatmap"):
+        raise ValueError(f"student_term must be 'multi_source' or 'heatmap', got {student_term!r}")
     if consistency_space not in ("image", "output"):
         raise ValueError(f"consistency_space must be 'image' or 'output', "
                          f"got {consistency_space!r}")
@@ -199,7 +207,7 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
                             warped_out, role=role, targets=targets,
                             clip_ids=clip_ids, hm_codec=hm_codec, ctr_codec=ctr_codec,
                             fusion_mu=fusion_mu, structure_descriptor=structure_descriptor,
-                            grid=grid)
+                            grid=grid, student_term=student_term)
         loss = total_loss(terms, weights, ramp, role)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{role} loss is not finite: "

@@ -112,3 +112,19 @@ def test_output_space_with_identity_grid_equals_image_space():
         tsal_step(student=student, teacher=teacher, labeled=labeled, clips=clips, hm_codec=codec,
                   ctr_codec=ctr, weights=LossWeights(), ramp=1.0, lr=1e-3, fusion_mu=0.5,
                   consistency_space="pixels")
+
+
+def test_student_heatmap_consistency_is_the_teachers_term():
+    # identical weights, same inputs: the student's single-source heatmap term equals the
+    # teacher's (the teacher steps first, but on its own copy of the weights)
+    torch.set_num_threads(1)
+    student, teacher, codec, ctr = _engines(seed=5)
+    labeled, clips = _batch(c=2, seed=2)
+    logs = tsal_step(student=student, teacher=teacher, labeled=labeled, clips=clips,
+                     hm_codec=codec, ctr_codec=ctr, weights=LossWeights(), ramp=1.0, lr=1e-3,
+                     fusion_mu=0.5, student_term="heatmap")
+    assert logs["student/consistency"] == pytest.approx(logs["teacher/consistency"], rel=1e-5)
+    with pytest.raises(ValueError, match="student_term"):
+        tsal_step(student=student, teacher=teacher, labeled=labeled, clips=clips,
+                  hm_codec=codec, ctr_codec=ctr, weights=LossWeights(), ramp=1.0, lr=1e-3,
+                  fusion_mu=0.5, student_term="coords")
