@@ -53,6 +53,10 @@ METHODS["tsal-queue-hm-only-s68"] = {**METHODS["tsal-queue-hm-only"],
 METHODS["tsal-queue-equivariant-mt"] = {**METHODS["tsal-queue-equivariant"],
                                         "loss.pseudo_source": "teacher",
                                         "loss.student_consistency": "heatmap"}
+# confident hard pseudo-labels from the teacher's outputs on the other view
+METHODS["tsal-queue-equivariant-pl"] = {**METHODS["tsal-queue-equivariant"],
+                                        "loss.pseudo_source": "teacher",
+                                        "loss.student_consistency": "pseudo_label"}
 METHODS["tsal-queue-equivariant-s68"] = {**METHODS["tsal-queue-equivariant"],
                                          "loss.student_unsup_weight": 68.0}
 

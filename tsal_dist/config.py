@@ -161,15 +161,19 @@ class LossConfig:
     # two frames are different views, so the term asks for equivariance).
     consistency_space: Literal["image", "output"] = "image"
     # The student's unsupervised term: "multi_source" (TSAL: fused heatmap + centroid coordinates,
-    # soft-argmax MSE) or "heatmap" (the teacher's single-source heatmap MSE, on the target
-    # pseudo_source names; with pseudo_source=teacher this is the mean-teacher recipe).
-    student_consistency: Literal["multi_source", "heatmap"] = "multi_source"
+    # soft-argmax MSE), "heatmap" (the teacher's single-source heatmap MSE, on the target
+    # pseudo_source names; with pseudo_source=teacher this is the mean-teacher recipe) or
+    # "pseudo_label" (that source's landmarks with peak >= pseudo_threshold, re-rendered as sharp
+    # Gaussian targets with the supervised heatmap loss; the rest are masked out).
+    student_consistency: Literal["multi_source", "heatmap", "pseudo_label"] = "multi_source"
+    pseudo_threshold: float = 0.4  # heatmap peak a pseudo-label needs (scores are in [0, ~1])
 
     def __post_init__(self) -> None:
         for name in ("heatmap_weight", "centroid_weight", "offset_weight", "structure_weight",
                      "unsup_weight", "student_unsup_weight"):
             _check(getattr(self, name) >= 0, f"loss.{name}", "must be >= 0")
         _check(0 <= self.fusion_mu <= 1, "loss.fusion_mu", "must be in [0, 1]")
+        _check(0 <= self.pseudo_threshold <= 1, "loss.pseudo_threshold", "must be in [0, 1]")
         _check(0 <= self.ramp_up_frac <= 1, "loss.ramp_up_frac", "must be in [0, 1]")
         _check(0 <= self.ramp_down_frac <= 1, "loss.ramp_down_frac", "must be in [0, 1]")
         _check(self.ramp_up_frac + self.ramp_down_frac <= 1, "loss.ramp_down_frac",

@@ -331,7 +331,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                          structure_descriptor=cfg.loss.structure_descriptor,
                          pseudo_source=cfg.loss.pseudo_source,
                          consistency_space=cfg.loss.consistency_space,
-                         student_term=cfg.loss.student_consistency)
+                         student_term=cfg.loss.student_consistency,
+                         pseudo_threshold=cfg.loss.pseudo_threshold)
 
         # ---- recursive average filtering: push the student, blend a step-determined version
         t_sync = time.perf_counter()

@@ -70,7 +70,8 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
                 targets: dict, clip_ids: torch.Tensor | None, hm_codec: HeatmapCodec,
                 ctr_codec: CentroidCodec, fusion_mu: float, structure_descriptor: str,
                 grid: torch.Tensor | None = None,
-                student_term: str = "multi_source") -> dict[str, torch.Tensor]:
+                student_term: str = "multi_source",
+                pseudo_threshold: float = 0.4) -> dict[str, torch.Tensor]:
     """Unweighted loss terms of one model.
 
     Args:
@@ -83,8 +84,9 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
         targets: heatmap/centroid targets of the labeled faces (see ``make_targets``).
         grid: (N, S, S, 2) tracking grid (crop px of frame t for each pixel of frame t+1) for
             output-space consistency, or None.
-        student_term: "multi_source" (TSAL) or "heatmap" (the student uses the single-source
-            heatmap term too, on ``out_w``).
+        student_term: "multi_source" (TSAL), "heatmap" (the student uses the single-source
+            heatmap term too, on ``out_w``) or "pseudo_label" (landmarks of ``out_w`` whose peak
+            is >= ``pseudo_threshold``, re-rendered as targets; logged as ``pseudo_kept``).
     """
     k = hm_codec.num_points
     terms = {
@@ -103,7 +105,22 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
     terms["structure"] = structure_loss(gather_at(out_n["offsets"], centre_idx), clip_ids, None,
                                         descriptor=structure_descriptor)
     cell_grid = None if grid is None else grid_to_cells(grid, hm_codec.stride)
-    if role == "teacher" or student_term == "heatmap":
+    if role == "student" and student_term == "pseudo_label":
+        # Hard pseudo-labels: the source's confident landmarks (peak >= threshold), decoded,
+        # carried into frame t+1, re-rendered as sharp Gaussians; the background channel is
+        # masked out (it would push the unconfident landmarks towards background).
+        with torch.no_grad():
+            xy, score = hm_codec.locate(out_w["heatmaps"][-1][:, :k].detach())
+            if grid is not None:
+                xy = points_through_inverse_grid(xy, grid)
+            size = hm_codec.input_size
+            inside = ((xy >= 0) & (xy <= size - 1)).all(dim=-1)
+            vis = ((score >= pseudo_threshold) & inside).to(xy.dtype)
+            target, mask = hm_codec.encode(xy, vis)
+            mask = torch.cat([mask[:, :k], torch.zeros_like(mask[:, k:])], dim=1)
+        terms["consistency"] = heatmap_loss(out_n["heatmaps"], target, mask)
+        terms["pseudo_kept"] = vis.mean()
+    elif role == "teacher" or student_term == "heatmap":
         # Single source: heatmaps on frame t+1 vs own heatmaps on frame t, registered into t+1
         # (image space: computed on the warped image; output space: the maps resampled).
         preds, tgt = out_n["heatmaps"], out_w["heatmaps"][-1].detach()
@@ -142,7 +159,8 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
               ramp: float, lr: float, fusion_mu: float, structure_descriptor: str = "pairs",
               train_teacher: bool = True, pseudo_source: str = "self",
               consistency_space: str = "image",
-              student_term: str = "multi_source") -> dict[str, float]:
+              student_term: str = "multi_source",
+              pseudo_threshold: float = 0.4) -> dict[str, float]:
     """Run one optimizer step of student and teacher; return logged scalars.
 
     Args:
@@ -156,11 +174,12 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
         consistency_space: "image" (TSAL: targets from the model on the registered image
             ``clips["warped"]``) or "output" (targets from the model on frame t itself, carried
             into frame t+1 through ``clips["grid"]``; see losses.consistency).
-        student_term: the student's unsupervised term, "multi_source" (TSAL) or "heatmap"
-            (``loss.student_consistency``).
+        student_term: the student's unsupervised term, "multi_source" (TSAL), "heatmap" or
+            "pseudo_label" (``loss.student_consistency``); ``pseudo_threshold`` for the last.
     """
-    if student_term not in ("multi_source", "heatmap"):
-        raise ValueError(f"student_term must be 'multi_source' or 'heatmap', got {student_term!r}")
+    if student_term not in ("multi_source", "heatmap", "pseudo_label"):
+        raise ValueError(f"student_term must be 'multi_source', 'heatmap' or 'pseudo_label', "
+                         f"got {student_term!r}")
     if consistency_space not in ("image", "output"):
         raise ValueError(f"consistency_space must be 'image' or 'output', "
                          f"got {consistency_space!r}")
@@ -207,7 +226,8 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
                             warped_out, role=role, targets=targets,
                             clip_ids=clip_ids, hm_codec=hm_codec, ctr_codec=ctr_codec,
                             fusion_mu=fusion_mu, structure_descriptor=structure_descriptor,
-                            grid=grid, student_term=student_term)
+                            grid=grid, student_term=student_term,
+                            pseudo_threshold=pseudo_threshold)
         loss = total_loss(terms, weights, ramp, role)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{role} loss is not finite: "

@@ -128,3 +128,38 @@ def test_student_heatmap_consistency_is_the_teachers_term():
         tsal_step(student=student, teacher=teacher, labeled=labeled, clips=clips,
                   hm_codec=codec, ctr_codec=ctr, weights=LossWeights(), ramp=1.0, lr=1e-3,
                   fusion_mu=0.5, student_term="coords")
+
+
+def test_pseudo_labels_keep_only_confident_points_and_mask_background():
+    from tsal_dist.loop.step import make_targets, model_terms
+
+    torch.set_num_threads(1)
+    _, _, codec, ctr = _engines()
+    n, h = 2, S // 4
+    g = torch.Generator().manual_seed(1)
+    pts = torch.rand(n, K, 2, generator=g) * (S - 20) + 10
+    conf = torch.rand(n, K, generator=g) > 0.5
+    maps, _ = codec.encode(pts, torch.ones(n, K))
+    peak = maps[:, :K].flatten(2).amax(2)  # confident channels peak at 1, the others at 0.2
+    maps[:, :K] *= (torch.where(conf, 1.0, 0.2) / peak)[..., None, None]
+    zeros = {"center": torch.zeros(n, 1, h, h), "offsets": torch.zeros(n, 2 * K, h, h)}
+    src = {"heatmaps": [maps], **zeros}
+    # the prediction on frame t+1 equals the re-rendered target on the kept points and is wrong
+    # on the dropped points and on the background: only the masking makes the loss 0
+    want, _ = codec.encode(codec.locate(maps[:, :K])[0], conf.float())
+    bad = want.clone()
+    bad[:, :K] += 0.3 * (~conf).float()[..., None, None]
+    bad[:, K] = 0.7
+    pred = {"heatmaps": [bad], **zeros}
+    labeled, _ = _batch(b=2)
+    targets = make_targets(labeled, codec, ctr)
+    out_l = {"heatmaps": [targets["heatmaps"]], **zeros}
+    common = dict(role="student", targets=targets, clip_ids=torch.arange(n), hm_codec=codec,
+                  ctr_codec=ctr, fusion_mu=0.5, structure_descriptor="pairs",
+                  student_term="pseudo_label")
+    terms = model_terms(out_l, pred, src, pseudo_threshold=0.5, **common)
+    assert float(terms["consistency"]) == pytest.approx(0.0, abs=1e-8)
+    assert float(terms["pseudo_kept"]) == pytest.approx(conf.float().mean().item())
+    # a threshold that keeps every point sees the wrong values
+    terms = model_terms(out_l, pred, src, pseudo_threshold=0.1, **common)
+    assert float(terms["consistency"]) > 1.0
