@@ -32,6 +32,9 @@ RESULTS = REPO / "benchmarks" / "results"
 
 METHODS = {
     "supervised": {"optim.clips_per_batch": 0},
+    # the ceiling: every labeled image of the training list (~15x L), same steps. No use of
+    # unlabeled data can beat labels on the same images, so this bounds what TSAL could gain.
+    "supervised-all-labels": {"optim.clips_per_batch": 0, "data.labeled_limit": 0},
     "tsal-queue": {"teacher.mode": "queue"},
     "tsal-ema": {"teacher.mode": "ema"},
     "tsal-mutual": {"teacher.mode": "mutual"},
@@ -163,7 +166,13 @@ def main() -> int:
                    help="keep finished trainings in --out whose config matches (re-evaluated "
                         "with the current code); train only the rest")
     p.add_argument("--set", action="append", default=[], help="extra dotted overrides")
+    p.add_argument("--tables-only", action="store_true",
+                   help="rebuild the table and plot from results/semi_supervised.json; no runs")
     args = p.parse_args()
+    if args.tables_only:
+        doc = json.loads((RESULTS / "semi_supervised.json").read_text())
+        write_outputs(doc["rows"], doc["meta"])
+        return 0
 
     from tsal_dist.config import ExperimentConfig, with_overrides
     from tsal_dist.loop.loop import resolve_data
@@ -201,6 +210,11 @@ def main() -> int:
             "clips_per_step": args.clips, "seeds": args.seeds,
             "overrides": dict(kv.split("=", 1) for kv in args.set),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    write_outputs(rows, meta)
+    return 0
+
+
+def write_outputs(rows: list[dict], meta: dict) -> None:
     summary = aggregate(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     _write(RESULTS / "semi_supervised.json",
@@ -208,7 +222,6 @@ def main() -> int:
     _write(RESULTS / "semi_supervised_table.md", markdown(summary, meta))
     plot(summary, RESULTS / "semi_supervised.png")
     print(markdown(summary, meta))
-    return 0
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -227,6 +240,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
             row[key] = statistics.fmean(vals)
             row[f"{key}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
             row[f"{key}_per_seed"] = vals
+        # paired by seed against supervised-only (same model, eval set and seed)
+        base = {r["seed"]: r["nme_inter_ocular"] for r in groups.get(("supervised", model, es), [])}
+        diffs = [r["nme_inter_ocular"] - base[r["seed"]] for r in rs if r["seed"] in base]
+        if diffs and m != "supervised":
+            row["delta_vs_supervised"] = statistics.fmean(diffs)
+            row["delta_vs_supervised_sd"] = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+            row["delta_vs_supervised_per_seed"] = diffs
         out.append(row)
     return out
 
@@ -239,15 +259,17 @@ def markdown(summary: list[dict], meta: dict) -> str:
              f"{', '.join(map(str, seeds))}; {meta['machine']}. NME in % of the inter-ocular "
              "distance, mean ± sd over seeds (per-seed values in the JSON); held-out test images "
              "and test videos.", f"Command: `{meta['command']}`", "",
-             "| method | model | eval set | n | NME io % | per seed | NME ip % | AUC@0.08 | "
-             "FR@0.08 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| method | model | eval set | n | NME io % | per seed | Δ vs supervised (paired) | "
+             "NME ip % | AUC@0.08 | FR@0.08 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary:
         per = " / ".join(f"{100 * v:.2f}" for v in r["nme_inter_ocular_per_seed"])
+        delta = (f"{100 * r['delta_vs_supervised']:+.2f} ± {100 * r['delta_vs_supervised_sd']:.2f}"
+                 if "delta_vs_supervised" in r else "")
         lines.append(f"| {r['method']} | {r['model']} | {r['eval_set']} | {r['count']} | "
                      f"{100 * r['nme_inter_ocular']:.2f} ± {100 * r['nme_inter_ocular_sd']:.2f} | "
-                     f"{per} | {100 * r['nme_inter_pupil']:.2f} | {r['auc@0.08']:.3f} | "
-                     f"{r['fr@0.08']:.3f} |")
+                     f"{per} | {delta} | {100 * r['nme_inter_pupil']:.2f} | "
+                     f"{r['auc@0.08']:.3f} | {r['fr@0.08']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -259,7 +281,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     sets = sorted({r["eval_set"] for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.8), squeeze=False)
     for ax, es in zip(axes[0], sets):
         for j, model in enumerate(("teacher", "student")):
             got = [next((r for r in rows if r["method"] == m and r["model"] == model and
@@ -268,7 +290,9 @@ def plot(rows: list[dict], path: Path) -> None:
             sds = [100 * g["nme_inter_ocular_sd"] if g else 0.0 for g in got]
             xs = [i + (j - 0.5) * 0.38 for i in range(len(methods))]
             ax.bar(xs, vals, width=0.38, yerr=sds, capsize=3, label=model)
-        ax.set_xticks(range(len(methods)), methods, rotation=15)
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        shown = [100 * r["nme_inter_ocular"] for r in rows if r["eval_set"] == es]
+        ax.set_ylim(max(0.0, min(shown) - 2.0), max(shown) + 1.0)  # the differences, not 0..max
         ax.set_ylabel("NME (inter-ocular), %, mean ± sd over seeds")
         ax.set_title(es)
         ax.legend()
