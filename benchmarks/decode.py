@@ -22,6 +22,9 @@ import platform
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results_io import save_figure, write_text  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 WINDOWS = (1, 2, 3, 4)
@@ -118,8 +121,8 @@ def main() -> int:
                        f"{platform.python_version()}",
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _write(RESULTS / "decode.json", json.dumps({"meta": meta, "runs": runs}, indent=2))
-    _write(RESULTS / "decode.md", markdown(runs, meta))
+    write_text(RESULTS / "decode.json", json.dumps({"meta": meta, "runs": runs}, indent=2))
+    write_text(RESULTS / "decode.md", markdown(runs, meta))
     plot(runs, RESULTS / "decode.png")
     print(markdown(runs, meta))
     return 0
@@ -162,15 +165,8 @@ def plot(runs: dict, path: Path) -> None:
         ax.set_title(lab)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results_io import save_figure, write_text  # noqa: E402
 
 from tsal_dist.codec import HeatmapCodec  # noqa: E402
 from tsal_dist.export import CropToLandmarks  # noqa: E402
@@ -162,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                "machine": {"cpu": platform.processor() or platform.machine(),
                            "python": platform.python_version(), "torch": torch.__version__,
                            "threads": 1}}
-    _atomic_write(out / "distill_ablation.json", json.dumps(payload, indent=2, default=float))
-    _atomic_write(out / "distill_ablation.md", _markdown(results, lists, verdict, args))
+    write_text(out / "distill_ablation.json", json.dumps(payload, indent=2, default=float))
+    write_text(out / "distill_ablation.md", _markdown(results, lists, verdict, args))
     _plot(results, lists, out / "distill_ablation.png")
     print(verdict)
     print(f"total {time.time() - t_start:.0f} s; wrote {out}/distill_ablation.{{json,md,png}}")
@@ -270,16 +272,8 @@ def _plot(results: dict[str, Any], lists: list[str], path: Path) -> None:
     axes[1].set_ylabel(f"NME on {lists[0]} (%)")
     axes[1].set_title("Speed vs accuracy")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

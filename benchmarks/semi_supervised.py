@@ -27,6 +27,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results_io import save_figure, write_text  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -217,9 +220,9 @@ def main() -> int:
 def write_outputs(rows: list[dict], meta: dict) -> None:
     summary = aggregate(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _write(RESULTS / "semi_supervised.json",
+    write_text(RESULTS / "semi_supervised.json",
            json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=2))
-    _write(RESULTS / "semi_supervised_table.md", markdown(summary, meta))
+    write_text(RESULTS / "semi_supervised_table.md", markdown(summary, meta))
     plot(summary, RESULTS / "semi_supervised.png")
     print(markdown(summary, meta))
 
@@ -297,15 +300,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(es)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
