@@ -251,6 +251,10 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True  # deterministic kernels and seeded data order (exact resume)
     torch_threads: int = 1  # intra-op threads per CPU worker (0 = torch default)
+    # NHWC ("channels_last") weights and activations for the ddp engine: the default MobileNetV2's
+    # forward+backward is ~15 % faster on one CPU thread (oneDNN). DeepSpeed flattens parameters
+    # itself and ignores this.
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         _check(0 <= self.zero_stage <= 3, "train.zero_stage", "must be in [0, 3]")

@@ -205,11 +205,15 @@ def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.de
         return DeepSpeedEngine(model, opt, grad_clip=o.grad_clip, zero_stage=cfg.train.zero_stage,
                                precision=cfg.train.precision, micro_batch=o.batch_size,
                                device=device)
+    if cfg.train.channels_last:
+        # in place on the same Parameter objects, so the optimizer built above still holds them
+        model.to(memory_format=torch.channels_last)
     return DDPEngine(model, opt, grad_clip=o.grad_clip, device=device)
 
 
 def _np_state(sd: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+    # contiguous: channels_last weights would otherwise travel as strided numpy views
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in sd.items()}
 
 
 def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None = None,
