@@ -70,3 +70,32 @@ def test_teacher_modes_follow_their_formulas(smoke_cfg, tmp_path):
         diff = max(float((ck["teacher"][k].float() - ck["student"][k].float()).abs().max())
                    for k in ck["student"] if ck["student"][k].is_floating_point())
         assert diff > 0
+
+
+def test_channels_last_engine_keeps_optimizer_params_and_outputs():
+    # the ddp engine converts the model to NHWC in place: the optimizer must still hold the very
+    # same Parameter objects, and the network must compute the same function as an NCHW copy
+    import torch
+
+    from tsal_dist.config import ExperimentConfig, with_overrides
+    from tsal_dist.loop.loop import build_engine
+    from tsal_dist.models import build_model
+
+    torch.manual_seed(0)
+    cfg = with_overrides(ExperimentConfig(), {"model.input_size": 64})
+    model = build_model(cfg.model, 68)
+    params = list(model.parameters())
+    engine = build_engine(model, cfg, torch.device("cpu"))
+    assert all(a is b for a, b in zip(params, engine.optimizer.param_groups[0]["params"]))
+    conv = next(p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    plain = build_model(cfg.model, 68)
+    plain.load_state_dict(model.state_dict())
+    x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    model.eval()
+    plain.eval()
+    torch.testing.assert_close(model(x)["heatmaps"][-1], plain(x)["heatmaps"][-1],
+                               atol=1e-5, rtol=1e-5)
+    off = build_model(cfg.model, 68)
+    build_engine(off, with_overrides(cfg, {"train.channels_last": False}), torch.device("cpu"))
+    assert next(p for p in off.parameters() if p.dim() == 4).is_contiguous()
