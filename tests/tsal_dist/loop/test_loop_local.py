@@ -82,7 +82,7 @@ def test_channels_last_engine_keeps_optimizer_params_and_outputs():
     from tsal_dist.models import build_model
 
     torch.manual_seed(0)
-    cfg = with_overrides(ExperimentConfig(), {"model.input_size": 64})
+    cfg = with_overrides(ExperimentConfig(), {"model.input_size": 64, "train.channels_last": True})
     model = build_model(cfg.model, 68)
     params = list(model.parameters())
     engine = build_engine(model, cfg, torch.device("cpu"))
