@@ -228,6 +228,18 @@ def _gaussian_kernel1d(sigma: float) -> Tensor:
     return k / k.sum()
 
 
+def _blur_operator(n: int, sigma: float) -> Tensor:
+    """(n, n) matrix A with ``A @ v`` = v blurred by a Gaussian of ``sigma`` samples, the
+    signal's ends replicated (the same as padding with edge values, then convolving)."""
+    k = _gaussian_kernel1d(sigma)
+    r = (k.numel() - 1) // 2
+    a = torch.zeros(n, n, dtype=torch.float32)
+    for i in range(n):
+        for j in range(-r, r + 1):
+            a[i, min(max(i + j, 0), n - 1)] += k[j + r]
+    return a
+
+
 def decode_dark(maps: Tensor, stride: int, blur_cells: float) -> tuple[Tensor, Tensor]:
     """DARK sub-cell decode (Zhang et al., "Distribution-Aware Coordinate Representation for
     Human Pose Estimation", CVPR 2020), for inference.
@@ -254,12 +266,11 @@ def decode_dark(maps: Tensor, stride: int, blur_cells: float) -> tuple[Tensor, T
     scores = maps.reshape(b, c, h * w).amax(dim=2)
     x = maps
     if blur_cells > 0:
-        k = _gaussian_kernel1d(blur_cells).to(device=maps.device, dtype=maps.dtype)
-        r = (k.numel() - 1) // 2
-        flat = maps.reshape(b * c, 1, h, w)
-        flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-        flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-        x = flat.reshape(b, c, h, w)
+        # separable blur as two small matmuls, edge replication folded into the operator
+        # (much faster in ONNX Runtime than a 1-channel conv over B*C images)
+        ay = _blur_operator(h, blur_cells).to(device=maps.device, dtype=maps.dtype)
+        ax = _blur_operator(w, blur_cells).to(device=maps.device, dtype=maps.dtype)
+        x = torch.matmul(torch.matmul(ay, maps), ax.t())
     index = x.reshape(b, c, h * w).argmax(dim=2)
     u = index % w
     v = torch.div(index, w, rounding_mode="floor")

@@ -411,3 +411,18 @@ def test_codec_locate_dispatches_and_validates() -> None:
         _hm(locate="dark", blur_cells=-1.0)
     with pytest.raises(ValueError, match="heatmaps must be"):
         dark.locate(torch.zeros(1, 5, 16, 16))
+
+
+def test_dark_blur_operator_equals_edge_padded_convolution():
+    from tsal_dist.codec import _blur_operator, _gaussian_kernel1d
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 5, 24, 20, generator=g)
+    k = _gaussian_kernel1d(2.5)
+    r = (k.numel() - 1) // 2
+    f = x.reshape(10, 1, 24, 20)
+    f = F.conv2d(F.pad(f, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    f = F.conv2d(F.pad(f, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    got = _blur_operator(24, 2.5) @ x @ _blur_operator(20, 2.5).t()
+    torch.testing.assert_close(got, f.reshape(2, 5, 24, 20), atol=1e-6, rtol=0)
+    assert torch.allclose(_blur_operator(24, 2.5).sum(dim=1), torch.ones(24))  # keeps mass
