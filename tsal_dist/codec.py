@@ -252,7 +252,7 @@ def decode_dark(maps: Tensor, stride: int, blur_cells: float) -> tuple[Tensor, T
     Gaussian the offset is exact; on a trained network's noisy low-resolution maps the smoothing
     makes it find the centre of the dominant blob (on the default 24 x 24 maps a blur of 2.5 cells,
     chosen on held-out training images, cut the inter-ocular NME by ~0.45 pp vs the window
-    mean; benchmarks/results/decode.md). Exports to ONNX (conv, pad, gather).
+    mean; benchmarks/results/decode.md). Exports to ONNX (matmul, pad, gather).
 
     Args:
         maps: (B, C, h, w) float.

@@ -36,6 +36,7 @@ from tsal_dist.data.transforms import (
     IBUG68_FLIP_PAIRS,
     IDENTITY_AUGMENTATION,
     Augmentation,
+    centre_similarity,
     compose_affine,
     flip_permutation,
     sample_augmentation,
@@ -440,11 +441,7 @@ def view_jitter(rng: np.random.Generator, size: int, rotate_deg: float, scale: f
     zoom = float(rng.uniform(1.0 - scale, 1.0 + scale))
     m = shift_frac * size
     dx, dy = (float(v) for v in rng.uniform(-m, m, size=2))
-    c = (size - 1) / 2.0
-    a = zoom * math.cos(math.radians(rot))
-    b = zoom * math.sin(math.radians(rot))
-    return np.array([[a, b, c - a * c - b * c + dx],
-                     [-b, a, c + b * c - a * c + dy]])
+    return centre_similarity(size, rot, zoom, (dx, dy))[:2]
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -153,10 +153,7 @@ def tracking_grids(shared: np.ndarray, jitters: Sequence[np.ndarray] | None = No
         if method == "none":
             fx = fy = np.float32(0.0)
         else:
-            if method == "dis":
-                flow = _dis(preset).calc(grays[t + 1], grays[t], None)
-            else:
-                flow = flow_between(grays[t + 1], grays[t], method)
+            flow = flow_between(grays[t + 1], grays[t], method, preset)
             if np.array_equal(J[t + 1], eye):
                 f = flow
             else:

@@ -67,14 +67,19 @@ def crop_matrix(box: Sequence[float], size: int, expand: float, rot_deg: float =
     base = np.array([[sx, 0.0, -ex1 * sx - 0.5],
                      [0.0, sy, -ey1 * sy - 0.5],
                      [0.0, 0.0, 1.0]])
+    return (centre_similarity(size, rot_deg, scale, shift) @ base)[:2].copy()
+
+
+def centre_similarity(size: int, rot_deg: float, scale: float,
+                      shift: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
+    """(3, 3) crop -> crop similarity about the crop centre: ``p' = R (p - c) + c + shift``,
+    R = scale x rotation as cv2.getRotationMatrix2D (positive = counter-clockwise as displayed)."""
     c = (size - 1) / 2.0
     a = scale * math.cos(math.radians(rot_deg))
     b = scale * math.sin(math.radians(rot_deg))
-    # about the centre: p' = R (p - c) + c + shift, R as cv2.getRotationMatrix2D
-    rot = np.array([[a, b, c - a * c - b * c + float(shift[0])],
-                    [-b, a, c + b * c - a * c + float(shift[1])],
-                    [0.0, 0.0, 1.0]])
-    return (rot @ base)[:2].copy()
+    return np.array([[a, b, c - a * c - b * c + float(shift[0])],
+                     [-b, a, c + b * c - a * c + float(shift[1])],
+                     [0.0, 0.0, 1.0]])
 
 
 def flip_matrix(size: int) -> np.ndarray:

@@ -223,7 +223,8 @@ def per_video_summaries(entries: Sequence[ListEntry], nmes: Mapping[str, np.ndar
 
 def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: int,
                   pre_crop_expand: float, num_points: int, sigma_px: float, window: int,
-                  locate: str = "window", blur_cells: float = 0.0, batch_size: int = 32, device: str = "cpu", strict: bool = False,
+                  locate: str = "window", blur_cells: float = 0.0, batch_size: int = 32,
+                  device: str = "cpu", strict: bool = False,
                   name: str | None = None) -> EvalResult:
     """Evaluate ``model`` on one SBR list file (see :func:`evaluate_lists` for the arguments)."""
     # Imported here: eval's metrics/plots stay free of the data package (DESIGN.md layering).
@@ -288,6 +289,7 @@ def evaluate_lists(model: torch.nn.Module, list_paths: Sequence[str | Path], *, 
     names = list_names(list_paths)
     return {name: evaluate_list(model, p, input_size=input_size, pre_crop_expand=pre_crop_expand,
                                 num_points=num_points, sigma_px=sigma_px, window=window,
-                                locate=locate, blur_cells=blur_cells, batch_size=batch_size, device=device, strict=strict,
+                                locate=locate, blur_cells=blur_cells, batch_size=batch_size,
+                                device=device, strict=strict,
                                 name=name).summary
             for name, p in zip(names, list_paths)}
