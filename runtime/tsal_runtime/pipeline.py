@@ -8,8 +8,9 @@ Per frame:
    estimate and landmarked again (``refine`` passes). Between detections a track's box is the
    tight box of its previous frame's raw landmarks -- the same box convention as the training
    lists (landmark bounding box), so the crop matches training and eval. A detection matching a
-   track is dropped (the landmark box is better), except from an ``exact`` detector (given
-   landmark boxes, ``boxes:FILE``), whose box replaces the track's.
+   track is dropped (the landmark box is better). An ``exact`` detector (given landmark boxes,
+   ``boxes:FILE``) is different: on a frame where it has boxes, those boxes are the frame's
+   faces, each used as given (taking over the track it overlaps most), and other tracks end.
 3. Crops of all faces go to the engine in ONE call; landmarks map back to image px.
 4. Per-track One Euro smoothing (``smooth=False`` turns it off).
 """
@@ -112,6 +113,29 @@ class Pipeline:
         self._next_id += 1
         return t
 
+    def _take_exact(self, dets: np.ndarray, tracks: list[_Track], h: int, w: int
+                    ) -> list[_Track]:
+        """Tracks for the boxes of an ``exact`` detector (given landmark boxes, ``boxes:FILE``).
+
+        Every valid given box is used as it is, on every frame alike: it takes over the track it
+        overlaps most (any overlap; identity and smoothing go on), or starts a new one. Tracks
+        that no given box takes over end, so a drifted track can never stand in for a box.
+        """
+        free = list(tracks)
+        out: list[_Track] = []
+        for d in dets:
+            box = adapt_box(d[:4], *self.detector.calibration)
+            if not self._valid_box(box, h, w):
+                continue
+            best = max(free, key=lambda t: iou(t.box, box), default=None)
+            if best is not None and iou(best.box, box) > 0.0:
+                free.remove(best)
+                best.box = box
+                out.append(best)
+            else:
+                out.append(self._new_track(box))
+        return out
+
     def reset(self) -> None:
         """Forget all tracks (e.g. between unrelated images)."""
         self._tracks, self._need_detect, self._since_detect = [], True, 0
@@ -135,14 +159,13 @@ class Pipeline:
             self._need_detect = False
             cal = self.detector.calibration
             exact = bool(getattr(self.detector, "exact", False))
-            for d in dets:
+            if exact and len(dets):
+                pending = self._take_exact(dets, tracks, h, w)
+                tracks = []  # the given boxes are this frame's faces, whatever the tracks did
+            for d in [] if exact else dets:
                 box = adapt_box(d[:4], *cal)
                 best = max(tracks, key=lambda t: iou(t.box, box), default=None)
                 if best is not None and iou(best.box, box) > 0.3:
-                    if exact and self._valid_box(box, h, w) and all(best is not t for t in pending):
-                        # given landmark boxes (boxes:FILE) replace the tracked box
-                        best.box = box
-                        pending.append(best)
                     continue  # already tracked: the track's landmark box is better than a det box
                 if self._valid_box(box, h, w):
                     pending.append(self._new_track(box))

@@ -113,6 +113,10 @@ def runtime_path(model_dir: Path, list_path: Path, work: Path, mode: str) -> dic
         for f, e in frames:
             faces = recs[f]["faces"] if f in recs else []
             lm = np.array(faces[0]["landmarks"], float) if faces else np.full((68, 2), np.nan)
+            if mode == "listbox":  # the given box is the crop box on every frame, as in eval
+                assert faces and np.allclose(faces[0]["box"], e.box, atol=0.01), \
+                    f"{video} frame {f}: runtime box {faces[0]['box'] if faces else None} " \
+                    f"is not the list box {list(e.box)}"
             preds.append(lm)
             gts.append(read_pts(e.annotation, 68)[0])
             keys.append((video, f))

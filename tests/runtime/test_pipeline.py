@@ -148,3 +148,32 @@ def test_exact_detector_boxes_replace_tracked_boxes(const_model: Path) -> None:
             want_x1 = box[0] + (4.0 * i if exact else 0.0)
             assert f.landmarks[:, 0].min() == pytest.approx(want_x1, abs=1e-3)
         assert det.calls == [0, 1, 2, 3]
+
+
+class JumpingDetector(ListDetector):
+    """``exact`` boxes that jump 40 px a frame: IoU with the previous frame's box ~0.1."""
+
+    exact = True
+
+    def __call__(self, frame: np.ndarray, frame_index: int = 0) -> np.ndarray:
+        self.calls.append(frame_index)
+        b = self.boxes.copy()
+        b[:, [0, 2]] += 40.0 * (frame_index % 2)
+        return b
+
+
+def test_exact_boxes_used_as_given_even_far_from_the_track(const_model: Path) -> None:
+    """A given box far from where the track was is still that frame's face (regression: a box
+    with IoU <= 0.3 against the drifted track used to start a second track that ``max_faces``
+    cut, so the old track's box was landmarked instead of the given one)."""
+    box = [40.0, 30.0, 90.0, 80.0]
+    spec = load_spec(const_model)
+    det = JumpingDetector([box])
+    pipe = Pipeline(spec, make_engine("onnxruntime", spec), det, detect_every=1, refine=0,
+                    smooth=False, max_faces=1)
+    for i in range(5):
+        faces = pipe.process(grey(160, 120), i, i / 30).faces
+        assert len(faces) == 1
+        want = np.array(box) + [40.0 * (i % 2), 0, 40.0 * (i % 2), 0]
+        assert np.allclose(faces[0].box, want)
+        assert faces[0].landmarks[:, 0].min() == pytest.approx(want[0], abs=1e-3)

@@ -34,9 +34,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tsal_dist.data import formats
 from tsal_dist.data.formats import ListEntry, landmark_box, write_list, write_pts
 
-GENERATOR_VERSION = 1
 NUM_POINTS = 68
 
 LIST_FILES = {
@@ -1097,7 +1097,9 @@ def generate_dataset(out: str | Path, *, images: int, test_images: int, videos: 
         png = cv2.imencode(".png", cv2.cvtColor(_contact_sheet(sheet), cv2.COLOR_RGB2BGR))[1]
         _write_bytes_atomic(root / "contact_sheet.png", png.tobytes())
         manifest = {
-            "generator": "tsal_dist.data.synthetic", "version": GENERATOR_VERSION, "seed": seed,
+            "generator": "tsal_dist.data.synthetic", "fingerprint": generator_fingerprint(),
+            "numpy": np.__version__, "opencv": cv2.__version__,
+            "content_sha256": content_digest(root), "seed": seed,
             "images": images, "test_images": test_images, "videos": videos,
             "test_videos": test_videos, "frames": frames, "image_size": image_size,
             "num_points": NUM_POINTS, "landmark_scheme": "ibug68",
@@ -1114,21 +1116,61 @@ def generate_dataset(out: str | Path, *, images: int, test_images: int, videos: 
     return root
 
 
+def generator_fingerprint() -> str:
+    """16 hex of what decides the bytes the generator writes.
+
+    That is the source of this module and of the writers it calls (``formats.py``), and the numpy
+    (random streams) and OpenCV (drawing, libjpeg, MJPEG) versions. A cache folder is keyed by it,
+    so any change to the generator -- with nobody remembering to bump a version -- or another
+    library version gives a folder of its own instead of silently reusing other data.
+    """
+    h = hashlib.sha256()
+    for mod in (sys.modules[__name__], formats):
+        h.update(Path(mod.__file__).read_bytes())  # type: ignore[arg-type]
+    h.update(f"numpy {np.__version__} opencv {cv2.__version__}".encode())
+    return h.hexdigest()[:16]
+
+
+def content_digest(root: str | Path) -> str:
+    """sha256 over every file of a generated dataset except manifest.json (relative paths + bytes).
+
+    Equal digests mean byte-identical datasets wherever they were generated.
+    """
+    root = Path(root)
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file() and q.name != "manifest.json"):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
 def synthetic_key(**sizes: int) -> str:
-    """Folder name for these sizes: ``synthetic-<12 hex>`` of sizes + seed + generator version."""
+    """Folder name for these sizes: ``synthetic-<12 hex>`` of sizes + seed + generator fingerprint."""
     unknown = set(sizes) - set(_SIZE_DEFAULTS)
     if unknown:
         raise TypeError(f"ensure_synthetic: unknown size argument(s) {sorted(unknown)}; "
                         f"expected {sorted(_SIZE_DEFAULTS)}")
-    full = {**_SIZE_DEFAULTS, **{k: int(v) for k, v in sizes.items()}, "version": GENERATOR_VERSION}
+    full = {**_SIZE_DEFAULTS, **{k: int(v) for k, v in sizes.items()},
+            "generator": generator_fingerprint()}
     return "synthetic-" + hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _intact(root: Path) -> bool:
+    """True when ``root`` holds a complete dataset whose files still match its manifest."""
+    try:
+        man = json.loads((root / "manifest.json").read_text())
+        return man.get("content_sha256") == content_digest(root)
+    except (OSError, ValueError):
+        return False
 
 
 def ensure_synthetic(cache_dir: str | Path, *, progress: bool = True, **sizes: int) -> Path:
     """Generate the dataset once into ``cache_dir/synthetic-<hash>`` and reuse it afterwards.
 
     Generation goes to a temporary sibling folder that is renamed into place when complete, so an
-    interrupted run never leaves a half dataset under the final name.
+    interrupted run never leaves a half dataset under the final name. The folder is keyed by the
+    sizes and ``generator_fingerprint()``; a reused folder is checked against the content digest
+    in its manifest (about 0.1 s for the default dataset) and generated again if it differs.
 
     Args:
         cache_dir: parent folder (``~`` expanded, created if missing).
@@ -1142,9 +1184,12 @@ def ensure_synthetic(cache_dir: str | Path, *, progress: bool = True, **sizes: i
     cache = Path(cache_dir).expanduser()
     final = cache / key
     if (final / "manifest.json").is_file():
-        return final
+        if _intact(final):
+            return final
+        print(f"tsal_dist: {final}: files differ from its manifest.json (changed or damaged "
+              "since generation); generating it again", file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
-    if final.exists():  # left by something that did not finish: not ours to trust
+    if final.exists():  # left by something that did not finish, or damaged: not ours to trust
         shutil.rmtree(final, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{key}.tmp-"))
     try:

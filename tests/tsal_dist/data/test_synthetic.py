@@ -142,7 +142,8 @@ def test_video_motion_is_smooth() -> None:
 def test_manifest_written_last(dataset: Path) -> None:
     man = dataset / "manifest.json"
     data = json.loads(man.read_text())
-    assert data["version"] == syn.GENERATOR_VERSION and data["seed"] == SIZES["seed"]
+    assert data["fingerprint"] == syn.generator_fingerprint() and data["seed"] == SIZES["seed"]
+    assert data["content_sha256"] == syn.content_digest(dataset)
     assert data["counts"]["videos_train_unlabeled"] == SIZES["videos"] * SIZES["frames"]
     last = man.stat().st_mtime_ns
     assert all(p.stat().st_mtime_ns <= last for p in dataset.rglob("*") if p.is_file())
@@ -252,3 +253,38 @@ def test_render_is_a_pure_function_of_identity_and_state() -> None:
     syn.render_face(a, ident, st)
     syn.render_face(b, ident, st)
     assert np.array_equal(a, b) and np.abs(a - 0.3).max() > 0.1
+
+
+def test_cache_keyed_by_the_generator_and_checked_on_reuse(tmp_path: Path, monkeypatch,
+                                                           capsys) -> None:
+    """A changed generator (or library) gets its own folder; a damaged folder is regenerated."""
+    sizes = dict(images=2, test_images=1, videos=1, test_videos=0, frames=3, image_size=48)
+    root = syn.ensure_synthetic(tmp_path, progress=False, **sizes)
+    digest = syn.content_digest(root)
+    with monkeypatch.context() as m:
+        m.setattr(syn, "generator_fingerprint", lambda: "0" * 16)
+        assert syn.synthetic_key(**sizes) != root.name
+    jpg = next(root.rglob("*.jpg"))
+    jpg.write_bytes(jpg.read_bytes()[:64])  # damaged after generation
+    assert syn.ensure_synthetic(tmp_path, progress=False, **sizes) == root
+    assert f"{root}: files differ from its manifest.json" in capsys.readouterr().err
+    assert syn.content_digest(root) == digest
+
+
+# sha256 of the smoke dataset (configs/smoke.yaml) as numpy 2.4.6 + opencv-python-headless
+# 5.0.0.93 (the versions .ci/constraints.txt pins) write it. Every test that trains runs on this
+# data, so a machine that generates other bytes would test something else: this says so. If the
+# generator was changed on purpose, put the new digest here.
+SMOKE_CONTENT_SHA256 = "4f25502c9e19de64c2349f902b78e86cd7fbb14e5c3f50d4d63086f380e043bb"
+
+
+def test_smoke_dataset_is_the_same_on_every_machine(smoke_cfg) -> None:
+    s = smoke_cfg.data.synthetic
+    root = syn.ensure_synthetic(smoke_cfg.data.cache_dir, progress=False, images=s.images,
+                                test_images=s.test_images, videos=s.videos,
+                                test_videos=s.test_videos, frames=s.frames,
+                                image_size=s.image_size, seed=s.seed)
+    got = syn.content_digest(root)
+    assert got == SMOKE_CONTENT_SHA256, (
+        f"{root}: the smoke dataset's bytes differ from the pinned ones (numpy {np.__version__}, "
+        f"opencv {cv2.__version__}): the generator or a library changed; digest {got}")
