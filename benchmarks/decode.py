@@ -54,7 +54,6 @@ def heatmaps_of(model, entries, cfg):
 
 
 def score(crop_xy, out, inv, k) -> float:
-    import numpy as np
 
     from tsal_dist.eval.run import apply_affine, score_predictions
 
@@ -64,7 +63,6 @@ def score(crop_xy, out, inv, k) -> float:
 
 
 def evaluate(checkpoint: Path) -> dict:
-    import torch
 
     from tsal_dist.codec import decode_dark, decode_peaks
     from tsal_dist.config import ExperimentConfig

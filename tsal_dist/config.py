@@ -80,7 +80,10 @@ class DataConfig:
     clip_jitter_scale: float = 0.0
     clip_jitter_shift_frac: float = 0.0
     strict: bool = False  # True: the first bad file is fatal; False: report, skip, count
-    loader_workers: int = 0  # DataLoader worker processes per training worker
+    # DataLoader processes per training worker making the batches ahead of the step (decoding,
+    # augmentation, clip flow); -1 = auto: the worker's CPUs beyond its own (cpus_per_worker - 1;
+    # all cores but one with --local), at most 8. Batches are the same for any value.
+    loader_workers: int = -1
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -92,7 +95,7 @@ class DataConfig:
         _check(0 <= self.rotate_max_deg <= 90, "data.rotate_max_deg", "must be in [0, 90]")
         _check(0 < self.scale_min <= self.scale_max, "data.scale_min", "need 0 < min <= max")
         _check(0 <= self.shift_max_frac < 0.5, "data.shift_max_frac", "must be in [0, 0.5)")
-        _check(self.loader_workers >= 0, "data.loader_workers", "must be >= 0")
+        _check(self.loader_workers >= -1, "data.loader_workers", "must be >= 0, or -1 (auto)")
         _check(0 <= self.clip_jitter_rotate_deg <= 90, "data.clip_jitter_rotate_deg",
                "must be in [0, 90]")
         _check(0 <= self.clip_jitter_scale < 1, "data.clip_jitter_scale", "must be in [0, 1)")
@@ -247,7 +250,10 @@ class TrainConfig:
 
     engine: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: int = 0  # DeepSpeed ZeRO stage (0-3)
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16 only on GPU
+    # Mixed precision, both engines: ddp = torch.autocast (+ a gradient scaler for fp16);
+    # deepspeed = low-precision weights with fp32 masters. Losses and decoders run in fp32 either
+    # way. bf16 runs on CPU too; fp16 only on GPUs.
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     seed: int = 0
     deterministic: bool = True  # deterministic kernels and seeded data order (exact resume)
     torch_threads: int = 1  # intra-op threads per CPU worker (0 = torch default)
@@ -317,6 +323,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         _check(self.model.centroid_index < self.data.num_points, "model.centroid_index",
                f"must be < data.num_points ({self.data.num_points})")
+        # fp16 needs loss scaling on a GPU: CPU kernels and DeepSpeed's CPU accelerator have no
+        # fp16 path worth running (bf16 runs on both).
+        _check(self.train.precision != "fp16" or self.scaling.use_gpu, "train.precision",
+               "fp16 needs GPU workers (scaling.use_gpu=true); use bf16 or fp32 on CPU")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

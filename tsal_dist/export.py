@@ -152,7 +152,7 @@ def load_export_module(checkpoint: str | os.PathLike[str], which: str = "teacher
 
 def _atomic(path: Path, writer: Callable[[str], None]) -> None:
     """Write ``path`` via ``writer(tmp_path)`` then rename into place (mode 0644)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp.", suffix=f".{path.name}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp.", suffix=f".{path.name}")
     os.close(fd)
     try:
         writer(tmp)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -105,6 +106,85 @@ def test_zero_stages_refresh_master_weights_after_blend(tmp_path):
         ref2 = _sgd_reference(r0["after"], world)
         for k in ref2:
             assert torch.allclose(r0["again"][k], ref2[k], atol=1e-6), (stage, k)
+
+
+def _bn_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3))
+
+
+BLEND = 0.9  # weight on the OLD teacher, as teacher.blend
+
+
+def _bf16_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """bf16 at every ZeRO stage: a step, a teacher blend towards a fixed F, a step with lr 0."""
+    import torch.distributed as dist
+
+    from tsal_dist.loop.engines import DeepSpeedEngine
+    from tsal_dist.teacher.averaging import lerp_state_
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(4, 3, 6, 6, generator=g) * 255).to(torch.uint8).float()
+    y = torch.randn(4, 3, generator=g)
+    for stage in STAGES:
+        model = _bn_net()
+        eng = DeepSpeedEngine(model, torch.optim.SGD(model.parameters(), lr=0.1), grad_clip=0.0,
+                              zero_stage=stage, precision="bf16", micro_batch=4,
+                              device=torch.device("cpu"))
+        out = eng.module(x.to(torch.bfloat16))
+        loss = torch.nn.functional.mse_loss(out, y)
+        eng.backward(loss)
+        eng.step(0.1)
+        before = eng.full_state_dict()
+        filtered = {k: (v.float() + 1e-3 * torch.arange(v.numel()).reshape(v.shape).float()
+                        if v.is_floating_point() else v) for k, v in before.items()}
+        eng.modify_weights_(lambda sd: lerp_state_(sd, filtered, BLEND))
+        blended = eng.full_state_dict()
+        with eng._gathered(modify=False):
+            module_w = {k: v.detach().clone() for k, v in eng.unwrapped().state_dict().items()}
+        eng.backward(torch.nn.functional.mse_loss(eng.module(x.to(torch.bfloat16)), y))
+        eng.step(0.0)  # lr 0: the masters must stay the blended ones
+        results[stage] = {"loss": float(loss), "before": before, "filtered": filtered,
+                          "blended": blended, "module": module_w,
+                          "out_dtype": str(out.dtype), "after": eng.full_state_dict()}
+        dist.barrier()
+    torch.save(results, Path(out_dir) / f"bf16-rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_bf16_teacher_blend_reaches_fp32_masters_at_every_zero_stage(tmp_path):
+    """DeepSpeed bf16 (CPU accelerator): losses finite, fp32 outputs for the losses, and after a
+    blend the fp32 masters equal blend*T + (1-blend)*F computed independently in float64 -- not
+    the bf16-rounded value, and not overwritten by the next optimizer step (ZeRO 0 included)."""
+    world = 2
+    mp.start_processes(_bf16_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world,
+                       start_method="spawn", join=True)
+    res = [torch.load(tmp_path / f"bf16-rank{r}.pt", weights_only=True) for r in range(world)]
+    for stage in STAGES:
+        r = res[0][stage]
+        assert np.isfinite(r["loss"]) and r["out_dtype"] == "torch.float32", stage
+        for k, t_old in r["before"].items():
+            if not t_old.is_floating_point() or k.endswith(("running_mean", "running_var")):
+                continue
+            want = (BLEND * t_old.double() + (1 - BLEND) * r["filtered"][k].double()).float()
+            got = r["blended"][k]
+            assert got.dtype == torch.float32
+            assert torch.allclose(got, want, atol=1e-6, rtol=0), (stage, k)
+            # the module runs the bf16 rounding of the masters; the masters are not rounded
+            assert torch.equal(r["module"][k], want.to(torch.bfloat16)), (stage, k)
+            assert not torch.equal(got, got.to(torch.bfloat16).float()), (stage, k)
+            assert torch.equal(r["after"][k], got), (stage, k)  # a step did not overwrite it
+        for key in ("blended", "after"):  # every rank holds the same full weights
+            assert all(torch.equal(res[0][stage][key][k], res[1][stage][key][k])
+                       for k in r[key]), (stage, key)
 
 
 @pytest.fixture(scope="module")

@@ -103,22 +103,32 @@ class _FaceCrops(Dataset):
     def get(self, index: int, seed: int) -> dict[str, torch.Tensor]:
         """Item ``index`` with augmentation drawn from ``seed``; a bad item is replaced by the next
         good one ((index + 1) % len, ...) with the same seed, unless ``strict``."""
+        return self.get_with_replacements(index, seed)[0]
+
+    def get_with_replacements(self, index: int, seed: int
+                              ) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """:meth:`get`, plus the reasons of the bad items it skipped on the way (one per item;
+        the same in every process, unlike ``problems``, which counts each bad item once per
+        process)."""
         n = len(self)
         if n == 0:
             raise IndexError(f"{type(self).__name__} is empty")
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} items")
         index %= n
+        replaced: list[str] = []
         for k in range(n):
             i = (index + k) % n
             if i in self._bad:
+                replaced.append(self._bad[i])
                 continue
             try:
-                return self._make(i, seed)
+                return self._make(i, seed), replaced
             except _ItemProblem as p:
                 if self.strict:
                     raise p.error from None
                 self._bad[i] = p.reason
+                replaced.append(p.reason)
                 self.problems[p.reason] = self.problems.get(p.reason, 0) + 1
                 self._warn(p)
         raise AnnotationError(f"{type(self).__name__}: none of the {n} items is readable "

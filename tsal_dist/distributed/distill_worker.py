@@ -25,7 +25,8 @@ def distill_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx_ray.get_world_rank(), ctx_ray.get_world_size()
     device = (ray.train.torch.get_device() if cfg.experiment.scaling.use_gpu
               else torch.device("cpu"))
-    ctx = WorkerContext(rank=rank, world_size=world, device=device)
+    ctx = WorkerContext(rank=rank, world_size=world, device=device,
+                        cpus=cfg.experiment.scaling.cpus_per_worker)
 
     run_distill(cfg, run_dir=Path(config["run_dir"]), ctx=ctx, reporter=pointer_reporter(rank),
                 progress=rank == 0)

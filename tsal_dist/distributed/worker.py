@@ -32,7 +32,8 @@ def run_worker(config: dict[str, Any]) -> dict[str, Any]:
     ctx_ray = ray.train.get_context()
     rank, world = ctx_ray.get_world_rank(), ctx_ray.get_world_size()
     device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
-    ctx = WorkerContext(rank=rank, world_size=world, device=device)
+    ctx = WorkerContext(rank=rank, world_size=world, device=device,
+                        cpus=cfg.scaling.cpus_per_worker)
     client = RayTeacherClient(config["run_name"])
     run_dir = Path(config["run_dir"])
 

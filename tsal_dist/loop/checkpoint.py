@@ -16,10 +16,13 @@ import random
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from tsal_dist.loop.engines import Engine
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 
@@ -123,3 +126,43 @@ def torch_state_to_numpy(state: Any) -> Any:
     if isinstance(state, (list, tuple)):
         return type(state)(torch_state_to_numpy(v) for v in state)
     return state
+
+
+def save_engine_checkpoint(folder: str | Path, *, step: int, engines: Mapping[str, "Engine"],
+                           payload: dict[str, Any], rank: int, sharded: bool, keep: int,
+                           barrier: Callable[[], None]) -> Path | None:
+    """Write ``ckpt-<step>.pt``: ``payload`` plus each engine's full state under its role name
+    and its optimizer state under ``<role>_optim``; called on EVERY rank.
+
+    Full states are gathered on every rank (a collective under ZeRO). With ``sharded`` (ZeRO
+    1-3) each rank writes its optimizer partition to ``ckpt-<step>.optim-rank<r>.pt`` first, and
+    only then rank 0 writes the main file, whose presence marks the checkpoint complete.
+
+    Returns:
+        The main file's path on rank 0, None elsewhere.
+    """
+    fulls = {role: eng.full_state_dict() for role, eng in engines.items()}
+    if sharded:
+        atomic_torch_save({f"{role}_optim": eng.optimizer_state() for role, eng in engines.items()},
+                          shard_path(folder, step, rank))
+        barrier()
+    path = None
+    if rank == 0:
+        out = {**payload, **fulls}
+        if not sharded:
+            out.update({f"{role}_optim": eng.optimizer_state() for role, eng in engines.items()})
+        path = checkpoint_path(folder, step)
+        atomic_torch_save(out, path)
+        prune_checkpoints(folder, keep)
+    barrier()
+    return path
+
+
+def optimizer_state_of(state: Mapping[str, Any], role: str, ckpt: str | Path, rank: int
+                       ) -> dict[str, Any]:
+    """``<role>_optim`` of a checkpoint: from the main file, or this rank's shard."""
+    key = f"{role}_optim"
+    if key in state:
+        return state[key]
+    shard = shard_path(Path(ckpt).parent, int(state["step"]), rank)
+    return torch.load(shard, map_location="cpu", weights_only=True)[key]

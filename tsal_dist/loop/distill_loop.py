@@ -31,7 +31,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 import numpy as np
 import torch
@@ -41,17 +41,16 @@ from tsal_dist.codec import HeatmapCodec
 from tsal_dist.config import (ConfigError, ExperimentConfig, ModelConfig, OptimConfig,
                               RunConfig, from_dict, load_config, save_config, to_dict)
 from tsal_dist.data.asm import ShapeModel, fit_shape_model
-from tsal_dist.data.datasets import (EvalImageDataset, LabeledImageDataset, collate,
-                                     seeded_batch_indices)
+from tsal_dist.data.batches import StepBatches, resolve_loader_workers, step_loader, to_device
+from tsal_dist.data.datasets import EvalImageDataset, LabeledImageDataset
 from tsal_dist.data.formats import read_list
 from tsal_dist.losses.heatmap import heatmap_loss
 from tsal_dist.losses.kd import KDLossParams, kd_loss_terms, kd_total, l1_loss, l2_loss
-from tsal_dist.loop.checkpoint import (atomic_torch_save, checkpoint_path, latest_checkpoint,
-                                       load_checkpoint, prune_checkpoints, rng_state,
-                                       set_rng_state)
-from tsal_dist.loop.engines import DDPEngine, DeepSpeedEngine, Engine, build_optimizer
-from tsal_dist.loop.loop import (DataLists, Reporter, WorkerContext, _atomic_json, no_report,
-                                 resolve_data, split_labeled)
+from tsal_dist.loop.checkpoint import (latest_checkpoint, load_checkpoint, optimizer_state_of,
+                                       rng_state, save_engine_checkpoint, set_rng_state)
+from tsal_dist.loop.engines import build_engine
+from tsal_dist.loop.loop import (DataLists, Reporter, WorkerContext, _atomic_json, _sharded,
+                                 eval_module, no_report, resolve_data, split_labeled)
 from tsal_dist.loop.schedules import lr_at
 from tsal_dist.models import MobileNetV2Regressor, build_model
 
@@ -248,18 +247,6 @@ def build_student(dcfg: DistillConfig) -> nn.Module:
                        e.data.num_points)
 
 
-def _engine(model: nn.Module, e: ExperimentConfig, lr: float, batch: int,
-            device: torch.device, weight_decay: float | None = None) -> Engine:
-    o = e.optim
-    wd = o.weight_decay if weight_decay is None else weight_decay
-    opt = build_optimizer(model.parameters(), name=o.name, lr=lr, weight_decay=wd,
-                          momentum=o.momentum)
-    if e.train.engine == "deepspeed":
-        return DeepSpeedEngine(model, opt, grad_clip=o.grad_clip, zero_stage=e.train.zero_stage,
-                               precision=e.train.precision, micro_batch=batch, device=device)
-    return DDPEngine(model, opt, grad_clip=o.grad_clip, device=device)
-
-
 def _freeze(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
@@ -282,11 +269,14 @@ def _append_jsonl(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _batch(ds: LabeledImageDataset, step: int, ctx: WorkerContext, batch: int, seed: int,
-           device: torch.device) -> dict[str, Any]:
-    idx = seeded_batch_indices(step, ctx.rank, ctx.world_size, len(ds), batch, seed)
-    b = collate([ds.get(i, s) for i, s in idx])
-    return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in b.items()}
+def _batches(ds: LabeledImageDataset, start: int, end: int, ctx: WorkerContext, batch: int,
+             seed: int, e: ExperimentConfig) -> Iterator[dict[str, Any]]:
+    """Labeled batches of steps ``start .. end - 1``, made by the same loader as training's."""
+    batches = StepBatches(ds, None, batch=batch, clips_per_batch=0, rank=ctx.rank,
+                          world=ctx.world_size, seed=seed)
+    workers = resolve_loader_workers(e.data.loader_workers, ctx.cpus or (os.cpu_count() or 1))
+    for item in step_loader(batches, start, end, workers=workers, device=ctx.device):
+        yield to_device(item["labeled"], ctx.device)
 
 
 def _datasets(dcfg: DistillConfig) -> tuple[DataLists, LabeledImageDataset, list]:
@@ -360,7 +350,7 @@ def train_teacher(role: str, *, dcfg: DistillConfig, dataset: LabeledImageDatase
     model = build_model(e.model, k)
     codec = _codec(model, e.model, k)
     batch = t.batch_size or e.optim.batch_size
-    eng = _engine(model, e, t.lr, batch, ctx.device)
+    eng = build_engine(model, e.train, e.optim, ctx.device, lr=t.lr, micro_batch=batch)
     start = 0
     ck = latest_checkpoint(ckpt_dir)
     if ck is not None:
@@ -368,13 +358,13 @@ def train_teacher(role: str, *, dcfg: DistillConfig, dataset: LabeledImageDatase
         eng.load_full_state_dict(st["teacher"])
         start = int(st["step"])
         if start < t.steps:
-            eng.load_optimizer_state(st["teacher_optim"])
+            eng.load_optimizer_state(optimizer_state_of(st, "teacher", ck, ctx.rank))
             set_rng_state(st["rng"])
     seed = e.train.seed + (7 if role == "tough" else 13)
     sums, n, t0 = 0.0, 0, time.perf_counter()
     model.train()
-    for step in range(start, t.steps):
-        b = _batch(dataset, step, ctx, batch, seed, ctx.device)
+    for step, b in zip(range(start, t.steps), _batches(dataset, start, t.steps, ctx, batch,
+                                                       seed, e)):
         target_xy = b["landmarks"] if asm is None else _soft_targets(asm, b["landmarks"],
                                                                        b["visible"])
         target, mask = codec.encode(target_xy, b["visible"])
@@ -397,17 +387,12 @@ def train_teacher(role: str, *, dcfg: DistillConfig, dataset: LabeledImageDatase
                     print(f"[{role}] step {done}/{t.steps} loss {row[f'{role}/loss']:.4f}",
                           flush=True)
         if done % e.run.checkpoint_every == 0 or done == t.steps:
-            path = None
-            if ctx.is_main:
-                path = checkpoint_path(ckpt_dir, done)
-                atomic_torch_save({"config": e.to_dict(), "step": done, "role": role,
-                                   "teacher": eng.full_state_dict(),
-                                   "teacher_optim": eng.optimizer_state(), "rng": rng_state(),
-                                   "format": "tsal_dist.distill_teacher/1"}, path)
-                prune_checkpoints(ckpt_dir, e.run.keep_checkpoints)
-            ctx.barrier()
+            save_engine_checkpoint(ckpt_dir, step=done, engines={"teacher": eng}, payload={
+                "config": e.to_dict(), "step": done, "role": role, "rng": rng_state(),
+                "format": "tsal_dist.distill_teacher/1"}, rank=ctx.rank, sharded=_sharded(e),
+                keep=e.run.keep_checkpoints, barrier=ctx.barrier)
             reporter({"phase": role, "step": done}, None)
-    return _freeze(eng.unwrapped())
+    return _freeze(eval_module(eng, e))  # fp32 weights whatever the training precision
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -522,23 +507,23 @@ def run_distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext 
     torch.manual_seed(e.train.seed if dcfg.student.seed < 0 else dcfg.student.seed)
     student_model = build_student(dcfg)
     s_codec = None if dcfg.student.arch == "regression" else _codec(student_model, e.model, k)
-    student = _engine(student_model, e, o.lr, o.batch_size, ctx.device,
-                      weight_decay=dcfg.student.weight_decay)
+    student = build_engine(student_model, e.train, e.optim, ctx.device,
+                           weight_decay=dcfg.student.weight_decay)
     params = dcfg.kd.params()
     start = 0
     ck = latest_checkpoint(ckpt_dir)
     if ck is not None:
         st = load_checkpoint(ck)
         student.load_full_state_dict(st["student"])
-        student.load_optimizer_state(st["student_optim"])
+        student.load_optimizer_state(optimizer_state_of(st, "student", ck, ctx.rank))
         set_rng_state(st["rng"])
         start = int(st["step"])
     ctx.barrier()
     student_model.train()
     sums: dict[str, float] = {}
     n, t0, last = 0, time.perf_counter(), {}
-    for step in range(start, o.steps):
-        b = _batch(ds, step, ctx, o.batch_size, e.train.seed, ctx.device)
+    for step, b in zip(range(start, o.steps), _batches(ds, start, o.steps, ctx, o.batch_size,
+                                                       e.train.seed, e)):
         gt = _to_norm(b["landmarks"], size)
         vis = b["visible"]
         pred = predict_normalized(student.module, b["image"], s_codec)
@@ -584,25 +569,18 @@ def run_distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext 
                     print(f"[student] step {done}/{o.steps} loss {last['student/loss']:.4f} "
                           f"err {last['student/px_error']:.2f}px", flush=True)
         if done % e.run.checkpoint_every == 0 or done == o.steps:
-            path = None
-            if ctx.is_main:
-                path = checkpoint_path(ckpt_dir, done)
-                atomic_torch_save({
-                    "config": e.to_dict(), "distill_config": dcfg.to_dict(), "step": done,
-                    "student": student.full_state_dict(),
-                    "student_arch": "regressor" if dcfg.student.arch == "regression"
-                    else "heatmap",
-                    "student_input_size": size,
-                    "student_width": dcfg.student.width or e.model.width,
-                    "student_optim": student.optimizer_state(),
-                    "teacher": {kk: v.detach().cpu().clone()
-                                for kk, v in tough.state_dict().items()},
-                    "tolerant": {kk: v.detach().cpu().clone()
-                                 for kk, v in tolerant.state_dict().items()},
-                    "rng": rng_state(), "metrics": last,
-                    "format": "tsal_dist.distill_checkpoint/1"}, path)
-                prune_checkpoints(ckpt_dir, e.run.keep_checkpoints)
-            ctx.barrier()
+            path = save_engine_checkpoint(ckpt_dir, step=done, engines={"student": student},
+                                          payload={
+                "config": e.to_dict(), "distill_config": dcfg.to_dict(), "step": done,
+                "student_arch": "regressor" if dcfg.student.arch == "regression" else "heatmap",
+                "student_input_size": size,
+                "student_width": dcfg.student.width or e.model.width,
+                "teacher": {kk: v.detach().cpu().clone() for kk, v in tough.state_dict().items()},
+                "tolerant": {kk: v.detach().cpu().clone()
+                             for kk, v in tolerant.state_dict().items()},
+                "rng": rng_state(), "metrics": last,
+                "format": "tsal_dist.distill_checkpoint/1"}, rank=ctx.rank, sharded=_sharded(e),
+                keep=e.run.keep_checkpoints, barrier=ctx.barrier)
             reporter({"phase": "student", "step": done,
                       **{kk: v for kk, v in last.items() if kk.startswith("student/")}}, path)
 

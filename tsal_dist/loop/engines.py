@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tsal_dist.config import OptimConfig, TrainConfig
+
 
 def build_optimizer(params: Iterator[nn.Parameter] | list, *, name: str, lr: float,
                     weight_decay: float, momentum: float) -> torch.optim.Optimizer:
@@ -31,12 +33,53 @@ def build_optimizer(params: Iterator[nn.Parameter] | list, *, name: str, lr: flo
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-class Engine:
-    """Interface; see DDPEngine and DeepSpeedEngine."""
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    module: nn.Module  # what forward is called on (possibly wrapped)
+
+def float_outputs(out: Any) -> Any:
+    """Model outputs (tensor, or dict/list/tuple of them) with floating tensors in fp32.
+
+    Losses and decoders (focal log terms, soft-argmax, DARK's log-Taylor step) run in fp32 whatever
+    precision the forward pass used; fp32 tensors pass through without a copy.
+    """
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+    if isinstance(out, dict):
+        return {k: float_outputs(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(float_outputs(v) for v in out)
+    return out
+
+
+class PrecisionForward:
+    """What a training step calls: ``module(x)`` under ``torch.autocast`` (when ``dtype``), with
+    the outputs returned in fp32 (:func:`float_outputs`)."""
+
+    def __init__(self, module: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+        self.module, self.device_type, self.dtype = module, device.type, dtype
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        if self.dtype is None:
+            return float_outputs(self.module(x))
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return float_outputs(self.module(x))
+
+
+class Engine:
+    """Interface; see DDPEngine and DeepSpeedEngine.
+
+    State dicts crossing this interface (``full_state_dict``, ``load_full_state_dict``,
+    ``modify_weights_``) hold the FULL-precision weights: under DeepSpeed fp16/bf16 those are the
+    optimizer's fp32 masters, so a teacher blend, a push to the teacher server and a checkpoint
+    never see the rounded low-precision copy.
+    """
+
+    module: Callable[[torch.Tensor], Any]  # what a training forward is called on
     # True when full_state_dict() is a collective (ZeRO-3 gathers): every rank must call it.
     collective_state: bool = False
+    # True when the module's own weights are not the full-precision ones (DeepSpeed fp16/bf16):
+    # evaluate a copy built from full_state_dict().
+    low_precision_weights: bool = False
 
     def unwrapped(self) -> nn.Module:
         raise NotImplementedError
@@ -97,41 +140,57 @@ class DDPEngine(Engine):
     """Plain module (one process) or DistributedDataParallel (gloo on CPU, NCCL on GPU)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip: float,
-                 device: torch.device) -> None:
+                 device: torch.device, precision: str = "fp32") -> None:
         self._model = model.to(device)
         self.optimizer = optimizer
         self.grad_clip = grad_clip
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             ids = [device.index] if device.type == "cuda" else None
-            self.module = nn.parallel.DistributedDataParallel(self._model, device_ids=ids)
+            wrapped: nn.Module = nn.parallel.DistributedDataParallel(self._model, device_ids=ids)
         else:
-            self.module = self._model
+            wrapped = self._model
+        # fp32 weights, autocast forwards; fp16 needs loss scaling (bf16 has fp32's range)
+        self.module = PrecisionForward(wrapped, device, PRECISION_DTYPES[precision])
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     def unwrapped(self) -> nn.Module:
         return self._model
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def step(self, lr: float) -> float:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         norm = 0.0
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
         if self.grad_clip > 0:
             norm = float(torch.nn.utils.clip_grad_norm_(self._model.parameters(), self.grad_clip))
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
     def optimizer_state(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
+        sd = self.optimizer.state_dict()
+        if self.scaler is not None:  # the loss scale is part of where training stands
+            sd = {**sd, "grad_scaler": self.scaler.state_dict()}
+        return sd
 
     def load_optimizer_state(self, sd: dict[str, Any]) -> None:
+        sd = dict(sd)
+        scaler = sd.pop("grad_scaler", None)
         self.optimizer.load_state_dict(sd)
+        if self.scaler is not None and scaler is not None:
+            self.scaler.load_state_dict(scaler)
 
 
 class DeepSpeedEngine(Engine):
-    """DeepSpeed ZeRO 0-3 around a torch optimizer (fp32 on CPU; fp16/bf16 on GPU).
+    """DeepSpeed ZeRO 0-3 around a torch optimizer; fp32, bf16 (CPU and GPU) or fp16 (GPU).
 
     Checkpoints stay in our own format: the module state is gathered to a full state dict (ZeRO-3
     gathers partitions), and the optimizer state is saved per rank (ZeRO partitions it).
@@ -167,12 +226,17 @@ class DeepSpeedEngine(Engine):
         model = model.to(device)
         self._raw = model
         self.zero_stage = zero_stage
-        self.collective_state = zero_stage == 3
         engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                  config=ds_config)
         self.engine = engine
-        self.module = engine
         self.optimizer = opt
+        self.low_precision_weights = precision != "fp32"
+        # ZeRO 1-2 masters are partitioned too: reading them whole is an all-reduce
+        self.collective_state = zero_stage == 3 or (self.low_precision_weights and zero_stage > 0)
+        if self.low_precision_weights:
+            _batchnorm_in_fp32(engine.module)
+        # DeepSpeed casts the weights itself (the model casts its input to them): no autocast
+        self.module = PrecisionForward(engine, device, None)
 
     def unwrapped(self) -> nn.Module:
         return self.engine.module
@@ -200,26 +264,78 @@ class DeepSpeedEngine(Engine):
                                                  modifier_rank=0 if modify else None)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        with self._gathered(modify=False):  # collective under ZeRO-3: call on every rank
-            return {k: v.detach().cpu().clone() for k, v in self.unwrapped().state_dict().items()}
+        """Module state on CPU with the fp32 master weights in place of fp16/bf16 parameters
+        (a collective under ZeRO-3 and for ZeRO masters: call on every rank)."""
+        masters = self._master_params()
+        with self._gathered(modify=False):
+            sd = {k: v.detach().cpu().clone() for k, v in self.unwrapped().state_dict().items()}
+        for name, (get, _set) in masters.items():
+            sd[name] = get().detach().cpu().float().clone()
+        return sd
 
     def load_full_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Load a full-precision state: the module gets it (rounded to its dtype) and the
+        optimizer's fp32 masters get it exactly, at every ZeRO stage."""
         with self._gathered(modify=True):
             self.unwrapped().load_state_dict(sd)
-        self.weights_changed()
+        masters = self._master_params()
+        if masters:
+            for name, (_get, set_) in masters.items():
+                set_(sd[name])
+        elif self.zero_stage > 0:
+            # fp32 ZeRO 1-3: the flat fp32 partitions are copies of the (fp32) module weights
+            refresh = getattr(self.optimizer, "refresh_fp32_params", None)
+            if refresh is not None:
+                refresh()
 
     def modify_weights_(self, fn: Callable[[dict[str, torch.Tensor]], None]) -> None:
-        with self._gathered(modify=True):
-            fn(self.unwrapped().state_dict())
-        self.weights_changed()
+        """``fn`` on the full-precision state (fp32 masters under fp16/bf16), written back to
+        masters and module alike: a teacher blend is computed in fp32 and no rounding of the
+        module's low-precision copy ever reaches the masters."""
+        sd = self.full_state_dict()
+        fn(sd)
+        self.load_full_state_dict(sd)
 
     def weights_changed(self) -> None:
-        # ZeRO 1-3 keep fp32 master partitions (flat copies) that the next optimizer step would
-        # write back over the module weights; copy the modified weights into them. Stage 0 in
-        # fp32 steps the module parameters themselves (nothing to refresh).
-        refresh = getattr(self.optimizer, "refresh_fp32_params", None)
-        if self.zero_stage > 0 and refresh is not None:
-            refresh()
+        # Only reached through Engine.load_full_state_dict's contract; the work is done above.
+        pass
+
+    def _master_params(self) -> dict[str, tuple[Callable[[], torch.Tensor],
+                                                 Callable[[torch.Tensor], None]]]:
+        """{parameter name: (get full fp32 master, set it from a full tensor)} when the optimizer
+        keeps fp32 masters of low-precision weights; {} in fp32 (the weights are the masters).
+
+        ZeRO 1-3 and DeepSpeed's BF16 optimizer expose them through ``safe_get/set_full_fp32_
+        param``; stage 0 with a torch optimizer uses the unfused FP16 optimizer (fp16 and bf16
+        alike), whose ``fp32_groups`` mirror ``fp16_groups`` parameter by parameter.
+        """
+        if not self.low_precision_weights:
+            return {}
+        from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+        named = list(self.unwrapped().named_parameters())
+        out: dict[str, tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], None]]] = {}
+        pairs: dict[int, torch.Tensor] = {}
+        for lp_group, fp_group in zip(getattr(self.optimizer, "fp16_groups", []),
+                                      getattr(self.optimizer, "fp32_groups", [])):
+            if isinstance(fp_group, (list, tuple)):
+                pairs.update({id(lp): fp for lp, fp in zip(lp_group, fp_group)})
+        for name, p in named:
+            if id(p) in pairs:
+                fp = pairs[id(p)]
+                out[name] = (lambda fp=fp: fp.data,
+                             lambda v, fp=fp: fp.data.copy_(v.to(fp.device, fp.dtype)))
+            elif hasattr(p, "ds_id"):
+                out[name] = (lambda p=p: safe_get_full_fp32_param(p),
+                             lambda v, p=p: _set_zero3_master(p, v))
+            elif hasattr(p, "_hp_mapping"):
+                out[name] = (lambda p=p: safe_get_full_fp32_param(p),
+                             lambda v, p=p: safe_set_full_fp32_param(
+                                 p, v.to(p.device, torch.float32)))
+            elif p.requires_grad:
+                raise RuntimeError(f"DeepSpeed {type(self.optimizer).__name__}: no fp32 master "
+                                   f"weight found for {name!r}")
+        return out
 
     def optimizer_state(self) -> dict[str, Any]:
         """This rank's optimizer state (its ZeRO partition), made loadable with weights_only:
@@ -241,6 +357,74 @@ class DeepSpeedEngine(Engine):
             self.optimizer.load_state_dict([sd] * world, load_from_fp32_weights=True)
         else:
             self.optimizer.load_state_dict([sd] * world)
+
+
+def _set_zero3_master(p: nn.Parameter, value: torch.Tensor) -> None:
+    """This rank's slice of ZeRO-3's fp32 master of ``p`` from the full ``value``.
+
+    DeepSpeed's own ``set_full_hp_param`` (0.19.8) narrows the unpadded value with the padded
+    partition size, which fails on the last rank whenever ``numel`` is not a multiple of the
+    world size; this copies only the real elements of the slice.
+    """
+    opt = p._z3_optimizer  # type: ignore[attr-defined]
+    part, _ = opt._get_fp32_opt_state_partition(p, release_swap_buffers=False)
+    start = part.numel() * opt._get_param_partition_rank(p)
+    chunk = value.detach().flatten()[start:start + part.numel()]
+    part.data[: chunk.numel()].copy_(chunk.to(part.device, torch.float32))
+
+
+def _batchnorm_in_fp32(model: nn.Module) -> None:
+    """BatchNorm layers of a DeepSpeed fp16/bf16 model compute in fp32.
+
+    DeepSpeed casts the BN weights to fp16/bf16 but keeps the running statistics (buffers) in
+    fp32, a mix ``batch_norm`` rejects on CPU; and the statistics of a low-precision batch are
+    imprecise anyway. Input, weight and bias go in as fp32, the output leaves in the input's dtype
+    (gradients flow back through the casts to the low-precision weights).
+    """
+    import torch.nn.functional as F
+
+    def forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch = self.training or self.running_mean is None
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        y = F.batch_norm(x.float(), self.running_mean if not self.training or
+                         self.track_running_stats else None,
+                         self.running_var if not self.training or self.track_running_stats
+                         else None, w, b, use_batch, momentum, self.eps)
+        return y.to(x.dtype)
+
+    import types
+
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.forward = types.MethodType(forward, m)  # type: ignore[method-assign]
+
+
+def build_engine(model: nn.Module, train: TrainConfig, optim: OptimConfig, device: torch.device,
+                 *, lr: float | None = None, micro_batch: int | None = None,
+                 weight_decay: float | None = None) -> Engine:
+    """``model``'s optimizer and engine (``train.engine``, ``train.precision``): the one builder
+    of training and distillation. ``lr``, ``micro_batch`` and ``weight_decay`` default to the
+    optim section's."""
+    opt = build_optimizer(model.parameters(), name=optim.name, lr=optim.lr if lr is None else lr,
+                          weight_decay=optim.weight_decay if weight_decay is None
+                          else weight_decay, momentum=optim.momentum)
+    if train.engine == "deepspeed":
+        return DeepSpeedEngine(model, opt, grad_clip=optim.grad_clip, zero_stage=train.zero_stage,
+                               precision=train.precision, device=device,
+                               micro_batch=optim.batch_size if micro_batch is None
+                               else micro_batch)
+    if train.channels_last:
+        # in place on the same Parameter objects, so the optimizer built above still holds them
+        model.to(memory_format=torch.channels_last)
+    return DDPEngine(model, opt, grad_clip=optim.grad_clip, device=device,
+                     precision=train.precision)
 
 
 def _plain(obj: Any) -> Any:

@@ -24,18 +24,18 @@ import torch.distributed as dist
 
 from tsal_dist.codec import CentroidCodec, HeatmapCodec
 from tsal_dist.config import ExperimentConfig, save_config
-from tsal_dist.data.datasets import (ClipDataset, EvalImageDataset, LabeledImageDataset, collate,
-                                     seeded_batch_indices)
+from tsal_dist.data.batches import StepBatches, resolve_loader_workers, step_loader, to_device
+from tsal_dist.data.datasets import ClipDataset, EvalImageDataset, LabeledImageDataset, collate
 from tsal_dist.data.formats import ListEntry, read_list
 from tsal_dist.losses.consistency import ramp_weight
-from tsal_dist.loop.checkpoint import (atomic_torch_save, checkpoint_path, latest_checkpoint,
-                                       load_checkpoint, numpy_state_to_torch, prune_checkpoints,
-                                       rng_state, set_rng_state, torch_state_to_numpy)
-from tsal_dist.loop.engines import DDPEngine, DeepSpeedEngine, Engine, build_optimizer
+from tsal_dist.loop.checkpoint import (latest_checkpoint, load_checkpoint, numpy_state_to_torch,
+                                       optimizer_state_of, rng_state, save_engine_checkpoint,
+                                       set_rng_state, torch_state_to_numpy)
+from tsal_dist.loop.engines import Engine, build_engine
 from tsal_dist.loop.schedules import is_sync_step, lr_at, version_to_apply
 from tsal_dist.loop.step import LossWeights, tsal_step
 from tsal_dist.models import build_model
-from tsal_dist.teacher.averaging import lerp_state_
+from tsal_dist.teacher.averaging import lerp_state_, to_numpy_state
 from tsal_dist.teacher.server import TeacherServer
 
 
@@ -89,6 +89,7 @@ class WorkerContext:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    cpus: float = 0.0  # CPUs this worker may use (Ray's cpus_per_worker); 0 = the machine's
 
     @property
     def is_main(self) -> bool:
@@ -147,11 +148,6 @@ def split_labeled(entries: list[ListEntry], val_images: int, limit: int
     return train, val
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()}
-
-
 # ----------------------------------------------------------------------------- validation
 
 
@@ -195,25 +191,6 @@ def _invert_affines(m: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the loop
-
-
-def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> Engine:
-    o = cfg.optim
-    opt = build_optimizer(model.parameters(), name=o.name, lr=o.lr, weight_decay=o.weight_decay,
-                          momentum=o.momentum)
-    if cfg.train.engine == "deepspeed":
-        return DeepSpeedEngine(model, opt, grad_clip=o.grad_clip, zero_stage=cfg.train.zero_stage,
-                               precision=cfg.train.precision, micro_batch=o.batch_size,
-                               device=device)
-    if cfg.train.channels_last:
-        # in place on the same Parameter objects, so the optimizer built above still holds them
-        model.to(memory_format=torch.channels_last)
-    return DDPEngine(model, opt, grad_clip=o.grad_clip, device=device)
-
-
-def _np_state(sd: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    # contiguous: channels_last weights would otherwise travel as strided numpy views
-    return {k: v.detach().cpu().contiguous().numpy() for k, v in sd.items()}
 
 
 def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None = None,
@@ -275,8 +252,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
     ctr_codec = CentroidCodec(input_size=m.input_size, stride=student_model.stride,
                               num_points=d.num_points, centroid_index=m.centroid_index,
                               topk=m.centroid_topk)
-    student = build_engine(student_model, cfg, device)
-    teacher = build_engine(teacher_model, cfg, device)
+    student = build_engine(student_model, cfg.train, cfg.optim, device)
+    teacher = build_engine(teacher_model, cfg.train, cfg.optim, device)
     buffer_keys = frozenset(k for k, _ in student.unwrapped().named_buffers())
     weights = LossWeights(heatmap=cfg.loss.heatmap_weight, centroid=cfg.loss.centroid_weight,
                           offset=cfg.loss.offset_weight, structure=cfg.loss.structure_weight,
@@ -290,8 +267,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         state = load_checkpoint(ckpt)
         student.load_full_state_dict(state["student"])
         teacher.load_full_state_dict(state["teacher"])
-        student.load_optimizer_state(_optim_state(state, "student", ckpt, ctx.rank))
-        teacher.load_optimizer_state(_optim_state(state, "teacher", ckpt, ctx.rank))
+        student.load_optimizer_state(optimizer_state_of(state, "student", ckpt, ctx.rank))
+        teacher.load_optimizer_state(optimizer_state_of(state, "teacher", ckpt, ctx.rank))
         if ctx.is_main:
             teacher_client.load_state_dict(torch_state_to_numpy(state["server"]))
         set_rng_state(state["rng"])
@@ -314,16 +291,22 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
     n_sum = 0
     t_last = time.perf_counter()
     applied_version = -1
+    batches = StepBatches(labeled_ds, clip_ds, batch=o.batch_size,
+                          clips_per_batch=o.clips_per_batch, rank=ctx.rank,
+                          world=ctx.world_size, seed=cfg.train.seed)
+    loader_workers = resolve_loader_workers(d.loader_workers, ctx.cpus or (os.cpu_count() or 1))
+    loader = step_loader(batches, start, end, workers=loader_workers, device=device)
+    skipped: dict[str, int] = {}
+    data_wait = 0.0
     for step in range(start, end):
-        # ---- batch of this step: a pure function of (seed, step, rank)
-        idx = seeded_batch_indices(step, ctx.rank, ctx.world_size, len(labeled_ds), o.batch_size,
-                                   cfg.train.seed)
-        labeled = _to_device(collate([labeled_ds.get(i, s) for i, s in idx]), device)
-        clips = None
-        if clip_ds is not None:
-            cidx = seeded_batch_indices(step, ctx.rank, ctx.world_size, len(clip_ds),
-                                        o.clips_per_batch, cfg.train.seed + 7919)
-            clips = _to_device(collate([clip_ds.get(i, s) for i, s in cidx]), device)
+        # ---- batch of this step: a pure function of (seed, step, rank), made ahead by the loader
+        t_data = time.perf_counter()
+        item = next(loader)
+        data_wait += time.perf_counter() - t_data
+        labeled = to_device(item["labeled"], device)
+        clips = to_device(item["clips"], device) if item["clips"] is not None else None
+        for reason, n in item["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + n
 
         # ---- one TSAL step of both models
         lr = lr_at(step, base_lr=o.lr, total_steps=total, warmup_steps=o.warmup_steps,
@@ -346,7 +329,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
             if ctx.is_main or student.collective_state:  # ZeRO-3: every rank gathers
                 s_full = student.full_state_dict()
             if ctx.is_main:
-                teacher_client.push(_np_state(s_full), step + 1)
+                teacher_client.push(to_numpy_state(s_full), step + 1)
             version = version_to_apply(step, cfg.teacher.sync_every, cfg.teacher.max_staleness)
             if version is not None:
                 filtered = teacher_client.get(version)
@@ -375,7 +358,11 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
             now = time.perf_counter()
             row = {k: v / n_sum for k, v in sums.items()}
             row.update(step=done, time=time.time(), sec_per_step=(now - t_last) / n_sum,
-                       samples_per_sec=n_sum * o.batch_size * ctx.world_size / (now - t_last))
+                       samples_per_sec=n_sum * o.batch_size * ctx.world_size / (now - t_last),
+                       **{"data/wait_frac": data_wait / max(now - t_last, 1e-9),
+                          "data/loader_workers": loader_workers},
+                       **{f"data/skipped_{r}": n for r, n in skipped.items()})
+            data_wait = 0.0
             row["teacher/version"] = applied_version
             row["mem/max_rss_mib"] = _max_rss_mib()
             row["lr"] = lr
@@ -415,8 +402,10 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
             on_step(done)
     if bar is not None:
         bar.close()
+    loader.close()
 
     summary: dict[str, Any] = {"step": end, "run_dir": str(run_dir), "last": last_logs,
+                               "skipped": skipped,
                                # per rank; equal on every rank (the replicas never diverge)
                                "teacher_sha256": state_digest(teacher.full_state_dict()),
                                "student_sha256": state_digest(student.full_state_dict())}
@@ -452,14 +441,6 @@ def state_digest(sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _optim_state(state: dict, role: str, ckpt: Path, rank: int) -> dict:
-    key = f"{role}_optim"
-    if key in state:
-        return state[key]
-    shard = ckpt.with_name(ckpt.name.replace(".pt", f".optim-rank{rank}.pt"))
-    return torch.load(shard, map_location="cpu", weights_only=True)[key]
-
-
 @torch.no_grad()
 def apply_sync_(*, teacher: Engine, student: Engine, filtered: dict[str, np.ndarray], mode: str,
                 blend: float, student_keep: float, average_buffers: bool,
@@ -479,9 +460,10 @@ def apply_sync_(*, teacher: Engine, student: Engine, filtered: dict[str, np.ndar
 
 def eval_module(engine: Engine, cfg: ExperimentConfig) -> torch.nn.Module:
     """A plain module with the engine's full weights for rank-0-only evaluation. Under ZeRO-3 the
-    parameters are partitioned (a forward on one rank would wait for the others), so this builds
-    a copy from the gathered state: call it on EVERY rank. Otherwise the unwrapped module."""
-    if engine.collective_state:
+    parameters are partitioned (a forward on one rank would wait for the others), and under
+    DeepSpeed fp16/bf16 the module holds rounded weights, so this builds an fp32 copy from the
+    full state: call it on EVERY rank. Otherwise the unwrapped module."""
+    if engine.collective_state or engine.low_precision_weights:
         sd = engine.full_state_dict()
         model = build_model(cfg.model, cfg.data.num_points)
         model.load_state_dict(sd)
@@ -492,28 +474,20 @@ def eval_module(engine: Engine, cfg: ExperimentConfig) -> torch.nn.Module:
 def save_training_checkpoint(ckpt_dir: Path, *, step: int, cfg: ExperimentConfig,
                              student: Engine, teacher: Engine, teacher_client: TeacherClient,
                              ctx: WorkerContext, metrics: dict) -> Path | None:
-    """Write ckpt-<step>.pt (rank 0) and, when the optimizer is sharded, per-rank shards first."""
-    sharded = cfg.train.engine == "deepspeed" and cfg.train.zero_stage > 0
-    s_full, t_full = student.full_state_dict(), teacher.full_state_dict()  # collective on ZeRO-3
-    if sharded:
-        atomic_torch_save({"student_optim": student.optimizer_state(),
-                           "teacher_optim": teacher.optimizer_state()},
-                          ckpt_dir / f"ckpt-{step:08d}.optim-rank{ctx.rank}.pt")
-        ctx.barrier()
-    path = None
+    """ckpt-<step>.pt of both models, the teacher server, RNG and metrics (every rank calls)."""
+    payload: dict[str, Any] = {"config": cfg.to_dict(), "step": step, "rng": rng_state(),
+                               "metrics": metrics, "format": "tsal_dist.checkpoint/1",
+                               "engine": cfg.train.engine}
     if ctx.is_main:
-        payload = {"config": cfg.to_dict(), "step": step, "student": s_full, "teacher": t_full,
-                   "server": numpy_state_to_torch(teacher_client.state_dict()),
-                   "rng": rng_state(), "metrics": metrics,
-                   "format": "tsal_dist.checkpoint/1", "engine": cfg.train.engine}
-        if not sharded:
-            payload["student_optim"] = student.optimizer_state()
-            payload["teacher_optim"] = teacher.optimizer_state()
-        path = checkpoint_path(ckpt_dir, step)
-        atomic_torch_save(payload, path)
-        prune_checkpoints(ckpt_dir, cfg.run.keep_checkpoints)
-    ctx.barrier()
-    return path
+        payload["server"] = numpy_state_to_torch(teacher_client.state_dict())
+    return save_engine_checkpoint(ckpt_dir, step=step, engines={"student": student,
+                                                                "teacher": teacher},
+                                  payload=payload, rank=ctx.rank, sharded=_sharded(cfg),
+                                  keep=cfg.run.keep_checkpoints, barrier=ctx.barrier)
+
+
+def _sharded(cfg: ExperimentConfig) -> bool:
+    return cfg.train.engine == "deepspeed" and cfg.train.zero_stage > 0
 
 
 def finish_run(cfg: ExperimentConfig, *, run_dir: Path, teacher: torch.nn.Module,

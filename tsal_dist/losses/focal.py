@@ -57,7 +57,10 @@ def centroid_focal_loss(
     valid = valid.to(torch.bool)
     if not bool(valid.any()):
         return logits.sum() * 0.0
-    pred = torch.sigmoid(logits[valid]).clamp(eps, 1.0 - eps)
+    # fp32 whatever the forward's precision: in fp16/bf16 ``1 - eps`` rounds to 1 and a saturated
+    # positive would give log(0) (NaN through the product).
+    x = logits[valid]
+    pred = torch.sigmoid(x.to(torch.promote_types(x.dtype, torch.float32))).clamp(eps, 1.0 - eps)
     gt = target[valid].detach().to(pred.dtype)
     pos = gt.eq(1).to(pred.dtype)
     neg = gt.lt(1).to(pred.dtype)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LandmarkDetector", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["LandmarkDetector", "IMAGENET_MEAN", "IMAGENET_STD", "normalize_images"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on the 0..1 scale
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,11 +55,8 @@ class LandmarkDetector(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
 
     def normalize(self, images: Tensor) -> Tensor:
-        """(B, 3, S, S) uint8 or float 0..255 -> ImageNet-normalised float."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, S, S), got {tuple(images.shape)}")
-        x = images.to(self.mean.dtype) if not images.is_floating_point() else images
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        """(B, 3, S, S) uint8 or float 0..255 -> ImageNet-normalised, in the weights' dtype."""
+        return normalize_images(images, self.mean, self.std, _weight_dtype(self))
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) 0..255 -> backbone features (B, C, h, w)."""
@@ -74,3 +71,23 @@ class LandmarkDetector(nn.Module):
     def forward(self, images: Tensor) -> dict[str, Tensor | list[Tensor]]:
         """(B, 3, S, S) uint8/float 0..255 RGB -> output dict (see module docstring)."""
         return self.forward_head(self.forward_features(images))
+
+
+def normalize_images(images: Tensor, mean: Tensor, std: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, 3, S, S) uint8 or float 0..255 -> ``(x - mean) / std`` cast to ``dtype``.
+
+    The subtraction runs in the input's float dtype (fp32 for uint8), the result takes the dtype
+    of the first layer's weights: DeepSpeed fp16/bf16 casts the weights but keeps the mean/std
+    buffers in fp32, so following the buffers would feed fp32 into a bf16 convolution.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, S, S), got {tuple(images.shape)}")
+    x = images.to(mean.dtype) if not images.is_floating_point() else images
+    return ((x - mean.to(x.dtype)) / std.to(x.dtype)).to(dtype)
+
+
+def _weight_dtype(module: nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32

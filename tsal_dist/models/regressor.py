@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from tsal_dist.models.backbones import MobileNetV2Features
-from tsal_dist.models.detector import IMAGENET_MEAN, IMAGENET_STD
+from tsal_dist.models.detector import IMAGENET_MEAN, IMAGENET_STD, _weight_dtype, normalize_images
 
 __all__ = ["MobileNetV2Regressor"]
 
@@ -55,10 +55,7 @@ class MobileNetV2Regressor(nn.Module):
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) 0..255 -> pooled features (B, 1280)."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, S, S), got {tuple(images.shape)}")
-        x = images.to(self.mean.dtype) if not images.is_floating_point() else images
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        x = normalize_images(images, self.mean, self.std, _weight_dtype(self))
         return self.features(x).mean(dim=(2, 3))
 
     def forward_head(self, features: Tensor) -> Tensor:

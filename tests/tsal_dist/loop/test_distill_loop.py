@@ -11,7 +11,8 @@ import torch
 from tsal_dist.config import ConfigError
 from tsal_dist.data.asm import ShapeModel
 from tsal_dist.loop.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from tsal_dist.loop.distill_loop import (DistillConfig, _engine, build_student,
+from tsal_dist.loop.engines import build_engine
+from tsal_dist.loop.distill_loop import (DistillConfig, build_student,
                                          load_distill_config, run_distill)
 from tsal_dist.losses.kd import KDLossParams
 
@@ -61,9 +62,10 @@ def test_student_defaults_start_at_crop_centre_without_decay_or_dropout():
     # the student's optimizer takes student.weight_decay, the teachers' experiment.optim's
     e = cfg.experiment
     assert e.optim.weight_decay > 0
-    eng = _engine(s, e, 1e-3, 8, torch.device("cpu"), weight_decay=0.0)
+    eng = build_engine(s, e.train, e.optim, torch.device("cpu"), lr=1e-3, micro_batch=8,
+                       weight_decay=0.0)
     assert eng.optimizer.param_groups[0]["weight_decay"] == 0.0
-    eng = _engine(s, e, 1e-3, 8, torch.device("cpu"))
+    eng = build_engine(s, e.train, e.optim, torch.device("cpu"), lr=1e-3, micro_batch=8)
     assert eng.optimizer.param_groups[0]["weight_decay"] == e.optim.weight_decay
     with pytest.raises(ConfigError, match="student.weight_decay"):
         load_distill_config(None, {"student.weight_decay": -1})

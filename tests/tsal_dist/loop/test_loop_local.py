@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -78,14 +77,14 @@ def test_channels_last_engine_keeps_optimizer_params_and_outputs():
     import torch
 
     from tsal_dist.config import ExperimentConfig, with_overrides
-    from tsal_dist.loop.loop import build_engine
+    from tsal_dist.loop.engines import build_engine
     from tsal_dist.models import build_model
 
     torch.manual_seed(0)
     cfg = with_overrides(ExperimentConfig(), {"model.input_size": 64, "train.channels_last": True})
     model = build_model(cfg.model, 68)
     params = list(model.parameters())
-    engine = build_engine(model, cfg, torch.device("cpu"))
+    engine = build_engine(model, cfg.train, cfg.optim, torch.device("cpu"))
     assert all(a is b for a, b in zip(params, engine.optimizer.param_groups[0]["params"]))
     conv = next(p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
@@ -97,5 +96,6 @@ def test_channels_last_engine_keeps_optimizer_params_and_outputs():
     torch.testing.assert_close(model(x)["heatmaps"][-1], plain(x)["heatmaps"][-1],
                                atol=1e-5, rtol=1e-5)
     off = build_model(cfg.model, 68)
-    build_engine(off, with_overrides(cfg, {"train.channels_last": False}), torch.device("cpu"))
+    build_engine(off, with_overrides(cfg, {"train.channels_last": False}).train, cfg.optim,
+                 torch.device("cpu"))
     assert next(p for p in off.parameters() if p.dim() == 4).is_contiguous()

@@ -80,3 +80,17 @@ def test_shape_errors():
         centroid_focal_loss(torch.zeros(2, 1, 3, 3), torch.zeros(2, 3, 3), torch.ones(2).bool())
     with pytest.raises(ValueError, match="valid"):
         centroid_focal_loss(torch.zeros(2, 1, 3, 3), torch.zeros(2, 1, 3, 3), torch.ones(3).bool())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_logits_with_a_saturated_positive_stay_finite(dtype):
+    """In bf16/fp16, 1 - 1e-4 rounds to 1: the clamp must run in fp32 or log(1 - p) is -inf."""
+    logits = torch.full((1, 1, 3, 3), -20.0)
+    logits[0, 0, 1, 1] = 30.0  # saturated positive: sigmoid == 1 in any precision
+    target = torch.zeros(1, 1, 3, 3)
+    target[0, 0, 1, 1] = 1.0
+    low = centroid_focal_loss(logits.to(dtype).requires_grad_(), target.to(dtype),
+                              torch.tensor([True]))
+    ref = centroid_focal_loss(logits, target, torch.tensor([True]))
+    assert torch.isfinite(low) and low.dtype == torch.float32
+    assert low.item() == pytest.approx(ref.item(), abs=1e-6)
