@@ -186,6 +186,27 @@ class HeatmapCodec:
         return decode_dark(heatmaps[:, : self.num_points].float(), self.stride, self.blur_cells)
 
 
+def peak_map(codec: "HeatmapCodec", heatmaps: Tensor) -> tuple[Tensor, float]:
+    """The map whose integer argmax :meth:`HeatmapCodec.locate` takes, and how far (cells) the
+    sub-cell step can move from that argmax: (raw maps, window radius) for "window", (blurred
+    maps, 1) for "dark". Used to tell a numerical tie between two cells from a real difference.
+
+    Args:
+        heatmaps: (B, K[+1], h, w).
+    Returns:
+        ((B, K, h, w) float maps, reach in cells).
+    """
+    maps = heatmaps[:, : codec.num_points].float()
+    if codec.locate_method == "window":
+        return maps, float(codec.window)
+    if codec.blur_cells > 0:
+        h, w = maps.shape[-2:]
+        ay = _blur_operator(h, codec.blur_cells).to(device=maps.device, dtype=maps.dtype)
+        ax = _blur_operator(w, codec.blur_cells).to(device=maps.device, dtype=maps.dtype)
+        maps = torch.matmul(torch.matmul(ay, maps), ax.t())
+    return maps, 1.0
+
+
 def decode_peaks(maps: Tensor, window: int, stride: int) -> tuple[Tensor, Tensor]:
     """Windowed weighted-mean peak of every channel; see :meth:`HeatmapCodec.decode`.
 

@@ -241,8 +241,19 @@ def export(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
 
 
 def check_parity(module: nn.Module, onnx_path: Path, size: int, atol: float = 1e-4,
-                 batch: int = 4, seed: int = 0) -> float:
-    """Max |onnxruntime - torch| of the normalised landmarks on random crops; raises above atol."""
+                 batch: int = 4, seed: int = 0, tie_rtol: float = 1e-4) -> float:
+    """Max |onnxruntime - torch| of the normalised landmarks on random crops; raises above atol.
+
+    A landmark of a heatmap model may differ by more than ``atol`` only where the torch map
+    whose argmax the decode takes has a numerical tie: another cell within ``tie_rtol`` (relative
+    to the map's range or magnitude) of the maximum, within the decode's reach of ONNX
+    Runtime's answer. On
+    the nearly flat maps of an untrained or briefly trained model the two runtimes' last-bit
+    differences pick different cells of such ties; that is no difference in the exported program.
+
+    Returns:
+        The max difference outside ties.
+    """
     try:
         import onnxruntime as ort
     except ImportError:
@@ -254,10 +265,40 @@ def check_parity(module: nn.Module, onnx_path: Path, size: int, atol: float = 1e
         ref_lm, ref_sc = module(crops)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     lm, sc = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: crops.numpy()})
-    err = float(max(np.abs(lm - ref_lm.numpy()).max(), np.abs(sc - ref_sc.numpy()).max()))
+    diff = np.abs(lm - ref_lm.numpy()).max(axis=-1)  # (B, K)
+    codec = getattr(module, "codec", None)
+    if codec is not None and (diff > atol).any():
+        diff = np.where(_numerical_ties(module, crops, lm, tie_rtol, atol), 0.0, diff)
+    err = float(max(diff.max(), np.abs(sc - ref_sc.numpy()).max()))
     if not err <= atol:
         raise ExportError(f"{onnx_path}: onnxruntime differs from torch by {err:.3g} (> {atol})")
     return err
+
+
+def _numerical_ties(module: nn.Module, crops: Tensor, ort_lm: np.ndarray, rtol: float,
+                    atol: float) -> np.ndarray:
+    """(B, K) True where ONNX Runtime's landmark is explained by a tie in torch's peak map."""
+    from tsal_dist.codec import peak_map
+
+    codec = module.codec
+    with torch.no_grad():
+        heatmaps = module.model(crops.permute(0, 3, 1, 2))["heatmaps"][-1]
+    maps, reach = peak_map(codec, heatmaps)
+    m = maps.numpy()  # (B, K, h, w)
+    b, k, h, w = m.shape
+    flat = m.reshape(b, k, h * w)
+    top = flat.max(-1, keepdims=True)
+    span = top - flat.min(-1, keepdims=True)
+    # tied: within rtol of the maximum, relative to the map's range or magnitude (float32
+    # rounding scales with the values; a flat map's range can be below it)
+    tied = flat >= top - rtol * np.maximum(np.maximum(span, np.abs(top)), 1e-12)
+    s = codec.stride
+    cx = (np.arange(h * w) % w) * s + (s - 1) / 2.0
+    cy = (np.arange(h * w) // w) * s + (s - 1) / 2.0
+    px = ort_lm * float(module.input_size) - 0.5  # crop px
+    dist = np.maximum(np.abs(cx - px[..., :1]), np.abs(cy - px[..., 1:]))  # (B, K, h*w)
+    near = dist <= reach * s + atol * float(module.input_size) + 1e-6
+    return (tied & near).any(-1) & (tied.sum(-1) > 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

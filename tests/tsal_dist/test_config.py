@@ -38,6 +38,10 @@ def test_int_is_accepted_for_float():
     ("model.backbone", "vgg", "model.backbone"),
     ("data.flip", "maybe", "data.flip"),
     ("model.input_size", 100, "model.input_size"),
+    ("loss.unsup_weight", float("inf"), "loss.unsup_weight: must be a finite"),
+    ("optim.grad_clip", "nan", "optim.grad_clip: must be a finite"),
+    ("optim.lr", "-inf", "optim.lr: must be a finite"),
+    ("data.loader_workers", -2, "data.loader_workers"),
 ])
 def test_bad_values_name_the_key(key, value, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

@@ -100,6 +100,10 @@ class _FaceCrops(Dataset):
             return self.get(int(key[0]), int(key[1]))
         return self.get(int(key), int(key))
 
+    def bad_items(self) -> dict[int, str]:
+        """{item index: reason} of the bad items this process has met so far."""
+        return dict(self._bad)
+
     def get(self, index: int, seed: int) -> dict[str, torch.Tensor]:
         """Item ``index`` with augmentation drawn from ``seed``; a bad item is replaced by the next
         good one ((index + 1) % len, ...) with the same seed, unless ``strict``."""

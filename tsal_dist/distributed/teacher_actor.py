@@ -25,6 +25,16 @@ class TeacherStateLost(RuntimeError):
     """The teacher server restarted and no longer holds the version a worker needs."""
 
 
+class TeacherPushFailed(RuntimeError):
+    """The teacher actor rejected a pushed student snapshot (its error is in the message)."""
+
+
+def _first_line(e: BaseException) -> str:
+    """The actor's own error without Ray's traceback wrapping: the last non-empty line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
 class TeacherActorImpl:
     """Plain class wrapped by ray.remote below (kept importable for tests)."""
 
@@ -119,22 +129,42 @@ class RayTeacherClient:
         self.handle = ray.get_actor(actor_name(run_name), namespace=NAMESPACE)
         self.timeout_s = timeout_s
         self.incarnation = ray.get(self.handle.ping.remote())
-        self._pending: list[ray.ObjectRef] = []
+        self._pending: list[tuple[int, ray.ObjectRef]] = []
         self.last_push_bytes = 0
         self.last_push_seconds = 0.0
         self.last_get_seconds = 0.0
 
     def push(self, state: dict[str, np.ndarray], step: int) -> None:
+        """Send a student snapshot without waiting; a failed earlier push raises here or at the
+        next ``get`` (TeacherPushFailed, with the actor's own error)."""
         # Serialisation happens here, in the caller (numpy: ~10 ms for 10 MB); no round trip.
         t = time.perf_counter()
+        self.check_pushes()
         ref = ray.put(state)
-        self._pending = [r for r in self._pending if not _ready(r)] + [
-            self.handle.push.remote(ref, step)]
+        self._pending.append((step, self.handle.push.remote(ref, step)))
         self.last_push_seconds = time.perf_counter() - t
         self.last_push_bytes = sum(v.nbytes for v in state.values())
 
+    def check_pushes(self) -> None:
+        """Collect the finished pushes; raise TeacherPushFailed for one that failed."""
+        still = []
+        for step, ref in self._pending:
+            if not _ready(ref):
+                still.append((step, ref))
+                continue
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                raise TeacherStateLost(f"teacher actor died during the push of step {step}: "
+                                       f"{e}") from e
+            except ray.exceptions.RayError as e:
+                raise TeacherPushFailed(f"teacher push of step {step} failed: "
+                                        f"{_first_line(e)}") from e
+        self._pending = still
+
     def get(self, version: int) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
+        self.check_pushes()
         while True:
             try:
                 inc, st, latest = ray.get(self.handle.get.remote(version))
@@ -147,6 +177,7 @@ class RayTeacherClient:
             if st is not None:
                 self.last_get_seconds = time.perf_counter() - t0
                 return st
+            self.check_pushes()  # the version may be missing because its push failed
             if time.perf_counter() - t0 > self.timeout_s:
                 raise TeacherStateLost(f"teacher version {version} not available after "
                                        f"{self.timeout_s:.0f} s (latest {latest})")

@@ -69,6 +69,56 @@ def heatmap_decoder(model: torch.nn.Module, *, sigma_px: float, window: int,
     return codec.locate
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This rank's share of an evaluation run by every rank of a process group.
+
+    Rank r predicts items r, r + world, r + 2 world, ... (interleaved, so video frames spread
+    evenly); :meth:`gather` brings every rank's predictions to rank 0.
+    """
+
+    rank: int
+    world: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"Shard: rank {self.rank} not in [0, {self.world})")
+
+    def view(self, dataset: Any) -> Any:
+        return _Strided(dataset, self.rank, self.world)
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0 (rank order), None elsewhere; call on every rank."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] | None = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+
+class _Strided:
+    """Items ``rank, rank + world, ...`` of a dataset, keeping their ``index``."""
+
+    def __init__(self, dataset: Any, rank: int, world: int) -> None:
+        self.dataset, self.rank, self.world = dataset, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.world))
+
+    def get(self, i: int, seed: int) -> Mapping[str, Any]:
+        return _get_item(self.dataset, self.rank + i * self.world)
+
+
+def merge_predictions(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One prediction table from several ranks' :func:`predict` outputs: rows sorted by dataset
+    index, each index once (a bad item's replacement may have been predicted by two ranks)."""
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    _, first = np.unique(cat["indices"], return_index=True)  # sorted unique indices
+    return {k: v[first] for k, v in cat.items()}
+
+
 def _get_item(dataset: Any, i: int) -> Mapping[str, Any]:
     # Datasets of CONTRACTS.md expose get(index, seed); eval items are deterministic (seed unused).
     if hasattr(dataset, "get"):
@@ -224,9 +274,14 @@ def per_video_summaries(entries: Sequence[ListEntry], nmes: Mapping[str, np.ndar
 def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: int,
                   pre_crop_expand: float, num_points: int, sigma_px: float, window: int,
                   locate: str = "window", blur_cells: float = 0.0, batch_size: int = 32,
-                  device: str = "cpu", strict: bool = False,
-                  name: str | None = None) -> EvalResult:
-    """Evaluate ``model`` on one SBR list file (see :func:`evaluate_lists` for the arguments)."""
+                  device: str | torch.device = "cpu", strict: bool = False,
+                  name: str | None = None, shard: Shard | None = None) -> EvalResult | None:
+    """Evaluate ``model`` on one SBR list file (see :func:`evaluate_lists` for the arguments).
+
+    With ``shard`` every rank of the process group calls this, predicts its share on its own
+    device, and rank 0 gets the result of the whole list (the same numbers as one process);
+    the other ranks get None.
+    """
     # Imported here: eval's metrics/plots stay free of the data package (DESIGN.md layering).
     from tsal_dist.data.datasets import EvalImageDataset
 
@@ -238,8 +293,19 @@ def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: 
     labeled = [e for e in entries if e.annotation is not None]
     dataset = EvalImageDataset(labeled, num_points=num_points, input_size=input_size,
                                pre_crop_expand=pre_crop_expand, strict=strict)
-    out = predict(model, dataset, batch_size=batch_size, device=device, sigma_px=sigma_px,
-                  window=window, locate=locate, blur_cells=blur_cells)
+    out = predict(model, dataset if shard is None else shard.view(dataset),
+                  batch_size=batch_size, device=str(device), sigma_px=sigma_px, window=window,
+                  locate=locate, blur_cells=blur_cells)
+    bad = dataset.bad_items()
+    if shard is not None:
+        parts = shard.gather((out, bad))
+        if parts is None:
+            return None
+        out = merge_predictions([o for o, _ in parts])
+        bad = {i: reason for _, b in parts for i, reason in b.items()}  # a file found by 2 ranks
+    problems: dict[str, int] = {}
+    for reason in bad.values():
+        problems[reason] = problems.get(reason, 0) + 1
     # items carry their position in `labeled`, so skipped bad files do not shift anything
     used = [labeled[int(i)] for i in out["indices"]]
     summary, nmes = score_predictions(out["preds"], out["gts"], out["visible"], out["face_size"],
@@ -249,7 +315,7 @@ def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: 
     summary["n_entries"] = len(entries)
     summary["n_unlabeled_skipped"] = len(entries) - len(labeled)
     summary["n_bad_skipped"] = len(labeled) - len(used)
-    summary["problems"] = dict(getattr(dataset, "problems", {}))
+    summary["problems"] = problems
     if any(e.is_video_frame for e in used):
         summary["n_videos"] = len({video_key(e, p.parent) for e in used} - {None})
         summary["videos"] = per_video_summaries(used, nmes, p.parent, primary)

@@ -392,7 +392,7 @@ def train_teacher(role: str, *, dcfg: DistillConfig, dataset: LabeledImageDatase
                 "format": "tsal_dist.distill_teacher/1"}, rank=ctx.rank, sharded=_sharded(e),
                 keep=e.run.keep_checkpoints, barrier=ctx.barrier)
             reporter({"phase": role, "step": done}, None)
-    return _freeze(eval_module(eng, e))  # fp32 weights whatever the training precision
+    return _freeze(eval_module(eng, e, ctx.device))  # fp32 weights whatever the training precision
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -585,19 +585,22 @@ def run_distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext 
                       **{kk: v for kk, v in last.items() if kk.startswith("student/")}}, path)
 
     summary: dict[str, Any] = {"run_dir": str(run_dir), "step": o.steps, "last": last}
+    s_full = student.full_state_dict() if final_eval else None  # every rank (ZeRO collective)
     if not ctx.is_main or not final_eval:
         ctx.barrier()
         return summary
 
     # ---- final evaluation of all three models on every eval list, and export
-    student_model.eval()
+    s_eval = build_student(dcfg)  # fp32 weights whatever the training precision
+    s_eval.load_state_dict(s_full)
+    s_eval.eval()
     results: dict[str, dict[str, Any]] = {}
     if lists.eval:
         from tsal_dist.eval.run import list_names
 
         names = list_names([str(p) for p in lists.eval])
         for which, model in (("tough", tough), ("tolerant", tolerant),
-                             ("student", student.unwrapped())):
+                             ("student", s_eval)):
             results[which] = {nm: evaluate_model(model, p, e=e, name=nm)
                               for nm, p in zip(names, lists.eval)}
         (run_dir / "eval").mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from tsal_dist.losses.consistency import ramp_weight
 from tsal_dist.loop.checkpoint import (latest_checkpoint, load_checkpoint, numpy_state_to_torch,
                                        optimizer_state_of, rng_state, save_engine_checkpoint,
                                        set_rng_state, torch_state_to_numpy)
-from tsal_dist.loop.engines import Engine, build_engine
+from tsal_dist.loop.engines import Engine, broadcast_flat_, build_engine
 from tsal_dist.loop.schedules import is_sync_step, lr_at, version_to_apply
 from tsal_dist.loop.step import LossWeights, tsal_step
 from tsal_dist.models import build_model
@@ -152,42 +152,32 @@ def split_labeled(entries: list[ListEntry], val_images: int, limit: int
 
 
 @torch.no_grad()
-def predict_crops(model: torch.nn.Module, codec: HeatmapCodec, images: torch.Tensor
-                  ) -> torch.Tensor:
-    """Decoded landmarks (B, K, 2) in crop px from the last heatmap stage."""
-    out = model(images)
-    xy, _ = codec.locate(out["heatmaps"][-1][:, : codec.num_points])
-    return xy
-
-
-@torch.no_grad()
 def validation_nme(model: torch.nn.Module, codec: HeatmapCodec, dataset: EvalImageDataset,
-                   device: torch.device, batch_size: int = 32) -> float:
-    """Mean inter-ocular NME (fraction) of ``model`` on ``dataset``, in image pixels."""
+                   device: torch.device, ctx: WorkerContext | None = None,
+                   batch_size: int = 32) -> float:
+    """Mean inter-ocular NME (fraction) of ``model`` on ``dataset``, in image pixels.
+
+    Every rank of ``ctx`` calls it and predicts its share on ``device``; every rank returns the
+    same number (rank 0 scores, then broadcasts).
+    """
     from tsal_dist.eval.metrics import nme
+    from tsal_dist.eval.run import Shard, merge_predictions, predict
 
-    was_training = model.training
-    model.eval()
-    preds, gts, vis = [], [], []
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-        batch = collate(items)
-        xy = predict_crops(model, codec, batch["image"].to(device)).cpu().numpy()
-        inv = _invert_affines(batch["affine"].numpy())
-        preds.append(np.einsum("bij,bkj->bki", inv[:, :, :2], xy) + inv[:, None, :, 2])
-        gts.append(batch["orig_landmarks"].numpy())
-        vis.append(batch["orig_visible"].numpy())
-    model.train(was_training)
-    v = nme(np.concatenate(preds), np.concatenate(gts), norm="inter_ocular",
-            visible=np.concatenate(vis))
-    return float(np.nanmean(v))
-
-
-def _invert_affines(m: np.ndarray) -> np.ndarray:
-    """(B, 2, 3) affines -> their inverses (B, 2, 3)."""
-    a = m[:, :, :2]
-    ainv = np.linalg.inv(a)
-    return np.concatenate([ainv, -np.einsum("bij,bj->bi", ainv, m[:, :, 2])[:, :, None]], axis=2)
+    ctx = ctx or WorkerContext()
+    shard = Shard(ctx.rank, ctx.world_size)
+    out = predict(model, shard.view(dataset), batch_size=batch_size, device=str(device),
+                  decode=codec.locate)
+    parts = shard.gather(out)
+    value = math.nan
+    if parts is not None:
+        m = merge_predictions(parts)
+        value = float(np.nanmean(nme(m["preds"], m["gts"], norm="inter_ocular",
+                                     visible=m["visible"])))
+    if ctx.world_size > 1 and dist.is_initialized():
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -252,6 +242,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
     ctr_codec = CentroidCodec(input_size=m.input_size, stride=student_model.stride,
                               num_points=d.num_points, centroid_index=m.centroid_index,
                               topk=m.centroid_topk)
+    # (shape, dtype) of every state entry, taken before ZeRO-3 partitions the parameters
+    state_shapes = {k: (tuple(v.shape), v.dtype) for k, v in student_model.state_dict().items()}
     student = build_engine(student_model, cfg.train, cfg.optim, device)
     teacher = build_engine(teacher_model, cfg.train, cfg.optim, device)
     buffer_keys = frozenset(k for k, _ in student.unwrapped().named_buffers())
@@ -332,7 +324,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                 teacher_client.push(to_numpy_state(s_full), step + 1)
             version = version_to_apply(step, cfg.teacher.sync_every, cfg.teacher.max_staleness)
             if version is not None:
-                filtered = teacher_client.get(version)
+                filtered = pull_teacher(teacher_client, version, ctx, template=state_shapes)
                 apply_sync_(teacher=teacher, student=student, filtered=filtered,
                             mode=cfg.teacher.mode, blend=cfg.teacher.blend,
                             student_keep=cfg.teacher.mutual_student_keep,
@@ -365,6 +357,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
             data_wait = 0.0
             row["teacher/version"] = applied_version
             row["mem/max_rss_mib"] = _max_rss_mib()
+            if device.type == "cuda":
+                row["mem/max_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
             row["lr"] = lr
             sums, n_sum, t_last = {}, 0, now
             last_logs = row
@@ -380,8 +374,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         # ---- validation of the teacher (the model we ship)
         val = None
         if cfg.run.eval_every and (done % cfg.run.eval_every == 0 or done == total):
-            t_eval = eval_module(teacher, cfg)  # collective under ZeRO-3
-            val = validation_nme(t_eval, hm_codec, val_ds, device) if ctx.is_main else math.nan
+            t_eval = eval_module(teacher, cfg, device)  # collective under ZeRO
+            val = validation_nme(t_eval, hm_codec, val_ds, device, ctx)  # sharded over ranks
             if ctx.is_main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps({"step": done, "val/nme_inter_ocular": val}) + "\n")
@@ -409,15 +403,14 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                                # per rank; equal on every rank (the replicas never diverge)
                                "teacher_sha256": state_digest(teacher.full_state_dict()),
                                "student_sha256": state_digest(student.full_state_dict())}
-    if end == total and final_eval:
-        t_final, s_final = eval_module(teacher, cfg), eval_module(student, cfg)  # every rank
-    if end < total or not ctx.is_main or not final_eval:
+    if end < total or not final_eval:
         ctx.barrier()
         return summary
 
-    # ---- final evaluation and export (rank 0)
+    # ---- final evaluation (every rank, sharded) and export (rank 0)
+    t_final, s_final = eval_module(teacher, cfg, device), eval_module(student, cfg, device)
     summary.update(finish_run(cfg, run_dir=run_dir, teacher=t_final, student=s_final,
-                              hm_codec=hm_codec, lists=lists))
+                              hm_codec=hm_codec, lists=lists, ctx=ctx))
     ctx.barrier()
     return summary
 
@@ -441,6 +434,47 @@ def state_digest(sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def pull_teacher(client: TeacherClient, version: int, ctx: WorkerContext, *,
+                 template: dict[str, tuple[tuple[int, ...], torch.dtype]]
+                 ) -> dict[str, Any]:
+    """The filtered teacher of ``version``, on every rank: rank 0 pulls it from the server once
+    and broadcasts it over the process group (one collective per dtype), so the server's load
+    and the sync cost do not grow with the number of workers.
+
+    A failure on rank 0 (server restarted, a failed push, a timeout) is raised there with its
+    own message, and the other ranks stop with a line naming it instead of waiting forever.
+
+    Args:
+        template: {name: (shape, dtype)} of the model's state dict (floating entries travel as
+            fp32, what the server holds).
+    """
+    if ctx.world_size == 1 or not dist.is_initialized():
+        return client.get(version)
+    state: dict[str, Any] | None = None
+    status: list[Any] = [None]
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            state = client.get(version)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error, status = e, [f"{type(e).__name__}: {e}"]
+    dist.broadcast_object_list(status, src=0)
+    if status[0] is not None:
+        if error is not None:
+            raise error
+        raise RuntimeError(f"rank 0 could not get teacher version {version}: {status[0]}")
+    device = ctx.device
+    tensors: dict[str, torch.Tensor] = {}
+    for k, (shape, dtype) in template.items():
+        dt = torch.float32 if dtype.is_floating_point else dtype
+        if state is not None:
+            tensors[k] = torch.as_tensor(state[k]).to(device, dt).reshape(shape).contiguous()
+        else:
+            tensors[k] = torch.empty(shape, dtype=dt, device=device)
+    broadcast_flat_(list(tensors.values()), src=0)
+    return tensors
+
+
 @torch.no_grad()
 def apply_sync_(*, teacher: Engine, student: Engine, filtered: dict[str, np.ndarray], mode: str,
                 blend: float, student_keep: float, average_buffers: bool,
@@ -458,7 +492,8 @@ def apply_sync_(*, teacher: Engine, student: Engine, filtered: dict[str, np.ndar
         sd, filtered, blend, average_buffers=average_buffers, buffer_keys=buffer_keys))
 
 
-def eval_module(engine: Engine, cfg: ExperimentConfig) -> torch.nn.Module:
+def eval_module(engine: Engine, cfg: ExperimentConfig,
+                device: torch.device | None = None) -> torch.nn.Module:
     """A plain module with the engine's full weights for rank-0-only evaluation. Under ZeRO-3 the
     parameters are partitioned (a forward on one rank would wait for the others), and under
     DeepSpeed fp16/bf16 the module holds rounded weights, so this builds an fp32 copy from the
@@ -467,7 +502,7 @@ def eval_module(engine: Engine, cfg: ExperimentConfig) -> torch.nn.Module:
         sd = engine.full_state_dict()
         model = build_model(cfg.model, cfg.data.num_points)
         model.load_state_dict(sd)
-        return model.to(next(iter(sd.values())).device)
+        return model.to(device or torch.device("cpu"))
     return engine.unwrapped()
 
 
@@ -491,19 +526,24 @@ def _sharded(cfg: ExperimentConfig) -> bool:
 
 
 def finish_run(cfg: ExperimentConfig, *, run_dir: Path, teacher: torch.nn.Module,
-               student: torch.nn.Module, hm_codec: HeatmapCodec, lists: DataLists
-               ) -> dict[str, Any]:
-    """Evaluate teacher and student on the eval lists, plot CED + curves, export the teacher."""
+               student: torch.nn.Module, hm_codec: HeatmapCodec, lists: DataLists,
+               ctx: WorkerContext | None = None) -> dict[str, Any]:
+    """Evaluate teacher and student on the eval lists, plot CED + curves, export the teacher.
+
+    Every rank calls it: the evaluation is sharded over the ranks (each predicts its share on
+    its own device); rank 0 gathers, writes and exports, and returns the results ({} elsewhere).
+    """
+    ctx = ctx or WorkerContext()
     out: dict[str, Any] = {}
     eval_dir = run_dir / "eval"
-    eval_dir.mkdir(parents=True, exist_ok=True)
     if lists.eval:
         from tsal_dist.eval.plots import plot_ced
-        from tsal_dist.eval.run import evaluate_list, list_names
+        from tsal_dist.eval.run import Shard, evaluate_list, list_names
 
         results: dict[str, dict[str, Any]] = {}
         curves: dict[str, np.ndarray] = {}
         names = list_names([str(p) for p in lists.eval])
+        shard = Shard(ctx.rank, ctx.world_size) if ctx.world_size > 1 else None
         for which, model in (("teacher", teacher), ("student", student)):
             model.eval()
             results[which] = {}
@@ -514,13 +554,19 @@ def finish_run(cfg: ExperimentConfig, *, run_dir: Path, teacher: torch.nn.Module
                                   sigma_px=cfg.model.heatmap_sigma_px,
                                   window=cfg.model.decode_window, locate=cfg.model.decode,
                                   blur_cells=cfg.model.decode_blur_cells, batch_size=32,
-                                  device="cpu",
-                                  strict=cfg.data.strict, name=name)
-                results[which][name] = r.summary
-                curves[f"{which} {name}"] = r.primary_nmes
+                                  device=ctx.device, strict=cfg.data.strict, name=name,
+                                  shard=shard)
+                if r is not None:
+                    results[which][name] = r.summary
+                    curves[f"{which} {name}"] = r.primary_nmes
+        if not ctx.is_main:
+            return out
+        eval_dir.mkdir(parents=True, exist_ok=True)
         _atomic_json(eval_dir / "summary.json", results)
         plot_ced(curves, eval_dir / "ced.png", title="CED, teacher vs student")
         out["eval"] = results
+    if not ctx.is_main:
+        return out
     try:
         from tsal_dist.eval.plots import plot_training_curves
 

@@ -81,6 +81,9 @@ class FakeEvalDataset:
     def __len__(self):
         return len(self.entries)
 
+    def bad_items(self):
+        return {i: "annotation" for i in self.bad}
+
     def get(self, index, seed):
         self.calls.append((index, seed))
         while index in self.bad:
