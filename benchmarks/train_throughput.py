@@ -89,7 +89,7 @@ def sync_cost(model_over: dict, label: str, pushes: int = 5) -> dict:
         t = time.perf_counter()
         client.push(state, step=(i + 1) * 10)
         push_s.append(time.perf_counter() - t)
-        ray.get(client._pending)  # the server applied it (not part of the step's cost)
+        ray.get([ref for _, ref in client._pending])  # applied (not part of the step's cost)
         t = time.perf_counter()
         client.get((i + 1) * 10)
         pull_s.append(time.perf_counter() - t)
@@ -98,6 +98,81 @@ def sync_cost(model_over: dict, label: str, pushes: int = 5) -> dict:
             "state_bytes": int(sum(v.nbytes for v in state.values())),
             "push_ms_median": 1000 * statistics.median(push_s[1:]),
             "pull_ms_median": 1000 * statistics.median(pull_s[1:])}
+
+
+def _sync_worker(config: dict) -> None:
+    """Ray Train worker: ``syncs`` teacher pulls, timed between barriers (slowest rank)."""
+    import torch.distributed as dist
+
+    import ray.train
+    from tsal_dist.config import ExperimentConfig
+    from tsal_dist.distributed.teacher_actor import RayTeacherClient
+    from tsal_dist.loop.loop import WorkerContext, pull_teacher
+    from tsal_dist.models import build_model
+
+    ctx_ray = ray.train.get_context()
+    ctx = WorkerContext(rank=ctx_ray.get_world_rank(), world_size=ctx_ray.get_world_size())
+    cfg = with_overrides(ExperimentConfig(), config["model"])
+    template = {k: (tuple(v.shape), v.dtype)
+                for k, v in build_model(cfg.model, cfg.data.num_points).state_dict().items()}
+    client = RayTeacherClient(config["run"])
+    times = []
+    for i in range(config["syncs"] + 1):
+        dist.barrier()
+        t = time.perf_counter()
+        if config["mode"] == "every_rank_pulls":  # the sync before: each rank asks the actor
+            client.get(10)
+        else:  # rank 0 pulls once, broadcast over the process group
+            pull_teacher(client, 10, ctx, template=template)
+        dist.barrier()
+        elapsed = torch.tensor(time.perf_counter() - t)
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        times.append(float(elapsed))
+    if ctx.rank == 0:
+        Path(config["out"]).write_text(json.dumps(times[1:]))  # first: connection warm-up
+
+
+def sync_scaling(model_over: dict, label: str, workers: int, mode: str, tmp: Path,
+                 syncs: int = 4) -> dict:
+    """Sync cost (ms, slowest rank) with ``workers`` Ray Train workers, one per simulated node."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from tsal_dist.config import ExperimentConfig
+    from tsal_dist.distributed.teacher_actor import start_teacher_actor
+    from tsal_dist.models import build_model
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(workers):
+        cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        cfg = with_overrides(ExperimentConfig(), model_over)
+        model = build_model(cfg.model, cfg.data.num_points)
+        state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        run = f"sync-{label}-{workers}-{mode}"
+        handle = start_teacher_actor(run_name=run, mode="queue", queue_length=2, ema_decay=0.9,
+                                     keep_versions=4, checkpoint_dir="")
+        ray.get(handle.push.remote(state, 10))
+        out = tmp / f"{run}.json"
+        TorchTrainer(_sync_worker, train_loop_config={"model": model_over, "run": run,
+                                                      "mode": mode, "syncs": syncs,
+                                                      "out": str(out)},
+                     scaling_config=ScalingConfig(num_workers=workers,
+                                                  resources_per_worker={"CPU": 1},
+                                                  placement_strategy="SPREAD"),
+                     run_config=RunConfig(name=run, storage_path=str(tmp / "ray"))).fit()
+        times = json.loads(out.read_text())
+        ray.kill(handle, no_restart=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return {"model": label, "workers": workers, "mode": mode,
+            "sync_ms_median": 1000 * statistics.median(times),
+            "state_mb": sum(v.nbytes for v in state.values()) / 1e6}
 
 
 def markdown(res: dict) -> str:
@@ -117,11 +192,29 @@ def markdown(res: dict) -> str:
               f"- scaling efficiency 1 -> 2 DDP workers: {100 * s['scaling_efficiency']:.0f}%",
               f"- DeepSpeed ZeRO-2 / DDP step time (2 workers): {s['deepspeed_over_ddp']:.2f}x",
               f"- teacher sync overhead, default model, sync_every=10: "
-              f"{100 * s['sync_overhead_fraction']:.2f}% of step time", "",
+              f"{100 * s['sync_overhead_fraction']:.2f}% of step time",
+              f"- bf16 / fp32 step time on CPU: ddp (autocast) "
+              f"{s['bf16_over_fp32_ddp']:.2f}x, DeepSpeed ZeRO-2 {s['bf16_over_fp32_zero2']:.2f}x",
+              "",
               "| model | params | state MB | push ms (client) | pull ms |", "|---|---|---|---|---|"]
     for c in res["sync"]:
         lines.append(f"| {c['model']} | {c['params'] / 1e6:.2f} M | {c['state_bytes'] / 1e6:.1f} | "
                      f"{c['push_ms_median']:.1f} | {c['pull_ms_median']:.1f} |")
+    if res.get("sync_scaling"):
+        lines += ["", "Teacher sync with 2 and 4 workers, one per simulated node "
+                  "(`ray.cluster_utils.Cluster`, all on this machine's cores): ms per sync, "
+                  "slowest rank, median.", "",
+                  "| model | state MB | sync | 2 workers ms | 4 workers ms | 4 / 2 |",
+                  "|---|---|---|---|---|---|"]
+        rows: dict = {}
+        for c in res["sync_scaling"]:
+            rows.setdefault((c["model"], c["mode"]), {})[c["workers"]] = c
+        for (model, mode), by in rows.items():
+            a, b = by.get(2), by.get(4)
+            if a and b:
+                lines.append(f"| {model} | {a['state_mb']:.1f} | {mode} | "
+                             f"{a['sync_ms_median']:.1f} | {b['sync_ms_median']:.1f} | "
+                             f"{b['sync_ms_median'] / a['sync_ms_median']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -129,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--skip-sync-scaling", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     import ray
@@ -146,10 +240,26 @@ def main(argv: list[str] | None = None) -> int:
             train_case(cfg, "deepspeed2-2-tsal", {"scaling.num_workers": 2,
                                                   "train.engine": "deepspeed",
                                                   "train.zero_stage": 2}),
+            train_case(cfg, "ddp-1-tsal-bf16", {"scaling.num_workers": 1,
+                                                "train.precision": "bf16"}),
+            train_case(cfg, "deepspeed2-2-tsal-bf16", {"scaling.num_workers": 2,
+                                                       "train.engine": "deepspeed",
+                                                       "train.zero_stage": 2,
+                                                       "train.precision": "bf16"}),
         ]
     sync = [sync_cost({}, "default-mobilenetv2-96"),
             sync_cost({"model.backbone": "cpm_vgg16", "model.input_size": 256}, "cpm_vgg16-256")]
     ray.shutdown()
+    scaling = []
+    if not args.skip_sync_scaling:
+        with tempfile.TemporaryDirectory() as tmp:
+            for over, label in (({}, "default-mobilenetv2-96"),
+                                ({"model.backbone": "cpm_vgg16", "model.input_size": 256},
+                                 "cpm_vgg16-256")):
+                for mode in ("every_rank_pulls", "rank0_pull_broadcast"):
+                    for w in (2, 4):
+                        scaling.append(sync_scaling(over, label, w, mode, Path(tmp)))
+                        print(json.dumps(scaling[-1]), flush=True)
     by = {c["case"]: c for c in cases}
     summary = {
         "tsal_over_supervised": by["ddp-1-tsal"]["step_s"] / by["ddp-1-supervised"]["step_s"],
@@ -157,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         / (2 * by["ddp-1-tsal"]["samples_per_s"]),
         "deepspeed_over_ddp": by["deepspeed2-2-tsal"]["step_s"] / by["ddp-2-tsal"]["step_s"],
         "sync_overhead_fraction": by["ddp-2-tsal"]["sync_fraction"],
+        "bf16_over_fp32_ddp": by["ddp-1-tsal-bf16"]["step_s"] / by["ddp-1-tsal"]["step_s"],
+        "bf16_over_fp32_zero2": by["deepspeed2-2-tsal-bf16"]["step_s"]
+        / by["deepspeed2-2-tsal"]["step_s"],
     }
     res = {
         "machine": {"description": f"{os.cpu_count()} CPU cores, no GPU, shared with other jobs",
@@ -166,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 "figures. The 2 cores were shared with other engineers' jobs: absolute numbers "
                 "are noisy and 2-worker scaling is bounded by the 2 cores.",
         "steps_per_case": args.steps, "cases": cases, "sync": sync, "summary": summary,
+        "sync_scaling": scaling,
         "benchmark_wall_s": time.perf_counter() - t0,
     }
     out = Path(args.out)

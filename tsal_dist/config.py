@@ -342,6 +342,13 @@ class ExperimentConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def run_name_for(cfg: ExperimentConfig) -> str:
+    """``run.name`` or a name derived from the config: rerunning the same command resumes."""
+    if cfg.run.name:
+        return cfg.run.name
+    return "tsal-" + dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name="")).hash()[:10]
+
+
 # ----------------------------------------------------------------------------- generic machinery
 
 

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from tsal_dist.config import ConfigError, load_config, parse_set_args
+from tsal_dist.config import ConfigError, load_config, parse_set_args, run_name_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="run name (= --set run.name=...); same name resumes")
     p.add_argument("--local", action="store_true",
                    help="train in this process without Ray (one worker; debugging)")
+    p.add_argument("--force", action="store_true",
+                   help="continue an existing run folder even though its config differs")
     return p.parse_args(argv)
 
 
@@ -41,12 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from tsal_dist.loop.runs import check_run_config
+
+    run_dir = Path(cfg.run.output).expanduser().resolve() / run_name_for(cfg)
+    try:
+        check_run_config(run_dir, cfg, force=args.force)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.local:
-        from tsal_dist.distributed.launch import run_name_for  # noqa: F401  (name only)
         from tsal_dist.loop.loop import run
 
-        name = run_name_for(cfg)
-        summary = run(cfg, run_dir=Path(cfg.run.output).expanduser().resolve() / name)
+        summary = run(cfg, run_dir=run_dir)
     else:
         from tsal_dist.distributed.launch import fit
 

@@ -16,19 +16,10 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from tsal_dist.config import ExperimentConfig
+from tsal_dist.config import ExperimentConfig, run_name_for
 from tsal_dist.distributed.teacher_actor import start_teacher_actor
 from tsal_dist.distributed.worker import train_loop_per_worker
 from tsal_dist.loop.loop import resolve_data
-
-
-def run_name_for(cfg: ExperimentConfig) -> str:
-    """``run.name`` or a name derived from the config: rerunning the same command resumes."""
-    if cfg.run.name:
-        return cfg.run.name
-    from dataclasses import replace
-
-    return "tsal-" + replace(cfg, run=replace(cfg.run, name="")).hash()[:10]
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:

@@ -25,13 +25,15 @@ import torch.distributed as dist
 from tsal_dist.codec import CentroidCodec, HeatmapCodec
 from tsal_dist.config import ExperimentConfig, save_config
 from tsal_dist.data.batches import StepBatches, resolve_loader_workers, step_loader, to_device
-from tsal_dist.data.datasets import ClipDataset, EvalImageDataset, LabeledImageDataset, collate
+from tsal_dist.data.datasets import ClipDataset, EvalImageDataset, LabeledImageDataset
 from tsal_dist.data.formats import ListEntry, read_list
 from tsal_dist.losses.consistency import ramp_weight
 from tsal_dist.loop.checkpoint import (latest_checkpoint, load_checkpoint, numpy_state_to_torch,
                                        optimizer_state_of, rng_state, save_engine_checkpoint,
                                        set_rng_state, torch_state_to_numpy)
 from tsal_dist.loop.engines import Engine, broadcast_flat_, build_engine
+from tsal_dist.loop.runs import (newest_readable_checkpoint, remove_stale_temp_files,
+                                 truncate_metrics)
 from tsal_dist.loop.schedules import is_sync_step, lr_at, version_to_apply
 from tsal_dist.loop.step import LossWeights, tsal_step
 from tsal_dist.models import build_model
@@ -254,11 +256,25 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
 
     # ---- resume: weights, optimizers, server, RNG; the step restores schedule and data position
     start = 0
-    ckpt = latest_checkpoint(ckpt_dir) if resume == "auto" else (Path(resume) if resume else None)
-    if ckpt is not None:
+    if ctx.is_main:
+        remove_stale_temp_files(ckpt_dir)  # writes killed half-way
+    ctx.barrier()
+    ckpt, state = None, None
+    if resume == "auto":
+        found = newest_readable_checkpoint(ckpt_dir, announce=ctx.is_main)
+        if found is not None:
+            ckpt, state = found
+    elif resume:
+        ckpt = Path(resume)
         state = load_checkpoint(ckpt)
-        student.load_full_state_dict(state["student"])
-        teacher.load_full_state_dict(state["teacher"])
+    if ckpt is not None and state is not None:
+        try:
+            student.load_full_state_dict(state["student"])
+            teacher.load_full_state_dict(state["teacher"])
+        except (RuntimeError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{ckpt}: its weights do not fit this model ({first}); "
+                             "resume it with the config it was trained with") from None
         student.load_optimizer_state(optimizer_state_of(state, "student", ckpt, ctx.rank))
         teacher.load_optimizer_state(optimizer_state_of(state, "teacher", ckpt, ctx.rank))
         if ctx.is_main:
@@ -267,11 +283,14 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         start = int(state["step"])
     ctx.barrier()
 
-    if ctx.is_main:
-        save_config(cfg, run_dir / "config.yaml")
     total = o.steps
     end = total if stop_after is None else min(total, start + stop_after)
     metrics_path = run_dir / "metrics.jsonl"
+    if ctx.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        truncate_metrics(metrics_path, start)  # the steps after the checkpoint are redone
+    # the teacher version the last sync before ``start`` applied (logged from the first step)
+    applied_version = _version_at(start, cfg.teacher.sync_every, cfg.teacher.max_staleness)
     bar = None
     if progress and ctx.is_main:
         from tqdm import tqdm
@@ -282,7 +301,6 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
     sums: dict[str, float] = {}
     n_sum = 0
     t_last = time.perf_counter()
-    applied_version = -1
     batches = StepBatches(labeled_ds, clip_ds, batch=o.batch_size,
                           clips_per_batch=o.clips_per_batch, rank=ctx.rank,
                           world=ctx.world_size, seed=cfg.train.seed)
@@ -432,6 +450,13 @@ def state_digest(sd: dict[str, torch.Tensor]) -> str:
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _version_at(steps_done: int, sync_every: int, max_staleness: int) -> int:
+    """Teacher version in force after ``steps_done`` steps (-1 before the first blend)."""
+    k = steps_done // sync_every
+    v = version_to_apply(k * sync_every - 1, sync_every, max_staleness) if k >= 1 else None
+    return -1 if v is None else v
 
 
 def pull_teacher(client: TeacherClient, version: int, ctx: WorkerContext, *,

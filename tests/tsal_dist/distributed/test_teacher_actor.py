@@ -22,7 +22,7 @@ def test_failed_push_surfaces_at_the_next_get_with_the_actors_message(ray_local)
     from tsal_dist.distributed.teacher_actor import (RayTeacherClient, TeacherPushFailed,
                                                      start_teacher_actor)
 
-    start_teacher_actor(run_name="push-test", mode="ema", queue_length=2, ema_decay=0.5,
+    handle = start_teacher_actor(run_name="push-test", mode="ema", queue_length=2, ema_decay=0.5,
                         keep_versions=4, checkpoint_dir="")
     client = RayTeacherClient("push-test", timeout_s=5.0)
     client.push({"w": np.ones(3, np.float32)}, 1)
@@ -33,3 +33,4 @@ def test_failed_push_surfaces_at_the_next_get_with_the_actors_message(ray_local)
     msg = str(err.value)
     assert msg.startswith("teacher push of step 2 failed") and "'w'" in msg
     assert "\n" not in msg
+    ray.kill(handle, no_restart=True)
