@@ -51,14 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.local:
-        from tsal_dist.loop.loop import run
+    try:
+        if args.local:
+            from tsal_dist.loop.loop import run
 
-        summary = run(cfg, run_dir=run_dir)
-    else:
-        from tsal_dist.distributed.launch import fit
+            summary = run(cfg, run_dir=run_dir)
+        else:
+            from tsal_dist.distributed.launch import fit
 
-        summary = fit(cfg)
+            summary = fit(cfg)
+    except Exception as e:  # noqa: BLE001 - sorted into the user's errors and the system's
+        from tsal_dist.errors import user_error
+
+        msg = user_error(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
     print_summary(summary)
     return 0 if not summary.get("error") else 1
 

@@ -208,7 +208,7 @@ def test_launcher_yaml_gpu_workers_and_setup():
     assert pkg and _extras_in(pkg[0]) == {"train", "video", "runtime"} <= _extras()
     assert "torch==2.13.0" in setup and "PIP_CONSTRAINT" in setup
     assert "/shared" in setup
-    assert cfg["file_mounts"] == {"~/tsal_dist": "."}
+    assert cfg["file_mounts"] == {"~/tsal_dist": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
 
 
 def test_runtime_env_is_a_valid_ray_runtime_env():
@@ -252,3 +252,21 @@ def test_readme_commands_use_real_modules_and_files():
 def test_check_command_rejects_bad_entrypoints(bad):
     with pytest.raises(AssertionError):
         check_command(bad, "test")
+
+
+def test_every_cluster_requires_a_token_and_keeps_the_dashboard_private():
+    """Ray 2.60 turns tokens on for `ray start --head` only when asked: every file must ask, and
+    no dashboard (which runs code for whoever reaches it) listens on a public address."""
+    aws = _docs(CLUSTER / "aws-gpu.yaml")[0]
+    for cmds in (aws["head_start_ray_commands"], aws["worker_start_ray_commands"]):
+        start = [c for c in cmds if "ray start" in c]
+        assert start and all("RAY_AUTH_MODE=token" in c for c in start), start
+    head = " ".join(aws["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    for p, d in _k8s_docs():
+        spec = d["spec"].get("rayClusterSpec", d["spec"]) if d["kind"] in ("RayCluster",
+                                                                             "RayJob") else None
+        if spec is None or d["kind"] == "RayJob" and "clusterSelector" in d["spec"]:
+            continue
+        assert spec.get("authOptions") == {"mode": "token"}, p
+        assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP", p

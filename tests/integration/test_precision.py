@@ -2,7 +2,7 @@
 ZeRO 0, 1, 2 and 3 (bf16 weights, fp32 masters, DeepSpeed's CPU accelerator), 2 workers each.
 
 fp16 is not run here: it needs GPU workers (config load refuses it without ``scaling.use_gpu``);
-its DDP path (gradient scaler) is unit-tested in tests/tsal_dist/loop/test_engines.py.
+its DDP path (gradient scaler) is unit-tested in tests/tsal_dist/loop/test_train_engines.py.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_bf16_trains_on_ray_workers(ray_local, smoke_cfg, tmp_path, engine, stag
     _RUNS[(engine, stage)] = run_dir
 
 
-@pytest.mark.parametrize("engine,stage", [("deepspeed", 0), ("ddp", 0)])
+@pytest.mark.parametrize("engine,stage", [("deepspeed", 0)])
 def test_bf16_resume_after_a_kill_is_bitwise_exact(ray_local, smoke_cfg, tmp_path, engine, stage):
     """Rank 1 SIGKILLed after step 4: the group restarts from ckpt-3 and ends bitwise equal to
     the uninterrupted run above (fp32 masters, optimizer state and RNG all restored)."""

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model. The message names it."""
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
     p = Path(path)
@@ -82,10 +86,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise ValueError(f"{p}: not a readable tsal_dist checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{p}: not a readable tsal_dist checkpoint "
+                              f"({type(e).__name__}: {_one_line(e)})") from None
     if not isinstance(obj, dict) or "config" not in obj or "step" not in obj:
-        raise ValueError(f"{p}: not a tsal_dist checkpoint (missing 'config'/'step')")
+        raise CheckpointError(f"{p}: not a tsal_dist checkpoint (missing 'config'/'step')")
     return obj
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def rng_state() -> dict[str, Any]:

@@ -23,12 +23,13 @@ import torch
 import torch.distributed as dist
 
 from tsal_dist.codec import CentroidCodec, HeatmapCodec
-from tsal_dist.config import ExperimentConfig, save_config
+from tsal_dist.config import ConfigError, ExperimentConfig, save_config
 from tsal_dist.data.batches import StepBatches, resolve_loader_workers, step_loader, to_device
 from tsal_dist.data.datasets import ClipDataset, EvalImageDataset, LabeledImageDataset
 from tsal_dist.data.formats import ListEntry, read_list
 from tsal_dist.losses.consistency import ramp_weight
-from tsal_dist.loop.checkpoint import (latest_checkpoint, load_checkpoint, numpy_state_to_torch,
+from tsal_dist.loop.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
+                                       numpy_state_to_torch,
                                        optimizer_state_of, rng_state, save_engine_checkpoint,
                                        set_rng_state, torch_state_to_numpy)
 from tsal_dist.loop.engines import Engine, broadcast_flat_, build_engine
@@ -121,7 +122,8 @@ def resolve_data(cfg: ExperimentConfig) -> DataLists:
         unl = tuple(root / p for p in d.unlabeled_lists)
         ev = tuple(root / p for p in d.eval_lists)
         if not lab:
-            raise ValueError("data.root is set but data.labeled_lists is empty")
+            raise ConfigError("data.labeled_lists: is empty but data.root is set; name the "
+                              "labeled list files under data.root")
         return DataLists(lab, unl, ev)
     from tsal_dist.data.synthetic import dataset_lists, ensure_synthetic
 
@@ -273,7 +275,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
             teacher.load_full_state_dict(state["teacher"])
         except (RuntimeError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"{ckpt}: its weights do not fit this model ({first}); "
+            raise CheckpointError(f"{ckpt}: its weights do not fit this model ({first}); "
                              "resume it with the config it was trained with") from None
         student.load_optimizer_state(optimizer_state_of(state, "student", ckpt, ctx.rank))
         teacher.load_optimizer_state(optimizer_state_of(state, "teacher", ckpt, ctx.rank))
@@ -308,113 +310,115 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
     loader = step_loader(batches, start, end, workers=loader_workers, device=device)
     skipped: dict[str, int] = {}
     data_wait = 0.0
-    for step in range(start, end):
-        # ---- batch of this step: a pure function of (seed, step, rank), made ahead by the loader
-        t_data = time.perf_counter()
-        item = next(loader)
-        data_wait += time.perf_counter() - t_data
-        labeled = to_device(item["labeled"], device)
-        clips = to_device(item["clips"], device) if item["clips"] is not None else None
-        for reason, n in item["skipped"].items():
-            skipped[reason] = skipped.get(reason, 0) + n
+    try:
+        for step in range(start, end):
+            # ---- batch of this step: a pure function of (seed, step, rank), made ahead
+            t_data = time.perf_counter()
+            item = next(loader)
+            data_wait += time.perf_counter() - t_data
+            labeled = to_device(item["labeled"], device)
+            clips = to_device(item["clips"], device) if item["clips"] is not None else None
+            for reason, n in item["skipped"].items():
+                skipped[reason] = skipped.get(reason, 0) + n
 
-        # ---- one TSAL step of both models
-        lr = lr_at(step, base_lr=o.lr, total_steps=total, warmup_steps=o.warmup_steps,
-                   schedule=o.schedule, milestones=o.milestones, gamma=o.gamma)
-        ramp = ramp_weight(step, total, cfg.loss.ramp_up_frac, cfg.loss.ramp_down_frac)
-        logs = tsal_step(student=student, teacher=teacher, labeled=labeled, clips=clips,
-                         hm_codec=hm_codec, ctr_codec=ctr_codec, weights=weights, ramp=ramp,
-                         lr=lr, fusion_mu=cfg.loss.fusion_mu,
-                         structure_descriptor=cfg.loss.structure_descriptor,
-                         pseudo_source=cfg.loss.pseudo_source,
-                         consistency_space=cfg.loss.consistency_space,
-                         student_term=cfg.loss.student_consistency,
-                         pseudo_threshold=cfg.loss.pseudo_threshold)
+            # ---- one TSAL step of both models
+            lr = lr_at(step, base_lr=o.lr, total_steps=total, warmup_steps=o.warmup_steps,
+                       schedule=o.schedule, milestones=o.milestones, gamma=o.gamma)
+            ramp = ramp_weight(step, total, cfg.loss.ramp_up_frac, cfg.loss.ramp_down_frac)
+            logs = tsal_step(student=student, teacher=teacher, labeled=labeled, clips=clips,
+                             hm_codec=hm_codec, ctr_codec=ctr_codec, weights=weights, ramp=ramp,
+                             lr=lr, fusion_mu=cfg.loss.fusion_mu,
+                             structure_descriptor=cfg.loss.structure_descriptor,
+                             pseudo_source=cfg.loss.pseudo_source,
+                             consistency_space=cfg.loss.consistency_space,
+                             student_term=cfg.loss.student_consistency,
+                             pseudo_threshold=cfg.loss.pseudo_threshold)
 
-        # ---- recursive average filtering: push the student, blend a step-determined version
-        t_sync = time.perf_counter()
-        if is_sync_step(step, cfg.teacher.sync_every):
-            student.broadcast_buffers()
-            teacher.broadcast_buffers()
-            if ctx.is_main or student.collective_state:  # ZeRO-3: every rank gathers
-                s_full = student.full_state_dict()
-            if ctx.is_main:
-                teacher_client.push(to_numpy_state(s_full), step + 1)
-            version = version_to_apply(step, cfg.teacher.sync_every, cfg.teacher.max_staleness)
-            if version is not None:
-                filtered = pull_teacher(teacher_client, version, ctx, template=state_shapes)
-                apply_sync_(teacher=teacher, student=student, filtered=filtered,
-                            mode=cfg.teacher.mode, blend=cfg.teacher.blend,
-                            student_keep=cfg.teacher.mutual_student_keep,
-                            average_buffers=cfg.teacher.average_buffers,
-                            buffer_keys=buffer_keys)
-                applied_version = version
-        # the effective coefficients, as used this step (provenance for sweeps and curves)
-        logs.update({"loss/unsup_weight": ramp * cfg.loss.unsup_weight,
-                     "teacher/blend": cfg.teacher.blend,
-                     "teacher/ema_decay": cfg.teacher.ema_decay})
-        # sync cost of this step in ms (0 off sync steps: the logged mean is the per-step share)
-        logs["teacher/sync_ms"] = 1000.0 * (time.perf_counter() - t_sync)
-        logs.update(lr=lr, ramp=ramp, **{"teacher/version": applied_version,
-                                          "teacher/staleness_steps": (step + 1 - applied_version)
-                                          if applied_version >= 0 else -1})
-        for k, v in logs.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        n_sum += 1
+            # ---- recursive average filtering: push the student, blend a step-determined version
+            t_sync = time.perf_counter()
+            if is_sync_step(step, cfg.teacher.sync_every):
+                student.broadcast_buffers()
+                teacher.broadcast_buffers()
+                if ctx.is_main or student.collective_state:  # ZeRO-3: every rank gathers
+                    s_full = student.full_state_dict()
+                if ctx.is_main:
+                    teacher_client.push(to_numpy_state(s_full), step + 1)
+                version = version_to_apply(step, cfg.teacher.sync_every, cfg.teacher.max_staleness)
+                if version is not None:
+                    filtered = pull_teacher(teacher_client, version, ctx, template=state_shapes)
+                    apply_sync_(teacher=teacher, student=student, filtered=filtered,
+                                mode=cfg.teacher.mode, blend=cfg.teacher.blend,
+                                student_keep=cfg.teacher.mutual_student_keep,
+                                average_buffers=cfg.teacher.average_buffers,
+                                buffer_keys=buffer_keys)
+                    applied_version = version
+            # the effective coefficients, as used this step (provenance for sweeps and curves)
+            logs.update({"loss/unsup_weight": ramp * cfg.loss.unsup_weight,
+                         "teacher/blend": cfg.teacher.blend,
+                         "teacher/ema_decay": cfg.teacher.ema_decay})
+            # sync cost of this step in ms (0 off sync steps: the logged mean is the per-step share)
+            logs["teacher/sync_ms"] = 1000.0 * (time.perf_counter() - t_sync)
+            staleness = step + 1 - applied_version if applied_version >= 0 else -1
+            logs.update(lr=lr, ramp=ramp, **{"teacher/version": applied_version,
+                                              "teacher/staleness_steps": staleness})
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_sum += 1
 
-        # ---- logging
-        done = step + 1
-        if done % cfg.run.log_every == 0 or done == end:
-            now = time.perf_counter()
-            row = {k: v / n_sum for k, v in sums.items()}
-            row.update(step=done, time=time.time(), sec_per_step=(now - t_last) / n_sum,
-                       samples_per_sec=n_sum * o.batch_size * ctx.world_size / (now - t_last),
-                       **{"data/wait_frac": data_wait / max(now - t_last, 1e-9),
-                          "data/loader_workers": loader_workers},
-                       **{f"data/skipped_{r}": n for r, n in skipped.items()})
-            data_wait = 0.0
-            row["teacher/version"] = applied_version
-            row["mem/max_rss_mib"] = _max_rss_mib()
-            if device.type == "cuda":
-                row["mem/max_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-            row["lr"] = lr
-            sums, n_sum, t_last = {}, 0, now
-            last_logs = row
-            if ctx.is_main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                if bar is not None:
-                    bar.set_postfix(loss_s=f"{row.get('student/loss', 0):.3f}",
-                                    loss_t=f"{row.get('teacher/loss', 0):.3f}")
+            # ---- logging
+            done = step + 1
+            if done % cfg.run.log_every == 0 or done == end:
+                now = time.perf_counter()
+                row = {k: v / n_sum for k, v in sums.items()}
+                row.update(step=done, time=time.time(), sec_per_step=(now - t_last) / n_sum,
+                           samples_per_sec=n_sum * o.batch_size * ctx.world_size / (now - t_last),
+                           **{"data/wait_frac": data_wait / max(now - t_last, 1e-9),
+                              "data/loader_workers": loader_workers},
+                           **{f"data/skipped_{r}": n for r, n in skipped.items()})
+                data_wait = 0.0
+                row["teacher/version"] = applied_version
+                row["mem/max_rss_mib"] = _max_rss_mib()
+                if device.type == "cuda":
+                    row["mem/max_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+                row["lr"] = lr
+                sums, n_sum, t_last = {}, 0, now
+                last_logs = row
+                if ctx.is_main:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    if bar is not None:
+                        bar.set_postfix(loss_s=f"{row.get('student/loss', 0):.3f}",
+                                        loss_t=f"{row.get('teacher/loss', 0):.3f}")
+            if bar is not None:
+                bar.update(1)
+
+            # ---- validation of the teacher (the model we ship)
+            val = None
+            if cfg.run.eval_every and (done % cfg.run.eval_every == 0 or done == total):
+                t_eval = eval_module(teacher, cfg, device)  # collective under ZeRO
+                val = validation_nme(t_eval, hm_codec, val_ds, device, ctx)  # sharded over ranks
+                if ctx.is_main:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps({"step": done, "val/nme_inter_ocular": val}) + "\n")
+
+            # ---- checkpoint (complete or absent) and report; every rank reports
+            if done % cfg.run.checkpoint_every == 0 or done == end or val is not None:
+                path = None
+                if done % cfg.run.checkpoint_every == 0 or done == end:
+                    path = save_training_checkpoint(
+                        ckpt_dir, step=done, cfg=cfg, student=student, teacher=teacher,
+                        teacher_client=teacher_client, ctx=ctx, metrics=last_logs)
+                report = {"step": done, **{k: v for k, v in last_logs.items()
+                                           if k.endswith("loss") or k == "teacher/version"}}
+                if val is not None:
+                    report["val_nme"] = val
+                reporter(report, path)
+            if on_step is not None:
+                on_step(done)
+    finally:  # the progress line ends before any error message
         if bar is not None:
-            bar.update(1)
-
-        # ---- validation of the teacher (the model we ship)
-        val = None
-        if cfg.run.eval_every and (done % cfg.run.eval_every == 0 or done == total):
-            t_eval = eval_module(teacher, cfg, device)  # collective under ZeRO
-            val = validation_nme(t_eval, hm_codec, val_ds, device, ctx)  # sharded over ranks
-            if ctx.is_main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps({"step": done, "val/nme_inter_ocular": val}) + "\n")
-
-        # ---- checkpoint (complete or absent) and report; every rank reports
-        if done % cfg.run.checkpoint_every == 0 or done == end or val is not None:
-            path = None
-            if done % cfg.run.checkpoint_every == 0 or done == end:
-                path = save_training_checkpoint(
-                    ckpt_dir, step=done, cfg=cfg, student=student, teacher=teacher,
-                    teacher_client=teacher_client, ctx=ctx, metrics=last_logs)
-            report = {"step": done, **{k: v for k, v in last_logs.items()
-                                       if k.endswith("loss") or k == "teacher/version"}}
-            if val is not None:
-                report["val_nme"] = val
-            reporter(report, path)
-        if on_step is not None:
-            on_step(done)
-    if bar is not None:
-        bar.close()
-    loader.close()
+            bar.close()
+        loader.close()
 
     summary: dict[str, Any] = {"step": end, "run_dir": str(run_dir), "last": last_logs,
                                "skipped": skipped,

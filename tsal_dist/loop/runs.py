@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tsal_dist.config import ConfigError, ExperimentConfig, load_config
-from tsal_dist.loop.checkpoint import list_checkpoints, load_checkpoint
+from tsal_dist.loop.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 
 
 class RunConfigChanged(ConfigError):
@@ -83,7 +83,7 @@ def newest_readable_checkpoint(folder: str | Path, *, announce: bool = True
     for _, path in reversed(list_checkpoints(folder)):
         try:
             return path, load_checkpoint(path)
-        except (ValueError, FileNotFoundError) as e:
+        except CheckpointError as e:
             if announce:
                 print(f"tsal_dist: warning: {e}; resuming from an older checkpoint",
                       file=sys.stderr)

@@ -1,0 +1,97 @@
+"""Bad input a user can cause, against the real CLI: each ends in ONE line naming the file or key,
+exit code 2, no traceback, and nothing written before is lost."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tsal_dist.config import load_config
+from tsal_dist.data.formats import read_list
+from tsal_dist.loop.loop import resolve_data
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+
+def _train(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tsal_dist.train", "--config", SMOKE, *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def _assert_one_line(proc: subprocess.CompletedProcess, *needles: str,
+                     worker_logs: bool = False) -> str:
+    """``worker_logs``: Ray streams its workers' own output (their traceback included) to the
+    driver's stderr before our line; only the driver's last word is ours then."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    if not worker_logs:
+        assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == errors[0]  # the last thing the user sees
+    for n in needles:
+        assert n in errors[0], (n, errors[0])
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """A data root with a good list, a list with a malformed line, and one whose first image is a
+    corrupt JPEG (annotation and box fine)."""
+    cfg = load_config(SMOKE)
+    good = read_list(resolve_data(cfg).labeled[0])
+    root = tmp_path_factory.mktemp("data")
+    lines = [f"{e.image} {e.annotation} {' '.join(str(v) for v in e.box)}" for e in good]
+    (root / "good.lst").write_text("\n".join(lines) + "\n")
+    (root / "malformed.lst").write_text("\n".join(lines[:3] + ["only_an_image.jpg"]) + "\n")
+    bad_jpg = root / "corrupt.jpg"
+    bad_jpg.write_bytes(Path(good[0].image).read_bytes()[:200])  # truncated: undecodable
+    first = good[0]
+    (root / "corrupt.lst").write_text("\n".join(
+        [f"{bad_jpg} {first.annotation} {' '.join(str(v) for v in first.box)}"] + lines[1:])
+        + "\n")
+    return root
+
+
+CASES = {
+    "malformed list line": (["--set", "data.labeled_lists=[malformed.lst]"], ["malformed.lst:4"]),
+    "missing list": (["--set", "data.labeled_lists=[nope.lst]"], ["nope.lst", "not found"]),
+    "data root without lists": ([], ["data.labeled_lists"]),
+    "strict meets a bad file": (["--set", "data.labeled_lists=[corrupt.lst]",
+                                 "--set", "data.strict=true"], ["corrupt.jpg"]),
+    "infinite number": (["--set", "loss.unsup_weight=inf"], ["loss.unsup_weight"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_local_training_bad_input_is_one_line(case, data_root, tmp_path):
+    args, needles = CASES[case]
+    proc = _train("--local", "--output", str(tmp_path / "runs"), "--set",
+                  f"data.root={data_root}", "--set", "data.unlabeled_lists=[]", "--set",
+                  "data.eval_lists=[good.lst]", *args)
+    _assert_one_line(proc, *needles)
+
+
+@pytest.mark.slow
+def test_output_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("keep me")
+    proc = _train("--local", "--output", str(tmp_path / "file" / "runs"))
+    _assert_one_line(proc, str(tmp_path / "file"))
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_bad_file_in_a_ray_worker_is_one_line(data_root, tmp_path):
+    """The strict-mode error is raised inside a Ray Train worker; the driver prints its line."""
+    shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+    proc = _train("--output", str(tmp_path / "runs"), "--set", f"data.root={data_root}",
+                  "--set", "data.labeled_lists=[corrupt.lst]", "--set", "data.strict=true",
+                  "--set", "data.unlabeled_lists=[]", "--set", "data.eval_lists=[good.lst]",
+                  "--set", "run.max_failures=0", "--set", "scaling.num_workers=1", timeout=600)
+    _assert_one_line(proc, "corrupt.jpg", worker_logs=True)
