@@ -107,9 +107,18 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_distill(cfg, run_dir=run_dir)
         else:
             summary = fit(cfg)
-    except ValueError as e:  # bad --tough-from run, unreadable data: named in the message
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - sorted into the user's errors and the system's
+        from tsal_dist.errors import named_error, user_error
+
+        msg = user_error(e)  # bad --tough-from run, unreadable data: named in the message
+        if msg is not None:
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        msg = named_error(e, "ExportError")
+        if msg is not None:  # the run trained; its deliverable could not be made
+            print(f"error: the student's export failed: {msg}", file=sys.stderr)
+            return 1
+        raise
     print_summary(summary)
     return 0 if not summary.get("error") else 1
 

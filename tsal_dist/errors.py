@@ -25,11 +25,18 @@ def user_error(e: BaseException) -> str | None:
     """The one-line message of a user-fixable failure, or None for anything else."""
     if isinstance(e, USER_ERRORS):
         return _first_line(e)
-    # A worker's exception wrapped by Ray Train (WorkerGroupError / TrainingFailedError): its
-    # text ends with the worker's traceback, whose last matching line is the original error.
+    return named_error(e, *_NAMES)
+
+
+def named_error(e: BaseException, *names: str) -> str | None:
+    """The message of an exception class named ``names`` in ``e`` itself or, for a worker's
+    exception wrapped by Ray Train (WorkerGroupError / TrainingFailedError), in its text, which
+    ends with the worker's traceback: its last matching line is the original error."""
+    if type(e).__name__ in names:
+        return _first_line(e)
     for line in reversed(str(e).splitlines()):
         m = _LINE.match(line)
-        if m and m.group(1) in _NAMES:
+        if m and m.group(1) in names:
             return m.group(2).strip()
     return None
 

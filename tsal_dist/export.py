@@ -301,6 +301,11 @@ def _numerical_ties(module: nn.Module, crops: Tensor, ort_lm: np.ndarray, rtol: 
     return (tied & near).any(-1) & (tied.sum(-1) > 1)
 
 
+def _is_input_problem(e: ExportError) -> bool:
+    """A bad checkpoint is the user's to fix (2); a failed parity check is ours (1)."""
+    return "differs from torch" not in str(e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tsal-export", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True)
@@ -316,7 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = export(args.checkpoint, args.out, args.which, args.opset, check=not args.no_check)
     except ExportError as e:
         print(f"tsal-export: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if _is_input_problem(e) else 1
+    except OSError as e:  # the output folder cannot be made or written
+        print(f"tsal-export: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     log.info("wrote %s/model.{onnx,pt2,json} (%s head, %d points, %d px)", args.out,
              meta["head"], meta["num_landmarks"], meta["input_size"])
     return 0

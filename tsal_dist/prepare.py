@@ -83,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as e:  # a size out of range; the message names it
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except OSError as e:  # the output folder cannot be made or written
+            print(f"error: {e.filename or out}: {e.strerror or e}", file=sys.stderr)
+            return 2
         where = Path(result) if isinstance(result, (str, Path)) else out
         print(f"synthetic dataset written to {where}")
         lists = sorted(p.name for p in (where / "lists").glob("*")) if (where / "lists").is_dir() \

@@ -95,3 +95,49 @@ def test_bad_file_in_a_ray_worker_is_one_line(data_root, tmp_path):
                   "--set", "data.unlabeled_lists=[]", "--set", "data.eval_lists=[good.lst]",
                   "--set", "run.max_failures=0", "--set", "scaling.num_workers=1", timeout=600)
     _assert_one_line(proc, "corrupt.jpg", worker_logs=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from tsal_dist.config import with_overrides
+    from tsal_dist.loop.checkpoint import latest_checkpoint
+    from tsal_dist.loop.loop import run
+
+    out = tmp_path_factory.mktemp("ck")
+    cfg = with_overrides(load_config(SMOKE), {"optim.steps": 2, "run.export": False,
+                                              "run.eval_every": 0})
+    run(cfg, run_dir=out / "r", progress=False, final_eval=False)
+    return latest_checkpoint(out / "r" / "checkpoints")
+
+
+def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["export --out", "eval --json", "eval --plot folder",
+                                  "prepare synthetic --out"])
+def test_bad_output_paths_fail_before_the_work_in_one_line(what, tiny_checkpoint, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    test_list = str(resolve_data(load_config(SMOKE)).eval[0])
+    if what == "export --out":
+        proc = _cli("tsal_dist.export", "--checkpoint", str(tiny_checkpoint), "--out",
+                    str(blocker / "model"))
+    elif what == "eval --json":
+        proc = _cli("tsal_dist.eval", "--checkpoint", str(tiny_checkpoint), "--list", test_list,
+                    "--json", str(blocker / "r.json"))
+    elif what == "eval --plot folder":
+        proc = _cli("tsal_dist.eval", "--checkpoint", str(tiny_checkpoint), "--list", test_list,
+                    "--plot", str(tmp_path))
+    else:
+        proc = _cli("tsal_dist.prepare", "synthetic", "--out", str(blocker / "syn"),
+                    "--images", "2", "--test-images", "1", "--videos", "0", "--test-videos", "0")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], proc.stderr
+    assert str(tmp_path) in lines[0]
+    assert proc.stdout.strip() == ""  # eval printed no results it then could not write
+    assert blocker.read_text() == "keep me"

@@ -34,10 +34,33 @@ def read_image(path: str | Path) -> np.ndarray:
     if not os.path.isfile(p):
         raise AnnotationError(f"{p}: image file not found")
     buf = np.fromfile(p, dtype=np.uint8)  # np + imdecode: works for non-ASCII paths too
+    problem = truncation(buf.tobytes())
+    if problem:  # libjpeg/libpng would decode what is there and fill the rest with grey
+        raise AnnotationError(f"{p}: {problem}")
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is None or img.size == 0:
         raise AnnotationError(f"{p}: cannot decode image (corrupt or unsupported format)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def truncation(data: bytes) -> str | None:
+    """Why a JPEG or PNG file's bytes are cut short, or None when they are complete (or neither).
+
+    A JPEG must end with its end-of-image marker FF D9 (trailing zero padding allowed); a PNG with
+    its IEND chunk. Decoders accept both kinds of truncated file silently, filling the missing
+    rows with grey, so a short file has to be caught before decoding.
+    """
+    if data[:3] == b"\xff\xd8\xff":
+        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            return "truncated JPEG (no end-of-image marker): the file was cut short"
+    elif data[:8] == _PNG_SIGNATURE:
+        if not data.rstrip(b"\x00").endswith(_PNG_END):
+            return "truncated PNG (no IEND chunk): the file was cut short"
+    return None
 
 
 class _Cv2Video:

@@ -36,6 +36,7 @@ from tsal_dist.data.formats import (
     write_list,
     write_pts,
 )
+from tsal_dist.data.images import truncation
 
 # ---------------------------------------------------------------------------------------------
 # Official splits (METHOD.md §2.3)
@@ -177,6 +178,9 @@ def check_image(path: str | os.PathLike[str]) -> None:
         raise AnnotationError(f"{p}: image not found")
     if p.stat().st_size == 0:
         raise AnnotationError(f"{p}: empty image file")
+    problem = truncation(p.read_bytes())
+    if problem:
+        raise AnnotationError(f"{p}: {problem}")
     img = cv2.imread(str(p), cv2.IMREAD_REDUCED_GRAYSCALE_8)
     if img is None or img.size == 0:
         raise AnnotationError(f"{p}: cannot decode image (corrupt or not an image)")

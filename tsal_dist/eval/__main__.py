@@ -135,6 +135,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         first = str(e).strip().splitlines()[0]
         raise UsageError(f"{args.checkpoint}: '{args.which}' weights do not fit the configured "
                          f"model: {first}") from None
+    for out in (args.json, args.plot):  # before the work, not after it
+        if out:
+            _check_writable(Path(out))
     lists = resolve_lists(args.lists, cfg.data.eval_lists, cfg.data.root)
     results = []
     for name, path in zip(list_names(lists), lists):
@@ -160,6 +163,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  title=f"CED: {args.which} @ step {doc['step']}",
                  xlabel=f"NME ({primary.replace('_', '-')})")
     return doc
+
+
+def _check_writable(path: Path) -> None:
+    """Fail now, naming ``path``, if a result file cannot be written there."""
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write here ({e.strerror or type(e).__name__}: "
+                         f"{e.filename})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{path}: cannot write here (folder not writable)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

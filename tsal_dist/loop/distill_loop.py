@@ -46,7 +46,8 @@ from tsal_dist.data.datasets import EvalImageDataset, LabeledImageDataset
 from tsal_dist.data.formats import read_list
 from tsal_dist.losses.heatmap import heatmap_loss
 from tsal_dist.losses.kd import KDLossParams, kd_loss_terms, kd_total, l1_loss, l2_loss
-from tsal_dist.loop.checkpoint import (latest_checkpoint, load_checkpoint, optimizer_state_of,
+from tsal_dist.loop.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
+                                       optimizer_state_of,
                                        rng_state, save_engine_checkpoint, set_rng_state)
 from tsal_dist.loop.engines import build_engine
 from tsal_dist.loop.loop import (DataLists, Reporter, WorkerContext, _atomic_json, _sharded,
@@ -332,10 +333,10 @@ def load_tough_from(run: str | Path) -> tuple[dict[str, Tensor], ExperimentConfi
     """The TSAL teacher of a previous run: (state dict, its experiment config, checkpoint)."""
     ckpt = latest_checkpoint(Path(run).expanduser() / "checkpoints")
     if ckpt is None:
-        raise ValueError(f"{run}: no checkpoints/ckpt-*.pt (teachers.tough_from)")
+        raise CheckpointError(f"{run}: no checkpoints/ckpt-*.pt (teachers.tough_from)")
     state = load_checkpoint(ckpt)
     if "teacher" not in state:
-        raise ValueError(f"{ckpt}: checkpoint has no 'teacher' (teachers.tough_from)")
+        raise CheckpointError(f"{ckpt}: checkpoint has no 'teacher' (teachers.tough_from)")
     return state["teacher"], ExperimentConfig.from_dict(state["config"]), ckpt
 
 
@@ -473,8 +474,8 @@ def run_distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext 
     if dcfg.teachers.tough_from:
         tough_state, tough_cfg, _ = load_tough_from(dcfg.teachers.tough_from)
         if tough_cfg.data.num_points != k:
-            raise ValueError(f"{dcfg.teachers.tough_from}: teacher has "
-                             f"{tough_cfg.data.num_points} points, distillation uses {k}")
+            raise CheckpointError(f"{dcfg.teachers.tough_from}: teacher has "
+                                  f"{tough_cfg.data.num_points} points, distillation uses {k}")
         e = dataclasses.replace(e, model=tough_cfg.model)
         dcfg = dataclasses.replace(dcfg, experiment=e)
         size = e.model.input_size
@@ -611,10 +612,8 @@ def run_distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext 
 
         ck = latest_checkpoint(ckpt_dir)
         if ck is not None:
-            try:
-                export_ckpt(ck, run_dir / "export", which="student")
-                summary["export"] = str(run_dir / "export")
-            except Exception as ex:  # noqa: BLE001 - an export failure must not lose the run
-                print(f"warning: student export failed: {type(ex).__name__}: {ex}")
+            # a failed export fails the run (ExportError naming the file); the checkpoints stay
+            export_ckpt(ck, run_dir / "export", which="student")
+            summary["export"] = str(run_dir / "export")
     ctx.barrier()
     return summary

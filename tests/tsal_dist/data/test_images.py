@@ -94,3 +94,29 @@ def test_corrupt_video(tmp_path):
     (tmp_path / "bad.avi").write_bytes(b"not a video at all" * 10)
     with pytest.raises(AnnotationError, match="bad.avi"):
         VideoCache().read_frames(str(tmp_path / "bad.avi"), [0])
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_truncated_images_are_reported_not_grey_filled(tmp_path, ext):
+    """libjpeg/libpng decode a cut-short file and fill the rest with grey (only a warning that
+    names no file): such a file must be a reported problem naming it, in training and prepare."""
+    import cv2
+
+    from tsal_dist.data.formats import AnnotationError
+    from tsal_dist.data.images import read_image, truncation
+    from tsal_dist.data.layouts import check_image
+
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    full = tmp_path / f"full{ext}"
+    cv2.imwrite(str(full), img)
+    data = full.read_bytes()
+    assert truncation(data) is None and read_image(full).shape == (64, 64, 3)
+    (tmp_path / f"padded{ext}").write_bytes(data + b"\x00" * 16)  # padding is not truncation
+    assert truncation((tmp_path / f"padded{ext}").read_bytes()) is None
+    cut = tmp_path / f"cut{ext}"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    if ext == ".jpg":
+        assert cv2.imread(str(cut)) is not None  # libjpeg alone would accept it, grey-filled
+    for reader in (read_image, check_image):
+        with pytest.raises(AnnotationError, match=rf"cut{ext}: truncated"):
+            reader(cut)

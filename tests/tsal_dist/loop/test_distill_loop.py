@@ -74,7 +74,7 @@ def test_student_defaults_start_at_crop_centre_without_decay_or_dropout():
 
 
 @pytest.mark.slow
-def test_short_distillation_run_loss_falls_and_resumes(tmp_path):
+def test_short_distillation_run_loss_falls_and_resumes(tmp_path, monkeypatch):
     torch.manual_seed(0)
     cfg = load_distill_config(None, {**TINY, "experiment.data.cache_dir": str(tmp_path / "c")})
     run_dir = tmp_path / "run"
@@ -109,6 +109,15 @@ def test_short_distillation_run_loss_falls_and_resumes(tmp_path):
     assert head == "regression"
     out = module(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))[0]
     assert out.shape == (2, 68, 2)
+    # a student export that fails fails the run (it used to be a warning and a "success")
+    import tsal_dist.export as exp
+
+    def broken(*a, **k):
+        raise exp.ExportError("model.onnx: onnxruntime differs from torch by 0.5 (> 0.0001)")
+
+    monkeypatch.setattr(exp, "export", broken)
+    with pytest.raises(exp.ExportError, match="differs from torch"):
+        run_distill(cfg, run_dir=run_dir, progress=False, export=True)
 
 
 def test_configs_distill_yaml_spells_out_the_defaults():
