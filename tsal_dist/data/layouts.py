@@ -16,6 +16,7 @@ as ``<path>/vid.avi#<0-based frame index>``; frames are never extracted.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -24,7 +25,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 import numpy as np
 
@@ -110,6 +111,8 @@ class Report:
     skipped: Counter[str] = field(default_factory=Counter)
     written: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # lists of the preparation under way, written only when it completes (see _lists_at_the_end)
+    pending: list[tuple[Path, list[ListEntry], Path]] | None = field(default=None, repr=False)
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream if self.stream is not None else sys.stderr, flush=True)
@@ -298,8 +301,31 @@ def _abs(p: str | os.PathLike[str]) -> Path:
 
 def _write(out: Path, name: str, entries: list[ListEntry], report: Report) -> None:
     path = out / name
+    if report.pending is not None:
+        report.pending.append((path, list(entries), out))
+        return
     write_list(path, entries, relative_to=out)
     report.wrote(path, len(entries))
+
+
+def _lists_at_the_end(fn: Callable[..., dict[str, int]]) -> Callable[..., dict[str, int]]:
+    """A preparer's list files are written after it has read everything: one that stops (a bad
+    input under --strict, an error) leaves no list behind that looks complete but is not. Each
+    file is itself written atomically."""
+    @functools.wraps(fn)
+    def wrapper(root: str | os.PathLike[str], out: str | os.PathLike[str], report: Report,
+                *args: Any, **kwargs: Any) -> dict[str, int]:
+        report.pending = []
+        try:
+            result = fn(root, out, report, *args, **kwargs)
+            pending = report.pending
+        finally:
+            report.pending = None
+        for path, entries, rel in pending:
+            write_list(path, entries, relative_to=rel)
+            report.wrote(path, len(entries))
+        return result
+    return wrapper
 
 
 def _as_none(entries: Iterable[ListEntry]) -> list[ListEntry]:
@@ -399,6 +425,7 @@ def _scan_300w_subset(folder: Path, fix: _ListPaths, report: Report) -> list[_Fa
     return faces
 
 
+@_lists_at_the_end
 def prepare_300w(root: str | os.PathLike[str], out: str | os.PathLike[str],
                  report: Report) -> dict[str, int]:
     """Write the 300W lists from the official download.
@@ -554,6 +581,7 @@ def _video_entries(folder: Path, fix: _ListPaths, report: Report) -> list[ListEn
     return result
 
 
+@_lists_at_the_end
 def prepare_300vw(root: str | os.PathLike[str], out: str | os.PathLike[str],
                   report: Report) -> dict[str, int]:
     """Write the 300VW lists from ``root/<vid>/vid.avi`` + ``root/<vid>/annot/%06d.pts``.
@@ -617,6 +645,7 @@ def _find_aflw_image(root: Path, name: str) -> Path:
     return root / "flickr" / name  # not found: the error names the usual place
 
 
+@_lists_at_the_end
 def prepare_aflw(root: str | os.PathLike[str], out: str | os.PathLike[str], report: Report,
                  train_count: int = AFLW_TRAIN_COUNT) -> dict[str, int]:
     """Write the AFLW (19-point, CUHK re-annotation) lists from ``root/AFLWinfo_release.mat``.
@@ -743,6 +772,7 @@ def _parse_wflw_line(line: str, where: str) -> tuple[np.ndarray, tuple[float, ..
     return coords.reshape(WFLW_POINTS, 2), box, attrs, parts[-1]
 
 
+@_lists_at_the_end
 def prepare_wflw(root: str | os.PathLike[str], out: str | os.PathLike[str],
                  report: Report) -> dict[str, int]:
     """Write the WFLW lists from the official annotation text files and image folder.

@@ -443,6 +443,14 @@ def test_prepare_300vw_strict_and_empty_root(tmp_path: Path) -> None:
     make_300vw(root)
     with pytest.raises(AnnotationError, match=r"000002\.pts: contains NaN"):
         prepare_300vw(root, tmp_path / "out", quiet_report(strict=True)[0])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("300VW.*"))
+    # the first bad input after a good video: the good video's lists are not left behind either
+    import shutil
+
+    shutil.copy(root / "001" / "annot" / "000001.pts", root / "001" / "annot" / "000002.pts")
+    with pytest.raises(AnnotationError, match=r"002/vid\.avi: 3 frames but 2 annotation"):
+        prepare_300vw(root, tmp_path / "out", quiet_report(strict=True)[0])
+    assert not any((tmp_path / "out").glob("300VW.*"))
     (tmp_path / "nothing").mkdir()
     with pytest.raises(AnnotationError, match="no 300VW video folders found"):
         prepare_300vw(tmp_path / "nothing", tmp_path / "out", quiet_report()[0])
