@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from typing import Sequence
@@ -141,18 +143,29 @@ def run(args: argparse.Namespace) -> int:
         if window is not None:
             window.close()
         source.close()
-        dt = time.perf_counter() - t_start
-        log.info("%d frame(s), %d face detection(s), %.1f FPS overall", n, faces,
-                 n / dt if dt > 0 else 0.0)
     if n == 0:
         raise RuntimeFailure(f"{source.description}: no frame was read")
+    dt = time.perf_counter() - t_start
+    log.info("%d frame(s), %d face detection(s), %.1f FPS overall", n, faces,
+             n / dt if dt > 0 else 0.0)
     return 0
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the frame loop like Ctrl-C so that every output is finalised."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="tsal-runtime: %(message)s", stream=sys.stderr)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return run(args)
     except RuntimeFailure as e:
@@ -161,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tsal-runtime: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("tsal-runtime: terminated (outputs finalised)", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

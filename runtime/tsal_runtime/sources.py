@@ -7,6 +7,7 @@ after yielding everything it could read, so the pipeline's outputs stay complete
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -22,6 +23,31 @@ from tsal_runtime.errors import SourceError
 log = logging.getLogger("tsal_runtime")
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence what C libraries (OpenCV's capture back-ends, FFmpeg inside OpenCV and decord)
+    print straight to file descriptor 2 while a video or camera is opened or read: their lines
+    name no file and would come before the one-line error the user is meant to see. Python's own
+    ``sys.stderr`` writes are not affected (they are flushed first)."""
+    import sys
+
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (captured): nothing to do
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
 
 
 @dataclass
@@ -56,8 +82,10 @@ class CameraSource(FrameSource):
     def __init__(self, index: int, max_failures: int = 30, width: int = 0, height: int = 0,
                  capture: "cv2.VideoCapture | None" = None) -> None:
         self.description = f"camera {index}"
-        self._cap = capture if capture is not None else cv2.VideoCapture(index)
-        if not self._cap.isOpened():
+        with quiet_native_stderr():  # V4L2 / OpenCV warnings for a missing camera
+            self._cap = capture if capture is not None else cv2.VideoCapture(index)
+            opened = self._cap.isOpened()
+        if not opened:
             self._cap.release()
             raise SourceError(f"camera {index}: cannot open (no camera at that index, or it is "
                               f"busy / not permitted)")
@@ -111,12 +139,16 @@ class VideoSource(FrameSource):
             raise SourceError(f"{self.path}: video file is empty (0 bytes)")
         self._vr = None
         self._cap = None
+        self.truncated_at: int | None = None  # frames read when the video ended early
         errors = []
         if backend in ("auto", "decord"):
             try:
                 import decord
 
-                vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0))
+                # FFmpeg's own lines for a corrupt file (decord decodes on its own threads too)
+                decord.logging.set_level(decord.logging.QUIET)
+                with quiet_native_stderr():
+                    vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0))
                 if len(vr) > 0:
                     self._vr, self.fps, self.num_frames = vr, float(vr.get_avg_fps()), len(vr)
                 else:
@@ -124,8 +156,9 @@ class VideoSource(FrameSource):
             except Exception as e:  # noqa: BLE001 - decord raises DECORDError / RuntimeError
                 errors.append(f"decord: {str(e).splitlines()[0][:80] if str(e) else type(e)}")
         if self._vr is None and backend in ("auto", "opencv"):
-            cap = cv2.VideoCapture(str(self.path))
-            ok, first = cap.read() if cap.isOpened() else (False, None)
+            with quiet_native_stderr():
+                cap = cv2.VideoCapture(str(self.path))
+                ok, first = cap.read() if cap.isOpened() else (False, None)
             if ok and first is not None:
                 cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                 self._cap, self.fps = cap, float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -133,6 +166,14 @@ class VideoSource(FrameSource):
             else:
                 cap.release()
                 errors.append("opencv: no frame could be decoded")
+        if self._vr is not None:
+            # decord counts the frames it can index; the container header states how many the
+            # file should have (a cut-short AVI/MP4 has fewer): keep the stated number
+            with quiet_native_stderr():
+                probe = cv2.VideoCapture(str(self.path))
+                stated = int(probe.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if probe.isOpened() else 0
+                probe.release()
+            self.num_frames = max(self.num_frames, stated)
         if self._vr is None and self._cap is None:
             raise SourceError(f"{self.path}: cannot read video (corrupt, empty or unsupported: "
                               f"{'; '.join(errors)})")
@@ -142,23 +183,39 @@ class VideoSource(FrameSource):
         if self._vr is not None:
             for i in range(len(self._vr)):
                 try:
-                    rgb = self._vr[i].asnumpy()
+                    with quiet_native_stderr():
+                        rgb = self._vr[i].asnumpy()
                 except Exception as e:  # noqa: BLE001
-                    raise SourceError(f"{self.path}: decode failed at frame {i} "
-                                      f"({str(e).splitlines()[0][:80] if str(e) else e!r})") \
-                        from None
+                    if i == 0:
+                        raise SourceError(f"{self.path}: decode failed at frame 0 "
+                                          f"({str(e).splitlines()[0][:80] if str(e) else e!r})"
+                                          ) from None
+                    self._ended_early(i)
+                    return
                 yield Frame(i, i * dt, rgb)
+            if len(self._vr) < self.num_frames:
+                self._ended_early(len(self._vr))
             return
         assert self._cap is not None
         i = 0
         while True:
-            ok, bgr = self._cap.read()
+            with quiet_native_stderr():
+                ok, bgr = self._cap.read()
             if not ok or bgr is None:
                 break
             yield Frame(i, i * dt, _to_rgb(bgr))
             i += 1
         if i == 0:
             raise SourceError(f"{self.path}: no frame could be decoded")
+        if self.num_frames and i < self.num_frames:
+            self._ended_early(i)
+
+    def _ended_early(self, frames: int) -> None:
+        """A video whose frames stop before the length its container states (cut short)."""
+        self.truncated_at = frames
+        log.warning("%s: the video ended after %d of its %d frames (truncated or corrupt "
+                    "from there on); outputs cover those %d", self.path, frames, self.num_frames,
+                    frames)
 
     def close(self) -> None:
         if self._cap is not None:

@@ -164,3 +164,74 @@ def test_module_entry_point(tmp_path: Path, const_model: Path) -> None:
                        env=env, timeout=60)
     assert r.returncode == 1 and r.stderr.strip().endswith("video file not found")
     assert r.stderr.count("error:") == 1
+
+
+def _subprocess_cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime")}
+    return subprocess.Popen([sys.executable, "-m", "tsal_runtime", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _only_our_lines(err: str) -> None:
+    """Every stderr line is ours: no OpenCV '[ WARN:...]', FFmpeg '[mjpeg @ ...]' or decord
+    line printed by native code before the one-line error."""
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert lines and all(x.startswith("tsal-runtime: ") for x in lines), err
+
+
+def test_library_noise_never_reaches_the_user(tmp_path: Path, const_model: Path) -> None:
+    src = tmp_path / "in.avi"
+    w = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"MJPG"), 25, (96, 96))
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        w.write(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    w.release()
+    data = src.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # header says 12 frames; 8 or so remain
+    garbage = tmp_path / "garbage.avi"
+    garbage.write_bytes(data[:3000])
+    common = ["--model", str(const_model), "--headless", "--detector", "boxes:/dev/null"]
+    p = _subprocess_cli(*common, "--camera", "97")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "camera 97: cannot open" in err
+    _only_our_lines(err)
+    p = _subprocess_cli(*common, "--video", str(garbage))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "cannot read video" in err
+    _only_our_lines(err)
+    p = _subprocess_cli(*common, "--video", str(cut), "--json", str(tmp_path / "o.jsonl"))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    _only_our_lines(err)
+    n = len((tmp_path / "o.jsonl").read_text().splitlines())
+    assert 0 < n < 12 and f"ended after {n} of its 12 frames" in err  # the user is told
+
+
+def test_sigterm_finalises_the_mp4(tmp_path: Path, const_model: Path) -> None:
+    """SIGTERM (what `timeout`, systemd and `docker stop` send) ends the run like Ctrl-C: the
+    annotated mp4 is finalised and plays (it used to be 44 bytes, 'moov atom not found')."""
+    import signal
+    import time
+
+    src = tmp_path / "long.mp4"
+    w = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    for i in range(3000):
+        w.write(np.full((48, 64, 3), i % 200, np.uint8))
+    w.release()
+    out, js = tmp_path / "out.mp4", tmp_path / "o.jsonl"
+    p = _subprocess_cli("--model", str(const_model), "--video", str(src), "--headless",
+                        "--detector", "boxes:/dev/null", "--output", str(out), "--json", str(js))
+    deadline = time.time() + 60
+    while time.time() < deadline and (not js.exists() or len(js.read_text()) < 2000):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err
+    assert "terminated (outputs finalised)" in err
+    cap = cv2.VideoCapture(str(out))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    cap.release()
+    assert frames > 0 and frames < 3000
