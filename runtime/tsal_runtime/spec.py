@@ -77,6 +77,8 @@ class ModelSpec:
     source_checkpoint: str = ""
     config_hash: str = ""
     onnx_sha256: str = ""
+    pt2_sha256: str = ""
+    meaning_sha256: str = ""
     which: str = ""
     border_value: tuple[float, float, float] = IMAGENET_MEAN_RGB
     antialias: bool = True
@@ -150,6 +152,8 @@ def parse_spec(d: dict[str, Any], model_dir: Path, where: str = MODEL_JSON) -> M
             source_checkpoint=str(d.get("source_checkpoint", "")),
             config_hash=str(d.get("config_hash", "")),
             onnx_sha256=str(d.get("onnx_sha256", "")),
+            pt2_sha256=str(d.get("pt2_sha256", "")),
+            meaning_sha256=str(d.get("meaning_sha256", "")),
             which=str(d.get("which", "")),
             border_value=tuple(  # type: ignore[arg-type]
                 float(v) for v in d.get("border_value", IMAGENET_MEAN_RGB)),
@@ -174,7 +178,44 @@ def parse_spec(d: dict[str, Any], model_dir: Path, where: str = MODEL_JSON) -> M
     for ok, what in checks:
         if not ok:
             raise SpecError(f"{where}: unsupported {what}")
+    if spec.meaning_sha256 and meaning_sha256(d) != spec.meaning_sha256:
+        raise SpecError(f"{where}: edited after export (a field that changes the model -- input "
+                        f"size, crop expansion, decode, file hashes ... -- no longer matches "
+                        f"meaning_sha256); re-export the model instead of editing model.json")
     return spec
+
+
+# The fields of model.json that change what the model computes (tsal_dist.export writes the hash).
+MEANING_FIELDS = ("input_name", "output_names", "input_size", "layout", "channel_order", "dtype",
+                  "crop_expand", "num_landmarks", "head", "decode", "border_value", "antialias",
+                  "onnx_sha256", "pt2_sha256")
+
+
+def meaning_sha256(d: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``MEANING_FIELDS`` of a model.json dict."""
+    blob = json.dumps({k: d.get(k) for k in MEANING_FIELDS}, sort_keys=True,
+                      separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_pt2_pinned(spec: ModelSpec) -> None:
+    """Refuse model.pt2 unless its bytes are the ones export pinned (``pt2_sha256``).
+
+    ``torch.export.load`` can unpickle objects from a .pt2 archive, so an unverified file may
+    run code: it is never opened before this check passes.
+
+    Raises:
+        SpecError: no pin in model.json, or the file differs from it.
+    """
+    p = spec.pt2_path
+    if not spec.pt2_sha256:
+        raise SpecError(f"{p}: refused: model.json pins no pt2_sha256 (exported by an older "
+                        f"tsal_dist); re-export, or use --engine onnxruntime")
+    if not p.is_file():
+        raise SpecError(f"{p}: not found")
+    if sha256_file(p) != spec.pt2_sha256:
+        raise SpecError(f"{p}: refused: its sha256 differs from model.json's pt2_sha256 (the "
+                        f"file was changed after export, and a .pt2 can run code when loaded)")
 
 
 def load_spec(model_dir: str | os.PathLike[str], check_onnx: bool = True) -> ModelSpec:

@@ -183,9 +183,7 @@ def test_export_heatmap_student_cli(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_short_runs_export_and_real_differences_still_fail(tmp_path: Path, precision: str
-                                                           ) -> None:
+def test_short_runs_export_and_real_differences_still_fail(tmp_path: Path) -> None:
     """A 2-step model's nearly flat heatmaps are full of numerical ties, where ONNX Runtime and
     torch pick different cells: the parity check passes them (it used to fail the run after all
     its work), yet a real change of the exported graph is still an ExportError."""
@@ -199,7 +197,7 @@ def test_short_runs_export_and_real_differences_still_fail(tmp_path: Path, preci
 
     cfg = with_overrides(load_config(ROOT / "configs" / "smoke.yaml"), {
         "optim.steps": 2, "run.export": False, "run.eval_every": 0,
-        "train.precision": precision})
+        "train.precision": "bf16"})  # bf16 autocast: the weights (and export) stay fp32
     run(cfg, run_dir=tmp_path / "r", progress=False, final_eval=False)
     ck = latest_checkpoint(tmp_path / "r" / "checkpoints")
     export(ck, tmp_path / "export", which="teacher")  # parity checked inside: must not raise

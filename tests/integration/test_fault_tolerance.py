@@ -10,6 +10,7 @@ Plus: a checkpoint is complete or absent, even when the writer dies mid-write.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -193,10 +194,10 @@ def test_atomic_save_failing_writer_leaves_old_file_and_no_temp(tmp_path, monkey
 
     def broken_save(obj, f, *a, **k):
         f.write(b"half a checkpoint")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="No space left"):
         atomic_torch_save({"config": {}, "step": 12}, tmp_path / "ckpt-00000012.pt")
     with pytest.raises(OSError):
         atomic_torch_save({"config": {}, "step": 6, "x": 1}, path)

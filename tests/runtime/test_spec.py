@@ -74,3 +74,60 @@ def test_corrupt_onnx(const_model: Path) -> None:
     (const_model / "model.onnx").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(SpecError, match="cannot parse ONNX|expected 1 input"):
         load_spec(const_model)
+
+
+def _pinned(model: Path, pt2: bytes = b"PK\x03\x04 a pt2 archive") -> dict:
+    """model.json as export writes it now: file hashes pinned, meaning hash over the fields."""
+    from tsal_runtime.spec import meaning_sha256
+
+    (model / "model.pt2").write_bytes(pt2)
+    d = model_json(onnx_sha256=sha256_file(model / "model.onnx"),
+                   pt2_sha256=sha256_file(model / "model.pt2"))
+    d["meaning_sha256"] = meaning_sha256(d)
+    (model / "model.json").write_text(json.dumps(d))
+    return d
+
+
+@pytest.mark.parametrize("field, value", [("crop_expand", 0.5), ("input_size", 64),
+                                          ("decode", {"stride": 4, "window": 9})])
+def test_editing_a_field_that_changes_the_model_is_detected(const_model: Path, field: str,
+                                                            value: object) -> None:
+    d = _pinned(const_model)
+    assert load_spec(const_model).meaning_sha256 == d["meaning_sha256"]
+    d[field] = value
+    (const_model / "model.json").write_text(json.dumps(d))
+    with pytest.raises(SpecError, match="edited after export") as e:
+        load_spec(const_model, check_onnx=False)
+    assert "\n" not in str(e.value)
+    d = _pinned(const_model)
+    d["source_checkpoint"] = "/elsewhere/ckpt.pt"  # provenance, not meaning: allowed
+    (const_model / "model.json").write_text(json.dumps(d))
+    load_spec(const_model)
+
+
+def test_tampered_model_files_are_refused_before_they_are_opened(const_model: Path,
+                                                                  monkeypatch) -> None:
+    """A payload planted in model.pt2 never reaches torch.export.load (which can unpickle code);
+    a changed model.onnx is refused by load_spec before ONNX Runtime sees it."""
+    torch = pytest.importorskip("torch")
+    from tsal_runtime.engines import make_engine
+    from tsal_runtime.errors import EngineError
+
+    opened: list[str] = []
+    monkeypatch.setattr(torch.export, "load", lambda p, *a, **k: opened.append(p))
+    _pinned(const_model)
+    spec = load_spec(const_model)
+    (const_model / "model.pt2").write_bytes(b"PK\x03\x04 planted payload")
+    with pytest.raises(EngineError, match="model.pt2: refused: its sha256 differs") as e:
+        make_engine("torch", spec, device="cpu")
+    assert "\n" not in str(e.value) and opened == []
+    # an export without the pin (older tsal_dist) is refused too, for the same reason
+    (const_model / "model.json").write_text(json.dumps(model_json()))
+    with pytest.raises(EngineError, match="pins no pt2_sha256"):
+        make_engine("torch", load_spec(const_model), device="cpu")
+    assert opened == []
+    _pinned(const_model)
+    onnx = const_model / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\x00")
+    with pytest.raises(SpecError, match="sha256"):
+        load_spec(const_model)

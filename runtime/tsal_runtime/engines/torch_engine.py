@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from tsal_runtime.engines import check_crops
-from tsal_runtime.errors import EngineError
-from tsal_runtime.spec import ModelSpec
+from tsal_runtime.errors import EngineError, SpecError
+from tsal_runtime.spec import ModelSpec, check_pt2_pinned
 
 log = logging.getLogger("tsal_runtime")
 
@@ -77,6 +77,10 @@ class TorchEngine:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise EngineError("engine 'torch' on cuda: torch sees no CUDA device")
+        try:
+            check_pt2_pinned(spec)  # before anything opens the file
+        except SpecError as e:
+            raise EngineError(str(e)) from None
         try:
             ep = torch.export.load(str(spec.pt2_path))
             module = ep.module()
