@@ -222,8 +222,9 @@ def decode_peaks(maps: Tensor, window: int, stride: int) -> tuple[Tensor, Tensor
     r = window
     flat = maps.reshape(b, c, h * w)
     scores, index = flat.max(dim=2)  # (B, C)
-    u = index % w
-    v = torch.div(index, w, rounding_mode="floor")
+    # row, column of a non-negative flat index without Mod (which TensorRT's ONNX parser lacks)
+    v = torch.div(index, w, rounding_mode="trunc")
+    u = index - v * w
     wp = w + 2 * r
     padded = F.pad(maps, (r, r, r, r)).reshape(b, c, (h + 2 * r) * wp)
     d = torch.arange(-r, r + 1, device=maps.device)
@@ -293,8 +294,9 @@ def decode_dark(maps: Tensor, stride: int, blur_cells: float) -> tuple[Tensor, T
         ax = _blur_operator(w, blur_cells).to(device=maps.device, dtype=maps.dtype)
         x = torch.matmul(torch.matmul(ay, maps), ax.t())
     index = x.reshape(b, c, h * w).argmax(dim=2)
-    u = index % w
-    v = torch.div(index, w, rounding_mode="floor")
+    # row, column of a non-negative flat index without Mod (which TensorRT's ONNX parser lacks)
+    v = torch.div(index, w, rounding_mode="trunc")
+    u = index - v * w
     logm = torch.log(x.clamp(min=_LOG_FLOOR))
     wp = w + 2
     padded = F.pad(logm.reshape(b * c, 1, h, w), (1, 1, 1, 1), mode="replicate")

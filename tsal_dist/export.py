@@ -84,7 +84,9 @@ class CropToLandmarks(nn.Module):
         self.input_size = input_size
 
     def forward(self, crops: Tensor) -> tuple[Tensor, Tensor]:
-        x = crops.permute(0, 3, 1, 2)  # (B, 3, S, S) uint8; the model normalises
+        # the uint8 input goes straight into a Cast (TensorRT accepts uint8 only at the network
+        # input); exact, and the model's normalisation takes 0..255 floats as it takes uint8
+        x = crops.to(torch.float32).permute(0, 3, 1, 2)
         if self.codec is None:
             lm = self.model(x).float()
             return lm, torch.ones_like(lm[..., 0])
@@ -172,6 +174,48 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# ONNX ops the TensorRT 10 ONNX parser supports that an export may contain (a conservative subset
+# of onnx-tensorrt's operator matrix; Mod, for one, is not in it)
+TENSORRT_OPS = frozenset({
+    "Abs", "Add", "And", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Ceil",
+    "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Div", "Equal",
+    "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements", "GatherND", "Gemm",
+    "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "Identity",
+    "LeakyRelu", "Less", "LessOrEqual", "Log", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul",
+    "Neg", "Not", "Or", "Pad", "Pow", "PRelu", "Range", "ReduceMax", "ReduceMean", "ReduceMin",
+    "ReduceSum", "Relu", "Reshape", "Resize", "Round", "Shape", "Sigmoid", "Sign", "Slice",
+    "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "TopK", "Transpose",
+    "Unsqueeze", "Where"})
+
+
+def tensorrt_problems(onnx_path: str | os.PathLike[str]) -> list[str]:
+    """Why TensorRT 10/11 could not build an exported graph ([] = nothing found).
+
+    Static checks: every op is in :data:`TENSORRT_OPS`; a uint8 network input feeds Cast nodes
+    only (TensorRT accepts uint8 solely as a network input/output); no other tensor is uint8 or
+    int8; the model carries no weights outside its file.
+    """
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    out: list[str] = []
+    for op in sorted({n.op_type for n in graph.node} - TENSORRT_OPS):
+        out.append(f"op {op} is not supported by TensorRT's ONNX parser")
+    u8 = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8}
+    inputs = {v.name for v in graph.input if v.type.tensor_type.elem_type in u8}
+    for n in graph.node:
+        if inputs & set(n.input) and n.op_type != "Cast":
+            out.append(f"uint8 input feeds a {n.op_type} (TensorRT needs a Cast first)")
+    for v in list(graph.value_info) + list(graph.output):
+        if v.type.tensor_type.elem_type in u8 and v.name not in inputs:
+            out.append(f"tensor {v.name} is 8-bit inside the network")
+    for t in graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            out.append(f"initializer {t.name} is stored outside the .onnx file")
+    return out
+
+
 # model.json fields that change what the model computes or how its input is made; with the files'
 # hashes, their own hash makes an edit of any of them detectable (tsal_runtime.spec recomputes it)
 MEANING_FIELDS = ("input_name", "output_names", "input_size", "layout", "channel_order", "dtype",
@@ -248,6 +292,8 @@ def export(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
         "antialias": True,
         # model.pt2 can hold pickled code: the runtime opens it only when its bytes match this
         "pt2_sha256": _sha256(pt2_path),
+        # static TensorRT check of the graph ([] = none found; tsal_dist.export.tensorrt_problems)
+        "tensorrt_problems": tensorrt_problems(onnx_path),
     }
     meta["meaning_sha256"] = meaning_sha256(meta)
     if check:

@@ -99,6 +99,8 @@ def test_export_parity(ckpt: Path, tmp_path: Path, which: str, head: str) -> Non
                     "blur_cells": 0.0}
         assert read[key] == want, key
     assert spec.head == head and spec.which == which and meta["step"] == 7
+    # TensorRT can build what we export: the uint8 input goes straight into a Cast, no Mod, ...
+    assert written["tensorrt_problems"] == []
     assert spec.num_landmarks == 68 and spec.landmark_scheme == "ibug68"
     assert spec.eye_corners == (36, 45) and len(spec.flip_pairs) == 29
     if head == "heatmap":
@@ -197,10 +199,12 @@ def test_short_runs_export_and_real_differences_still_fail(tmp_path: Path) -> No
 
     cfg = with_overrides(load_config(ROOT / "configs" / "smoke.yaml"), {
         "optim.steps": 2, "run.export": False, "run.eval_every": 0,
-        "train.precision": "bf16"})  # bf16 autocast: the weights (and export) stay fp32
+        "train.precision": "bf16",  # bf16 autocast: the weights (and export) stay fp32
+        "model.decode": "window"})  # the other decode (test_export_parity exports DARK)
     run(cfg, run_dir=tmp_path / "r", progress=False, final_eval=False)
     ck = latest_checkpoint(tmp_path / "r" / "checkpoints")
-    export(ck, tmp_path / "export", which="teacher")  # parity checked inside: must not raise
+    meta = export(ck, tmp_path / "export", which="teacher")  # parity checked: must not raise
+    assert meta["decode"]["method"] == "window" and meta["tensorrt_problems"] == []
     model = onnx.load(str(tmp_path / "export" / "model.onnx"))
     # a real difference: the first convolution's weights scaled
     init = max(model.graph.initializer, key=lambda t: len(t.dims) == 4 and t.dims[1] == 3)
@@ -211,3 +215,29 @@ def test_short_runs_export_and_real_differences_still_fail(tmp_path: Path) -> No
     module, _, _, _ = load_export_module(ck, "teacher")
     with pytest.raises(ExportError, match="onnxruntime differs from torch"):
         check_parity(module, bad, cfg.model.input_size)
+
+
+def test_tensorrt_check_finds_what_tensorrt_rejects(tmp_path: Path) -> None:
+    """The static check fails where TensorRT would: a uint8 input into a Transpose, an 8-bit
+    tensor inside the network, an op its ONNX parser lacks (Mod)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tsal_dist.export import tensorrt_problems
+
+    nodes = [helper.make_node("Transpose", ["crops"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", ["t"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMax", ["f"], ["m"], keepdims=0),
+             helper.make_node("Cast", ["m"], ["i"], to=TensorProto.INT64),
+             helper.make_node("Mod", ["i", "seven"], ["r"]),
+             helper.make_node("Cast", ["r"], ["landmarks"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(
+        nodes, "bad", [helper.make_tensor_value_info("crops", TensorProto.UINT8, [1, 4, 4, 3])],
+        [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(7, np.int64), "seven")])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    problems = tensorrt_problems(path)
+    assert any("op Mod" in p for p in problems)
+    assert any("uint8 input feeds a Transpose" in p for p in problems)
+    assert any("tensor t is 8-bit" in p for p in problems)

@@ -123,3 +123,20 @@ def test_tensorrt_unavailable_is_a_clear_error(const_model: Path) -> None:
         pytest.skip("tensorrt imports here")
     with pytest.raises(EngineError, match="tensorrt does not import"):
         make_engine("tensorrt", load_spec(const_model))
+
+
+def test_tensorrt11_fp16_without_autocast_fails_loudly(const_model: Path, monkeypatch) -> None:
+    """TensorRT 11 has no FP16 builder flag: without ModelOpt AutoCast an fp16 request must be an
+    error, never a silent FP32 engine (checked with a stand-in module: no TensorRT here)."""
+    import sys
+    import types
+
+    from tsal_runtime.engines.trt_engine import TensorRTEngine
+
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "11.0.0"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setitem(sys.modules, "modelopt", None)  # AutoCast not installed
+    with pytest.raises(EngineError, match="fp16 on TensorRT 11.0.0 needs ModelOpt") as e:
+        TensorRTEngine(load_spec(const_model), precision="fp16")
+    assert "\n" not in str(e.value)

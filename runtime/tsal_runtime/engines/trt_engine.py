@@ -86,19 +86,20 @@ class TensorRTEngine:
                               f"({type(e).__name__}: {str(e)[:100]})") from None
         if precision not in ("fp16", "fp32"):
             raise EngineError(f"precision must be fp16 or fp32, got {precision!r}")
-        self._trt, self.spec = trt, spec
+        self._trt, self.spec, self.precision = trt, spec, precision
+        if precision == "fp16" and trt_major(trt.__version__) >= 11 and not self._has_autocast():
+            # never build FP32 silently when FP16 was asked for: the user would measure the
+            # wrong engine. TensorRT 11 networks are strongly typed (no FP16 builder flag); the
+            # FP16 types must come from the ONNX graph, which ModelOpt AutoCast rewrites.
+            raise EngineError(f"--precision fp16 on TensorRT {trt.__version__} needs ModelOpt "
+                              "AutoCast to make the graph FP16 (pip install "
+                              "'nvidia-modelopt[onnx]'); or pass --precision fp32")
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._torch = self._torch_cuda()
         gpu_name, cc, cuda_ver = self._gpu_info()
         s = spec.input_size
         profile = ((1, s, s, 3), (min(opt_batch, max_batch), s, s, 3), (max_batch, s, s, 3))
         self.max_batch = max_batch
-        self.precision = precision
-        if precision == "fp16" and trt_major(trt.__version__) >= 11 and not self._has_autocast():
-            log.warning("TensorRT %s has no FP16 builder flag and ModelOpt AutoCast is not "
-                        "installed (pip install nvidia-modelopt[onnx]): building FP32",
-                        trt.__version__)
-            self.precision = "fp32"
         key = engine_cache_key(sha256_file(spec.onnx_path), trt.__version__, cuda_ver, gpu_name,
                                cc, self.precision, profile)
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -109,7 +110,10 @@ class TensorRTEngine:
         else:
             log.info("building TensorRT %s engine (%s), cached at %s", self.precision,
                      trt.__version__, self.engine_path)
-            data = self._build(profile, cache / "timing.cache")
+            # keyed like the engines: a timing cache is only valid for one TensorRT and GPU
+            tkey = engine_cache_key("timing", trt.__version__, cuda_ver, gpu_name, cc,
+                                    "any", ((0,), (0,), (0,)))
+            data = self._build(profile, cache / f"timing-{tkey}.cache")
             _atomic_write(self.engine_path, data)
         runtime = trt.Runtime(self._logger)
         self._engine = runtime.deserialize_cuda_engine(data)
@@ -190,7 +194,12 @@ class TensorRTEngine:
         config.add_optimization_profile(prof)
         cache_bytes = timing_path.read_bytes() if timing_path.is_file() else b""
         timing = config.create_timing_cache(cache_bytes)
-        config.set_timing_cache(timing, ignore_mismatch=False)
+        if timing is None or not config.set_timing_cache(timing, ignore_mismatch=False):
+            # a damaged or foreign cache: build without it (slower), and replace it afterwards
+            log.warning("%s: TensorRT rejected this timing cache; building without it",
+                        timing_path)
+            timing = config.create_timing_cache(b"")
+            config.set_timing_cache(timing, ignore_mismatch=True)
         data = builder.build_serialized_network(network, config)
         if data is None:
             raise EngineError(f"{self.spec.onnx_path}: TensorRT engine build failed")
