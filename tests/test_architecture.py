@@ -83,3 +83,18 @@ def test_metrics_are_pure_numpy():
 def test_deepspeed_is_imported_lazily():
     for f in files("tsal_dist"):
         assert "deepspeed" not in {_top(i) for i in module_level_imports(f)}, f
+
+
+def test_train_local_path_imports_no_ray():
+    """`python -m tsal_dist.train --local` is the Ray-free path: everything it imports up to the
+    loop, the resume rules and the error sorting must not pull Ray in."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tsal_dist.train, tsal_dist.loop.loop, tsal_dist.loop.runs, "
+            "tsal_dist.errors, tsal_dist.config as c; c.run_name_for(c.ExperimentConfig()); "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

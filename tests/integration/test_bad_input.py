@@ -141,3 +141,14 @@ def test_bad_output_paths_fail_before_the_work_in_one_line(what, tiny_checkpoint
     assert str(tmp_path) in lines[0]
     assert proc.stdout.strip() == ""  # eval printed no results it then could not write
     assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_resuming_a_checkpoint_of_another_model_is_one_line(tiny_checkpoint, tmp_path):
+    """--force past the config check: the weights still cannot fit; one line, not 67."""
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, run_dir / "checkpoints" / tiny_checkpoint.name)
+    proc = _train("--local", "--output", str(tmp_path / "runs"), "--name", "r", "--force",
+                  "--set", "model.width=1.0")
+    _assert_one_line(proc, tiny_checkpoint.name, "do not fit this model")
