@@ -1145,7 +1145,7 @@ def content_digest(root: str | Path) -> str:
 
 
 def synthetic_key(**sizes: int) -> str:
-    """Folder name for these sizes: ``synthetic-<12 hex>`` of sizes + seed + generator fingerprint."""
+    """Folder name for these sizes: ``synthetic-<12 hex>`` of sizes, seed and generator."""
     unknown = set(sizes) - set(_SIZE_DEFAULTS)
     if unknown:
         raise TypeError(f"ensure_synthetic: unknown size argument(s) {sorted(unknown)}; "
