@@ -20,6 +20,7 @@ from tsal_dist.config import ExperimentConfig, run_name_for
 from tsal_dist.distributed.teacher_actor import start_teacher_actor
 from tsal_dist.distributed.worker import train_loop_per_worker
 from tsal_dist.loop.loop import resolve_data
+from tsal_dist.teacher.server import versions_to_keep
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -71,7 +72,7 @@ def fit(cfg: ExperimentConfig, *, run_callbacks: list | None = None,
     # Keep the handle for the whole fit: a non-detached actor dies with its last handle.
     teacher = start_teacher_actor(run_name=name, mode=cfg.teacher.mode,
                         queue_length=cfg.teacher.queue_length, ema_decay=cfg.teacher.ema_decay,
-                        keep_versions=cfg.teacher.max_staleness + 4,
+                        keep_versions=versions_to_keep(cfg.teacher.max_staleness),
                         checkpoint_dir=str(run_dir / "checkpoints"))
     ray.get(teacher.ping.remote())  # fail here, clearly, if the actor cannot start
     trainer = TorchTrainer(

@@ -39,7 +39,7 @@ from tsal_dist.loop.schedules import is_sync_step, lr_at, version_to_apply
 from tsal_dist.loop.step import LossWeights, tsal_step
 from tsal_dist.models import build_model
 from tsal_dist.teacher.averaging import lerp_state_, to_numpy_state
-from tsal_dist.teacher.server import TeacherServer
+from tsal_dist.teacher.server import TeacherServer, versions_to_keep
 
 
 # ----------------------------------------------------------------------------- interfaces
@@ -212,7 +212,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         torch.use_deterministic_algorithms(True, warn_only=True)
     teacher_client = teacher_client or LocalTeacher(
         mode=cfg.teacher.mode, queue_length=cfg.teacher.queue_length,
-        ema_decay=cfg.teacher.ema_decay, keep_versions=cfg.teacher.max_staleness + 4)
+        ema_decay=cfg.teacher.ema_decay,
+        keep_versions=versions_to_keep(cfg.teacher.max_staleness))
 
     # ---- data
     d, m, o = cfg.data, cfg.model, cfg.optim

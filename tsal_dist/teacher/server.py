@@ -30,6 +30,17 @@ _FORMAT = 1
 State = dict[str, np.ndarray]
 
 
+def versions_to_keep(max_staleness: int) -> int:
+    """How many filtered versions a server keeps for ``teacher.max_staleness``.
+
+    At sync k every rank applies the version pushed ``max_staleness`` syncs earlier, while the
+    pushes of the syncs since then are already stored: ``max_staleness + 1`` versions must be
+    there. One more covers the push of sync k landing before the last pull of sync k, and two
+    more are a margin for a resumed run replaying its last syncs against a restored server.
+    """
+    return max_staleness + 4
+
+
 def _copy(state: Mapping[str, np.ndarray]) -> State:
     return {k: v.copy() for k, v in state.items()}
 
