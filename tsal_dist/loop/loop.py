@@ -277,7 +277,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         except (RuntimeError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{ckpt}: its weights do not fit this model ({first}); "
-                             "resume it with the config it was trained with") from None
+                                  "resume it with the config it was trained with") from None
         student.load_optimizer_state(optimizer_state_of(state, "student", ckpt, ctx.rank))
         teacher.load_optimizer_state(optimizer_state_of(state, "teacher", ckpt, ctx.rank))
         if ctx.is_main:
@@ -309,7 +309,11 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                           world=ctx.world_size, seed=cfg.train.seed)
     loader_workers = resolve_loader_workers(d.loader_workers, ctx.cpus or (os.cpu_count() or 1))
     loader = step_loader(batches, start, end, workers=loader_workers, device=device)
-    skipped: dict[str, int] = {}
+    # bad samples skipped so far, by reason (cumulative across resumes: the checkpoint's last row)
+    prefix = "data/skipped_"
+    skipped: dict[str, int] = {k[len(prefix):]: int(v) for k, v in
+                               ((state or {}).get("metrics") or {}).items()
+                               if k.startswith(prefix)}
     data_wait = 0.0
     try:
         for step in range(start, end):
