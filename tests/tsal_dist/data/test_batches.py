@@ -57,15 +57,25 @@ def _with_bad_file(cfg, tmp_path: Path) -> list[ListEntry]:
 
 @pytest.mark.slow
 def test_bad_file_in_a_worker_is_skipped_and_counted_exactly(smoke_cfg, tmp_path, capfd):
+    import logging
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("tsal_dist.data.datasets").addHandler(handler)
     entries = _with_bad_file(smoke_cfg, tmp_path)
-    labeled, _ = _datasets(smoke_cfg, entries)
     n = len(entries)
-    sb = StepBatches(labeled, None, batch=n, clips_per_batch=0, rank=0, world=1, seed=0)
-    for workers in (0, 2):
+    for workers in (2, 0):
+        labeled, _ = _datasets(smoke_cfg, entries)  # fresh: nothing reported yet
+        sb = StepBatches(labeled, None, batch=n, clips_per_batch=0, rank=0, world=1, seed=0)
         items = list(step_loader(sb, 0, 3, workers=workers, device=torch.device("cpu")))
         # every step draws every item once: the broken one is replaced once per step
         assert [it["skipped"] for it in items] == [{"image": 1}] * 3, workers
-    assert "broken.jpg" in capfd.readouterr().err
+        # reported naming the file: by the worker process on stderr, or through logging here
+        said = capfd.readouterr().err + "".join(records)
+        assert "broken.jpg" in said, workers
+        records.clear()
+    logging.getLogger("tsal_dist.data.datasets").removeHandler(handler)
 
 
 @pytest.mark.slow
