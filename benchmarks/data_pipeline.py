@@ -87,6 +87,9 @@ class _ClipsOnly:
     def get_with_replacements(self, i: int, s: int) -> Any:
         return self.clips.get_with_replacements(i, s)
 
+    def take_reports(self) -> list[str]:
+        return self.clips.take_reports()
+
 
 def loop_wait(cfg: Any, workers: int, steps: int) -> dict[str, float]:
     """Default model, one process: mean s/step and data-wait fraction after the first row."""

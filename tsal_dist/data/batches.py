@@ -19,6 +19,7 @@ What does not belong here: the datasets themselves (datasets.py), the loop's pol
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Iterator
 
@@ -27,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from tsal_dist.data.datasets import ClipDataset, LabeledImageDataset, collate, seeded_batch_indices
 from tsal_dist.data.formats import AnnotationError
+
+log = logging.getLogger("tsal_dist.data.datasets")  # where the datasets report bad files
 
 CLIP_SEED_OFFSET = 7919  # the clips' sample stream is seeded apart from the labeled one
 
@@ -64,7 +67,9 @@ class StepBatches(Dataset):
         except AnnotationError as e:
             # returned, not raised: DataLoader would wrap it in a worker traceback
             return {"error": str(e)}
-        return {"labeled": labeled, "clips": clips, "skipped": skipped}
+        reports = self.labeled.take_reports() + (self.clips.take_reports() if self.clips
+                                                 is not None else [])
+        return {"labeled": labeled, "clips": clips, "skipped": skipped, "reports": reports}
 
 
 def _counted(ds: LabeledImageDataset | ClipDataset, index: int, seed: int,
@@ -104,9 +109,16 @@ def step_loader(batches: StepBatches, start: int, end: int, *, workers: int,
                             prefetch_factor=prefetch, persistent_workers=True,
                             pin_memory=device.type == "cuda", worker_init_fn=_init_worker,
                             multiprocessing_context=_context())
+    shown: set[str] = set()
     for item in loader:
         if "error" in item:
             raise AnnotationError(item["error"])
+        for msg in item.get("reports", []):
+            # a worker's report, shown by this process once (the worker's own stderr may go
+            # anywhere); on the training thread the dataset has logged it already
+            if workers > 0 and msg not in shown:
+                shown.add(msg)
+                log.warning(msg)
         yield item
 
 

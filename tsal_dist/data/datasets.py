@@ -83,6 +83,7 @@ class _FaceCrops(Dataset):
         self.videos = VideoCache(max_open=max_open_videos)
         self.problems: dict[str, int] = {}
         self._warned: set[str] = set()
+        self._unread_reports: list[str] = []  # for the process that consumes the items
         self._bad: dict[int, str] = {}  # item index -> reason, so a bad item is skipped at once
         self._ann: dict[int, tuple[np.ndarray, np.ndarray] | AnnotationError] = {}
 
@@ -99,6 +100,13 @@ class _FaceCrops(Dataset):
                 raise TypeError(f"expected index or (index, seed), got {key!r}")
             return self.get(int(key[0]), int(key[1]))
         return self.get(int(key), int(key))
+
+    def take_reports(self) -> list[str]:
+        """The bad-file messages of this process not taken yet (a DataLoader worker's messages
+        travel with its batches, so the training process can show them whatever the worker's
+        own stderr is)."""
+        out, self._unread_reports = self._unread_reports, []
+        return out
 
     def bad_items(self) -> dict[int, str]:
         """{item index: reason} of the bad items this process has met so far."""
@@ -144,6 +152,7 @@ class _FaceCrops(Dataset):
             return
         self._warned.add(p.file)
         msg = f"skipping bad data ({p.reason}): {p.error}"
+        self._unread_reports.append(msg)
         if self._report_fn is not None:
             self._report_fn(p.reason, msg)
         else:
