@@ -216,20 +216,6 @@ def tensorrt_problems(onnx_path: str | os.PathLike[str]) -> list[str]:
     return out
 
 
-# model.json fields that change what the model computes or how its input is made; with the files'
-# hashes, their own hash makes an edit of any of them detectable (tsal_runtime.spec recomputes it)
-MEANING_FIELDS = ("input_name", "output_names", "input_size", "layout", "channel_order", "dtype",
-                  "crop_expand", "num_landmarks", "head", "decode", "border_value", "antialias",
-                  "onnx_sha256", "pt2_sha256")
-
-
-def meaning_sha256(meta: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``MEANING_FIELDS`` (tsal_runtime.spec has the same)."""
-    blob = json.dumps({k: meta.get(k) for k in MEANING_FIELDS}, sort_keys=True,
-                      separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def export(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
            which: str = "teacher", opset: int = 18, check: bool = True,
            check_atol: float = 1e-4) -> dict[str, Any]:
@@ -295,6 +281,9 @@ def export(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
         # static TensorRT check of the graph ([] = none found; tsal_dist.export.tensorrt_problems)
         "tensorrt_problems": tensorrt_problems(onnx_path),
     }
+    # the runtime recomputes this hash when it loads model.json: one definition, the reader's
+    from tsal_runtime.spec import meaning_sha256
+
     meta["meaning_sha256"] = meaning_sha256(meta)
     if check:
         check_parity(module, onnx_path, size, atol=check_atol)
