@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto | yunet | blazeface | dlib | boxes:FILE (JSON lines of boxes)")
     p.add_argument("--detect-every", type=int, default=10, metavar="N",
                    help="run the detector every N frames (and whenever a track is lost)")
+    p.add_argument("--detection", default="auto", choices=["auto", "async", "sync"],
+                   help="async: the detector runs on its own thread and never blocks the frame "
+                        "loop (tracking carries every frame); sync: on the frame loop, "
+                        "reproducible; auto: async for --camera, sync for files")
     p.add_argument("--max-faces", type=int, default=4)
     p.add_argument("--min-score", type=float, default=0.2,
                    help="drop a track whose mean landmark score falls below this")
@@ -84,10 +88,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         source = ImageFolderSource(args.images)
     still_images = args.images is not None
+    detection = args.detection if args.detection != "auto" else \
+        ("async" if args.camera is not None else "sync")
+    log.info("detection %s", detection)
     pipe = Pipeline(spec, engine, detector, detect_every=1 if still_images else args.detect_every,
                     max_faces=args.max_faces, min_score=args.min_score, refine=args.refine,
                     smooth=not args.no_smooth and not still_images,
-                    min_cutoff=args.min_cutoff, beta=args.beta)
+                    min_cutoff=args.min_cutoff, beta=args.beta, detection=detection)
     sinks: list[object] = []
     window = None
     n = faces = 0
@@ -138,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
             if args.max_frames and n >= args.max_frames:
                 break
     finally:
+        pipe.close()
         for s in sinks:
             s.close()  # type: ignore[attr-defined]
         if window is not None:

