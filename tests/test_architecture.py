@@ -8,7 +8,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def imports_of(path: Path) -> set[str]:
+def imports_of(path: Path, *, with_names: bool = False) -> set[str]:
+    """Modules imported anywhere in ``path`` (lazy imports count); ``with_names``:
+    ``from a.b import c`` also counts as ``a.b.c`` (c may be a module)."""
     tree = ast.parse(path.read_text())
     out = set()
     for node in ast.walk(tree):
@@ -16,6 +18,8 @@ def imports_of(path: Path) -> set[str]:
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module)
+            if with_names:
+                out.update(f"{node.module}.{a.name}" for a in node.names)
     return out
 
 
@@ -65,7 +69,7 @@ def test_only_distributed_and_entry_points_import_ray():
 
 @pytest.mark.parametrize("pkg", ["data", "models", "losses", "teacher"])
 def test_leaf_packages_do_not_import_each_other(pkg):
-    others = {"data", "models", "losses", "teacher", "loop", "distributed"} - {pkg}
+    others = {"data", "models", "losses", "teacher", "eval", "loop", "distributed"} - {pkg}
     bad = []
     for f in files(f"tsal_dist/{pkg}"):
         for imp in imports_of(f):
@@ -98,3 +102,56 @@ def test_train_local_path_imports_no_ray():
                          timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def tsal_imports(path: Path) -> set[str]:
+    return {m for m in imports_of(path, with_names=True) if _top(m) == "tsal_dist"}
+
+
+def _is_or_under(name: str, modules: set[str]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+# The command-line entry points: nothing below them imports them.
+ENTRY_POINTS = {"tsal_dist.train", "tsal_dist.tune", "tsal_dist.distill", "tsal_dist.prepare",
+                "tsal_dist.export", "tsal_dist.eval.__main__"}
+
+
+def test_atomic_writes_import_nothing_of_ours():
+    """tsal_dist.atomic is the bottom layer every writer uses: stdlib only."""
+    assert not tsal_imports(REPO / "tsal_dist/atomic.py")
+
+
+def test_eval_imports_no_loop_distributed_or_entry_point():
+    """eval scores models: metrics, plots and the list runner sit below the loop. Besides
+    eval itself its library modules import only the bottom layer (atomic, codec, config) and
+    data (run.py reads lists and crops images with it); the CLI (__main__, an entry point) may
+    also import models. Never loop, distributed or another entry point."""
+    library = {"tsal_dist.eval", "tsal_dist.atomic", "tsal_dist.codec", "tsal_dist.config",
+               "tsal_dist.data"}
+    bad = []
+    for f in files("tsal_dist/eval"):
+        allowed = library | {"tsal_dist.models"} if f.name == "__main__.py" else library
+        for imp in tsal_imports(f):
+            if not _is_or_under(imp, allowed) or _is_or_under(imp, ENTRY_POINTS):
+                bad.append(f"{f.name}: {imp}")
+    assert not bad, bad
+
+
+# Imports of an entry point by tsal_dist/loop that exist today; not to be copied. Both export the
+# finished run's network for the runtime (run.export): the loop could hand the checkpoint back
+# to its entry point instead. Remove an entry once its import is gone; a new one fails the test.
+LOOP_IMPORTS_OF_ENTRY_POINTS_TODAY = {
+    ("loop.py", "tsal_dist.export"),
+    ("distill_loop.py", "tsal_dist.export"),
+}
+
+
+def test_loop_imports_no_entry_point():
+    found = {(f.name, e) for f in files("tsal_dist/loop") for imp in tsal_imports(f)
+             for e in ENTRY_POINTS if _is_or_under(imp, {e})}
+    assert found <= LOOP_IMPORTS_OF_ENTRY_POINTS_TODAY, sorted(
+        found - LOOP_IMPORTS_OF_ENTRY_POINTS_TODAY)
+    assert found == LOOP_IMPORTS_OF_ENTRY_POINTS_TODAY, (
+        f"no longer imported, remove from the allow-list: "
+        f"{sorted(LOOP_IMPORTS_OF_ENTRY_POINTS_TODAY - found)}")

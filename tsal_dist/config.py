@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from tsal_dist.atomic import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A config key, type or value is invalid. The message names the key."""
@@ -291,7 +293,7 @@ class RunConfig:
 
     output: str = "runs"  # folder holding run folders; shared POSIX storage on clusters
     storage_path: str = ""  # Ray Train storage (pointer checkpoints); "" = <output>/_ray, or s3://...
-    name: str = ""  # run folder name; "" = tsal-<UTC timestamp>. Same name = resume.
+    name: str = ""  # run folder name; "" = tsal-<config hash> (run_name_for). Same name = resume.
     log_every: int = 50  # steps between metrics.jsonl rows / progress reports
     checkpoint_every: int = 400  # steps between checkpoints (and the final step)
     keep_checkpoints: int = 2  # newest checkpoints kept
@@ -557,14 +559,6 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    import os
-    import tempfile
-
     import yaml
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, p)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

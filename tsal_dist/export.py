@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tsal_dist.atomic import atomic_path
 from tsal_dist.codec import HeatmapCodec
 from tsal_dist.config import ExperimentConfig
 from tsal_dist.data.transforms import IMAGENET_MEAN_RGB
@@ -154,16 +154,10 @@ def load_export_module(checkpoint: str | os.PathLike[str], which: str = "teacher
 
 def _atomic(path: Path, writer: Callable[[str], None]) -> None:
     """Write ``path`` via ``writer(tmp_path)`` then rename into place (mode 0644)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp.", suffix=f".{path.name}")
-    os.close(fd)
-    try:
-        writer(tmp)
+    # the temporary name keeps the extension: writers may pick the format by it (ONNX)
+    with atomic_path(path, ext=path.suffix) as tmp:
+        writer(str(tmp))
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _sha256(path: Path) -> str:

@@ -24,13 +24,13 @@ Not here: training the teacher on the soft landmarks (tsal_dist.loop.distill_loo
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from tsal_dist.atomic import atomic_path
 
 __all__ = ["ShapeModel", "fit_shape_model", "normalize_shapes", "denormalize_shapes",
            "n_components_for"]
@@ -156,20 +156,11 @@ class ShapeModel:
 
     def save(self, path: str | Path) -> None:
         """Write an .npz atomically (temp file in the same folder, then rename)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp.npz")
-        os.close(fd)
-        try:
+        with atomic_path(path, ext=".npz") as tmp:  # np.savez appends .npz to other names
             np.savez(tmp, mean=self.mean, components=self.components,
                      eigenvalues=self.eigenvalues, variance=self.variance,
                      explained=self.explained, normalization=np.array(self.normalization),
                      input_size=self.input_size, clamp_sigmas=self.clamp_sigmas)
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
     @classmethod
     def load(cls, path: str | Path) -> "ShapeModel":

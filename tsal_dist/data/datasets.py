@@ -23,11 +23,11 @@ import logging
 import math
 import os
 from functools import lru_cache
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from tsal_dist.data.flow import FlowMethod, remap_with_grid, tracking_grids
 from tsal_dist.data.formats import AnnotationError, ListEntry, read_pts, split_video_ref
@@ -526,25 +526,3 @@ def seeded_batch_indices(step: int, rank: int, world: int, n: int, batch: int,
         item_seed = int(np.random.SeedSequence((seed, step, rank, slot)).generate_state(1)[0])
         out.append((index, item_seed))
     return out
-
-
-class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
-    """DataLoader ``batch_sampler`` yielding :func:`seeded_batch_indices` for steps
-    ``start_step .. steps - 1`` (resume = start at the checkpoint's step).
-
-    Use with ``DataLoader(dataset, batch_sampler=..., collate_fn=collate)``; the dataset's
-    ``__getitem__((index, seed))`` makes each item.
-    """
-
-    def __init__(self, n: int, batch: int, rank: int, world: int, seed: int, steps: int,
-                 start_step: int = 0) -> None:
-        seeded_batch_indices(0, rank, world, n, batch, seed)  # validate arguments early
-        self.n, self.batch, self.rank, self.world, self.seed = n, batch, rank, world, seed
-        self.steps, self.start_step = steps, start_step
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for s in range(self.start_step, self.steps):
-            yield seeded_batch_indices(s, self.rank, self.world, self.n, self.batch, self.seed)
-
-    def __len__(self) -> int:
-        return max(0, self.steps - self.start_step)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tsal_dist.atomic import atomic_write_text
 
 
 class AnnotationError(ValueError):
@@ -140,14 +141,6 @@ def _read_pts_v1(p: Path, lines: list[str], num_points: int | None) -> tuple[np.
     return pts, vis
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_pts(path: str | Path, points: np.ndarray, visible: np.ndarray | None = None) -> None:
     """Write points in the 300W "version: 1" format, or the AFLW variant if some are invisible."""
     pts = np.asarray(points, dtype=np.float64)
@@ -161,7 +154,7 @@ def write_pts(path: str | Path, points: np.ndarray, visible: np.ndarray | None =
     else:
         text = "".join(f"{i + 1} {x:.3f} {y:.3f} True\n"
                        for i, ((x, y), v) in enumerate(zip(pts, visible)) if v > 0)
-    _atomic_write_text(Path(path), text)
+    atomic_write_text(path, text)
 
 
 def parse_list_line(line: str, where: str) -> ListEntry:
@@ -233,7 +226,7 @@ def write_list(path: str | Path, entries: list[ListEntry], relative_to: str | Pa
         if e.face_size is not None:
             fields.append(f"{e.face_size:.4f}")
         lines.append(" ".join(fields))
-    _atomic_write_text(Path(path), "\n".join(lines) + ("\n" if lines else ""))
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
 def _relpath(ref: str, base: str | Path) -> str:

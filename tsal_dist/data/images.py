@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from tsal_dist.data.formats import AnnotationError, split_video_ref
+from tsal_dist.data.formats import AnnotationError
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -201,11 +201,3 @@ class VideoCache:
             for r in self._readers.values():
                 r.close()
             self._readers.clear()
-
-
-def read_ref(ref: str, videos: VideoCache) -> np.ndarray:
-    """Read a list ref: an image path, or ``<video>#<frame>``. (H, W, 3) uint8 RGB."""
-    vid = split_video_ref(ref)
-    if vid is None:
-        return read_image(ref)
-    return videos.read_frames(vid[0], [vid[1]])[0]

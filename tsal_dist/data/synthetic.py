@@ -34,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tsal_dist.atomic import PLAIN, atomic_path, atomic_write_bytes
 from tsal_dist.data import formats
 from tsal_dist.data.formats import ListEntry, landmark_box, write_list, write_pts
 
@@ -937,36 +938,26 @@ def render_video(rng: np.random.Generator, frames: int, size: int
 # Writers
 # ----------------------------------------------------------------------------------------------
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                            [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise OSError(f"{path}: JPEG encoding failed")
-    _write_bytes_atomic(path, buf.tobytes())
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _write_video(path: Path, frames: list[np.ndarray], quality: int, fps: float = 25.0) -> None:
     """MJPG AVI (every frame a JPEG: intra-only) via OpenCV's built-in deterministic encoder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.tmp{os.getpid()}.avi"
     h, w = frames[0].shape[:2]
-    vw = cv2.VideoWriter(str(tmp), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps,
-                         (w, h))
-    if not vw.isOpened():
-        raise OSError(f"{path}: cannot open an MJPG video writer")
-    vw.set(cv2.VIDEOWRITER_PROP_QUALITY, float(quality))
-    for f in frames:
-        vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    vw.release()
-    os.replace(tmp, path)
+    with atomic_path(path, ext=".avi", mode=PLAIN) as tmp:
+        vw = cv2.VideoWriter(str(tmp), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"),
+                             fps, (w, h))
+        if not vw.isOpened():
+            raise OSError(f"{path}: cannot open an MJPG video writer")
+        vw.set(cv2.VIDEOWRITER_PROP_QUALITY, float(quality))
+        for f in frames:
+            vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+        vw.release()
 
 
 def detector_box(lm: np.ndarray, rng: np.random.Generator, size: int
@@ -1095,7 +1086,7 @@ def generate_dataset(out: str | Path, *, images: int, test_images: int, videos: 
         for k, p in paths.items():
             write_list(p, entries[k], relative_to=lists_dir)
         png = cv2.imencode(".png", cv2.cvtColor(_contact_sheet(sheet), cv2.COLOR_RGB2BGR))[1]
-        _write_bytes_atomic(root / "contact_sheet.png", png.tobytes())
+        atomic_write_bytes(root / "contact_sheet.png", png.tobytes())
         manifest = {
             "generator": "tsal_dist.data.synthetic", "fingerprint": generator_fingerprint(),
             "numpy": np.__version__, "opencv": cv2.__version__,
@@ -1107,8 +1098,8 @@ def generate_dataset(out: str | Path, *, images: int, test_images: int, videos: 
             "lists": {k: str(p.relative_to(root)) for k, p in paths.items()},
             "counts": {k: len(v) for k, v in entries.items()},
         }
-        _write_bytes_atomic(root / "manifest.json",
-                            (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(root / "manifest.json",
+                           (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     finally:
         cv2.setNumThreads(threads)
         if bar is not None:

@@ -45,7 +45,6 @@ class TeacherActorImpl:
         self.incarnation = uuid.uuid4().hex
         self.restored_from: str | None = None
         self.push_seconds = 0.0
-        self.pushes = 0
         if checkpoint_dir:
             self._restore_latest(Path(checkpoint_dir))
 
@@ -63,7 +62,6 @@ class TeacherActorImpl:
         t = time.perf_counter()
         v = self.server.push(state, step)
         self.push_seconds += time.perf_counter() - t
-        self.pushes += 1
         return v
 
     def get(self, version: int) -> tuple[str, dict[str, np.ndarray] | None, int]:
@@ -82,8 +80,9 @@ class TeacherActorImpl:
         return self.incarnation
 
     def info(self) -> dict[str, Any]:
+        # "pushes" comes from the server's counters (restored with its state on a restart)
         return {"incarnation": self.incarnation, "restored_from": self.restored_from,
-                "latest_version": self.server.latest_version(), "pushes": self.pushes,
+                "latest_version": self.server.latest_version(),
                 "push_seconds": self.push_seconds, **self.server.stats()}
 
     def ping(self) -> str:
@@ -130,20 +129,14 @@ class RayTeacherClient:
         self.timeout_s = timeout_s
         self.incarnation = ray.get(self.handle.ping.remote())
         self._pending: list[tuple[int, ray.ObjectRef]] = []
-        self.last_push_bytes = 0
-        self.last_push_seconds = 0.0
-        self.last_get_seconds = 0.0
 
     def push(self, state: dict[str, np.ndarray], step: int) -> None:
         """Send a student snapshot without waiting; a failed earlier push raises here or at the
         next ``get`` (TeacherPushFailed, with the actor's own error)."""
         # Serialisation happens here, in the caller (numpy: ~10 ms for 10 MB); no round trip.
-        t = time.perf_counter()
         self.check_pushes()
         ref = ray.put(state)
         self._pending.append((step, self.handle.push.remote(ref, step)))
-        self.last_push_seconds = time.perf_counter() - t
-        self.last_push_bytes = sum(v.nbytes for v in state.values())
 
     def check_pushes(self) -> None:
         """Collect the finished pushes; raise TeacherPushFailed for one that failed."""
@@ -175,7 +168,6 @@ class RayTeacherClient:
                     f"teacher actor restarted (incarnation {self.incarnation[:8]} -> {inc[:8]}); "
                     "restarting the worker group from the last checkpoint")
             if st is not None:
-                self.last_get_seconds = time.perf_counter() - t0
                 return st
             self.check_pushes()  # the version may be missing because its push failed
             if time.perf_counter() - t0 > self.timeout_s:
@@ -188,9 +180,6 @@ class RayTeacherClient:
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.incarnation = ray.get(self.handle.load_state_dict.remote(sd))
-
-    def refresh_incarnation(self) -> None:
-        self.incarnation = ray.get(self.handle.ping.remote())
 
 
 def _ready(ref: ray.ObjectRef) -> bool:

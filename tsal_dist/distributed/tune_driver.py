@@ -22,11 +22,11 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from tsal_dist.atomic import atomic_path, atomic_write_json, atomic_write_text
 from tsal_dist.config import (ConfigError, ExperimentConfig, flatten, load_yaml, to_dict,
                               with_overrides)
 from tsal_dist.distributed.search_space import num_trials, parse_space, validate_space
@@ -253,14 +253,14 @@ def trial_fn(config: dict[str, Any], meta: dict[str, Any]) -> None:
     cfg = trial_cfg(meta["base"], sampled, run_name=name, runs_dir=meta["runs_dir"])
     run_dir = Path(meta["runs_dir"]) / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "trial.json", json.dumps(
-        {"trial_name": name, "trial_id": tune.get_context().get_trial_id(),
-         "sampled": sampled}, indent=2, default=str))
+    atomic_write_json(run_dir / "trial.json",
+                      {"trial_name": name, "trial_id": tune.get_context().get_trial_id(),
+                       "sampled": sampled}, default=str, final_newline=False)
     summary = fit(cfg, run_callbacks=[TuneReportCallback()],
                   storage_path=str(Path(meta["runs_dir"]) / "_ray"))
-    atomic_write_text(run_dir / "fit_summary.json", json.dumps(
-        {k: summary.get(k) for k in ("name", "run_dir", "error", "teacher_server")},
-        indent=2, default=str))
+    atomic_write_json(run_dir / "fit_summary.json",
+                      {k: summary.get(k) for k in ("name", "run_dir", "error", "teacher_server")},
+                      default=str, final_newline=False)
     if summary.get("error"):
         raise RuntimeError(f"trial {name} failed: {summary['error']}")
 
@@ -473,16 +473,11 @@ def plot_nme_vs_keys(rows: list[dict[str, Any]], keys: list[str], path: Path, *,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_sweep_file(sweep: Sweep, path: Path) -> None:
@@ -499,13 +494,3 @@ def write_sweep_file(sweep: Sweep, path: Path) -> None:
          "output": sweep.output, "seed": sweep.seed,
          "trials": num_trials(sweep.space, sweep.num_samples)}
     atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

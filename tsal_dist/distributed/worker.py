@@ -13,6 +13,7 @@ from typing import Any, Callable
 import ray.train
 import torch
 
+from tsal_dist.atomic import PLAIN, atomic_write_json
 from tsal_dist.config import ExperimentConfig
 from tsal_dist.distributed.teacher_actor import RayTeacherClient
 from tsal_dist.loop.loop import WorkerContext, run
@@ -78,9 +79,7 @@ def _fault_injector(rank: int, run_name: str) -> Callable[[int], None] | None:
             return
         info = {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
                 "step": step, "action": action}
-        tmp = f"{marker}.tmp"
-        Path(tmp).write_text(json.dumps(info))
-        os.replace(tmp, marker)
+        atomic_write_json(marker, info, indent=None, final_newline=False, mode=PLAIN)
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "kill_teacher":

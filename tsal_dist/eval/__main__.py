@@ -14,11 +14,9 @@ list, config override, device), with a one-line message on stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -87,26 +85,11 @@ def _pct(x: Any) -> str:
     return f"{100 * x:.2f}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    """Strict JSON (no NaN/Infinity), temp file in the same folder + os.replace."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Do the evaluation; raises UsageError for bad input. Returns the JSON document."""
     import torch
 
+    from tsal_dist.atomic import atomic_write_json
     from tsal_dist.config import ConfigError, ExperimentConfig, parse_set_args, with_overrides
     from tsal_dist.data.formats import AnnotationError
     from tsal_dist.eval.plots import plot_ced
@@ -156,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
            "which": args.which, "config_hash": cfg.hash(), "units": "fractions (x100 for %)",
            "lists": summaries}
     if args.json:
-        write_json_atomic(doc, args.json)
+        atomic_write_json(args.json, doc, allow_nan=False)  # strict JSON: no NaN/Infinity
     if args.plot:
         primary = results[0].summary["norm"] if results else "inter_ocular"
         plot_ced({r.name: r.primary_nmes for r in results}, args.plot,

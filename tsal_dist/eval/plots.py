@@ -11,33 +11,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from tsal_dist.atomic import atomic_path
 from tsal_dist.eval.metrics import auc, ced, mean_nme
 
 
 def _save_atomic(fig: Any, path: str | Path, dpi: int = 120) -> Path:
-    """Save a matplotlib Figure to ``path`` via a temp file in the same folder + os.replace."""
+    """Save a matplotlib Figure to ``path`` atomically, in the format its extension names
+    (PNG without one)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    suffix = p.suffix or ".png"
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=suffix.lstrip(".").lower())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    fmt = (p.suffix or ".png").lstrip(".").lower()
+    with atomic_path(p) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt)
     return p
 
 

@@ -276,11 +276,29 @@ def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: 
                   locate: str = "window", blur_cells: float = 0.0, batch_size: int = 32,
                   device: str | torch.device = "cpu", strict: bool = False,
                   name: str | None = None, shard: Shard | None = None) -> EvalResult | None:
-    """Evaluate ``model`` on one SBR list file (see :func:`evaluate_lists` for the arguments).
+    """Evaluate ``model`` on one SBR list file (= one category).
 
-    With ``shard`` every rank of the process group calls this, predicts its share on its own
-    device, and rank 0 gets the result of the whole list (the same numbers as one process);
-    the other ranks get None.
+    Args:
+        model: a ``LandmarkDetector`` (``num_points`` / ``input_size`` must match).
+        list_path: SBR list file (``image annotation x1 y1 x2 y2 [face_size]``).
+        input_size: crop side S in px (``model.input_size``).
+        pre_crop_expand: box expansion on each side, fraction of the box size.
+        num_points: K; picks the normalisers (68: inter-ocular + inter-pupil, 19: face_size, ...).
+        sigma_px, window, locate, blur_cells: heatmap decode arguments (``HeatmapCodec``;
+            pass the config's ``model.decode`` / ``model.decode_blur_cells``).
+        batch_size: crops per forward pass.
+        device: torch device.
+        strict: True: the first bad image/annotation raises; False: skipped and counted.
+        name: the result's name (default: the list's file name; see :func:`list_names`).
+        shard: every rank of the process group calls this, predicts its share on its own
+            device, and rank 0 gets the result of the whole list (the same numbers as one
+            process); the other ranks get None.
+
+    Returns:
+        An :class:`EvalResult` whose ``summary`` has ``count``, ``nme`` / ``nme_<primary>``,
+        ``nme_inter_pupil``, ``auc@0.07|0.08|0.1``, ``fr@...``, ``n_degenerate``, the skip
+        counts, and for video lists ``videos`` = {video path: summary over its frames}. NMEs are
+        fractions.
     """
     # Imported here: eval's metrics/plots stay free of the data package (DESIGN.md layering).
     from tsal_dist.data.datasets import EvalImageDataset
@@ -327,35 +345,3 @@ def list_names(list_paths: Sequence[str | Path]) -> list[str]:
     """Short unique names for list files: the file name, or the full path where names clash."""
     base = [Path(p).name for p in list_paths]
     return [b if base.count(b) == 1 else str(p) for b, p in zip(base, list_paths)]
-
-
-def evaluate_lists(model: torch.nn.Module, list_paths: Sequence[str | Path], *, input_size: int,
-                   pre_crop_expand: float, num_points: int, sigma_px: float, window: int,
-                   locate: str = "window", blur_cells: float = 0.0, batch_size: int = 32,
-                   device: str = "cpu", strict: bool = False) -> dict[str, dict[str, Any]]:
-    """Evaluate ``model`` on each SBR list file; one summary per list (= per category).
-
-    Args:
-        model: a ``LandmarkDetector`` (``num_points`` / ``input_size`` must match).
-        list_paths: SBR list files (``image annotation x1 y1 x2 y2 [face_size]``).
-        input_size: crop side S in px (``model.input_size``).
-        pre_crop_expand: box expansion on each side, fraction of the box size.
-        num_points: K; picks the normalisers (68: inter-ocular + inter-pupil, 19: face_size, ...).
-        sigma_px, window, locate, blur_cells: heatmap decode arguments (``HeatmapCodec``;
-            pass the config's ``model.decode`` / ``model.decode_blur_cells``).
-        batch_size: crops per forward pass.
-        device: torch device string.
-        strict: True: the first bad image/annotation raises; False: skipped and counted.
-
-    Returns:
-        {list name: summary}. Each summary has ``count``, ``nme`` / ``nme_<primary>``,
-        ``nme_inter_pupil``, ``auc@0.07|0.08|0.1``, ``fr@...``, ``n_degenerate``, the skip counts,
-        and for video lists ``videos`` = {video path: summary over its frames}. NMEs are fractions.
-    """
-    names = list_names(list_paths)
-    return {name: evaluate_list(model, p, input_size=input_size, pre_crop_expand=pre_crop_expand,
-                                num_points=num_points, sigma_px=sigma_px, window=window,
-                                locate=locate, blur_cells=blur_cells, batch_size=batch_size,
-                                device=device, strict=strict,
-                                name=name).summary
-            for name, p in zip(names, list_paths)}

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tsal_dist.atomic import PLAIN, atomic_write_json
 from tsal_dist.codec import HeatmapCodec
 from tsal_dist.config import (ConfigError, ExperimentConfig, ModelConfig, OptimConfig,
                               RunConfig, from_dict, load_config, save_config, to_dict)
@@ -50,8 +51,8 @@ from tsal_dist.loop.checkpoint import (CheckpointError, latest_checkpoint, load_
                                        optimizer_state_of,
                                        rng_state, save_engine_checkpoint, set_rng_state)
 from tsal_dist.loop.engines import build_engine
-from tsal_dist.loop.loop import (DataLists, Reporter, WorkerContext, _atomic_json, _sharded,
-                                 eval_module, no_report, resolve_data, split_labeled)
+from tsal_dist.loop.loop import (DataLists, Reporter, WorkerContext, _sharded, eval_module,
+                                 no_report, resolve_data, split_labeled)
 from tsal_dist.loop.schedules import lr_at
 from tsal_dist.models import MobileNetV2Regressor, build_model
 
@@ -605,7 +606,8 @@ def run_distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext 
             results[which] = {nm: evaluate_model(model, p, e=e, name=nm)
                               for nm, p in zip(names, lists.eval)}
         (run_dir / "eval").mkdir(parents=True, exist_ok=True)
-        _atomic_json(run_dir / "eval" / "summary.json", results)
+        atomic_write_json(run_dir / "eval" / "summary.json", results, default=float,
+                          final_newline=False, mode=PLAIN)
         summary["eval"] = results
     if (e.run.export if export is None else export) and dcfg.student.arch == "regression":
         from tsal_dist.export import export as export_ckpt

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tsal_dist.atomic import PLAIN, atomic_write_json
 from tsal_dist.codec import CentroidCodec, HeatmapCodec
 from tsal_dist.config import ConfigError, ExperimentConfig, save_config
 from tsal_dist.data.batches import StepBatches, resolve_loader_workers, step_loader, to_device
@@ -36,7 +37,7 @@ from tsal_dist.loop.engines import Engine, broadcast_flat_, build_engine
 from tsal_dist.loop.runs import (newest_readable_checkpoint, remove_stale_temp_files,
                                  truncate_metrics)
 from tsal_dist.loop.schedules import is_sync_step, lr_at, version_to_apply
-from tsal_dist.loop.step import LossWeights, tsal_step
+from tsal_dist.loop.step import LossWeights, consistency_weight, tsal_step
 from tsal_dist.models import build_model
 from tsal_dist.teacher.averaging import lerp_state_, to_numpy_state
 from tsal_dist.teacher.server import TeacherServer, versions_to_keep
@@ -357,8 +358,9 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                                 average_buffers=cfg.teacher.average_buffers,
                                 buffer_keys=buffer_keys)
                     applied_version = version
-            # the effective coefficients, as used this step (provenance for sweeps and curves)
-            logs.update({"loss/unsup_weight": ramp * cfg.loss.unsup_weight,
+            # the effective coefficients, as used this step (provenance for sweeps and curves);
+            # loss/unsup_weight is the student's (the teacher's is ramp * loss.unsup_weight)
+            logs.update({"loss/unsup_weight": consistency_weight(weights, ramp, "student"),
                          "teacher/blend": cfg.teacher.blend,
                          "teacher/ema_decay": cfg.teacher.ema_decay})
             # sync cost of this step in ms (0 off sync steps: the logged mean is the per-step share)
@@ -596,7 +598,8 @@ def finish_run(cfg: ExperimentConfig, *, run_dir: Path, teacher: torch.nn.Module
         if not ctx.is_main:
             return out
         eval_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_json(eval_dir / "summary.json", results)
+        atomic_write_json(eval_dir / "summary.json", results, default=float, final_newline=False,
+                          mode=PLAIN)
         plot_ced(curves, eval_dir / "ced.png", title="CED, teacher vs student")
         out["eval"] = results
     if not ctx.is_main:
@@ -617,9 +620,3 @@ def finish_run(cfg: ExperimentConfig, *, run_dir: Path, teacher: torch.nn.Module
             export(ckpt, run_dir / "export", which="teacher")
             out["export"] = str(run_dir / "export")
     return out
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)

@@ -8,11 +8,11 @@ alike). What does not: writing checkpoints (checkpoint.py), the loop itself (loo
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from tsal_dist.atomic import PLAIN, atomic_write_text, is_temp_name
 from tsal_dist.config import ConfigError, ExperimentConfig, load_config
 from tsal_dist.loop.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 
@@ -65,12 +65,13 @@ def check_run_config(run_dir: str | Path, cfg: ExperimentConfig, *, force: bool 
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete the temporary files of writes that never finished (``.<name>.*.tmp``)."""
+    """Delete the temporary files of writes that never finished (``.<name>.*.tmp``: the names
+    that ``tsal_dist.atomic`` gives them)."""
     p = Path(folder)
     gone = []
     if p.is_dir():
         for f in p.iterdir():
-            if f.name.startswith(".") and f.name.endswith(".tmp") and f.is_file():
+            if is_temp_name(f.name) and f.is_file():
                 f.unlink(missing_ok=True)
                 gone.append(f)
     return gone
@@ -109,7 +110,5 @@ def truncate_metrics(path: str | Path, step: int) -> int:
         else:
             keep.append(line)
     if dropped:
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text("".join(x + "\n" for x in keep))
-        os.replace(tmp, p)
+        atomic_write_text(p, "".join(x + "\n" for x in keep), mode=PLAIN)
     return dropped

@@ -43,14 +43,18 @@ class LossWeights:
     student_unsup: float = 1.0  # extra factor on the student's consistency (role="student")
 
 
+def consistency_weight(w: LossWeights, ramp: float, role: str = "teacher") -> float:
+    """The weight of ``role``'s consistency term this step: ``ramp * unsup`` (times
+    ``student_unsup`` for the student)."""
+    return ramp * (w.unsup * (w.student_unsup if role == "student" else 1.0))
+
+
 def total_loss(terms: dict[str, torch.Tensor], w: LossWeights, ramp: float,
                role: str = "teacher") -> torch.Tensor:
-    """sum(weight * term); the consistency term is scaled by ``ramp * unsup`` (times
-    ``student_unsup`` for the student)."""
-    unsup = w.unsup * (w.student_unsup if role == "student" else 1.0)
+    """sum(weight * term); the consistency term's weight is :func:`consistency_weight`."""
     return (w.heatmap * terms["heatmap"] + w.centroid * terms["centroid"]
             + w.offset * terms["offset"] + w.structure * terms["structure"]
-            + ramp * unsup * terms["consistency"])
+            + consistency_weight(w, ramp, role) * terms["consistency"])
 
 
 def _split(out: dict, sizes: list[int]) -> list[dict]:
@@ -157,8 +161,7 @@ def make_targets(batch: dict, hm_codec: HeatmapCodec, ctr_codec: CentroidCodec) 
 def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | None,
               hm_codec: HeatmapCodec, ctr_codec: CentroidCodec, weights: LossWeights,
               ramp: float, lr: float, fusion_mu: float, structure_descriptor: str = "pairs",
-              train_teacher: bool = True, pseudo_source: str = "self",
-              consistency_space: str = "image",
+              pseudo_source: str = "self", consistency_space: str = "image",
               student_term: str = "multi_source",
               pseudo_threshold: float = 0.4) -> dict[str, float]:
     """Run one optimizer step of student and teacher; return logged scalars.
@@ -167,7 +170,6 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
         labeled: collated labeled items (CONTRACTS.md), tensors on the model device.
         clips: collated clip items or None (supervised-only step).
         ramp: the consistency ramp value for this step (losses.consistency.ramp_weight).
-        train_teacher: False freezes the teacher's optimizer (plain mean-teacher ablation).
         pseudo_source: "self" (TSAL code: the student's multi-source target comes from its own
             outputs on the warped frames) or "teacher" (from the teacher's outputs on the same
             warped frames, computed in the teacher's pass: the mean-teacher reading).
@@ -208,11 +210,6 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
     logs: dict[str, float] = {}
     teacher_warped: dict | None = None
     for role, engine in (("teacher", teacher), ("student", student)):
-        if role == "teacher" and not train_teacher:
-            if clips is not None and pseudo_source == "teacher":
-                with torch.no_grad():
-                    teacher_warped = _split(teacher.module(wrp), [wrp.shape[0]])[0]
-            continue
         parts = [engine.module(images)]
         if clips is not None:
             parts += _split(engine.module(clip_inputs), clip_sizes)

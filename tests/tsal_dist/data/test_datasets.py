@@ -9,13 +9,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from tsal_dist.data.datasets import (
     ClipDataset,
     EvalImageDataset,
     LabeledImageDataset,
-    SeededBatchSampler,
     build_clips,
     collate,
     seeded_batch_indices,
@@ -391,20 +389,6 @@ def test_seeded_batch_indices_straddles_epochs_and_small_n():
         seeded_batch_indices(0, 2, 2, 10, 1, 0)
     with pytest.raises(ValueError):
         seeded_batch_indices(0, 0, 1, 0, 1, 0)
-
-
-def test_sampler_resume_and_dataloader(images):
-    full = list(SeededBatchSampler(n=4, batch=2, rank=0, world=1, seed=3, steps=6))
-    resumed = list(SeededBatchSampler(n=4, batch=2, rank=0, world=1, seed=3, steps=6,
-                                      start_step=4))
-    assert len(full) == 6 and resumed == full[4:]
-    ds = _labeled(images)
-    loader = DataLoader(ds, batch_sampler=SeededBatchSampler(4, 2, 0, 1, 3, 2),
-                        collate_fn=collate, num_workers=0)
-    batches = list(loader)
-    assert len(batches) == 2 and batches[0]["image"].shape == (2, 3, S, S)
-    (i0, s0), _ = full[0]
-    assert torch.equal(batches[0]["image"][0], ds.get(i0, s0)["image"])
 
 
 def test_datasets_pickle_with_open_video_readers(tmp_path):

@@ -247,15 +247,16 @@ def test_evaluate_list_category_aggregates_all_frames(tmp_path, fake_datasets):
     json.dumps(s, allow_nan=False)
 
 
-def test_evaluate_lists_images_and_face_size(tmp_path, fake_datasets):
+def test_evaluate_list_of_images(tmp_path, fake_datasets):
     imgs = [ListEntry(str(tmp_path / f"i{i}.png"), str(tmp_path / f"i{i}.pts"), (0, 0, 9, 9))
             for i in range(2)]
     fake_datasets.errors[imgs[1].image] = 2.0
     p1 = tmp_path / "common.lst"
     write_list(p1, imgs)
-    out = R.evaluate_lists(FakeDetector(), [p1], input_size=S, pre_crop_expand=0.1,
-                           num_points=K, sigma_px=3.0, window=4)
-    s = out["common.lst"]
+    res = R.evaluate_list(FakeDetector(), p1, input_size=S, pre_crop_expand=0.1,
+                          num_points=K, sigma_px=3.0, window=4)
+    assert res.name == "common.lst"
+    s = res.summary
     assert s["nme"] == pytest.approx(0.01, abs=1e-5) and "videos" not in s
     assert s["norm"] == "inter_ocular"
 
