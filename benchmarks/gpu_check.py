@@ -8,8 +8,9 @@ On a machine with one CUDA GPU (about 8 minutes in all)::
 2. a 200-step bf16 ``ddp`` run of the default model through Ray Train (1 GPU worker);
 3. the same with DeepSpeed ZeRO-2 bf16.
 
-(The runtime's GPU latency figures -- torch-CUDA fp16 / TensorRT per face -- are not part of it
-yet: ``benchmarks/runtime_fps.py`` measures the CPU engines only.)
+4. the runtime's GPU figures: the ddp run's teacher is exported and ``benchmarks/runtime_fps.py
+   --gpu-only`` measures torch-CUDA fp16/fp32 and TensorRT fp16 (when installed) per-face latency
+   at batch 1, 16 and 64 and the end-to-end pipeline on them (``runtime_fps_gpu.{json,md}``).
 
 For each training run it reads the run's metrics.jsonl and reports samples/s (after warm-up),
 the fraction of each step spent waiting for data, and peak GPU memory; everything goes to
@@ -90,6 +91,25 @@ def training_run(name: str, overrides: dict[str, Any], out: Path) -> dict[str, A
             "teacher_nme": {k: v.get("nme_inter_ocular") for k, v in ev.items()}}
 
 
+def runtime_figures(run_dir: Path, out: Path, work: Path, frames: int = 300) -> dict[str, Any]:
+    """Export the run's teacher and run ``runtime_fps.py --gpu-only`` on it."""
+    from tsal_dist.export import export
+    from tsal_dist.loop.checkpoint import latest_checkpoint
+
+    t = time.perf_counter()
+    ck = latest_checkpoint(run_dir / "checkpoints")
+    if ck is None:
+        return {"returncode": None, "summary": f"no checkpoint in {run_dir}"}
+    export(ck, work / "export", which="teacher")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "runtime_fps.py"),
+                           "--gpu-only", "--model", str(work / "export"), "--out", str(out),
+                           "--frames", str(frames)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1200)
+    tail = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()][-1:] or [""]
+    return {"returncode": proc.returncode, "summary": tail[0][:300],
+            "results": str(out / "runtime_fps_gpu.md"), "seconds": round(time.perf_counter() - t)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true",
@@ -133,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(r), flush=True)
         runs.append(r)
     report["training"] = runs
+    if gpu and not runs[0]["error"]:
+        report["runtime"] = runtime_figures(work / runs[0]["name"], Path(args.out), work)
+        print(f"runtime: {report['runtime']}", flush=True)
     report["total_s"] = round(time.perf_counter() - t0, 1)
 
     out = Path(args.out)
@@ -142,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out / f"{stem}.md", render(report))
     print(f"gpu_check: wrote {out / stem}.{{json,md}} in {report['total_s']} s")
     bad = [r["name"] for r in runs if r["error"]]
+    if gpu and report.get("runtime", {}).get("returncode") not in (0, None):
+        bad.append("runtime_fps --gpu-only")
     if bad or (gpu and report["pytest_gpu"]["returncode"] not in (0, 5)):
         return 1
     return 0
@@ -163,6 +188,10 @@ def render(report: dict[str, Any]) -> str:
                      f"{r['sec_per_step']} | {100 * r['data_wait_frac']:.1f} % | "
                      f"{r['loader_workers']} | {r['peak_gpu_mib']} |"
                      + (f" error: {r['error']}" if r["error"] else ""))
+    if "runtime" in report:
+        r = report["runtime"]
+        lines += ["", f"Runtime on the GPU (`runtime_fps.py --gpu-only`, exit {r['returncode']}): "
+                      f"see `runtime_fps_gpu.md`. {r['summary']}"]
     return "\n".join(lines) + "\n"
 
 

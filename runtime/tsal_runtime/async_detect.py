@@ -10,6 +10,7 @@ the frame and sends a few bytes.
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import time
@@ -67,6 +68,10 @@ def _child(conn: Any, blob: bytes) -> None:
     from multiprocessing import shared_memory
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        os.nice(5)  # the frame loop comes first when both want a core
+    except OSError:
+        pass
     try:
         detector = pickle.loads(blob)
     except Exception as e:  # noqa: BLE001 - reported to the parent as one line

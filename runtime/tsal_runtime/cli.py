@@ -48,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop a track whose mean landmark score falls below this")
     p.add_argument("--refine", type=int, default=1, help="refinement passes after a detection")
     p.add_argument("--no-smooth", action="store_true", help="disable One Euro smoothing")
-    p.add_argument("--min-cutoff", type=float, default=1.0, help="One Euro min cutoff, Hz")
-    p.add_argument("--beta", type=float, default=5.0, help="One Euro speed coefficient")
+    p.add_argument("--min-cutoff", type=float, default=0.3,
+                   help="One Euro min cutoff, Hz (lower: steadier at rest, more lag)")
+    p.add_argument("--beta", type=float, default=20.0,
+                   help="One Euro speed coefficient (higher: less lag in fast motion)")
     p.add_argument("--output", metavar="FILE.mp4", help="annotated video (mp4v)")
     p.add_argument("--json", metavar="FILE", help="per-frame landmarks, JSON lines")
     p.add_argument("--csv", metavar="FILE", help="per-face landmarks, CSV")

