@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="per-face landmarks, CSV")
     p.add_argument("--headless", action="store_true", help="no window")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
-    p.add_argument("--threads", type=int, default=0, help="engine CPU threads (0 = default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="engine CPU threads (0 = the engine's default). 1 leaves the other cores "
+                        "to the face detector's process: fastest for 1 face on 2 cores; 2 help "
+                        "from 4 faces a frame (benchmarks/results/runtime_fps.md)")
     p.add_argument("--log-level", default="INFO")
     return p
 
