@@ -242,7 +242,8 @@ def test_detection_mode_defaults_and_async_video(tmp_path: Path, const_model: Pa
                                                  capsys: pytest.CaptureFixture,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     """Cameras detect asynchronously by default, files synchronously; ``--detection async`` on a
-    file gives every frame (faces once the first detection is merged)."""
+    file gives every frame (with faces once the first detection is merged: when that happens
+    depends on the machine's load, so it is checked with a fixed lag in test_async_detect.py)."""
     import logging
 
     caplog.set_level(logging.INFO, logger="tsal_runtime")
@@ -258,7 +259,6 @@ def test_detection_mode_defaults_and_async_video(tmp_path: Path, const_model: Pa
     assert rc == 0 and "detection async" in caplog.text, err
     recs = [json.loads(line) for line in js.read_text().splitlines()]
     assert [r["frame"] for r in recs] == list(range(6))
-    assert any(r["faces"] for r in recs)
     caplog.clear()
     rc, err = run_cli(capsys, *common, "--video", str(video), "--json", str(js))
     assert rc == 0 and "detection sync" in caplog.text, err
