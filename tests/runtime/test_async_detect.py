@@ -110,7 +110,7 @@ def test_the_frame_loop_never_waits_for_a_slow_detector(const_model: Path) -> No
     finally:
         pipe.close()
     # a synchronous pipeline would take >= 0.4 s on every second frame
-    assert max(times) < 0.2, max(times)
+    assert max(times) < 0.3, max(times)
     assert faces[0] == 0 and max(faces) == 1  # no face until the first detection is merged
     assert i > 20
 
