@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,7 @@ import pytest
 
 from tsal_dist.data import synthetic as syn
 from tsal_dist.data.formats import landmark_box, read_list, read_pts, split_video_ref
+from tsal_dist.data.synthetic import dataset as syn_dataset
 
 SIZES = dict(images=5, test_images=3, videos=2, test_videos=1, frames=6, image_size=64, seed=3)
 
@@ -158,7 +160,7 @@ def test_failed_generation_leaves_no_manifest(tmp_path: Path, monkeypatch) -> No
     def boom(*a, **k):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(syn, "render_video", boom)
+    monkeypatch.setattr(syn_dataset, "render_video", boom)
     with pytest.raises(RuntimeError):
         syn.generate_dataset(out, **SIZES, progress=False)
     assert not (out / "manifest.json").exists()
@@ -174,7 +176,7 @@ def test_ensure_synthetic_generates_once_and_atomically(tmp_path: Path, monkeypa
     def boom(*a, **k):
         raise RuntimeError("must not regenerate")
 
-    monkeypatch.setattr(syn, "generate_dataset", boom)
+    monkeypatch.setattr(syn_dataset, "generate_dataset", boom)
     assert syn.ensure_synthetic(tmp_path, progress=False, **sizes) == root
     # an interrupted generation leaves neither the final folder nor its temp folder
     with pytest.raises(RuntimeError):
@@ -208,9 +210,9 @@ def test_pose_projection() -> None:
     ident = syn.sample_identity(np.random.default_rng(0))
     front = syn.FaceState(yaw=0, pitch=0, roll=0, center=(100, 100), scale=50)
     lm0 = syn.face_landmarks(ident, front)
-    lm_yaw = syn.face_landmarks(ident, syn._replace(front, yaw=40))
+    lm_yaw = syn.face_landmarks(ident, replace(front, yaw=40))
     assert lm_yaw[30, 0] > lm0[30, 0] + 5  # nose tip swings to the image right
-    lm_roll = syn.face_landmarks(ident, syn._replace(front, roll=90))
+    lm_roll = syn.face_landmarks(ident, replace(front, roll=90))
     # 90 degrees clockwise roll: the chin (below the pivot) ends up left of the pivot
     assert lm_roll[8, 0] < 100 - 20 and abs(lm_roll[8, 1] - 100) < 25
     # the iBUG outer eye corners: 36 on the image left, 45 on the right, in a frontal view
@@ -262,7 +264,7 @@ def test_cache_keyed_by_the_generator_and_checked_on_reuse(tmp_path: Path, monke
     root = syn.ensure_synthetic(tmp_path, progress=False, **sizes)
     digest = syn.content_digest(root)
     with monkeypatch.context() as m:
-        m.setattr(syn, "generator_fingerprint", lambda: "0" * 16)
+        m.setattr(syn_dataset, "generator_fingerprint", lambda: "0" * 16)
         assert syn.synthetic_key(**sizes) != root.name
     jpg = next(root.rglob("*.jpg"))
     jpg.write_bytes(jpg.read_bytes()[:64])  # damaged after generation
