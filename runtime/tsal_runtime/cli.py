@@ -48,10 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop a track whose mean landmark score falls below this")
     p.add_argument("--refine", type=int, default=1, help="refinement passes after a detection")
     p.add_argument("--no-smooth", action="store_true", help="disable One Euro smoothing")
+    p.add_argument("--smoothing", default="face", choices=["face", "points"],
+                   help="face: One Euro on the face's centre and size (--min-cutoff, --beta) and "
+                        "a calmer one on its shape (--shape-cutoff, --shape-beta); points: One "
+                        "Euro on every coordinate (--min-cutoff, --beta)")
     p.add_argument("--min-cutoff", type=float, default=0.3,
                    help="One Euro min cutoff, Hz (lower: steadier at rest, more lag)")
     p.add_argument("--beta", type=float, default=20.0,
                    help="One Euro speed coefficient (higher: less lag in fast motion)")
+    p.add_argument("--shape-cutoff", type=float, default=0.1, help="face shape min cutoff, Hz")
+    p.add_argument("--shape-beta", type=float, default=1.0, help="face shape speed coefficient")
     p.add_argument("--output", metavar="FILE.mp4", help="annotated video (mp4v)")
     p.add_argument("--json", metavar="FILE", help="per-frame landmarks, JSON lines")
     p.add_argument("--csv", metavar="FILE", help="per-face landmarks, CSV")
@@ -99,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
     pipe = Pipeline(spec, engine, detector, detect_every=1 if still_images else args.detect_every,
                     max_faces=args.max_faces, min_score=args.min_score, refine=args.refine,
                     smooth=not args.no_smooth and not still_images,
-                    min_cutoff=args.min_cutoff, beta=args.beta, detection=detection)
+                    min_cutoff=args.min_cutoff, beta=args.beta, detection=detection,
+                    smoothing=args.smoothing, shape_cutoff=args.shape_cutoff,
+                    shape_beta=args.shape_beta)
     sinks: list[object] = []
     window = None
     n = faces = 0

@@ -37,7 +37,7 @@ from tsal_runtime.detectors import FaceDetector
 from tsal_runtime.engines import Engine
 from tsal_runtime.geometry import (adapt_box, extract_crops, iou, landmark_box,
                                    normalised_to_image)
-from tsal_runtime.smoothing import OneEuroFilter
+from tsal_runtime.smoothing import FaceFilter, OneEuroFilter
 from tsal_runtime.spec import ModelSpec
 
 STAGES = ("decode", "detect", "landmark", "smooth", "draw")
@@ -68,7 +68,7 @@ class FrameResult:
 class _Track:
     track_id: int
     box: np.ndarray
-    filt: OneEuroFilter | None
+    filt: OneEuroFilter | FaceFilter | None
     raw: np.ndarray | None = None
     score: float = 0.0
 
@@ -87,6 +87,9 @@ class Pipeline:
             (defaults chosen in benchmarks/results/runtime_fps.md: lowest NMJ on synthetic video,
             then lowest jitter on a real one).
         min_face_px: tracks whose box is smaller than this (px) are dropped.
+        smoothing: "face" (centre and size of the face with ``min_cutoff``/``beta``, its shape
+            with the calmer ``shape_cutoff``/``shape_beta``: ``smoothing.FaceFilter``) or
+            "points" (every coordinate with ``min_cutoff``/``beta``).
         detection: "sync" (the detector runs on the frame loop: reproducible, for files) or
             "async" (its own thread, never blocking the loop: for cameras).
         detect_lag: async only: None = merge results when ready; k = merge exactly k frames
@@ -97,9 +100,14 @@ class Pipeline:
                  detect_every: int = 10, max_faces: int = 4, min_score: float = 0.2,
                  refine: int = 1, smooth: bool = True, min_cutoff: float = 0.3,
                  beta: float = 20.0, d_cutoff: float = 1.0, min_face_px: float = 8.0,
-                 detection: str = "sync", detect_lag: int | None = None) -> None:
+                 detection: str = "sync", detect_lag: int | None = None,
+                 smoothing: str = "face", shape_cutoff: float = 0.1,
+                 shape_beta: float = 1.0) -> None:
         if detect_every < 1 or max_faces < 1 or refine < 0:
             raise ValueError("need detect_every >= 1, max_faces >= 1, refine >= 0")
+        if smoothing not in ("face", "points"):
+            raise ValueError(f"smoothing must be 'face' or 'points', not {smoothing!r}")
+        self._smoothing, self._shape_euro = smoothing, (shape_cutoff, shape_beta)
         if detection not in ("sync", "async"):
             raise ValueError(f"detection must be 'sync' or 'async', not {detection!r}")
         self._async = AsyncDetector(detector, detect_lag) if detection == "async" else None
@@ -129,8 +137,15 @@ class Pipeline:
         return bool(np.isfinite(box).all() and min(bw, bh) >= self.min_face_px
                     and 0 <= cx < w and 0 <= cy < h and max(bw, bh) < 4 * max(h, w))
 
+    def _new_filter(self) -> OneEuroFilter | FaceFilter | None:
+        if not self.smooth:
+            return None
+        if self._smoothing == "points":
+            return OneEuroFilter(*self._euro)
+        return FaceFilter(*self._euro, *self._shape_euro)
+
     def _new_track(self, box: np.ndarray) -> _Track:
-        t = _Track(self._next_id, box, OneEuroFilter(*self._euro) if self.smooth else None)
+        t = _Track(self._next_id, box, self._new_filter())
         self._next_id += 1
         return t
 

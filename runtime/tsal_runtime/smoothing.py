@@ -65,3 +65,39 @@ class OneEuroFilter:
         self._x = a * x + (1 - a) * self._x
         self._t = t
         return self._x.copy()
+
+
+class FaceFilter:
+    """One Euro filtering of a face split into its rigid part and its shape.
+
+    Landmark noise of a tracked face is mostly in its shape (each point on its own), while true
+    motion is mostly rigid (the whole face moves). So the face's centre (mean of the points) and
+    size (RMS distance to the centre) follow a responsive filter (``min_cutoff``, ``beta``, speeds
+    in face sizes per second, like :class:`OneEuroFilter` with ``scale``), and the shape (points
+    relative to the centre, in face sizes) a calm one (``shape_cutoff``, ``shape_beta``); the
+    output is centre + size * shape. On our benchmark this halves the frame-to-frame jitter of the
+    points at the same rigid lag (benchmarks/results/runtime_fps.md, smoothing table).
+    """
+
+    def __init__(self, min_cutoff: float = 0.3, beta: float = 20.0, d_cutoff: float = 1.0,
+                 shape_cutoff: float = 0.1, shape_beta: float = 1.0) -> None:
+        self._pos = OneEuroFilter(min_cutoff, beta, d_cutoff)
+        self._size = OneEuroFilter(min_cutoff, beta, d_cutoff)
+        self._shape = OneEuroFilter(shape_cutoff, shape_beta, d_cutoff)
+
+    def reset(self) -> None:
+        for f in (self._pos, self._size, self._shape):
+            f.reset()
+
+    def __call__(self, x: np.ndarray, t: float, scale: float = 1.0) -> np.ndarray:
+        """Filter one (K, 2) landmark array at time ``t`` s; ``scale`` = face size in px."""
+        x = np.asarray(x, dtype=np.float64)
+        centre = x.mean(axis=0)
+        rel = x - centre
+        size = float(np.sqrt((rel ** 2).sum(axis=-1).mean()))
+        if not size > 0:
+            return x.copy()
+        c = self._pos(centre, t, scale=scale)
+        s = float(self._size(np.array([size]), t, scale=scale)[0])
+        shape = self._shape(rel / size, t, scale=1.0)
+        return c + s * shape
