@@ -33,7 +33,8 @@ class Detection:
     ms: float
 
 
-def _detect(detector: FaceDetector, frame: np.ndarray, index: int) -> Detection:
+def detect_frame(detector: FaceDetector, frame: np.ndarray, index: int) -> Detection:
+    """Run ``detector`` on one frame (none on frames under 16 px), timed."""
     t0 = time.perf_counter()
     h, w = frame.shape[:2]
     dets = detector(frame, index) if min(h, w) >= 16 else np.zeros((0, 5))
@@ -48,7 +49,7 @@ class _ThreadBackend:
         self._fut: Future[Detection] | None = None
 
     def submit(self, frame: np.ndarray, index: int) -> None:
-        self._fut = self._pool.submit(_detect, self._detector, frame.copy(), index)
+        self._fut = self._pool.submit(detect_frame, self._detector, frame.copy(), index)
 
     def ready(self) -> bool:
         return self._fut is not None and self._fut.done()
@@ -93,7 +94,7 @@ def _child(conn: Any, blob: bytes) -> None:
             shm = shared_memory.SharedMemory(name=name)
         frame = np.ndarray(shape, np.uint8, buffer=shm.buf)
         try:
-            conn.send(("ok", _detect(detector, frame, index)))
+            conn.send(("ok", detect_frame(detector, frame, index)))
         except Exception as e:  # noqa: BLE001 - reported to the parent as one line
             conn.send(("error", f"{type(e).__name__}: {e}"))
         del frame

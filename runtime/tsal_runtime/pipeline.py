@@ -15,8 +15,8 @@ Per frame:
 4. Per-track One Euro smoothing (``smooth=False`` turns it off).
 
 Asynchronous detection (``detection="async"``, the camera default): the detector runs in its own
-process or thread (``async_detect.AsyncDetector``) and never blocks the frame loop. When a detection is due, the frame is
-handed to that thread if it is idle and the loop goes on tracking; the result is merged on the
+process or thread (``async_detect.AsyncDetector``) and never blocks the frame loop. When a
+detection is due, the frame is handed over if the detector is idle and the loop goes on tracking; the result is merged on the
 first frame after it is ready (``detect_lag=None``), or exactly ``detect_lag`` frames after the
 frame it was computed on (deterministic: the loop waits if it is not ready yet; ``detect_lag=0``
 gives the synchronous pipeline's results). A result computed on an older frame is merged like a
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tsal_runtime.async_detect import AsyncDetector
+from tsal_runtime.async_detect import AsyncDetector, detect_frame
 from tsal_runtime.detectors import FaceDetector
 from tsal_runtime.engines import Engine
 from tsal_runtime.geometry import (adapt_box, extract_crops, iou, landmark_box,
@@ -212,10 +212,9 @@ class Pipeline:
         pending: list[_Track] = []  # new detections, to refine
         detect = False
         if self._async is None and due:
-            t0 = time.perf_counter()
-            dets = self.detector(image, index) if min(h, w) >= 16 else np.zeros((0, 5))
-            timings["detect"] = (time.perf_counter() - t0) * 1e3
-            tracks, pending = self._merge(dets, tracks, h, w)
+            found = detect_frame(self.detector, image, index)  # the same call as async
+            timings["detect"] = found.ms
+            tracks, pending = self._merge(found.dets, tracks, h, w)
             detect, self._since_detect, self._need_detect = True, 0, False
         elif self._async is not None:
             if due and self._async.submit(image, index):
