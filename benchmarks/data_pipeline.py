@@ -41,7 +41,7 @@ def pipeline_rate(cfg: Any, n_batches: int) -> dict[str, float]:
     from tsal_dist.data.batches import StepBatches
     from tsal_dist.data.datasets import ClipDataset, LabeledImageDataset
     from tsal_dist.data.formats import read_list
-    from tsal_dist.loop.loop import resolve_data
+    from tsal_dist.data.lists import resolve_data
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)

@@ -68,7 +68,7 @@ def evaluate(checkpoint: Path) -> dict:
     from tsal_dist.config import ExperimentConfig
     from tsal_dist.data.formats import read_list
     from tsal_dist.loop.checkpoint import load_checkpoint
-    from tsal_dist.loop.loop import resolve_data, split_labeled
+    from tsal_dist.data.lists import resolve_data, split_labeled
     from tsal_dist.models import build_model
 
     ckpt = load_checkpoint(checkpoint)

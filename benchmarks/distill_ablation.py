@@ -39,8 +39,7 @@ from _results_io import save_figure, write_text  # noqa: E402
 
 from tsal_dist.codec import HeatmapCodec  # noqa: E402
 from tsal_dist.export import CropToLandmarks  # noqa: E402
-from tsal_dist.loop.distill_loop import (DistillConfig, load_distill_config,  # noqa: E402
-                                         run_distill)
+from tsal_dist.distill import DistillConfig, load_distill_config, run_distill  # noqa: E402
 from tsal_dist.models import MobileNetV2Regressor, count_parameters  # noqa: E402
 
 VARIANTS = {  # name -> overrides of the student's loss

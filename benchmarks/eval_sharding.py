@@ -41,7 +41,9 @@ def _final_eval(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
     from tsal_dist.codec import HeatmapCodec
     from tsal_dist.config import ExperimentConfig
     from tsal_dist.loop.checkpoint import load_checkpoint
-    from tsal_dist.loop.loop import WorkerContext, finish_run, resolve_data
+    from tsal_dist.data.lists import resolve_data
+    from tsal_dist.loop.context import WorkerContext
+    from tsal_dist.loop.evaluation import finish_run
     from tsal_dist.models import build_model
 
     torch.set_num_threads(1)

@@ -116,7 +116,8 @@ def reuse_one(method: str, seed: int, overrides: dict, out: str) -> dict | None:
     from tsal_dist.codec import HeatmapCodec
     from tsal_dist.config import ExperimentConfig, load_config, with_overrides
     from tsal_dist.loop.checkpoint import latest_checkpoint, load_checkpoint
-    from tsal_dist.loop.loop import finish_run, resolve_data
+    from tsal_dist.data.lists import resolve_data
+    from tsal_dist.loop.evaluation import finish_run
     from tsal_dist.models import build_model
 
     name = run_name(method, seed)
@@ -178,7 +179,7 @@ def main() -> int:
         return 0
 
     from tsal_dist.config import ExperimentConfig, with_overrides
-    from tsal_dist.loop.loop import resolve_data
+    from tsal_dist.data.lists import resolve_data
 
     over = base_overrides(args)
     resolve_data(with_overrides(ExperimentConfig(), over))  # generate the data once, up front

@@ -126,32 +126,36 @@ def test_eval_imports_no_loop_distributed_or_entry_point():
     """eval scores models: metrics, plots and the list runner sit below the loop. Besides
     eval itself its library modules import only the bottom layer (atomic, codec, config) and
     data (run.py reads lists and crops images with it); the CLI (__main__, an entry point) may
-    also import models. Never loop, distributed or another entry point."""
+    also import models and the one checkpoint reader (loop.checkpoint). Never the rest of loop,
+    distributed or another entry point."""
     library = {"tsal_dist.eval", "tsal_dist.atomic", "tsal_dist.codec", "tsal_dist.config",
                "tsal_dist.data"}
+    cli = library | {"tsal_dist.models", "tsal_dist.loop.checkpoint"}
     bad = []
     for f in files("tsal_dist/eval"):
-        allowed = library | {"tsal_dist.models"} if f.name == "__main__.py" else library
+        allowed = cli if f.name == "__main__.py" else library
         for imp in tsal_imports(f):
             if not _is_or_under(imp, allowed) or _is_or_under(imp, ENTRY_POINTS):
                 bad.append(f"{f.name}: {imp}")
     assert not bad, bad
 
 
-# Imports of an entry point by tsal_dist/loop that exist today; not to be copied. Both export the
-# finished run's network for the runtime (run.export): the loop could hand the checkpoint back
-# to its entry point instead. Remove an entry once its import is gone; a new one fails the test.
-LOOP_IMPORTS_OF_ENTRY_POINTS_TODAY = {
-    ("loop.py", "tsal_dist.export"),
-    ("distill_loop.py", "tsal_dist.export"),
-}
-
-
 def test_loop_imports_no_entry_point():
+    """The loops hand their checkpoints back; the entry points export them (run.export)."""
     found = {(f.name, e) for f in files("tsal_dist/loop") for imp in tsal_imports(f)
              for e in ENTRY_POINTS if _is_or_under(imp, {e})}
-    assert found <= LOOP_IMPORTS_OF_ENTRY_POINTS_TODAY, sorted(
-        found - LOOP_IMPORTS_OF_ENTRY_POINTS_TODAY)
-    assert found == LOOP_IMPORTS_OF_ENTRY_POINTS_TODAY, (
-        f"no longer imported, remove from the allow-list: "
-        f"{sorted(LOOP_IMPORTS_OF_ENTRY_POINTS_TODAY - found)}")
+    assert not found, sorted(found)
+
+
+def test_checkpoint_files_are_read_and_written_in_one_module():
+    """tsal_dist.loop.checkpoint owns every checkpoint kind: no other module of the package
+    calls torch.load or torch.save (eval, export, resume and distillation go through it)."""
+    bad = []
+    for f in files("tsal_dist"):
+        if f.relative_to(REPO / "tsal_dist").as_posix() == "loop/checkpoint.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in ("load", "save")
+                    and isinstance(node.value, ast.Name) and node.value.id == "torch"):
+                bad.append(f"{f.relative_to(REPO)}:{node.lineno}: torch.{node.attr}")
+    assert not bad, bad

@@ -2,73 +2,60 @@
 
 ASM soft landmarks -> Tough teacher (hard landmarks; or ``--tough-from RUN``, the TSAL teacher of
 a previous ``tsal_dist.train`` run) -> Tolerant teacher (soft landmarks) -> MobileNetV2 student
-trained with KD-Loss, on Ray Train workers (the engines, checkpoints and FailureConfig of
+trained with KD-Loss, on Ray Train workers (the launch, engines, checkpoints and FailureConfig of
 ``tsal_dist.train``) or in this process with ``--local``. With no arguments it distils on the
-synthetic data on this machine. Rerunning the same command resumes. The student exports with
-``python -m tsal_dist.export --checkpoint RUN/checkpoints/ckpt-*.pt --which student``.
+synthetic data on this machine. Rerunning the same command resumes. At the end the regression
+student is exported to ``RUN/export`` (``experiment.run.export``); by hand:
+``python -m tsal_dist.export --checkpoint RUN/checkpoints/ckpt-*.pt --out DIR --which student``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from tsal_dist.config import ConfigError, parse_set_args
-from tsal_dist.loop.distill_loop import DistillConfig, load_distill_config
+from tsal_dist.config import (ConfigError, DistillConfig, load_distill_config, parse_set_args,
+                              run_name_for)
+from tsal_dist.train import print_summary
 
-__all__ = ["DistillConfig", "load_distill_config", "run_name_for", "fit", "main"]
-
-
-def run_name_for(cfg: DistillConfig) -> str:
-    """``experiment.run.name`` or ``distill-<config hash>``: the same command resumes."""
-    if cfg.experiment.run.name:
-        return cfg.experiment.run.name
-    from tsal_dist.config import with_overrides
-
-    return "distill-" + with_overrides(cfg, {"experiment.run.name": ""}).hash()[:10]
+__all__ = ["DistillConfig", "load_distill_config", "run_distill", "export_student", "main"]
 
 
-def _prepare(cfg: DistillConfig, run_dir: Path) -> None:
-    """Driver side, once: synthetic data and the ASM, so workers do not race to make them."""
-    from tsal_dist.loop.distill_loop import ensure_asm
+def run_distill(cfg: DistillConfig, *, run_dir: str | Path, export: bool | None = None,
+                final_eval: bool = True, **loop_args: Any) -> dict[str, Any]:
+    """Distil in this process (``--local``): ``tsal_dist.loop.distill_loop.distill``, then the
+    student's export.
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ensure_asm(cfg, run_dir)
+    Args:
+        export: export the student at the end; None = ``experiment.run.export``.
+        loop_args: ``distill``'s other arguments (ctx, teacher_dir, progress, teacher_cache...).
+    Raises:
+        ExportError: the export failed (the run's checkpoints stay).
+    """
+    from tsal_dist.loop.distill_loop import distill
 
-
-def fit(cfg: DistillConfig) -> dict[str, Any]:
-    """Distil on Ray Train; return the summary (evaluation of both teachers and the student)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-
-    from tsal_dist.distributed.distill_worker import distill_loop_per_worker
-    from tsal_dist.distributed.launch import ensure_ray, scaling_config
-
-    e = cfg.experiment
-    name = run_name_for(cfg)
-    out = Path(e.run.output).expanduser().resolve()
-    run_dir = out / name
-    _prepare(cfg, run_dir)
-    ensure_ray()
-    trainer = TorchTrainer(
-        distill_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir)},
-        scaling_config=scaling_config(e),
-        run_config=RunConfig(
-            name=name, storage_path=str(out / "_ray"),
-            failure_config=FailureConfig(max_failures=e.run.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=e.run.keep_checkpoints)),
-    )
-    result = trainer.fit()
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "name": name, "metrics": result.metrics,
-                               "error": repr(result.error) if result.error else None}
-    sp = run_dir / "eval" / "summary.json"
-    if sp.is_file():
-        summary["eval"] = json.loads(sp.read_text())
+    summary = distill(cfg, run_dir=run_dir, final_eval=final_eval, **loop_args)
+    if final_eval and (cfg.experiment.run.export if export is None else export):
+        summary.update(export_student(cfg, Path(run_dir)))
     return summary
+
+
+def export_student(cfg: DistillConfig, run_dir: Path) -> dict[str, Any]:
+    """Export a finished run's student to ``<run>/export`` (regression students; a heatmap
+    student exports by hand with ``python -m tsal_dist.export --which student``).
+
+    Returns:
+        {"export": folder} when it exported, else {}.
+    """
+    if cfg.student.arch != "regression":
+        return {}
+    from tsal_dist.export import export_run
+
+    # a failed export fails the run (ExportError naming the file); the checkpoints stay
+    out = export_run(run_dir, "student")
+    return {} if out is None else {"export": str(out)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,14 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    run_dir = Path(cfg.experiment.run.output).expanduser().resolve() / run_name_for(cfg)
     try:
         if args.local:
-            from tsal_dist.loop.distill_loop import run_distill
-
-            run_dir = Path(cfg.experiment.run.output).expanduser().resolve() / run_name_for(cfg)
             summary = run_distill(cfg, run_dir=run_dir)
         else:
-            summary = fit(cfg)
+            from tsal_dist.distributed.launch import fit_distill
+
+            summary = fit_distill(cfg)
+            if cfg.experiment.run.export and not summary.get("error"):
+                summary.update(export_student(cfg, run_dir))
     except Exception as e:  # noqa: BLE001 - sorted into the user's errors and the system's
         from tsal_dist.errors import named_error, user_error
 
@@ -121,17 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         raise
     print_summary(summary)
     return 0 if not summary.get("error") else 1
-
-
-def print_summary(summary: dict) -> None:
-    print(f"run folder: {summary.get('run_dir')}")
-    for which, lists in (summary.get("eval") or {}).items():
-        for name, r in lists.items():
-            print(f"{which:8s} {name:32s} n={r['count']:5d} "
-                  f"NME(io)={100 * r['nme_inter_ocular']:.2f}% AUC@0.08={r['auc@0.08']:.3f} "
-                  f"FR@0.08={r['fr@0.08']:.3f}")
-    if summary.get("error"):
-        print(f"error: {summary['error']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ mean/std buffers and heatmap decoding is ``tsal_dist.codec.HeatmapCodec.decode``
 
 - ``heatmap``: a :class:`~tsal_dist.models.LandmarkDetector` (teacher or student); scores are the
   decoded heatmap peak values.
-- ``regression``: a :class:`~tsal_dist.models.MobileNetV2Regressor` student (recognised by its
-  state-dict keys, or ``checkpoint["student_arch"] == "regressor"``); it has no confidence, so
-  scores are all 1.
+- ``regression``: a :class:`~tsal_dist.models.MobileNetV2Regressor` (a distilled student, whose
+  checkpoint says so: ``student_arch``); it has no confidence, so scores are all 1.
+
+The network is rebuilt by ``tsal_dist.loop.checkpoint.model_from_checkpoint``, the one reader of
+checkpoints. The entry points (``tsal_dist.train``, ``tsal_dist.distill``) call
+:func:`export_run` at the end of a run.
 
 ``model.pt2`` is the same program as a ``torch.export`` ExportedProgram (the runtime's torch
 engine runs it without tsal_dist). ``model.json`` is written last; every file goes to a temp
@@ -22,7 +25,6 @@ torch on random crops (skipped with a warning if onnxruntime is missing).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import logging
@@ -37,9 +39,9 @@ from torch import Tensor, nn
 
 from tsal_dist.atomic import atomic_path
 from tsal_dist.codec import HeatmapCodec
-from tsal_dist.config import ExperimentConfig
+from tsal_dist.config import ConfigError, ExperimentConfig
 from tsal_dist.data.transforms import IMAGENET_MEAN_RGB
-from tsal_dist.models import MobileNetV2Regressor, build_model
+from tsal_dist.loop.checkpoint import CheckpointError, latest_checkpoint, model_from_checkpoint
 
 log = logging.getLogger("tsal_dist.export")
 
@@ -95,11 +97,6 @@ class CropToLandmarks(nn.Module):
         return (coords + 0.5) / float(self.input_size), scores
 
 
-def _is_regressor_state(state: dict[str, Any]) -> bool:
-    return any(k.startswith("fc.") for k in state) and not any(
-        k.startswith("heatmap_head.") for k in state)
-
-
 def load_export_module(checkpoint: str | os.PathLike[str], which: str = "teacher"
                        ) -> tuple[CropToLandmarks, ExperimentConfig, str, dict[str, Any]]:
     """Build the export module from a checkpoint.
@@ -109,47 +106,19 @@ def load_export_module(checkpoint: str | os.PathLike[str], which: str = "teacher
     Raises:
         ExportError: unreadable checkpoint, missing keys or mismatched weights (naming the file).
     """
-    p = Path(checkpoint)
-    if not p.is_file():
-        raise ExportError(f"{p}: checkpoint not found")
     if which not in ("teacher", "student"):
         raise ExportError(f"--which must be teacher or student, got {which!r}")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle/zip errors of many types
-        raise ExportError(f"{p}: cannot load checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "config" not in ckpt or which not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ExportError(f"{p}: expected a dict with 'config' and {which!r}, got {keys}")
-    cfg = ExperimentConfig.from_dict(ckpt["config"])
-    state = ckpt[which]
-    if not isinstance(state, dict):
-        raise ExportError(f"{p}: {which!r} is not a state dict ({type(state).__name__})")
-    k = cfg.data.num_points
-    # Distillation checkpoints describe their student: student_arch ("regressor" | "heatmap"),
-    # student_width, student_input_size (tsal_dist.loop.distill_loop.build_student).
-    arch = ckpt.get(f"{which}_arch")
-    if arch not in (None, "regressor", "heatmap"):
-        raise ExportError(f"{p}: unknown {which}_arch {arch!r} (expected regressor or heatmap)")
-    size = int(ckpt.get(f"{which}_input_size", cfg.model.input_size))
-    width = float(ckpt.get(f"{which}_width", cfg.model.width) or cfg.model.width)
-    if arch == "regressor" or (arch is None and _is_regressor_state(state)):
-        model: nn.Module = MobileNetV2Regressor(k, size, width=width)
-        codec, head = None, "regression"
-    else:
-        mcfg = cfg.model
-        if arch == "heatmap":  # distillation heatmap student: a MobileNetV2 LandmarkDetector
-            mcfg = dataclasses.replace(mcfg, backbone="mobilenetv2", width=width, input_size=size)
-        model = build_model(mcfg, k)
-        size = int(model.input_size)
-        codec = HeatmapCodec.for_model(mcfg, stride=model.stride, num_points=k, input_size=size)
-        head = "heatmap"
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ExportError(f"{p}: {which} weights do not fit the configured model "
-                          f"({str(e).splitlines()[0]})") from None
-    return CropToLandmarks(model, codec, size).eval(), cfg, head, ckpt
+        loaded = model_from_checkpoint(checkpoint, which)
+    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+        raise ExportError(str(e)) from None
+    cfg, size = loaded.config, loaded.input_size
+    codec = None
+    if loaded.head == "heatmap":
+        codec = HeatmapCodec.for_model(cfg.model, stride=loaded.model.stride,
+                                       num_points=cfg.data.num_points, input_size=size)
+    return (CropToLandmarks(loaded.model, codec, size).eval(), cfg, loaded.head,
+            loaded.checkpoint)
 
 
 def _atomic(path: Path, writer: Callable[[str], None]) -> None:
@@ -345,6 +314,16 @@ def _numerical_ties(module: nn.Module, crops: Tensor, ort_lm: np.ndarray, rtol: 
     dist = np.maximum(np.abs(cx - px[..., :1]), np.abs(cy - px[..., 1:]))  # (B, K, h*w)
     near = dist <= reach * s + atol * float(module.input_size) + 1e-6
     return (tied & near).any(-1) & (tied.sum(-1) > 1)
+
+
+def export_run(run_dir: str | os.PathLike[str], which: str) -> Path | None:
+    """Export the newest checkpoint of a run folder to ``<run>/export`` (the end of a run);
+    returns that folder, or None when the run has no checkpoint."""
+    ckpt = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if ckpt is None:
+        return None
+    export(ckpt, Path(run_dir) / "export", which=which)
+    return Path(run_dir) / "export"
 
 
 def _is_input_problem(e: ExportError) -> bool:

@@ -2,8 +2,9 @@
 
 With no arguments it is the embedded default: a local Ray instance (or the cluster in RAY_ADDRESS),
 the synthetic dataset generated once into the cache, a small model on CPU workers, evaluation of the
-teacher and an exported ONNX model in the run folder. The same command scales by config alone.
-Rerunning the same command resumes the run from its newest checkpoint.
+teacher and an exported ONNX model in the run folder (``run.export``: this entry point exports at
+the end). The same command scales by config alone. Rerunning the same command resumes the run
+from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -60,19 +61,31 @@ def main(argv: list[str] | None = None) -> int:
             from tsal_dist.distributed.launch import fit
 
             summary = fit(cfg)
+        if cfg.run.export and not summary.get("error"):
+            from tsal_dist.export import export_run
+
+            exported = export_run(run_dir, "teacher")  # the network the runtime ships
+            if exported is not None:
+                summary["export"] = str(exported)
     except Exception as e:  # noqa: BLE001 - sorted into the user's errors and the system's
-        from tsal_dist.errors import user_error
+        from tsal_dist.errors import named_error, user_error
 
         msg = user_error(e)
-        if msg is None:
-            raise
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+        if msg is not None:
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        msg = named_error(e, "ExportError")
+        if msg is not None:  # the run trained; its deliverable could not be made
+            print(f"error: the teacher's export failed: {msg}", file=sys.stderr)
+            return 1
+        raise
     print_summary(summary)
     return 0 if not summary.get("error") else 1
 
 
 def print_summary(summary: dict) -> None:
+    """The run folder, one line per (network, eval list), then the error or ``{"ok": true}``
+    (``tsal_dist.distill`` prints its summary with it too)."""
     print(f"run folder: {summary.get('run_dir')}")
     ev = summary.get("eval") or {}
     for which, lists in ev.items():

@@ -12,7 +12,7 @@ import pytest
 
 from tsal_dist.config import load_config
 from tsal_dist.data.formats import read_list
-from tsal_dist.loop.loop import resolve_data
+from tsal_dist.data.lists import resolve_data
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "configs" / "smoke.yaml")

@@ -230,7 +230,7 @@ def test_deepspeed_run_in_ray_workers_resumes_and_evaluates(ray_local, smoke_cfg
     steps = [r["step"] for r in rows if "student/loss" in r]
     assert steps.count(3) == 1 and steps[-1] == 12  # resumed at 6, not started over
     out = tmp_path / "eval.json"
-    from tsal_dist.loop.loop import resolve_data
+    from tsal_dist.data.lists import resolve_data
 
     test_list = resolve_data(cfg).eval[0]
     proc = subprocess.run([sys.executable, "-m", "tsal_dist.eval", "--checkpoint",

@@ -71,3 +71,32 @@ def test_two_workers_finish_with_identical_teachers(ray_local, smoke_cfg, tmp_pa
     assert digests[0]["teacher"] == state_digest(ck["teacher"])
     assert digests[0]["student"] == state_digest(ck["student"])
     assert digests[0]["teacher"] != digests[0]["student"]  # the teacher was blended, not copied
+
+
+def test_distillation_runs_on_the_same_launch(ray_local, tmp_path):
+    """``fit_distill`` goes through the one launcher: 2 workers, all three phases, the eval of
+    every network, and Ray's bookkeeping under ``run.storage_path`` like a training run's."""
+    from tsal_dist.config import load_distill_config, run_name_for
+    from tsal_dist.distributed.launch import fit_distill
+
+    cfg = load_distill_config(None, {
+        "experiment.data.synthetic.images": 48, "experiment.data.synthetic.test_images": 12,
+        "experiment.data.synthetic.videos": 2, "experiment.data.synthetic.test_videos": 1,
+        "experiment.data.synthetic.frames": 12, "experiment.data.synthetic.image_size": 96,
+        "experiment.data.loader_workers": 0,
+        "experiment.model.backbone": "mobilenetv2", "experiment.model.input_size": 64,
+        "experiment.optim.batch_size": 4, "experiment.optim.steps": 6,
+        "experiment.run.log_every": 3, "experiment.run.checkpoint_every": 3,
+        "experiment.run.val_images": 8, "experiment.run.export": False,
+        "experiment.run.output": str(tmp_path / "runs"),
+        "experiment.run.storage_path": str(tmp_path / "ray_store"),
+        "experiment.scaling.num_workers": 2, "teachers.steps": 2})
+    summary = fit_distill(cfg)
+    assert summary["error"] is None
+    run_dir = Path(summary["run_dir"])
+    assert run_dir.name == run_name_for(cfg) and summary["name"] == run_dir.name
+    assert set(summary["eval"]) == {"tough", "tolerant", "student"}
+    ck = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    assert ck["step"] == 6 and ck["format"] == "tsal_dist.distill_checkpoint/1"
+    assert (tmp_path / "ray_store" / run_dir.name).is_dir()  # run.storage_path is honoured
+    assert not (tmp_path / "runs" / "_ray").exists()

@@ -283,7 +283,7 @@ def run_sweep(sweep: Sweep, *, verbose: int = 1) -> dict[str, Any]:
     write_sweep_file(sweep, out / "sweep.yaml")
     ensure_ray()
     check_resources(sweep, ray_cluster_resources(), autoscaling=bool(os.environ.get("RAY_ADDRESS")))
-    from tsal_dist.loop.loop import resolve_data
+    from tsal_dist.data.lists import resolve_data
 
     resolve_data(sweep.base)  # generate the synthetic data once, before trials race for it
 

@@ -1,4 +1,11 @@
-"""What every Ray Train worker runs: rebuild the config, reach the teacher actor, run the loop."""
+"""What every Ray Train worker runs: rebuild the config, find its place in the group, run its loop
+(TSAL training, reaching the teacher actor; or distillation), reporting through Ray Train.
+
+Both jobs are launched by ``tsal_dist.distributed.launch.launch`` with
+``train_loop_config = {"cfg": <config dict>, "run_dir": str, "run_name": str, "env": {...}}``.
+Fault tolerance: every loop resumes from the newest checkpoint in the run folder (shared storage),
+so a restarted worker group continues where the crashed one stopped.
+"""
 
 from __future__ import annotations
 
@@ -14,27 +21,24 @@ import ray.train
 import torch
 
 from tsal_dist.atomic import PLAIN, atomic_write_json
-from tsal_dist.config import ExperimentConfig
+from tsal_dist.config import DistillConfig, ExperimentConfig, ScalingConfig
 from tsal_dist.distributed.teacher_actor import RayTeacherClient
-from tsal_dist.loop.loop import WorkerContext, run
+from tsal_dist.loop.context import WorkerContext
+from tsal_dist.loop.distill_loop import distill
+from tsal_dist.loop.loop import run
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry: ``config = {"cfg": cfg.to_dict(), "run_dir": str, "run_name": str}``
-    and optionally ``"env"`` (extra environment variables for this worker, e.g. fault
-    injection)."""
+    """Ray Train entry of a TSAL run: ``config["cfg"]`` is an ``ExperimentConfig`` dict;
+    ``"env"``: extra environment variables for this worker (e.g. fault injection)."""
     run_worker(config)
 
 
 def run_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Body of :func:`train_loop_per_worker`; returns this rank's loop summary."""
-    os.environ.update({str(k): str(v) for k, v in (config.get("env") or {}).items()})
+    _apply_env(config)
     cfg = ExperimentConfig.from_dict(config["cfg"])
-    ctx_ray = ray.train.get_context()
-    rank, world = ctx_ray.get_world_rank(), ctx_ray.get_world_size()
-    device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
-    ctx = WorkerContext(rank=rank, world_size=world, device=device,
-                        cpus=cfg.scaling.cpus_per_worker)
+    ctx = worker_context(cfg.scaling)
     client = RayTeacherClient(config["run_name"])
     run_dir = Path(config["run_dir"])
 
@@ -48,9 +52,30 @@ def run_worker(config: dict[str, Any]) -> dict[str, Any]:
             resume = Path(pointer["path"])
 
     return run(cfg, run_dir=run_dir, ctx=ctx, teacher_client=client,
-               reporter=pointer_reporter(rank),
-               resume=resume, progress=rank == 0,
-               on_step=_fault_injector(rank, config["run_name"]))
+               reporter=pointer_reporter(ctx.rank), resume=resume, progress=ctx.is_main,
+               on_step=_fault_injector(ctx.rank, config["run_name"]))
+
+
+def distill_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry of a distillation: ``config["cfg"]`` is a ``DistillConfig`` dict. Every
+    phase resumes from its newest checkpoint in the run folder."""
+    _apply_env(config)
+    cfg = DistillConfig.from_dict(config["cfg"])
+    ctx = worker_context(cfg.experiment.scaling)
+    distill(cfg, run_dir=Path(config["run_dir"]), ctx=ctx, reporter=pointer_reporter(ctx.rank),
+            progress=ctx.is_main)
+
+
+def worker_context(scaling: ScalingConfig) -> WorkerContext:
+    """This worker's rank, group size, device and CPUs, from Ray Train."""
+    ctx_ray = ray.train.get_context()
+    device = ray.train.torch.get_device() if scaling.use_gpu else torch.device("cpu")
+    return WorkerContext(rank=ctx_ray.get_world_rank(), world_size=ctx_ray.get_world_size(),
+                         device=device, cpus=scaling.cpus_per_worker)
+
+
+def _apply_env(config: dict[str, Any]) -> None:
+    os.environ.update({str(k): str(v) for k, v in (config.get("env") or {}).items()})
 
 
 def _fault_injector(rank: int, run_name: str) -> Callable[[int], None] | None:

@@ -1,5 +1,9 @@
 """``python -m tsal_dist.eval``: score a checkpoint's teacher (or student) on SBR list files.
 
+The network is rebuilt by ``tsal_dist.loop.checkpoint.model_from_checkpoint`` from the
+checkpoint's own fields: a TSAL teacher or student, a distillation's Tough teacher, or a distilled
+student (MobileNetV2 regressor or heatmap detector) are scored alike.
+
 Example::
 
     python -m tsal_dist.eval --checkpoint runs/x/checkpoints/ckpt-00001200.pt \\
@@ -42,23 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load(weights_only=True) with errors that name the file."""
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p}: checkpoint not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file for the user
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UsageError(f"{p}: not a readable checkpoint ({type(e).__name__}: {msg})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict):
-        raise UsageError(f"{p}: not a tsal_dist checkpoint (no 'config' mapping)")
-    return ckpt
-
-
 def resolve_lists(lists: Sequence[str], eval_lists: Sequence[str], root: str) -> list[str]:
     """--list files as given, else the config's eval lists resolved against data.root."""
     if lists:
@@ -90,34 +77,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from tsal_dist.atomic import atomic_write_json
-    from tsal_dist.config import ConfigError, ExperimentConfig, parse_set_args, with_overrides
+    from tsal_dist.config import ConfigError, parse_set_args
     from tsal_dist.data.formats import AnnotationError
     from tsal_dist.eval.plots import plot_ced
     from tsal_dist.eval.run import evaluate_list, list_names
-    from tsal_dist.models import build_model
+    from tsal_dist.loop.checkpoint import CheckpointError, model_from_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint)
     try:
-        cfg = ExperimentConfig.from_dict(ckpt["config"])
-        cfg = with_overrides(cfg, parse_set_args(args.overrides))
-    except ConfigError as e:
-        raise UsageError(f"{args.checkpoint}: config: {e}") from None
+        loaded = model_from_checkpoint(args.checkpoint, args.which,
+                                       overrides=parse_set_args(args.overrides))
+    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    cfg, model = loaded.config, loaded.model
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
     if cfg.train.torch_threads > 0:
         torch.set_num_threads(cfg.train.torch_threads)
-    state = ckpt.get(args.which)
-    if not isinstance(state, dict):
-        raise UsageError(f"{args.checkpoint}: has no '{args.which}' state dict")
-    model = build_model(cfg.model, cfg.data.num_points)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UsageError(f"{args.checkpoint}: '{args.which}' weights do not fit the configured "
-                         f"model: {first}") from None
     for out in (args.json, args.plot):  # before the work, not after it
         if out:
             _check_writable(Path(out))
@@ -126,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, path in zip(list_names(lists), lists):
         try:
             results.append(evaluate_list(
-                model, path, input_size=cfg.model.input_size,
+                model, path, input_size=loaded.input_size,
                 pre_crop_expand=cfg.data.pre_crop_expand, num_points=cfg.data.num_points,
                 sigma_px=cfg.model.heatmap_sigma_px, window=cfg.model.decode_window,
                 locate=cfg.model.decode, blur_cells=cfg.model.decode_blur_cells,
@@ -135,8 +112,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(str(e)) from None
     summaries = {r.name: r.summary for r in results}
     print(format_table(summaries))
-    doc = {"checkpoint": str(args.checkpoint), "step": int(ckpt.get("step", -1)),
-           "which": args.which, "config_hash": cfg.hash(), "units": "fractions (x100 for %)",
+    doc = {"checkpoint": str(args.checkpoint), "step": loaded.step, "which": args.which,
+           "head": loaded.head, "config_hash": cfg.hash(), "units": "fractions (x100 for %)",
            "lists": summaries}
     if args.json:
         atomic_write_json(args.json, doc, allow_nan=False)  # strict JSON: no NaN/Infinity

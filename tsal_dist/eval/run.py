@@ -1,9 +1,10 @@
 """Run a landmark detector over eval lists and score it (NME / AUC / FR per list, per video).
 
-What belongs here: batching eval items through a ``LandmarkDetector``, decoding the last stage,
-mapping predictions back to IMAGE pixels (the frame the ground truth lives in) and aggregating.
-What does not: the metric math (``metrics.py``), plots (``plots.py``), checkpoint loading and the
-CLI (``__main__.py``), reading images / making crops (``tsal_dist.data.datasets``).
+What belongs here: batching eval items through a ``LandmarkDetector`` (decoding its last stage)
+or a coordinate regressor, mapping predictions back to IMAGE pixels (the frame the ground truth
+lives in) and aggregating. What does not: the metric math (``metrics.py``), plots (``plots.py``),
+checkpoint loading (``tsal_dist.loop.checkpoint``), the CLI (``__main__.py``), reading images /
+making crops (``tsal_dist.data.datasets``).
 
 Protocol (METHOD.md section 3, DESIGN.md):
 
@@ -147,8 +148,10 @@ def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, devic
 
     Args:
         model: a ``LandmarkDetector``: ``forward(uint8 (B, 3, S, S))`` -> ``{"heatmaps": [...]}``,
-            one (B, K + 1, h, w) map per stage; the LAST stage is decoded. It is moved to
-            ``device`` and run in eval mode (its training flag is restored afterwards).
+            one (B, K + 1, h, w) map per stage; the LAST stage is decoded. Or a coordinate
+            regressor (``MobileNetV2Regressor``): ``forward`` -> (B, K, 2) crop-normalised
+            ``(px + 0.5) / S``, no decode, scores 1. It is moved to ``device`` and run in eval
+            mode (its training flag is restored afterwards).
         dataset: ``len()`` plus ``get(i, seed)`` or ``[i]``.
         batch_size: items per forward pass.
         device: torch device string.
@@ -165,7 +168,7 @@ def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, devic
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     k = int(model.num_points)
-    if decode is None:
+    if decode is None and hasattr(model, "stride"):  # a heatmap model (regressors need none)
         decode = heatmap_decoder(model, sigma_px=sigma_px, window=window, locate=locate,
                                  blur_cells=blur_cells)
     was_training = model.training
@@ -189,9 +192,13 @@ def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, devic
                 continue
             images = torch.stack([torch.as_tensor(it["image"]) for it in items]).to(device)
             out = model(images)
-            maps = out["heatmaps"]
-            last = maps[-1] if isinstance(maps, (list, tuple)) else maps
-            coords, scores = decode(last[:, :k])
+            if isinstance(out, Tensor):  # a regressor's crop-normalised coordinates
+                coords = out * float(model.input_size) - 0.5
+                scores = torch.ones_like(coords[..., 0])
+            else:
+                maps = out["heatmaps"]
+                last = maps[-1] if isinstance(maps, (list, tuple)) else maps
+                coords, scores = decode(last[:, :k])
             crop = _np(coords)
             affine = np.stack([_np(it["affine"]) for it in items])
             cols["crop_preds"].append(crop)
@@ -279,7 +286,8 @@ def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: 
     """Evaluate ``model`` on one SBR list file (= one category).
 
     Args:
-        model: a ``LandmarkDetector`` (``num_points`` / ``input_size`` must match).
+        model: a ``LandmarkDetector`` or a coordinate regressor (see :func:`predict`;
+            ``num_points`` / ``input_size`` must match).
         list_path: SBR list file (``image annotation x1 y1 x2 y2 [face_size]``).
         input_size: crop side S in px (``model.input_size``).
         pre_crop_expand: box expansion on each side, fraction of the box size.

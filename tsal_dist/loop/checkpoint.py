@@ -1,12 +1,23 @@
-"""Checkpoints: complete or absent, never half-written; loadable with weights_only=True.
+"""Checkpoints, every kind, read and written here only: complete or absent, never half-written;
+loadable with weights_only=True.
 
-A checkpoint is one file ``ckpt-<step>.pt`` holding a dict with explicit keys:
-``config`` (resolved, nested dict), ``step`` (optimizer steps done), ``student``, ``teacher`` (full
-state dicts), ``student_optim``, ``teacher_optim``, ``server`` (teacher-server state), ``rng``,
-``metrics`` (last logged row). Per-rank optimizer shards (DeepSpeed ZeRO 1-3) go next to it as
-``ckpt-<step>.optim-rank<r>.pt`` and are written BEFORE the main file, whose presence marks the
-checkpoint complete. The learning-rate schedule and the data position are pure functions of
-``step``, so restoring the step restores them.
+A checkpoint is one file ``ckpt-<step>.pt`` holding a dict with explicit keys. Every kind has
+``config`` (the resolved experiment, nested dict), ``step`` (optimizer steps done), ``rng``,
+``format`` and, per trained network, its full state dict under its role name and its optimizer
+state under ``<role>_optim``:
+
+- ``tsal_dist.checkpoint/1`` (training): ``student``, ``teacher``, ``server`` (teacher-server
+  state), ``metrics`` (last logged row), ``engine``.
+- ``tsal_dist.distill_teacher/1`` (a distillation teacher being trained): ``teacher``, ``role``.
+- ``tsal_dist.distill_checkpoint/1`` (distillation): ``student`` described by ``student_arch``
+  ("regressor" | "heatmap"), ``student_width`` and ``student_input_size``; ``distill_config``;
+  the frozen ``teacher`` (Tough) and ``tolerant`` teachers; ``metrics``.
+
+Per-rank optimizer shards (DeepSpeed ZeRO 1-3) go next to it as ``ckpt-<step>.optim-rank<r>.pt``
+and are written BEFORE the main file, whose presence marks the checkpoint complete. The
+learning-rate schedule and the data position are pure functions of ``step``, so restoring the
+step restores them. :func:`model_from_checkpoint` rebuilds a network of any kind from the
+checkpoint's own fields (eval, export, ``teachers.tough_from``).
 """
 
 from __future__ import annotations
@@ -14,13 +25,17 @@ from __future__ import annotations
 import os
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
+from tsal_dist import models
 from tsal_dist.atomic import atomic_path
+from tsal_dist.config import ConfigError, DistillConfig, ExperimentConfig, with_overrides
 
 if TYPE_CHECKING:
     from tsal_dist.loop.engines import Engine
@@ -72,6 +87,14 @@ def prune_checkpoints(folder: str | Path, keep: int) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint safely (weights_only=True); errors name the file."""
+    obj = _read(path)
+    if "config" not in obj or "step" not in obj:
+        raise CheckpointError(f"{path}: not a tsal_dist checkpoint (missing 'config'/'step')")
+    return obj
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    """The dict a checkpoint file holds (weights_only=True, on the CPU); errors name the file."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: checkpoint not found")
@@ -80,8 +103,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise CheckpointError(f"{p}: not a readable tsal_dist checkpoint "
                               f"({type(e).__name__}: {_one_line(e)})") from None
-    if not isinstance(obj, dict) or "config" not in obj or "step" not in obj:
-        raise CheckpointError(f"{p}: not a tsal_dist checkpoint (missing 'config'/'step')")
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{p}: not a tsal_dist checkpoint (a {type(obj).__name__}, "
+                              "not a dict)")
     return obj
 
 
@@ -168,3 +192,170 @@ def optimizer_state_of(state: Mapping[str, Any], role: str, ckpt: str | Path, ra
         return state[key]
     shard = shard_path(Path(ckpt).parent, int(state["step"]), rank)
     return torch.load(shard, map_location="cpu", weights_only=True)[key]
+
+
+def is_sharded(cfg: ExperimentConfig) -> bool:
+    """Whether optimizer states are per-rank partitions (DeepSpeed ZeRO 1-3): shard files."""
+    return cfg.train.engine == "deepspeed" and cfg.train.zero_stage > 0
+
+
+# ----------------------------------------------------------------------------- the three kinds
+
+
+def save_training_checkpoint(folder: str | Path, *, step: int, cfg: ExperimentConfig,
+                             student: "Engine", teacher: "Engine",
+                             server: dict[str, Any] | None, metrics: dict[str, Any], rank: int,
+                             barrier: Callable[[], None]) -> Path | None:
+    """A TSAL checkpoint of both models, the teacher server, RNG and metrics (every rank calls).
+
+    Args:
+        server: the teacher server's state (``TeacherClient.state_dict()``), on rank 0; None
+            elsewhere.
+    """
+    payload: dict[str, Any] = {"config": cfg.to_dict(), "step": step, "rng": rng_state(),
+                               "metrics": metrics, "format": "tsal_dist.checkpoint/1",
+                               "engine": cfg.train.engine}
+    if server is not None:
+        payload["server"] = numpy_state_to_torch(server)
+    return save_engine_checkpoint(folder, step=step, engines={"student": student,
+                                                              "teacher": teacher},
+                                  payload=payload, rank=rank, sharded=is_sharded(cfg),
+                                  keep=cfg.run.keep_checkpoints, barrier=barrier)
+
+
+def save_teacher_checkpoint(folder: str | Path, *, step: int, role: str, cfg: ExperimentConfig,
+                            teacher: "Engine", rank: int,
+                            barrier: Callable[[], None]) -> Path | None:
+    """A checkpoint of one distillation teacher in training (``role`` "tough" | "tolerant")."""
+    return save_engine_checkpoint(folder, step=step, engines={"teacher": teacher}, payload={
+        "config": cfg.to_dict(), "step": step, "role": role, "rng": rng_state(),
+        "format": "tsal_dist.distill_teacher/1"}, rank=rank, sharded=is_sharded(cfg),
+        keep=cfg.run.keep_checkpoints, barrier=barrier)
+
+
+# student.arch of the distillation config (the student's head) -> the checkpoint's student_arch
+_STUDENT_ARCH = {"regression": "regressor", "heatmap": "heatmap"}
+_HEAD_OF_ARCH: dict[str, Literal["regression", "heatmap"]] = {"regressor": "regression",
+                                                              "heatmap": "heatmap"}
+
+
+def save_student_checkpoint(folder: str | Path, *, step: int, dcfg: DistillConfig,
+                            student: "Engine", tough: nn.Module, tolerant: nn.Module,
+                            metrics: dict[str, Any], rank: int,
+                            barrier: Callable[[], None]) -> Path | None:
+    """A distillation checkpoint: the student (and what rebuilds it), both frozen teachers."""
+    e = dcfg.experiment
+    arch = _STUDENT_ARCH[dcfg.student.arch]
+    return save_engine_checkpoint(folder, step=step, engines={"student": student}, payload={
+        "config": e.to_dict(), "distill_config": dcfg.to_dict(), "step": step,
+        "student_arch": arch, "student_input_size": e.model.input_size,
+        "student_width": dcfg.student_width(),
+        "teacher": {k: v.detach().cpu().clone() for k, v in tough.state_dict().items()},
+        "tolerant": {k: v.detach().cpu().clone() for k, v in tolerant.state_dict().items()},
+        "rng": rng_state(), "metrics": metrics, "format": "tsal_dist.distill_checkpoint/1"},
+        rank=rank, sharded=is_sharded(e), keep=e.run.keep_checkpoints, barrier=barrier)
+
+
+def restore_engines_(state: Mapping[str, Any], ckpt: str | Path,
+                     engines: Mapping[str, "Engine"], *, rank: int,
+                     optimizers: bool = True) -> None:
+    """Load each engine's weights from ``state[role]`` and, with ``optimizers``, its optimizer
+    state (from the main file, or this rank's shard); the step and RNG are the caller's.
+
+    Raises:
+        CheckpointError: the weights do not fit the engines' models (naming the file).
+    """
+    try:
+        for role, eng in engines.items():
+            eng.load_full_state_dict(state[role])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{ckpt}: its weights do not fit this model ({_one_line(e)}); "
+                              "resume it with the config it was trained with") from None
+    if optimizers:
+        for role, eng in engines.items():
+            eng.load_optimizer_state(optimizer_state_of(state, role, ckpt, rank))
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+@dataclass(frozen=True)
+class CheckpointModel:
+    """One network of a checkpoint, rebuilt.
+
+    Attributes:
+        model: in eval mode, fp32, on the CPU: a ``LandmarkDetector`` (head "heatmap") or a
+            ``MobileNetV2Regressor`` (head "regression").
+        head: "heatmap" (decode its last heatmap stage with ``config.model``'s decode) or
+            "regression" (outputs (B, K, 2) crop-normalised coordinates, no scores).
+        config: the experiment the checkpoint was trained with (overrides applied).
+        checkpoint: the whole checkpoint dict (``step``, ``metrics``, ...).
+    """
+
+    model: nn.Module
+    head: Literal["heatmap", "regression"]
+    config: ExperimentConfig
+    checkpoint: dict[str, Any]
+
+    @property
+    def input_size(self) -> int:
+        return int(self.model.input_size)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps of the source checkpoint (-1 when it does not say)."""
+        return int(self.checkpoint.get("step", -1))
+
+
+def model_from_checkpoint(path: str | Path, which: str, *,
+                          overrides: Mapping[str, Any] | None = None) -> CheckpointModel:
+    """Rebuild the ``which`` network ("teacher" | "student") of a checkpoint of any kind.
+
+    The architecture comes from the checkpoint's own fields: the experiment's detector
+    (``config.model``), or for a distilled network the one ``<which>_arch`` names at
+    ``<which>_width`` and ``<which>_input_size``.
+
+    Args:
+        overrides: dotted overrides of the checkpoint's experiment config applied first
+            (``--set model.decode=window``).
+    Raises:
+        FileNotFoundError, CheckpointError: missing or unreadable file, missing keys, unknown
+            architecture, weights that do not fit (each naming the file).
+        ConfigError: a bad config in the checkpoint or a bad override (naming file and key).
+    """
+    p = Path(path)
+    if which not in ("teacher", "student"):
+        raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
+    ckpt = _read(p)
+    if "config" not in ckpt or which not in ckpt:
+        raise CheckpointError(f"{p}: expected a dict with 'config' and {which!r}, "
+                              f"got {sorted(ckpt)}")
+    try:
+        cfg = with_overrides(ExperimentConfig.from_dict(ckpt["config"]), overrides or {})
+    except ConfigError as e:
+        raise ConfigError(f"{p}: config: {e}") from None
+    state = ckpt[which]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{p}: {which!r} is not a state dict ({type(state).__name__})")
+    k = cfg.data.num_points
+    arch = ckpt.get(f"{which}_arch")
+    head: Literal["heatmap", "regression"]
+    if arch is None:  # the experiment's own detector (a TSAL teacher or student, a KD teacher)
+        model, head = models.build_model(cfg.model, k), "heatmap"
+    elif arch in _HEAD_OF_ARCH:
+        missing = [f for f in (f"{which}_width", f"{which}_input_size") if f not in ckpt]
+        if missing:
+            raise CheckpointError(f"{p}: {which}_arch {arch!r} without {', '.join(missing)}")
+        head = _HEAD_OF_ARCH[arch]
+        model = models.build_student_model(head, cfg.model, k,
+                                           width=float(ckpt[f"{which}_width"]),
+                                           input_size=int(ckpt[f"{which}_input_size"]))
+    else:
+        raise CheckpointError(f"{p}: unknown {which}_arch {arch!r} (expected "
+                              f"{' or '.join(_HEAD_OF_ARCH)})")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{p}: {which} weights do not fit the configured model "
+                              f"({_one_line(e)})") from None
+    return CheckpointModel(model=model.eval(), head=head, config=cfg, checkpoint=ckpt)

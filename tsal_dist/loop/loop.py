@@ -3,186 +3,43 @@ torchrun and inside Ray Train workers.
 
 Policy is visible here, section by section: data, models and engines, resume, then per step the
 TSAL step, the teacher push/sync (recursive average filtering), logging, checkpoints, validation;
-at the end evaluation and export. Ray never appears: the teacher server is reached through a
+at the end evaluation. Ray never appears: the teacher server is reached through a
 ``TeacherClient`` and progress leaves through a ``Reporter`` (tsal_dist.distributed provides the
-Ray versions; ``LocalTeacher`` and ``JsonReporter`` run everything in one process).
+Ray versions; ``LocalTeacher`` and ``no_report`` run everything in one process). Exporting the
+finished teacher is the entry point's (``tsal_dist.train``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from tsal_dist.atomic import PLAIN, atomic_write_json
 from tsal_dist.codec import CentroidCodec, HeatmapCodec
-from tsal_dist.config import ConfigError, ExperimentConfig, save_config
+from tsal_dist.config import ExperimentConfig, save_config
 from tsal_dist.data.batches import StepBatches, resolve_loader_workers, step_loader, to_device
-from tsal_dist.data.datasets import ClipDataset, EvalImageDataset, LabeledImageDataset
-from tsal_dist.data.formats import ListEntry, read_list
+from tsal_dist.data.build import build_run_data
 from tsal_dist.losses.consistency import ramp_weight
-from tsal_dist.loop.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
-                                       numpy_state_to_torch,
-                                       optimizer_state_of, rng_state, save_engine_checkpoint,
-                                       set_rng_state, torch_state_to_numpy)
+from tsal_dist.loop.checkpoint import (load_checkpoint, restore_engines_,
+                                       save_training_checkpoint, set_rng_state,
+                                       torch_state_to_numpy)
+from tsal_dist.loop.context import Reporter, WorkerContext, no_report
 from tsal_dist.loop.engines import Engine, broadcast_flat_, build_engine
+from tsal_dist.loop.evaluation import eval_module, finish_run, validation_nme
 from tsal_dist.loop.runs import (newest_readable_checkpoint, remove_stale_temp_files,
                                  truncate_metrics)
 from tsal_dist.loop.schedules import is_sync_step, lr_at, version_to_apply
 from tsal_dist.loop.step import LossWeights, consistency_weight, tsal_step
 from tsal_dist.models import build_model
 from tsal_dist.teacher.averaging import lerp_state_, to_numpy_state
-from tsal_dist.teacher.server import TeacherServer, versions_to_keep
-
-
-# ----------------------------------------------------------------------------- interfaces
-
-
-class TeacherClient(Protocol):
-    """How a worker reaches the teacher server (in process, or a Ray actor)."""
-
-    def push(self, state: dict[str, np.ndarray], step: int) -> None: ...
-
-    def get(self, version: int) -> dict[str, np.ndarray]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None: ...
-
-
-class LocalTeacher:
-    """TeacherServer in this process (single-process runs and tests)."""
-
-    def __init__(self, *, mode: str, queue_length: int, ema_decay: float, keep_versions: int = 8):
-        self.server = TeacherServer(mode=mode, queue_length=queue_length, ema_decay=ema_decay,
-                                    keep_versions=keep_versions)
-
-    def push(self, state: dict[str, np.ndarray], step: int) -> None:
-        self.server.push(state, step)
-
-    def get(self, version: int) -> dict[str, np.ndarray]:
-        st = self.server.get(version)
-        if st is None:
-            raise RuntimeError(f"teacher server has no version {version} yet")
-        return st
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.server.state_dict()
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.server.load_state_dict(sd)
-
-
-Reporter = Callable[[dict[str, Any], "Path | None"], None]
-
-
-def no_report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
-    """Reporter for one-process runs: metrics.jsonl already holds everything."""
-
-
-@dataclass(frozen=True)
-class WorkerContext:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    cpus: float = 0.0  # CPUs this worker may use (Ray's cpus_per_worker); 0 = the machine's
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1 and dist.is_initialized():
-            dist.barrier()
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class DataLists:
-    labeled: tuple[Path, ...]
-    unlabeled: tuple[Path, ...]
-    eval: tuple[Path, ...]
-
-
-def resolve_data(cfg: ExperimentConfig) -> DataLists:
-    """List files of the run; generates the synthetic dataset once when no data is configured."""
-    d = cfg.data
-    if d.root:
-        root = Path(d.root).expanduser()
-        lab = tuple(root / p for p in d.labeled_lists)
-        unl = tuple(root / p for p in d.unlabeled_lists)
-        ev = tuple(root / p for p in d.eval_lists)
-        if not lab:
-            raise ConfigError("data.labeled_lists: is empty but data.root is set; name the "
-                              "labeled list files under data.root")
-        return DataLists(lab, unl, ev)
-    from tsal_dist.data.synthetic import dataset_lists, ensure_synthetic
-
-    s = d.synthetic
-    root = ensure_synthetic(Path(d.cache_dir).expanduser(), images=s.images,
-                            test_images=s.test_images, videos=s.videos,
-                            test_videos=s.test_videos, frames=s.frames,
-                            image_size=s.image_size, seed=s.seed)
-    lists = dataset_lists(root)
-    pick = lambda names, default: tuple(lists[n] for n in names) if names else default  # noqa: E731
-    lab = tuple(Path(root) / p for p in d.labeled_lists) or (lists["train"],)
-    unl = tuple(Path(root) / p for p in d.unlabeled_lists) or (
-        (lists["videos_train_unlabeled"],) if s.videos > 0 else ())
-    ev = tuple(Path(root) / p for p in d.eval_lists) or pick(
-        (), (lists["test"],) + ((lists["videos_test"],) if s.test_videos > 0 else ()))
-    return DataLists(lab, unl, ev)
-
-
-def split_labeled(entries: list[ListEntry], val_images: int, limit: int
-                  ) -> tuple[list[ListEntry], list[ListEntry]]:
-    """Hold out the last ``val_images`` faces for validation, then keep the first ``limit``."""
-    n_val = min(val_images, max(0, len(entries) - 1))
-    train, val = entries[: len(entries) - n_val], entries[len(entries) - n_val:]
-    if limit:
-        train = train[:limit]
-    return train, val
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-@torch.no_grad()
-def validation_nme(model: torch.nn.Module, codec: HeatmapCodec, dataset: EvalImageDataset,
-                   device: torch.device, ctx: WorkerContext | None = None,
-                   batch_size: int = 32) -> float:
-    """Mean inter-ocular NME (fraction) of ``model`` on ``dataset``, in image pixels.
-
-    Every rank of ``ctx`` calls it and predicts its share on ``device``; every rank returns the
-    same number (rank 0 scores, then broadcasts).
-    """
-    from tsal_dist.eval.metrics import nme
-    from tsal_dist.eval.run import Shard, merge_predictions, predict
-
-    ctx = ctx or WorkerContext()
-    shard = Shard(ctx.rank, ctx.world_size)
-    out = predict(model, shard.view(dataset), batch_size=batch_size, device=str(device),
-                  decode=codec.locate)
-    parts = shard.gather(out)
-    value = math.nan
-    if parts is not None:
-        m = merge_predictions(parts)
-        value = float(np.nanmean(nme(m["preds"], m["gts"], norm="inter_ocular",
-                                     visible=m["visible"])))
-    if ctx.world_size > 1 and dist.is_initialized():
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        value = box[0]
-    return value
+from tsal_dist.teacher.client import LocalTeacher, TeacherClient
+from tsal_dist.teacher.server import versions_to_keep
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -218,26 +75,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
 
     # ---- data
     d, m, o = cfg.data, cfg.model, cfg.optim
-    lists = resolve_data(cfg)
-    labeled_entries = [e for p in lists.labeled for e in read_list(p)]
-    train_entries, val_entries = split_labeled(labeled_entries, cfg.run.val_images,
-                                               d.labeled_limit)
-    aug = dict(rotate_max_deg=d.rotate_max_deg, scale_min=d.scale_min, scale_max=d.scale_max,
-               shift_max_frac=d.shift_max_frac, flip=d.flip)
-    labeled_ds = LabeledImageDataset(train_entries, num_points=d.num_points,
-                                     input_size=m.input_size, pre_crop_expand=d.pre_crop_expand,
-                                     augment=True, strict=d.strict, **aug)
-    clip_ds = None
-    if lists.unlabeled and o.clips_per_batch > 0:
-        unl = [e for p in lists.unlabeled for e in read_list(p)]
-        clip_ds = ClipDataset(unl, num_points=d.num_points, clip_length=d.clip_length,
-                              clip_stride=d.clip_stride, input_size=m.input_size,
-                              pre_crop_expand=d.pre_crop_expand, augment=True, flow=d.flow,
-                              strict=d.strict, jitter_rotate_deg=d.clip_jitter_rotate_deg,
-                              jitter_scale=d.clip_jitter_scale,
-                              jitter_shift_frac=d.clip_jitter_shift_frac, **aug)
-    val_ds = EvalImageDataset(val_entries, num_points=d.num_points, input_size=m.input_size,
-                              pre_crop_expand=d.pre_crop_expand, strict=d.strict)
+    data = build_run_data(cfg)
+    lists, labeled_ds, clip_ds, val_ds = data.lists, data.labeled, data.clips, data.val
 
     # ---- models, codecs, engines (teacher starts as a copy of the student's init)
     torch.manual_seed(cfg.train.seed)
@@ -272,15 +111,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         ckpt = Path(resume)
         state = load_checkpoint(ckpt)
     if ckpt is not None and state is not None:
-        try:
-            student.load_full_state_dict(state["student"])
-            teacher.load_full_state_dict(state["teacher"])
-        except (RuntimeError, KeyError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{ckpt}: its weights do not fit this model ({first}); "
-                                  "resume it with the config it was trained with") from None
-        student.load_optimizer_state(optimizer_state_of(state, "student", ckpt, ctx.rank))
-        teacher.load_optimizer_state(optimizer_state_of(state, "teacher", ckpt, ctx.rank))
+        restore_engines_(state, ckpt, {"student": student, "teacher": teacher}, rank=ctx.rank)
         if ctx.is_main:
             teacher_client.load_state_dict(torch_state_to_numpy(state["server"]))
         set_rng_state(state["rng"])
@@ -414,7 +245,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                 if done % cfg.run.checkpoint_every == 0 or done == end:
                     path = save_training_checkpoint(
                         ckpt_dir, step=done, cfg=cfg, student=student, teacher=teacher,
-                        teacher_client=teacher_client, ctx=ctx, metrics=last_logs)
+                        server=teacher_client.state_dict() if ctx.is_main else None,
+                        metrics=last_logs, rank=ctx.rank, barrier=ctx.barrier)
                 report = {"step": done, **{k: v for k, v in last_logs.items()
                                            if k.endswith("loss") or k == "teacher/version"}}
                 if val is not None:
@@ -436,7 +268,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         ctx.barrier()
         return summary
 
-    # ---- final evaluation (every rank, sharded) and export (rank 0)
+    # ---- final evaluation (every rank, sharded)
     t_final, s_final = eval_module(teacher, cfg, device), eval_module(student, cfg, device)
     summary.update(finish_run(cfg, run_dir=run_dir, teacher=t_final, student=s_final,
                               hm_codec=hm_codec, lists=lists, ctx=ctx))
@@ -526,97 +358,3 @@ def apply_sync_(*, teacher: Engine, student: Engine, filtered: dict[str, np.ndar
             sd, t_old, student_keep, average_buffers=average_buffers, buffer_keys=buffer_keys))
     teacher.modify_weights_(lambda sd: lerp_state_(
         sd, filtered, blend, average_buffers=average_buffers, buffer_keys=buffer_keys))
-
-
-def eval_module(engine: Engine, cfg: ExperimentConfig,
-                device: torch.device | None = None) -> torch.nn.Module:
-    """A plain module with the engine's full weights for rank-0-only evaluation. Under ZeRO-3 the
-    parameters are partitioned (a forward on one rank would wait for the others), and under
-    DeepSpeed fp16/bf16 the module holds rounded weights, so this builds an fp32 copy from the
-    full state: call it on EVERY rank. Otherwise the unwrapped module."""
-    if engine.collective_state or engine.low_precision_weights:
-        sd = engine.full_state_dict()
-        model = build_model(cfg.model, cfg.data.num_points)
-        model.load_state_dict(sd)
-        return model.to(device or torch.device("cpu"))
-    return engine.unwrapped()
-
-
-def save_training_checkpoint(ckpt_dir: Path, *, step: int, cfg: ExperimentConfig,
-                             student: Engine, teacher: Engine, teacher_client: TeacherClient,
-                             ctx: WorkerContext, metrics: dict) -> Path | None:
-    """ckpt-<step>.pt of both models, the teacher server, RNG and metrics (every rank calls)."""
-    payload: dict[str, Any] = {"config": cfg.to_dict(), "step": step, "rng": rng_state(),
-                               "metrics": metrics, "format": "tsal_dist.checkpoint/1",
-                               "engine": cfg.train.engine}
-    if ctx.is_main:
-        payload["server"] = numpy_state_to_torch(teacher_client.state_dict())
-    return save_engine_checkpoint(ckpt_dir, step=step, engines={"student": student,
-                                                                "teacher": teacher},
-                                  payload=payload, rank=ctx.rank, sharded=_sharded(cfg),
-                                  keep=cfg.run.keep_checkpoints, barrier=ctx.barrier)
-
-
-def _sharded(cfg: ExperimentConfig) -> bool:
-    return cfg.train.engine == "deepspeed" and cfg.train.zero_stage > 0
-
-
-def finish_run(cfg: ExperimentConfig, *, run_dir: Path, teacher: torch.nn.Module,
-               student: torch.nn.Module, hm_codec: HeatmapCodec, lists: DataLists,
-               ctx: WorkerContext | None = None) -> dict[str, Any]:
-    """Evaluate teacher and student on the eval lists, plot CED + curves, export the teacher.
-
-    Every rank calls it: the evaluation is sharded over the ranks (each predicts its share on
-    its own device); rank 0 gathers, writes and exports, and returns the results ({} elsewhere).
-    """
-    ctx = ctx or WorkerContext()
-    out: dict[str, Any] = {}
-    eval_dir = run_dir / "eval"
-    if lists.eval:
-        from tsal_dist.eval.plots import plot_ced
-        from tsal_dist.eval.run import Shard, evaluate_list, list_names
-
-        results: dict[str, dict[str, Any]] = {}
-        curves: dict[str, np.ndarray] = {}
-        names = list_names([str(p) for p in lists.eval])
-        shard = Shard(ctx.rank, ctx.world_size) if ctx.world_size > 1 else None
-        for which, model in (("teacher", teacher), ("student", student)):
-            model.eval()
-            results[which] = {}
-            for name, path in zip(names, lists.eval):
-                r = evaluate_list(model, path, input_size=cfg.model.input_size,
-                                  pre_crop_expand=cfg.data.pre_crop_expand,
-                                  num_points=cfg.data.num_points,
-                                  sigma_px=cfg.model.heatmap_sigma_px,
-                                  window=cfg.model.decode_window, locate=cfg.model.decode,
-                                  blur_cells=cfg.model.decode_blur_cells, batch_size=32,
-                                  device=ctx.device, strict=cfg.data.strict, name=name,
-                                  shard=shard)
-                if r is not None:
-                    results[which][name] = r.summary
-                    curves[f"{which} {name}"] = r.primary_nmes
-        if not ctx.is_main:
-            return out
-        eval_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(eval_dir / "summary.json", results, default=float, final_newline=False,
-                          mode=PLAIN)
-        plot_ced(curves, eval_dir / "ced.png", title="CED, teacher vs student")
-        out["eval"] = results
-    if not ctx.is_main:
-        return out
-    try:
-        from tsal_dist.eval.plots import plot_training_curves
-
-        plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png",
-                             keys=["student/loss", "teacher/loss", "student/consistency",
-                                   "teacher/consistency"])
-    except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
-        print(f"warning: training curve plot failed: {e}")
-    if cfg.run.export:
-        from tsal_dist.export import export
-
-        ckpt = latest_checkpoint(run_dir / "checkpoints")
-        if ckpt is not None:
-            export(ckpt, run_dir / "export", which="teacher")
-            out["export"] = str(run_dir / "export")
-    return out

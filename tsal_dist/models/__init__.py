@@ -3,11 +3,16 @@
 Backbones: ``cpm_vgg16`` (TSAL's CPM-VGG16 + CenterNet branch, stride 8), ``resnet`` (ResNet-18
 basic blocks + FPN, stride 4) and ``mobilenetv2`` (inverted residuals + separable FPN, stride 4,
 the fast default). All random init (no pretrained weights exist here). The KD-Loss student
-regressor is :class:`MobileNetV2Regressor`.
+regressor is :class:`MobileNetV2Regressor` (:func:`build_student_model` builds either student).
 Not here: targets/decoding (tsal_dist.codec), losses, training.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from torch import nn
 
 from tsal_dist.config import ModelConfig
 from tsal_dist.models.backbones import (
@@ -22,6 +27,7 @@ from tsal_dist.models.regressor import MobileNetV2Regressor
 
 __all__ = [
     "build_model",
+    "build_student_model",
     "cpm_vgg16",
     "resnet",
     "mobilenetv2",
@@ -91,3 +97,21 @@ def build_model(cfg: ModelConfig, num_points: int) -> LandmarkDetector:
         return mobilenetv2(num_points=num_points, input_size=cfg.input_size,
                            stages=cfg.cpm_stages, width=cfg.width)
     raise ValueError(f"model.backbone: unknown backbone {cfg.backbone!r}")
+
+
+def build_student_model(head: Literal["regression", "heatmap"], model_cfg: ModelConfig,
+                        num_points: int, *, width: float, input_size: int,
+                        dropout: float = 0.0) -> nn.Module:
+    """A distilled student: ``regression`` = :class:`MobileNetV2Regressor` (dropout before its
+    linear layer), ``heatmap`` = a MobileNetV2 ``LandmarkDetector`` with ``model_cfg``'s heads.
+
+    Args:
+        width: MobileNetV2 width multiplier.
+        input_size: crop side S in px.
+    """
+    if head == "regression":
+        return MobileNetV2Regressor(num_points, input_size, width=width, dropout=dropout)
+    if head == "heatmap":
+        return build_model(dataclasses.replace(model_cfg, backbone="mobilenetv2", width=width,
+                                               input_size=input_size), num_points)
+    raise ValueError(f"unknown student head {head!r} (expected regression or heatmap)")

@@ -14,7 +14,8 @@ from tsal_dist.data.batches import StepBatches, resolve_loader_workers, step_loa
 from tsal_dist.data.datasets import ClipDataset, LabeledImageDataset
 from tsal_dist.data.formats import AnnotationError, ListEntry, read_list
 from tsal_dist.loop.checkpoint import latest_checkpoint, load_checkpoint
-from tsal_dist.loop.loop import resolve_data, run
+from tsal_dist.data.lists import resolve_data
+from tsal_dist.loop.loop import run
 
 
 def _datasets(cfg, entries=None, strict=False):

@@ -144,6 +144,26 @@ def test_predict_maps_back_to_image_px_and_batches():
     assert {seed for _, seed in ds.calls} == {0}
 
 
+class FakeRegressor(torch.nn.Module):
+    """A coordinate regressor reading the fake dataset's 'prediction' like FakeDetector, but
+    returning (B, K, 2) crop-normalised ``(px + 0.5) / S`` as MobileNetV2Regressor does."""
+
+    num_points, input_size = K, S
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        px = torch.stack([images[:, 0, 0, :K], images[:, 0, 1, :K]], dim=-1).double()
+        return (px + 0.5) / S
+
+
+def test_predict_runs_a_coordinate_regressor():
+    """A regressor needs no decode: its coordinates map back to image px, scores are 1."""
+    ds = FakeEvalDataset(entries(3), err_px=[0, 1, 2])
+    out = R.predict(FakeRegressor(), ds, batch_size=2)
+    for i in range(3):
+        np.testing.assert_allclose(out["preds"][i], face68(i) + [i, 0], atol=1e-3)
+    assert np.all(out["scores"] == 1.0)
+
+
 def test_predict_drops_replacement_items_of_bad_entries():
     ds = FakeEvalDataset(entries(5), bad={1, 2})
     out = R.predict(FakeDetector(), ds, batch_size=3, decode=fake_decode)
@@ -445,3 +465,38 @@ def test_cli_end_to_end_real_model(tmp_path):
     assert s["count"] == 3 and s["n_degenerate"] == 0
     assert s["nme_inter_ocular"] > 0 and s["nme_inter_pupil"] > s["nme_inter_ocular"]
     assert (tmp_path / "ced.png").is_file()
+
+
+@pytest.mark.parametrize("arch", ["regressor", "heatmap"])
+def test_cli_scores_a_distilled_student(tmp_path, arch):
+    """``python -m tsal_dist.eval --which student`` on a distillation checkpoint rebuilds the
+    student its checkpoint describes (student_arch / width / input size, not the experiment's
+    teacher architecture) and scores it like a teacher."""
+    _real_modules()
+    from tsal_dist.config import ExperimentConfig, with_overrides
+    from tsal_dist.eval.__main__ import main
+    from tsal_dist.models import build_model, build_student_model
+
+    cfg = with_overrides(ExperimentConfig(), {"model.backbone": "resnet", "model.input_size": 64,
+                                              "model.width": 0.25, "model.cpm_stages": 1})
+    torch.manual_seed(0)
+    teacher = build_model(cfg.model, K)
+    head = "regression" if arch == "regressor" else "heatmap"
+    student = build_student_model(head, cfg.model, K, width=0.35, input_size=64).eval()
+    ck = tmp_path / "ckpt-00000005.pt"
+    torch.save({"config": cfg.to_dict(), "step": 5, "teacher": teacher.state_dict(),
+                "student": student.state_dict(), "student_arch": arch, "student_width": 0.35,
+                "student_input_size": 64, "format": "tsal_dist.distill_checkpoint/1"}, ck)
+    lst = _write_images(tmp_path)
+    out_json = tmp_path / "eval.json"
+    assert main(["--checkpoint", str(ck), "--list", str(lst), "--which", "student",
+                 "--json", str(out_json)]) == 0
+    doc = json.loads(out_json.read_text())
+    assert doc["which"] == "student" and doc["head"] == head and doc["step"] == 5
+    got = doc["lists"]["test.lst"]
+    want = R.evaluate_list(student, lst, input_size=64, pre_crop_expand=cfg.data.pre_crop_expand,
+                           num_points=K, sigma_px=cfg.model.heatmap_sigma_px,
+                           window=cfg.model.decode_window, locate=cfg.model.decode,
+                           blur_cells=cfg.model.decode_blur_cells).summary
+    assert got["count"] == 3 and got["nme_inter_ocular"] == pytest.approx(
+        want["nme_inter_ocular"], rel=1e-6)

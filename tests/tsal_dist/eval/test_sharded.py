@@ -29,7 +29,7 @@ def _setup():
     from tsal_dist.config import load_config
     from tsal_dist.data.datasets import EvalImageDataset
     from tsal_dist.data.formats import read_list
-    from tsal_dist.loop.loop import resolve_data
+    from tsal_dist.data.lists import resolve_data
     from tsal_dist.models import build_model
 
     cfg = load_config(REPO / "configs" / "smoke.yaml")
@@ -61,7 +61,8 @@ def _evaluate(cfg, model, lists, shard):
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from tsal_dist.loop.loop import WorkerContext, validation_nme
+    from tsal_dist.loop.context import WorkerContext
+    from tsal_dist.loop.evaluation import validation_nme
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -77,7 +78,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_give_the_numbers_of_one_process(tmp_path):
-    from tsal_dist.loop.loop import validation_nme
+    from tsal_dist.loop.evaluation import validation_nme
 
     mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
                        start_method="spawn", join=True)

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from tsal_dist.config import ConfigError
+from tsal_dist.config import ConfigError, DistillConfig, load_distill_config
 from tsal_dist.data.asm import ShapeModel
+from tsal_dist.distill import run_distill
 from tsal_dist.loop.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from tsal_dist.loop.distill_loop import build_student
 from tsal_dist.loop.engines import build_engine
-from tsal_dist.loop.distill_loop import (DistillConfig, build_student,
-                                         load_distill_config, run_distill)
 from tsal_dist.losses.kd import KDLossParams
 
 TINY = {

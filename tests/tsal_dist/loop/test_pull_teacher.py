@@ -40,7 +40,8 @@ class CountingClient:
 def _worker(rank: int, world: int, port: int, out_dir: str, fail: bool) -> None:
     import torch.distributed as dist
 
-    from tsal_dist.loop.loop import WorkerContext, pull_teacher
+    from tsal_dist.loop.context import WorkerContext
+    from tsal_dist.loop.loop import pull_teacher
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -1,37 +1,23 @@
-"""Typed, frozen experiment configuration: the only place defaults live.
+"""The TSAL experiment schema: typed, frozen sections, the only place training defaults live.
 
 Every knob of a run is a field of one of the dataclasses below, with its unit and (for
 coefficients) the formula it enters written next to it. Three sources change it, all through
-:func:`with_overrides`: YAML files (flattened to dotted keys), ``--set a.b=value`` on any CLI, and
-Ray Tune trial configs (whose search-space keys are the same dotted paths). Unknown keys, wrong
-types and out-of-range values raise :class:`ConfigError` naming the key.
+:func:`tsal_dist.config.with_overrides`: YAML files (flattened to dotted keys), ``--set a.b=value``
+on any CLI, and Ray Tune trial configs (whose search-space keys are the same dotted paths).
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key.
 
-Nothing in a config is ever executed: YAML is read with ``yaml.safe_load`` and values are coerced by
-the field's annotation only. This module does not build models or read data.
+This module does not build models or read data; the distillation's sections are in
+``distill.py``, reading and writing files in ``loading.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping
 
-from tsal_dist.atomic import atomic_write_text
-
-
-class ConfigError(ValueError):
-    """A config key, type or value is invalid. The message names the key."""
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
+from tsal_dist.config.schema import check, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -48,9 +34,9 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         for name in ("images", "test_images", "frames", "image_size"):
-            _check(getattr(self, name) > 0, f"data.synthetic.{name}", "must be > 0")
+            check(getattr(self, name) > 0, f"data.synthetic.{name}", "must be > 0")
         for name in ("videos", "test_videos"):
-            _check(getattr(self, name) >= 0, f"data.synthetic.{name}", "must be >= 0")
+            check(getattr(self, name) >= 0, f"data.synthetic.{name}", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -90,19 +76,19 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
-        _check(self.num_points > 0, "data.num_points", "must be > 0")
-        _check(self.labeled_limit >= 0, "data.labeled_limit", "must be >= 0")
-        _check(0 <= self.pre_crop_expand <= 2, "data.pre_crop_expand", "must be in [0, 2]")
-        _check(self.clip_length >= 2, "data.clip_length", "must be >= 2 (pairs of frames)")
-        _check(self.clip_stride >= 1, "data.clip_stride", "must be >= 1")
-        _check(0 <= self.rotate_max_deg <= 90, "data.rotate_max_deg", "must be in [0, 90]")
-        _check(0 < self.scale_min <= self.scale_max, "data.scale_min", "need 0 < min <= max")
-        _check(0 <= self.shift_max_frac < 0.5, "data.shift_max_frac", "must be in [0, 0.5)")
-        _check(self.loader_workers >= -1, "data.loader_workers", "must be >= 0, or -1 (auto)")
-        _check(0 <= self.clip_jitter_rotate_deg <= 90, "data.clip_jitter_rotate_deg",
+        check(self.num_points > 0, "data.num_points", "must be > 0")
+        check(self.labeled_limit >= 0, "data.labeled_limit", "must be >= 0")
+        check(0 <= self.pre_crop_expand <= 2, "data.pre_crop_expand", "must be in [0, 2]")
+        check(self.clip_length >= 2, "data.clip_length", "must be >= 2 (pairs of frames)")
+        check(self.clip_stride >= 1, "data.clip_stride", "must be >= 1")
+        check(0 <= self.rotate_max_deg <= 90, "data.rotate_max_deg", "must be in [0, 90]")
+        check(0 < self.scale_min <= self.scale_max, "data.scale_min", "need 0 < min <= max")
+        check(0 <= self.shift_max_frac < 0.5, "data.shift_max_frac", "must be in [0, 0.5)")
+        check(self.loader_workers >= -1, "data.loader_workers", "must be >= 0, or -1 (auto)")
+        check(0 <= self.clip_jitter_rotate_deg <= 90, "data.clip_jitter_rotate_deg",
                "must be in [0, 90]")
-        _check(0 <= self.clip_jitter_scale < 1, "data.clip_jitter_scale", "must be in [0, 1)")
-        _check(0 <= self.clip_jitter_shift_frac < 0.5, "data.clip_jitter_shift_frac",
+        check(0 <= self.clip_jitter_scale < 1, "data.clip_jitter_scale", "must be in [0, 1)")
+        check(0 <= self.clip_jitter_shift_frac < 0.5, "data.clip_jitter_shift_frac",
                "must be in [0, 0.5)")
 
 
@@ -125,15 +111,15 @@ class ModelConfig:
     centroid_topk: int = 32  # K centroid candidates decoded for the student's pseudo-label
 
     def __post_init__(self) -> None:
-        _check(self.input_size >= 32 and self.input_size % 32 == 0, "model.input_size",
+        check(self.input_size >= 32 and self.input_size % 32 == 0, "model.input_size",
                "must be a multiple of 32, >= 32")
-        _check(self.width > 0, "model.width", "must be > 0")
-        _check(1 <= self.cpm_stages <= 6, "model.cpm_stages", "must be in [1, 6]")
-        _check(self.heatmap_sigma_px > 0, "model.heatmap_sigma_px", "must be > 0")
-        _check(self.decode_window >= 1, "model.decode_window", "must be >= 1")
-        _check(0 <= self.decode_blur_cells <= 8, "model.decode_blur_cells", "must be in [0, 8]")
-        _check(self.centroid_index >= 0, "model.centroid_index", "must be >= 0")
-        _check(self.centroid_topk >= 1, "model.centroid_topk", "must be >= 1")
+        check(self.width > 0, "model.width", "must be > 0")
+        check(1 <= self.cpm_stages <= 6, "model.cpm_stages", "must be in [1, 6]")
+        check(self.heatmap_sigma_px > 0, "model.heatmap_sigma_px", "must be > 0")
+        check(self.decode_window >= 1, "model.decode_window", "must be >= 1")
+        check(0 <= self.decode_blur_cells <= 8, "model.decode_blur_cells", "must be in [0, 8]")
+        check(self.centroid_index >= 0, "model.centroid_index", "must be >= 0")
+        check(self.centroid_topk >= 1, "model.centroid_topk", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -177,12 +163,12 @@ class LossConfig:
     def __post_init__(self) -> None:
         for name in ("heatmap_weight", "centroid_weight", "offset_weight", "structure_weight",
                      "unsup_weight", "student_unsup_weight"):
-            _check(getattr(self, name) >= 0, f"loss.{name}", "must be >= 0")
-        _check(0 <= self.fusion_mu <= 1, "loss.fusion_mu", "must be in [0, 1]")
-        _check(0 <= self.pseudo_threshold <= 1, "loss.pseudo_threshold", "must be in [0, 1]")
-        _check(0 <= self.ramp_up_frac <= 1, "loss.ramp_up_frac", "must be in [0, 1]")
-        _check(0 <= self.ramp_down_frac <= 1, "loss.ramp_down_frac", "must be in [0, 1]")
-        _check(self.ramp_up_frac + self.ramp_down_frac <= 1, "loss.ramp_down_frac",
+            check(getattr(self, name) >= 0, f"loss.{name}", "must be >= 0")
+        check(0 <= self.fusion_mu <= 1, "loss.fusion_mu", "must be in [0, 1]")
+        check(0 <= self.pseudo_threshold <= 1, "loss.pseudo_threshold", "must be in [0, 1]")
+        check(0 <= self.ramp_up_frac <= 1, "loss.ramp_up_frac", "must be in [0, 1]")
+        check(0 <= self.ramp_down_frac <= 1, "loss.ramp_down_frac", "must be in [0, 1]")
+        check(self.ramp_up_frac + self.ramp_down_frac <= 1, "loss.ramp_down_frac",
                "ramp_up_frac + ramp_down_frac must be <= 1")
 
 
@@ -209,12 +195,12 @@ class TeacherConfig:
     average_buffers: bool = True  # BatchNorm running stats averaged (True) or kept (False)
 
     def __post_init__(self) -> None:
-        _check(self.queue_length >= 1, "teacher.queue_length", "must be >= 1")
+        check(self.queue_length >= 1, "teacher.queue_length", "must be >= 1")
         for name in ("ema_decay", "blend", "mutual_student_keep"):
-            _check(0 < getattr(self, name) < 1, f"teacher.{name}",
+            check(0 < getattr(self, name) < 1, f"teacher.{name}",
                    "is the weight on the OLD value and must be in (0, 1)")
-        _check(self.sync_every >= 1, "teacher.sync_every", "must be >= 1")
-        _check(self.max_staleness >= 1, "teacher.max_staleness", "must be >= 1")
+        check(self.sync_every >= 1, "teacher.sync_every", "must be >= 1")
+        check(self.max_staleness >= 1, "teacher.max_staleness", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -235,16 +221,16 @@ class OptimConfig:
     grad_clip: float = 5.0  # max grad norm (0 = off)
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "optim.lr", "must be > 0")
-        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-        _check(self.batch_size >= 1, "optim.batch_size", "must be >= 1")
-        _check(self.clips_per_batch >= 0, "optim.clips_per_batch", "must be >= 0")
-        _check(self.steps >= 1, "optim.steps", "must be >= 1")
-        _check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-        _check(all(0 < m < 1 for m in self.milestones), "optim.milestones",
+        check(self.lr > 0, "optim.lr", "must be > 0")
+        check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        check(self.batch_size >= 1, "optim.batch_size", "must be >= 1")
+        check(self.clips_per_batch >= 0, "optim.clips_per_batch", "must be >= 0")
+        check(self.steps >= 1, "optim.steps", "must be >= 1")
+        check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        check(all(0 < m < 1 for m in self.milestones), "optim.milestones",
                "must be fractions in (0, 1)")
-        _check(0 < self.gamma <= 1, "optim.gamma", "must be in (0, 1]")
-        _check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+        check(0 < self.gamma <= 1, "optim.gamma", "must be in (0, 1]")
+        check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -267,8 +253,8 @@ class TrainConfig:
     channels_last: bool = False
 
     def __post_init__(self) -> None:
-        _check(0 <= self.zero_stage <= 3, "train.zero_stage", "must be in [0, 3]")
-        _check(self.torch_threads >= 0, "train.torch_threads", "must be >= 0")
+        check(0 <= self.zero_stage <= 3, "train.zero_stage", "must be in [0, 3]")
+        check(self.torch_threads >= 0, "train.torch_threads", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -282,9 +268,9 @@ class ScalingConfig:
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     def __post_init__(self) -> None:
-        _check(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
-        _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
-        _check(self.gpus_per_worker > 0, "scaling.gpus_per_worker", "must be > 0")
+        check(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
+        check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+        check(self.gpus_per_worker > 0, "scaling.gpus_per_worker", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -304,10 +290,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
-            _check(getattr(self, name) >= 1, f"run.{name}", "must be >= 1")
-        _check(self.eval_every >= 0, "run.eval_every", "must be >= 0")
-        _check(self.val_images >= 1, "run.val_images", "must be >= 1")
-        _check(self.max_failures >= -1, "run.max_failures", "must be >= -1 (-1 = unlimited)")
+            check(getattr(self, name) >= 1, f"run.{name}", "must be >= 1")
+        check(self.eval_every >= 0, "run.eval_every", "must be >= 0")
+        check(self.val_images >= 1, "run.val_images", "must be >= 1")
+        check(self.max_failures >= -1, "run.max_failures", "must be >= -1 (-1 = unlimited)")
 
 
 @dataclass(frozen=True)
@@ -324,11 +310,11 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        _check(self.model.centroid_index < self.data.num_points, "model.centroid_index",
+        check(self.model.centroid_index < self.data.num_points, "model.centroid_index",
                f"must be < data.num_points ({self.data.num_points})")
         # fp16 needs loss scaling on a GPU: CPU kernels and DeepSpeed's CPU accelerator have no
         # fp16 path worth running (bf16 runs on both).
-        _check(self.train.precision != "fp16" or self.scaling.use_gpu, "train.precision",
+        check(self.train.precision != "fp16" or self.scaling.use_gpu, "train.precision",
                "fp16 needs GPU workers (scaling.use_gpu=true); use bf16 or fp32 on CPU")
 
     def to_dict(self) -> dict[str, Any]:
@@ -343,222 +329,3 @@ class ExperimentConfig:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-
-def run_name_for(cfg: ExperimentConfig) -> str:
-    """``run.name`` or a name derived from the config: rerunning the same command resumes."""
-    if cfg.run.name:
-        return cfg.run.name
-    return "tsal-" + dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name="")).hash()[:10]
-
-
-# ----------------------------------------------------------------------------- generic machinery
-
-
-def to_dict(obj: Any) -> Any:
-    """Dataclass -> plain nested dict of JSON/YAML-safe values (tuples become lists)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple):
-        return [to_dict(x) for x in obj]
-    return obj
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Coerce a YAML/CLI value to annotation ``tp``; strings are parsed by type, never evaluated."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        last: Exception | None = None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                last = e
-        raise last or ConfigError(f"{key}: cannot be None")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.strip("()[] ").split(",") if v.strip()] if value.strip() else []
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-        elem = args[0] if args else Any
-        return tuple(_coerce(v.strip() if isinstance(v, str) else v, elem, key) for v in value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{key}: expected a bool, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an int, got a bool")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an int, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got a bool")
-        out: float | None = None
-        if isinstance(value, (int, float)):
-            out = float(value)
-        elif isinstance(value, str):
-            try:
-                out = float(value)
-            except ValueError:
-                pass
-        if out is None:
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(out):  # inf / nan pass every range check written as a comparison
-            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-        return out
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if tp is Any:
-        return value
-    raise ConfigError(f"{key}: unsupported field type {tp}")
-
-
-def from_dict(cls: type, d: Mapping[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested mapping; unknown keys raise."""
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {d!r}")
-    hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown config key (known: {sorted(names)})")
-    kwargs = {}
-    for name, value in d.items():
-        tp = hints[name]
-        key = prefix + name
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value, key + ".")
-        else:
-            kwargs[name] = _coerce(value, tp, key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except TypeError as e:  # pragma: no cover - guarded by the unknown-key check
-        raise ConfigError(f"{prefix or '<root>'}: {e}") from e
-
-
-def _set_path(d: dict[str, Any], parts: list[str], value: Any, full: str) -> None:
-    head = parts[0]
-    if len(parts) == 1:
-        if isinstance(d.get(head), dict) and isinstance(value, Mapping):
-            for k, v in value.items():
-                _set_path(d[head], [k], v, f"{full}.{k}")
-        else:
-            d[head] = value
-        return
-    if head not in d:
-        raise ConfigError(f"{full}: unknown config key {head!r} (known: {sorted(d)})")
-    if not isinstance(d[head], dict):
-        raise ConfigError(f"{full}: {head!r} is not a section")
-    _set_path(d[head], parts[1:], value, full)
-
-
-def with_overrides(cfg: Any, overrides: Mapping[str, Any]) -> Any:
-    """Return ``cfg`` with dotted-key overrides applied, e.g. ``{"teacher.ema_decay": 0.995}``.
-
-    Values may be typed or strings (parsed by the field's annotation). Unknown paths, wrong types and
-    out-of-range values raise ConfigError naming the key. All overrides are applied before any
-    check runs, so dependent fields (``data.num_points`` with ``model.centroid_index``) can change
-    together.
-    """
-    d = to_dict(cfg)
-    for key, value in overrides.items():
-        _set_path(d, key.split("."), value, key)
-    return from_dict(type(cfg), d)
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> dotted keys (lists are leaves)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def parse_set_args(items: Sequence[str]) -> dict[str, str]:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": "1", "c": "x"}``; a missing '=' raises."""
-    out: dict[str, str] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping safely (no tags, nothing executed); errors name the file."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                base: Any = None) -> Any:
-    """Defaults <- YAML file (overrides only) <- dotted overrides. Errors name file and key.
-
-    ``base`` is the config object to start from (an ExperimentConfig by default; any frozen
-    config dataclass works, e.g. the distillation's DistillConfig).
-    """
-    cfg = base if base is not None else ExperimentConfig()
-    if path is not None:
-        try:
-            cfg = with_overrides(cfg, flatten(load_yaml(path)))
-        except ConfigError as e:
-            if str(e).startswith(str(path)):
-                raise
-            raise ConfigError(f"{path}: {e}") from e
-    if overrides:
-        cfg = with_overrides(cfg, overrides)
-    return cfg
-
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically."""
-    import yaml
-
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

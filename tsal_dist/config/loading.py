@@ -1,0 +1,97 @@
+"""Configs from and to files and names: YAML (read safely, nothing executed), ``--set`` items,
+the resolved config written beside a run, and the run folder name a config gets.
+
+What does not belong here: the schemas (``experiment.py``, ``distill.py``) and the override
+machinery they share (``schema.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tsal_dist.atomic import atomic_write_text
+from tsal_dist.config.distill import DistillConfig
+from tsal_dist.config.experiment import ExperimentConfig
+from tsal_dist.config.schema import ConfigError, flatten, to_dict, with_overrides
+
+
+def parse_set_args(items: Sequence[str]) -> dict[str, str]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": "1", "c": "x"}``; a missing '=' raises."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping safely (no tags, nothing executed); errors name the file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                base: Any = None) -> Any:
+    """Defaults <- YAML file (overrides only) <- dotted overrides. Errors name file and key.
+
+    ``base`` is the config object to start from (an ExperimentConfig by default; any frozen
+    config dataclass works, e.g. the distillation's DistillConfig).
+    """
+    cfg = base if base is not None else ExperimentConfig()
+    if path is not None:
+        try:
+            cfg = with_overrides(cfg, flatten(load_yaml(path)))
+        except ConfigError as e:
+            if str(e).startswith(str(path)):
+                raise
+            raise ConfigError(f"{path}: {e}") from e
+    if overrides:
+        cfg = with_overrides(cfg, overrides)
+    return cfg
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    import yaml
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_distill_config(path: str | Path | None = None,
+                        overrides: Mapping[str, Any] | None = None) -> DistillConfig:
+    """Defaults <- YAML (overrides only; unknown keys raise) <- dotted overrides
+    (``experiment.optim.steps=100``, ``kd.variant=paper``)."""
+    return load_config(path, overrides, base=DistillConfig())
+
+
+def run_name_for(cfg: ExperimentConfig | DistillConfig) -> str:
+    """The run folder's name: ``run.name`` (``experiment.run.name`` of a distillation), else
+    ``tsal-`` / ``distill-`` and a hash of the config without its name, so that rerunning the
+    same command finds the same folder and resumes."""
+    if isinstance(cfg, DistillConfig):
+        e = cfg.experiment
+        unnamed: Any = dataclasses.replace(cfg, experiment=_unnamed(e))
+        prefix = "distill"
+    else:
+        e, unnamed, prefix = cfg, _unnamed(cfg), "tsal"
+    return e.run.name or f"{prefix}-{unnamed.hash()[:10]}"
+
+
+def _unnamed(e: ExperimentConfig) -> ExperimentConfig:
+    return dataclasses.replace(e, run=dataclasses.replace(e.run, name=""))
