@@ -37,7 +37,8 @@ def heatmaps_of(model, entries, cfg):
     import torch
 
     from tsal_dist.data.datasets import EvalImageDataset
-    from tsal_dist.eval.run import invert_affine_2x3, predict
+    from tsal_dist.data.transforms import invert_affine
+    from tsal_dist.eval.run import predict
 
     k = cfg.data.num_points
     ds = EvalImageDataset(entries, num_points=k, input_size=cfg.model.input_size,
@@ -49,7 +50,7 @@ def heatmaps_of(model, entries, cfg):
         return torch.zeros(m.shape[0], k, 2), m.flatten(2).amax(2)
 
     out = predict(model, ds, decode=keep, batch_size=32)
-    inv = invert_affine_2x3(np.stack([ds.get(int(i), 0)["affine"] for i in out["indices"]]))
+    inv = invert_affine(np.stack([ds.get(int(i), 0)["affine"] for i in out["indices"]]))
     return torch.cat(maps), out, inv
 
 

@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_io import save_figure, write_text  # noqa: E402
 
-from tsal_dist.codec import HeatmapCodec  # noqa: E402
 from tsal_dist.export import CropToLandmarks  # noqa: E402
 from tsal_dist.distill import DistillConfig, load_distill_config, run_distill  # noqa: E402
 from tsal_dist.models import MobileNetV2Regressor, count_parameters  # noqa: E402
@@ -50,12 +49,11 @@ VARIANTS = {  # name -> overrides of the student's loss
 }
 
 
-def onnx_latency_ms(model: torch.nn.Module, codec: HeatmapCodec | None, size: int,
-                    runs: int = 100) -> float:
+def onnx_latency_ms(model: torch.nn.Module, size: int, runs: int = 100) -> float:
     """Median per-face latency (ms) of the exported crop->landmarks program, ORT CPU, 1 thread."""
     import onnxruntime as ort
 
-    module = CropToLandmarks(model.eval(), codec, size).eval()
+    module = CropToLandmarks(model.eval()).eval()
     x = torch.randint(0, 256, (1, size, size, 3), dtype=torch.uint8)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.onnx")
@@ -104,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "experiment.run.log_every": 50})
     tdir = work / "teachers"
     results: dict[str, Any] = {}
-    models: dict[str, tuple[torch.nn.Module, HeatmapCodec | None]] = {}
+    models: dict[str, torch.nn.Module] = {}
     first = True
     runs = dict(VARIANTS)
     for k in range(1, args.seeds):  # extra seeds: other init and batch order, same teachers
@@ -141,20 +139,19 @@ def main(argv: list[str] | None = None) -> int:
             for role, label in (("tough", "Tough teacher"), ("tolerant", "Tolerant teacher")):
                 m = build_model(e.model, e.data.num_points)
                 m.load_state_dict(load_checkpoint(latest_checkpoint(tdir / role))["teacher"])
-                models[label] = (m, HeatmapCodec.for_model(e.model, stride=m.stride,
-                                                           num_points=e.data.num_points))
+                models[label] = m
         first = False
         ck = load_ckpt_student(run_dir)
         student = MobileNetV2Regressor(cfg.experiment.data.num_points,
                                        cfg.experiment.model.input_size,
                                        width=cfg.experiment.model.width)
         student.load_state_dict(ck)
-        models[name] = (student, None)
+        models[name] = student
 
     size = base.experiment.model.input_size
-    for label, (m, codec) in models.items():
+    for label, m in models.items():
         results[label]["params"] = count_parameters(m)
-        results[label]["latency_ms"] = onnx_latency_ms(m, codec, size)
+        results[label]["latency_ms"] = onnx_latency_ms(m, size)
 
     lists = [k for k in results["student L2"] if isinstance(results["student L2"][k], dict)]
     verdict = _verdict(results, lists)

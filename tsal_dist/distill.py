@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tsal_dist.config import (ConfigError, DistillConfig, load_distill_config, parse_set_args,
-                              run_name_for)
-from tsal_dist.train import print_summary
+from tsal_dist.cli import add_config_args, exit_user_error, run_and_report, run_overrides
+from tsal_dist.config import ConfigError, DistillConfig, load_distill_config, run_name_for
 
 __all__ = ["DistillConfig", "load_distill_config", "run_distill", "export_student", "main"]
 
@@ -61,9 +60,8 @@ def export_student(cfg: DistillConfig, run_dir: Path) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tsal_dist.distill", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML of overrides (configs/distill.yaml is the default)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. --set kd.variant=paper (repeatable)")
+    add_config_args(p, config_help="YAML of overrides (configs/distill.yaml is the default)",
+                    set_help="dotted override, e.g. --set kd.variant=paper (repeatable)")
     p.add_argument("--tough-from", metavar="RUN",
                    help="run folder whose newest checkpoint's teacher is the Tough teacher")
     p.add_argument("--output", help="folder for run folders (= experiment.run.output)")
@@ -75,41 +73,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        overrides: dict[str, Any] = parse_set_args(args.set)
+        overrides = run_overrides(args, section="experiment.run")
         if args.tough_from:
             overrides["teachers.tough_from"] = args.tough_from
-        if args.output:
-            overrides["experiment.run.output"] = args.output
-        if args.name:
-            overrides["experiment.run.name"] = args.name
         cfg = load_distill_config(args.config, overrides)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_user_error(e)
     run_dir = Path(cfg.experiment.run.output).expanduser().resolve() / run_name_for(cfg)
-    try:
-        if args.local:
-            summary = run_distill(cfg, run_dir=run_dir)
-        else:
-            from tsal_dist.distributed.launch import fit_distill
+    # a bad --tough-from run or unreadable data is the user's error, named in its line
+    return run_and_report(lambda: distill_and_export(cfg, run_dir, local=args.local),
+                          deliverable="the student's export")
 
-            summary = fit_distill(cfg)
-            if cfg.experiment.run.export and not summary.get("error"):
-                summary.update(export_student(cfg, run_dir))
-    except Exception as e:  # noqa: BLE001 - sorted into the user's errors and the system's
-        from tsal_dist.errors import named_error, user_error
 
-        msg = user_error(e)  # bad --tough-from run, unreadable data: named in the message
-        if msg is not None:
-            print(f"error: {msg}", file=sys.stderr)
-            return 2
-        msg = named_error(e, "ExportError")
-        if msg is not None:  # the run trained; its deliverable could not be made
-            print(f"error: the student's export failed: {msg}", file=sys.stderr)
-            return 1
-        raise
-    print_summary(summary)
-    return 0 if not summary.get("error") else 1
+def distill_and_export(cfg: DistillConfig, run_dir: Path, *, local: bool) -> dict[str, Any]:
+    """Distil (on Ray, or in this process with ``local``), then export the student when
+    ``experiment.run.export``; the run summary. Raises ExportError when the export fails."""
+    if local:
+        return run_distill(cfg, run_dir=run_dir)
+    from tsal_dist.distributed.launch import fit_distill
+
+    summary = fit_distill(cfg)
+    if cfg.experiment.run.export and not summary.get("error"):
+        summary.update(export_student(cfg, run_dir))
+    return summary
 
 
 if __name__ == "__main__":

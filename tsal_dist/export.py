@@ -3,9 +3,10 @@
 ``python -m tsal_dist.export --checkpoint PATH --out DIR [--which teacher|student] [--opset N]``
 
 The exported graph is the whole path uint8 RGB NHWC crops (B, S, S, 3) -> ``landmarks`` (B, K, 2)
-crop-normalised ``(px + 0.5) / S`` and ``scores`` (B, K): normalisation uses the model's own
-mean/std buffers and heatmap decoding is ``tsal_dist.codec.HeatmapCodec.decode`` in-graph
-(docs/CONTRACTS.md "Export <-> runtime"; STYLE.md 4.8). Two heads are supported:
+crop-normalised ``(px + 0.5) / S`` and ``scores`` (B, K): the model's own ``predict`` (the one
+model interface, tsal_dist.models), so normalisation uses the model's mean/std buffers and a
+detector's heatmap decoding is its ``HeatmapCodec.locate``, in-graph (docs/CONTRACTS.md
+"Export <-> runtime"; STYLE.md 4.8). Two heads are supported:
 
 - ``heatmap``: a :class:`~tsal_dist.models.LandmarkDetector` (teacher or student); scores are the
   decoded heatmap peak values.
@@ -38,10 +39,11 @@ import torch
 from torch import Tensor, nn
 
 from tsal_dist.atomic import atomic_path
-from tsal_dist.codec import HeatmapCodec
 from tsal_dist.config import ConfigError, ExperimentConfig
+from tsal_dist.data.schemes import AFLW19, IBUG68, WFLW98
 from tsal_dist.data.transforms import IMAGENET_MEAN_RGB
 from tsal_dist.loop.checkpoint import CheckpointError, latest_checkpoint, model_from_checkpoint
+from tsal_dist.models import LandmarkModel
 
 log = logging.getLogger("tsal_dist.export")
 
@@ -50,19 +52,10 @@ INPUT_NAME = "crops"
 OUTPUT_NAMES = ("landmarks", "scores")
 MAX_BATCH = 1024
 
-# iBUG 300-W 68-point mirror pairs (0-based), the usual table (jaw, brows, nose, eyes, mouth).
-IBUG68_FLIP_PAIRS: tuple[tuple[int, int], ...] = (
-    tuple((i, 16 - i) for i in range(8))
-    + tuple((17 + i, 26 - i) for i in range(5))
-    + ((31, 35), (32, 34))
-    + ((36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46))
-    + ((48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67))
-)
-# scheme name, flip pairs, outer eye corners [left-in-image, right-in-image] for inter-ocular NME.
+# model.json's landmark_scheme, flip_pairs and eye corners (inter-ocular NME) by K, from the one
+# table of schemes (tsal_dist.data.schemes); any other K exports as custom<K> with neither.
 SCHEMES: dict[int, tuple[str, tuple[tuple[int, int], ...], tuple[int, int] | tuple[()]]] = {
-    68: ("ibug68", IBUG68_FLIP_PAIRS, (36, 45)),
-    19: ("aflw19", (), ()),
-    98: ("wflw98", (), (60, 72)),
+    s.num_points: (s.name, s.flip_pairs, s.eye_corners or ()) for s in (IBUG68, AFLW19, WFLW98)
 }
 
 
@@ -74,27 +67,24 @@ class CropToLandmarks(nn.Module):
     """uint8 NHWC RGB crops -> (crop-normalised landmarks, scores); the exported program.
 
     Args:
-        model: a LandmarkDetector (heatmap head) or MobileNetV2Regressor (regression head).
-        codec: the HeatmapCodec for the heatmap head; None for the regression head.
-        input_size: S.
+        model: a landmark model (``LandmarkDetector`` or ``MobileNetV2Regressor``); its
+            ``predict`` is the program.
+
+    Attributes:
+        model, input_size (S).
     """
 
-    def __init__(self, model: nn.Module, codec: HeatmapCodec | None, input_size: int) -> None:
+    def __init__(self, model: LandmarkModel) -> None:
         super().__init__()
         self.model = model
-        self.codec = codec
-        self.input_size = input_size
+        self.input_size = int(model.input_size)
 
     def forward(self, crops: Tensor) -> tuple[Tensor, Tensor]:
         # the uint8 input goes straight into a Cast (TensorRT accepts uint8 only at the network
         # input); exact, and the model's normalisation takes 0..255 floats as it takes uint8
         x = crops.to(torch.float32).permute(0, 3, 1, 2)
-        if self.codec is None:
-            lm = self.model(x).float()
-            return lm, torch.ones_like(lm[..., 0])
-        heatmaps = self.model(x)["heatmaps"][-1]
-        coords, scores = self.codec.locate(heatmaps)
-        return (coords + 0.5) / float(self.input_size), scores
+        pred = self.model.predict(x)
+        return pred.landmarks, pred.scores
 
 
 def load_export_module(checkpoint: str | os.PathLike[str], which: str = "teacher"
@@ -112,13 +102,7 @@ def load_export_module(checkpoint: str | os.PathLike[str], which: str = "teacher
         loaded = model_from_checkpoint(checkpoint, which)
     except (CheckpointError, ConfigError, FileNotFoundError) as e:
         raise ExportError(str(e)) from None
-    cfg, size = loaded.config, loaded.input_size
-    codec = None
-    if loaded.head == "heatmap":
-        codec = HeatmapCodec.for_model(cfg.model, stride=loaded.model.stride,
-                                       num_points=cfg.data.num_points, input_size=size)
-    return (CropToLandmarks(loaded.model, codec, size).eval(), cfg, loaded.head,
-            loaded.checkpoint)
+    return CropToLandmarks(loaded.model).eval(), loaded.config, loaded.head, loaded.checkpoint
 
 
 def _atomic(path: Path, writer: Callable[[str], None]) -> None:
@@ -255,7 +239,7 @@ def export(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
     return meta
 
 
-def check_parity(module: nn.Module, onnx_path: Path, size: int, atol: float = 1e-4,
+def check_parity(module: CropToLandmarks, onnx_path: Path, size: int, atol: float = 1e-4,
                  batch: int = 4, seed: int = 0, tie_rtol: float = 1e-4) -> float:
     """Max |onnxruntime - torch| of the normalised landmarks on random crops; raises above atol.
 
@@ -281,8 +265,7 @@ def check_parity(module: nn.Module, onnx_path: Path, size: int, atol: float = 1e
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     lm, sc = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: crops.numpy()})
     diff = np.abs(lm - ref_lm.numpy()).max(axis=-1)  # (B, K)
-    codec = getattr(module, "codec", None)
-    if codec is not None and (diff > atol).any():
+    if (diff > atol).any():
         diff = np.where(_numerical_ties(module, crops, lm, tie_rtol, atol), 0.0, diff)
     err = float(max(diff.max(), np.abs(sc - ref_sc.numpy()).max()))
     if not err <= atol:
@@ -290,15 +273,18 @@ def check_parity(module: nn.Module, onnx_path: Path, size: int, atol: float = 1e
     return err
 
 
-def _numerical_ties(module: nn.Module, crops: Tensor, ort_lm: np.ndarray, rtol: float,
+def _numerical_ties(module: CropToLandmarks, crops: Tensor, ort_lm: np.ndarray, rtol: float,
                     atol: float) -> np.ndarray:
-    """(B, K) True where ONNX Runtime's landmark is explained by a tie in torch's peak map."""
+    """(B, K) True where ONNX Runtime's landmark is explained by a tie in torch's peak map
+    (never for a model without heatmaps: a regressor has no argmax)."""
     from tsal_dist.codec import peak_map
 
-    codec = module.codec
     with torch.no_grad():
-        heatmaps = module.model(crops.permute(0, 3, 1, 2))["heatmaps"][-1]
-    maps, reach = peak_map(codec, heatmaps)
+        pred = module.model.predict(crops.permute(0, 3, 1, 2))
+    if pred.heatmaps is None:
+        return np.zeros(ort_lm.shape[:2], dtype=bool)
+    codec = module.model.codec
+    maps, reach = peak_map(codec, pred.heatmaps)
     m = maps.numpy()  # (B, K, h, w)
     b, k, h, w = m.shape
     flat = m.reshape(b, k, h * w)

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 
+from tsal_dist.cli import add_config_args, exit_user_error
 from tsal_dist.config import ConfigError, parse_set_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tsal_dist.tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="sweep YAML (see configs/sweeps/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override of the BASE experiment config (repeatable)")
+    add_config_args(p, config_help="sweep YAML (see configs/sweeps/)", config_required=True,
+                    set_help="dotted override of the BASE experiment config (repeatable)")
     p.add_argument("--output", help="sweep output folder (overrides the file's output:)")
     p.add_argument("--num-samples", type=int, help="overrides the file's num_samples")
     p.add_argument("--max-concurrent-trials", type=int,
@@ -35,25 +34,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from tsal_dist.distributed.search_space import num_trials
-    from tsal_dist.distributed.tune_driver import check_sweep, load_sweep
+    from tsal_dist.distributed.sweep import load_sweep
 
+    # the flags replace the file's values and are checked like them
+    settings = {"output": args.output or None, "num_samples": args.num_samples,
+                "max_concurrent_trials": args.max_concurrent_trials}
     try:
-        sweep = load_sweep(args.config, parse_set_args(args.set))
-        changes = {}
-        if args.output:
-            changes["output"] = args.output
-        if args.num_samples is not None:
-            changes["num_samples"] = args.num_samples
-        if args.max_concurrent_trials is not None:
-            changes["max_concurrent_trials"] = args.max_concurrent_trials
-        if changes:
-            sweep = replace(sweep, **changes)
-            if sweep.num_samples < 1 or sweep.max_concurrent_trials < 1:
-                raise ConfigError("--num-samples and --max-concurrent-trials must be >= 1")
-            check_sweep(sweep)
+        sweep = load_sweep(args.config, parse_set_args(args.set),
+                           settings={k: v for k, v in settings.items() if v is not None})
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_user_error(e)
     n = num_trials(sweep.space, sweep.num_samples)
     print(f"sweep {sweep.name}: {n} trials over {list(sweep.space)}, "
           f"{sweep.max_concurrent_trials} at a time, {sweep.base.optim.steps} steps each, "

@@ -67,7 +67,7 @@ def check_command(cmd: str, where: str) -> str:
 
             load_config(path, overrides)
         else:
-            from tsal_dist.distributed.tune_driver import load_sweep
+            from tsal_dist.distributed.sweep import load_sweep
 
             load_sweep(path, overrides)
     for value in (args.output,):

@@ -159,7 +159,7 @@ def test_distill_student_architecture(tmp_path: Path, arch: str, head: str) -> N
         a, b = module.model(x), student(x)
     if head == "heatmap":
         assert torch.equal(a["heatmaps"][-1], b["heatmaps"][-1])
-        assert module.codec is not None and module.codec.input_size == 96
+        assert module.model.codec.input_size == 96  # the detector decodes at its own size
     else:
         assert torch.equal(a, b)
     # a wrong arch tag is a clear error naming the file
@@ -168,6 +168,21 @@ def test_distill_student_architecture(tmp_path: Path, arch: str, head: str) -> N
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(ExportError, match="bad.pt: unknown student_arch 'transformer'"):
         load_export_module(tmp_path / "bad.pt", "student")
+
+
+@pytest.mark.parametrize("arch", ["heatmap", "regressor"])
+def test_export_program_is_the_models_predict(tmp_path: Path, arch: str) -> None:
+    """The exported program is the model's own ``predict`` on NHWC uint8 crops, bit for bit:
+    no decode or unit conversion of its own."""
+    from tsal_dist.export import CropToLandmarks
+
+    model = distill_checkpoint(tmp_path / "c.pt", arch, width=0.35, size=SIZE)
+    crops = torch.randint(0, 256, (2, SIZE, SIZE, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        lm, sc = CropToLandmarks(model).eval()(crops)
+        want = model.predict(crops.permute(0, 3, 1, 2))
+    assert torch.equal(lm, want.landmarks) and torch.equal(sc, want.scores)
+    assert lm.shape == (2, 68, 2) and sc.shape == (2, 68)
 
 
 @pytest.mark.slow

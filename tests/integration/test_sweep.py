@@ -34,7 +34,8 @@ def sweep_result(tmp_path_factory):
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
     import ray
 
-    from tsal_dist.distributed.tune_driver import load_sweep, run_sweep
+    from tsal_dist.distributed.sweep import load_sweep
+    from tsal_dist.distributed.tune_driver import run_sweep
 
     out = tmp_path_factory.mktemp("sweep")
     sweep = replace(load_sweep(SWEEP), output=str(out))

@@ -114,6 +114,16 @@ def test_one_hot_decodes_to_cell_centre() -> None:
     assert scores.tolist() == [[1.0, 1.0, 1.0]]
 
 
+def test_crop_normalised_units() -> None:
+    """(px + 0.5) / S: the crop's outer edges are 0 and 1, its centre 0.5; and back."""
+    from tsal_dist.codec import norm_to_px, px_to_norm
+
+    px = torch.tensor([[-0.5, 63.5], [31.5, 0.0]])
+    norm = px_to_norm(px, 64)
+    torch.testing.assert_close(norm, torch.tensor([[0.0, 1.0], [0.5, 0.5 / 64]]), atol=0, rtol=0)
+    torch.testing.assert_close(norm_to_px(norm, 64), px, atol=0, rtol=0)
+
+
 def test_window_at_border_hand_computed() -> None:
     codec = HeatmapCodec(input_size=32, stride=8, num_points=1, sigma_px=6.0, window=1)
     maps = torch.zeros(1, 1, 4, 4)
@@ -414,7 +424,7 @@ def test_codec_locate_dispatches_and_validates() -> None:
 
 
 def test_dark_blur_operator_equals_edge_padded_convolution():
-    from tsal_dist.codec import _blur_operator, _gaussian_kernel1d
+    from tsal_dist.codec.decode import _blur_operator, _gaussian_kernel1d
 
     g = torch.Generator().manual_seed(4)
     x = torch.rand(2, 5, 24, 20, generator=g)

@@ -10,13 +10,11 @@ here: the distillation loop (``tsal_dist.loop.distill_loop``) and the loss math
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Literal
 
 from tsal_dist.config.experiment import ExperimentConfig, ModelConfig, OptimConfig, RunConfig
-from tsal_dist.config.schema import ConfigError, check, from_dict, to_dict
+from tsal_dist.config.schema import ConfigError, Schema, check
 
 if TYPE_CHECKING:
     from tsal_dist.losses.kd import KDLossParams
@@ -142,7 +140,7 @@ def _default_experiment() -> ExperimentConfig:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(Schema):
     """One distillation run: the experiment sections it shares with training, plus KD's own."""
 
     experiment: ExperimentConfig = field(default_factory=_default_experiment)
@@ -150,16 +148,6 @@ class DistillConfig:
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     kd: KDConfig = field(default_factory=KDConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DistillConfig":
-        return from_dict(cls, d)
-
-    def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def student_width(self) -> float:
         """The student's MobileNetV2 width: ``student.width``, or the experiment's when 0."""

@@ -12,17 +12,54 @@ This module does not build models or read data; the distillation's sections are 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Literal
 
-from tsal_dist.config.schema import check, from_dict, to_dict
+from tsal_dist.config.schema import Schema, check
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """How wide the synthetic photos' distribution is; the defaults are the full (wide) one.
+
+    Every knob narrows the renderer's draws by transforming them (scaling an angle, an amplitude,
+    a probability), never by skipping or adding a draw: the defaults give byte-identical data,
+    and a narrowed image keeps its seed's identity (and nearly always its background). Angles are
+    scaled (drawn angle * max / wide max), so the distribution keeps its shape within the bound.
+
+    The semi-supervised benchmark's labeled images come from ``NARROW_DOMAIN`` below (near-frontal,
+    unoccluded, even light, mild expression, sharp); videos and test sets stay wide. In YAML:
+    ``data.synthetic.labeled_domain: {yaw_max_deg: 15, pitch_max_deg: 10, roll_max_deg: 10,
+    occluder_rate: 0, side_light: 0.25, expression: 0.3, blur_rate: 0}``.
+    """
+
+    yaw_max_deg: float = 55.0  # |yaw| bound: drawn yaw * yaw_max_deg / 55, in [0, 55]
+    pitch_max_deg: float = 25.0  # |pitch| bound: drawn pitch * pitch_max_deg / 25, in [0, 25]
+    roll_max_deg: float = 30.0  # |roll| bound: drawn roll * roll_max_deg / 30, in [0, 30]
+    occluder_rate: float = 1.0  # occluder probability = 0.2 * occluder_rate, in [0, 1]
+    # light direction's sideways/vertical parts * side_light (0 = frontal), and ambient
+    # a ~ U(0.25, 0.6) -> a + (1 - side_light) * (0.6 - a) (0 = the evenest, 0.6); in [0, 1]
+    side_light: float = 1.0
+    expression: float = 1.0  # mouth, smile, brows, blinks and gaze * expression, in [0, 1]
+    blur_rate: float = 1.0  # Gaussian / motion blur probability (0.3 / 0.15) * blur_rate, [0, 1]
+
+    def __post_init__(self) -> None:
+        for name, wide in (("yaw_max_deg", 55), ("pitch_max_deg", 25), ("roll_max_deg", 30),
+                           ("occluder_rate", 1), ("side_light", 1), ("expression", 1),
+                           ("blur_rate", 1)):
+            check(0 <= getattr(self, name) <= wide, f"data.synthetic.labeled_domain.{name}",
+                  f"must be in [0, {wide}] (the default {wide} is the wide domain)")
+
+
+# The published semi-supervised shape's labeled domain (see DomainConfig, docs/data.md).
+NARROW_DOMAIN = DomainConfig(yaw_max_deg=15.0, pitch_max_deg=10.0, roll_max_deg=10.0,
+                             occluder_rate=0.0, side_light=0.25, expression=0.3, blur_rate=0.0)
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Sizes of the synthetic dataset generated when ``data.root`` is empty."""
+    """Sizes of the synthetic dataset generated when ``data.root`` is empty, and the labeled
+    images' domain (``DomainConfig``; ``NARROW_DOMAIN`` for the semi-supervised benchmark)."""
 
     images: int = 800  # labeled training images (300W-style)
     test_images: int = 200  # held-out test images, never used in training
@@ -31,6 +68,8 @@ class SyntheticConfig:
     frames: int = 60  # frames per video
     image_size: int = 256  # rendered frame side, pixels
     seed: int = 0
+    # domain of the labeled training images only; test images and all videos stay wide
+    labeled_domain: DomainConfig = field(default_factory=DomainConfig)
 
     def __post_init__(self) -> None:
         for name in ("images", "test_images", "frames", "image_size"):
@@ -109,6 +148,12 @@ class ModelConfig:
     decode_blur_cells: float = 2.5  # DARK smoothing sigma in cells (chosen on validation images)
     centroid_index: int = 30  # 0-based landmark used as the facial centroid (nose tip, as TSAL)
     centroid_topk: int = 32  # K centroid candidates decoded for the student's pseudo-label
+    # Initial weights for teacher and student (both start from them): a state dict file (.pt or
+    # .pth, read with weights_only) whose tensors are named as this model's (``backbone.*``, ...)
+    # or as its backbone's (``features.0.weight``: torchvision's VGG-16 names for cpm_vgg16).
+    # Every matching name must have the model's shape; names the model lacks are reported and
+    # ignored (an ImageNet VGG-16's conv5 and classifier). "" = random init.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         check(self.input_size >= 32 and self.input_size % 32 == 0, "model.input_size",
@@ -159,6 +204,11 @@ class LossConfig:
     # Gaussian targets with the supervised heatmap loss; the rest are masked out).
     student_consistency: Literal["multi_source", "heatmap", "pseudo_label"] = "multi_source"
     pseudo_threshold: float = 0.4  # heatmap peak a pseudo-label needs (scores are in [0, ~1])
+    # Where the structure invariant constraint applies: "clips" (this project's default: each
+    # unlabeled clip's frames at their predicted centroid cell, differences within a clip) or
+    # "labeled" (TSAL's code, METHOD.md 1.6-1.7: the labeled faces at their ground-truth centroid
+    # cell with the offset mask, differences over the whole batch).
+    structure_on: Literal["clips", "labeled"] = "clips"
 
     def __post_init__(self) -> None:
         for name in ("heatmap_weight", "centroid_weight", "offset_weight", "structure_weight",
@@ -179,13 +229,19 @@ class TeacherConfig:
     The server keeps a filtered student F from the pushed snapshots:
       queue:  F = mean of the last `queue_length` pushed students (the paper's "students in queue")
       ema:    F <- ema_decay * F + (1 - ema_decay) * student, per push
-      mutual: the original code's two-way lerp; F = student, and at a sync the worker also does
+      mutual: a two-way lerp through the server; F = student, and at a sync the worker also does
               student <- mutual_student_keep * student + (1 - mutual_student_keep) * teacher
     At each sync point every rank applies the same server version:
       teacher <- blend * teacher + (1 - blend) * F
+    mutual_step: the original code's per-iteration two-way lerp, done by every rank on its own
+      (identical) copies after every optimizer step, with no server version in between:
+        student <- mutual_student_keep * student + (1 - mutual_student_keep) * teacher
+        teacher <- blend * teacher + (1 - blend) * student_new
+      (sync_every and max_staleness do not apply; the server only keeps the pushed snapshots.)
+    In queue and ema modes the coupling is one way: the student never sees the teacher.
     """
 
-    mode: Literal["queue", "ema", "mutual"] = "queue"
+    mode: Literal["queue", "ema", "mutual", "mutual_step"] = "queue"
     queue_length: int = 4  # N snapshots averaged in queue mode
     ema_decay: float = 0.9  # weight on the OLD F per push (ema mode), 0 < x < 1
     blend: float = 0.6  # weight on the OLD teacher at a sync, 0 < x < 1 (TSAL code: 0.6)
@@ -193,6 +249,9 @@ class TeacherConfig:
     sync_every: int = 10  # optimizer steps between rank-0 pushes / syncs
     max_staleness: int = 1  # sync intervals a used server version may lag its push (>= 1)
     average_buffers: bool = True  # BatchNorm running stats averaged (True) or kept (False)
+    # False: the teacher never takes an optimizer step of its own and is only the average of
+    # the student (the mean-teacher baseline); its forwards still make the targets it gives.
+    optimize: bool = True
 
     def __post_init__(self) -> None:
         check(self.queue_length >= 1, "teacher.queue_length", "must be >= 1")
@@ -219,6 +278,11 @@ class OptimConfig:
     milestones: tuple[float, ...] = (0.6, 0.75, 0.9)  # multistep, as fractions of steps
     gamma: float = 0.5  # multistep decay factor
     grad_clip: float = 5.0  # max grad norm (0 = off)
+    # Per-layer learning rates: "uniform" (every parameter at lr) or "tsal" (TSAL's groups:
+    # backbone weights 1x, biases 2x; heatmap-stage weights 4x, biases 8x; the centroid branch,
+    # which TSAL's code leaves out of its optimizer, 1x / 2x like the backbone).
+    layer_lr: Literal["uniform", "tsal"] = "uniform"
+    bias_decay: bool = True  # weight decay on biases and norm parameters too (TSAL: False)
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "optim.lr", "must be > 0")
@@ -278,7 +342,8 @@ class RunConfig:
     """Where results go and how often things happen."""
 
     output: str = "runs"  # folder holding run folders; shared POSIX storage on clusters
-    storage_path: str = ""  # Ray Train storage (pointer checkpoints); "" = <output>/_ray, or s3://...
+    # Ray Train storage (pointer checkpoints); "" = <output>/_ray, or s3://...
+    storage_path: str = ""
     name: str = ""  # run folder name; "" = tsal-<config hash> (run_name_for). Same name = resume.
     log_every: int = 50  # steps between metrics.jsonl rows / progress reports
     checkpoint_every: int = 400  # steps between checkpoints (and the final step)
@@ -297,7 +362,7 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(Schema):
     """One TSAL experiment, all sections."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -316,16 +381,3 @@ class ExperimentConfig:
         # fp16 path worth running (bf16 runs on both).
         check(self.train.precision != "fp16" or self.scaling.use_gpu, "train.precision",
                "fp16 needs GPU workers (scaling.use_gpu=true); use bf16 or fp32 on CPU")
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
-        return from_dict(cls, d)
-
-    def hash(self) -> str:
-        """Short stable hash of the resolved config (sha256 of its canonical JSON)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-

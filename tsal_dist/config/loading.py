@@ -1,20 +1,22 @@
 """Configs from and to files and names: YAML (read safely, nothing executed), ``--set`` items,
 the resolved config written beside a run, and the run folder name a config gets.
 
-What does not belong here: the schemas (``experiment.py``, ``distill.py``) and the override
-machinery they share (``schema.py``).
+What does not belong here: the schemas (``experiment.py``, ``distill.py``, ``sweep.py``) and the
+override machinery they share (``schema.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from tsal_dist.atomic import atomic_write_text
 from tsal_dist.config.distill import DistillConfig
 from tsal_dist.config.experiment import ExperimentConfig
-from tsal_dist.config.schema import ConfigError, flatten, to_dict, with_overrides
+from tsal_dist.config.schema import ConfigError, flatten, from_dict, to_dict, with_overrides
+from tsal_dist.config.sweep import SweepConfig
 
 
 def parse_set_args(items: Sequence[str]) -> dict[str, str]:
@@ -55,14 +57,43 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     """
     cfg = base if base is not None else ExperimentConfig()
     if path is not None:
-        try:
+        with naming_file(path):
             cfg = with_overrides(cfg, flatten(load_yaml(path)))
-        except ConfigError as e:
-            if str(e).startswith(str(path)):
-                raise
-            raise ConfigError(f"{path}: {e}") from e
     if overrides:
         cfg = with_overrides(cfg, overrides)
+    return cfg
+
+
+@contextmanager
+def naming_file(path: str | Path) -> Iterator[None]:
+    """A ConfigError raised inside names ``path`` first (once): ``<path>: <key>: <reason>``."""
+    try:
+        yield
+    except ConfigError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def load_sweep_config(path: str | Path, settings: Mapping[str, Any] | None = None
+                      ) -> SweepConfig:
+    """A sweep file, read strictly into its schema (``base:`` and ``space:`` as written).
+
+    Args:
+        settings: top-level sweep keys replacing the file's (``{"num_samples": 4}``: the tune
+            CLI's flags), checked like the file's.
+
+    Raises:
+        ConfigError: ``<path>: <key>: <reason>`` for an unknown key (``unknown sweep key``), a
+            wrong type or an out-of-range value.
+    """
+    with naming_file(path):
+        raw = load_yaml(path)
+        if isinstance(raw.get("scheduler"), str):  # ``scheduler: fifo`` = ``{type: fifo}``
+            raw = {**raw, "scheduler": {"type": raw["scheduler"]}}
+        cfg = from_dict(SweepConfig, raw, kind="sweep")
+        if settings:
+            cfg = with_overrides(cfg, settings)
     return cfg
 
 

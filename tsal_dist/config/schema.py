@@ -2,8 +2,8 @@
 mappings, dotted overrides, flattening, and the error that names the key.
 
 Values are coerced by the field's annotation only (strings are parsed by type, never evaluated).
-What does not belong here: the schemas themselves (``experiment.py``, ``distill.py``) and file
-reading (``loading.py``).
+What does not belong here: the schemas themselves (``experiment.py``, ``distill.py``,
+``sweep.py``) and file reading (``loading.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Self
 
 
 class ConfigError(ValueError):
@@ -31,6 +31,8 @@ def to_dict(obj: Any) -> Any:
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple):
         return [to_dict(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
     return obj
 
 
@@ -59,6 +61,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
         return value
+    if origin is dict:  # a free-form mapping (a sweep's ``space:``); its keys are not checked
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        kt, vt = args or (Any, Any)
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.strip("()[] ").split(",") if v.strip()]
@@ -112,21 +119,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {tp}")
 
 
-def from_dict(cls: type, d: Mapping[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested mapping; unknown keys raise."""
+def from_dict(cls: type, d: Mapping[str, Any], prefix: str = "", *, kind: str = "config") -> Any:
+    """Build dataclass ``cls`` from a nested mapping; unknown keys raise
+    ``ConfigError("<key>: unknown <kind> key (known: ...)")``."""
     if not isinstance(d, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {d!r}")
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown config key (known: {sorted(names)})")
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown {kind} key (known: {sorted(names)})")
     kwargs = {}
     for name, value in d.items():
         tp = hints[name]
         key = prefix + name
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value, key + ".")
+            kwargs[name] = from_dict(tp, value, key + ".", kind=kind)
         else:
             kwargs[name] = _coerce(value, tp, key)
     try:
@@ -178,3 +186,45 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             out[key] = v
     return out
 
+
+def _changed(value: Any, default: Any) -> Any:
+    """The leaves of ``value`` that differ from ``default`` (nested dicts), or None."""
+    if isinstance(value, Mapping) and isinstance(default, Mapping):
+        out = {k: c for k, v in value.items()
+               if (c := _changed(v, default.get(k, _MISSING))) is not None}
+        return out or None
+    return None if value == default else value
+
+
+_MISSING = object()
+
+
+def config_hash(cfg: Any) -> str:
+    """Short stable hash of a config: sha256 of the canonical JSON of the values that differ
+    from the schema's defaults. A field added later with a default leaves every existing
+    config's hash (and so its run folder's name) unchanged."""
+    import hashlib
+    import json
+
+    diff = _changed(to_dict(cfg), to_dict(type(cfg)())) or {}
+    return hashlib.sha256(json.dumps(diff, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Schema:
+    """What every top-level config schema offers (``ExperimentConfig``, ``DistillConfig``): the
+    plain-dict round trip and the hash. A plain base class: the fields and their checks stay in
+    each frozen dataclass."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain nested dict (what Ray transports and checkpoints hold)."""
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        """The config of a nested mapping; unknown keys, wrong types, bad values raise."""
+        return from_dict(cls, d)
+
+    def hash(self) -> str:
+        """Short stable hash of the resolved config (:func:`config_hash`: only the values that
+        differ from the defaults count)."""
+        return config_hash(self)

@@ -2,7 +2,7 @@
 
 One item of :class:`StepBatches` is everything a training step consumes: the collated labeled
 batch and (when the run has unlabeled video) the collated clips, each a pure function of
-(run seed, step, rank, world) through :func:`~tsal_dist.data.datasets.seeded_batch_indices`.
+(run seed, step, rank, world) through :func:`seeded_batch_indices`.
 :func:`step_loader` serves steps ``start .. end - 1`` through a ``torch.utils.data.DataLoader``
 with ``workers`` processes (image decoding, augmentation, decord reads and the clips' optical
 flow overlap the training step), prefetching, persistent workers and pinned memory on CUDA.
@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator
+from functools import lru_cache
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tsal_dist.data.datasets import ClipDataset, LabeledImageDataset, collate, seeded_batch_indices
+from tsal_dist.data.clips import ClipDataset
+from tsal_dist.data.datasets import LabeledImageDataset
 from tsal_dist.data.formats import AnnotationError
 
 log = logging.getLogger("tsal_dist.data.datasets")  # where the datasets report bad files
@@ -132,3 +135,64 @@ def _context() -> str:
     # fork is the fast start, but forking a process that already runs Ray/gloo/OpenMP threads can
     # deadlock in a child; forkserver starts children from a clean process.
     return os.environ.get("TSAL_LOADER_START_METHOD", "forkserver")
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a list of item dicts key by key: tensors -> (B, ...) tensor, anything else -> list.
+
+    Raises:
+        ValueError: items with different keys (e.g. image and clip items mixed).
+    """
+    if not items:
+        raise ValueError("collate: empty batch")
+    keys = list(items[0])
+    for it in items[1:]:
+        if set(it) != set(keys):
+            raise ValueError(f"collate: items have different keys {sorted(keys)} vs {sorted(it)}")
+    out: dict[str, Any] = {}
+    for k in keys:
+        vals = [it[k] for it in items]
+        out[k] = torch.stack(vals) if all(isinstance(v, torch.Tensor) for v in vals) else vals
+    return out
+
+
+# ------------------------------------------------------------------------------- batch order
+
+
+@lru_cache(maxsize=8)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    perm = np.random.default_rng((seed, epoch)).permutation(n)
+    perm.flags.writeable = False
+    return perm
+
+
+def seeded_batch_indices(step: int, rank: int, world: int, n: int, batch: int,
+                         seed: int) -> list[tuple[int, int]]:
+    """(index, item_seed) pairs of one rank's batch at one step; a pure function.
+
+    The global sample stream is the concatenation of per-epoch permutations of range(n), epoch e
+    drawn from ``np.random.default_rng((seed, e))``. Step s consumes positions
+    ``s*batch*world .. (s+1)*batch*world - 1`` of that stream; rank r takes the contiguous slice
+    ``[r*batch, (r+1)*batch)`` of them (a step may straddle an epoch boundary; if n < batch*world
+    an item can appear twice in a step). ``item_seed`` = first word of
+    ``SeedSequence((seed, step, rank, slot))``, so augmentations differ across steps, ranks and
+    slots, and a resumed run continues with exactly the batch it would have had.
+
+    Args:
+        step, rank, world, n (dataset length), batch (items per rank per step), seed (run seed):
+            non-negative, with rank < world and n, batch, world >= 1.
+    Returns:
+        ``batch`` pairs (index in [0, n), seed in [0, 2**32)).
+    """
+    if n < 1 or batch < 1 or world < 1 or not 0 <= rank < world or step < 0 or seed < 0:
+        raise ValueError(f"seeded_batch_indices: bad arguments step={step} rank={rank} "
+                         f"world={world} n={n} batch={batch} seed={seed}")
+    first = (step * world + rank) * batch
+    out = []
+    for slot in range(batch):
+        pos = first + slot
+        epoch, k = divmod(pos, n)
+        index = int(_epoch_permutation(seed, epoch, n)[k])
+        item_seed = int(np.random.SeedSequence((seed, step, rank, slot)).generate_state(1)[0])
+        out.append((index, item_seed))
+    return out

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tsal_dist.config import ExperimentConfig
-from tsal_dist.data.datasets import ClipDataset, EvalImageDataset, LabeledImageDataset
+from tsal_dist.data.clips import ClipDataset
+from tsal_dist.data.datasets import EvalImageDataset, LabeledImageDataset
 from tsal_dist.data.formats import read_list
 from tsal_dist.data.lists import DataLists, resolve_data, split_labeled
 

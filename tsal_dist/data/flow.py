@@ -4,6 +4,7 @@ TSAL registers frame t onto frame t+1 with a learned flow net; we use OpenCV's D
 Farneback flow on the (already cropped) frames. ``warp_to_next(frames)[t]`` is frame t resampled
 into frame t+1's geometry: a reconstruction of frame t+1 from frame t's pixels.
 
+Every warp here goes through :func:`pixel_grid` and ``_remap`` (bilinear, border replicate).
 What does not belong here: cropping and augmentation (transforms.py), learned flow models.
 """
 
@@ -14,6 +15,8 @@ from typing import Literal, Sequence
 
 import cv2
 import numpy as np
+
+from tsal_dist.data.transforms import as_3x3
 
 FlowMethod = Literal["dis", "farneback", "none"]
 
@@ -68,12 +71,22 @@ def flow_between(a: np.ndarray, b: np.ndarray, method: FlowMethod = "dis",
     raise ValueError(f"unknown flow method {method!r} (known: 'dis', 'farneback', 'none')")
 
 
+def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of every pixel of an h x w image: two (h, w) float32 arrays (pixel i at i)."""
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return gx, gy
+
+
+def _remap(img: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """``out[y, x] = img[ys[y, x], xs[y, x]]``: bilinear, border replicate (every resampling
+    through a flow or a grid here)."""
+    return cv2.remap(img, xs, ys, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def warp_with_flow(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """``out[y, x] = img[y + flow[y, x, 1], x + flow[y, x, 0]]`` (bilinear, border replicate)."""
-    h, w = flow.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(img, gx + flow[..., 0], gy + flow[..., 1], interpolation=cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    gx, gy = pixel_grid(*flow.shape[:2])
+    return _remap(img, gx + flow[..., 0], gy + flow[..., 1])
 
 
 def warp_to_next(frames: np.ndarray, method: FlowMethod = "dis",
@@ -137,15 +150,8 @@ def tracking_grids(shared: np.ndarray, jitters: Sequence[np.ndarray] | None = No
     if jitters is not None and len(jitters) != t_len:
         raise ValueError(f"tracking_grids: {len(jitters)} jitters for {t_len} frames")
     eye = np.eye(3)
-
-    def full(M: np.ndarray | None) -> np.ndarray:
-        if M is None:
-            return eye
-        M = np.asarray(M, np.float64)
-        return np.vstack([M[:2], [0.0, 0.0, 1.0]])
-
-    J = [full(None if jitters is None else jitters[t]) for t in range(t_len)]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    J = [eye if jitters is None else as_3x3(jitters[t]) for t in range(t_len)]
+    gx, gy = pixel_grid(h, w)
     grays = [_gray(f) for f in shared] if method != "none" else []
     out = np.empty((t_len - 1, h, w, 2), np.float32)
     for t in range(t_len - 1):
@@ -157,8 +163,7 @@ def tracking_grids(shared: np.ndarray, jitters: Sequence[np.ndarray] | None = No
             if np.array_equal(J[t + 1], eye):
                 f = flow
             else:
-                f = cv2.remap(flow, xs, ys, interpolation=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
+                f = _remap(flow, xs, ys)
             fx, fy = f[..., 0], f[..., 1]
         out[t, ..., 0], out[t, ..., 1] = _affine_apply(J[t], xs + fx, ys + fy)
     return out
@@ -166,5 +171,4 @@ def tracking_grids(shared: np.ndarray, jitters: Sequence[np.ndarray] | None = No
 
 def remap_with_grid(img: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """``out[y, x] = img[grid[y, x, 1], grid[y, x, 0]]`` (bilinear, border replicate)."""
-    return cv2.remap(img, np.ascontiguousarray(grid[..., 0]), np.ascontiguousarray(grid[..., 1]),
-                     interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return _remap(img, np.ascontiguousarray(grid[..., 0]), np.ascontiguousarray(grid[..., 1]))

@@ -43,7 +43,8 @@ def resolve_data(cfg: ExperimentConfig) -> DataLists:
     root = ensure_synthetic(Path(d.cache_dir).expanduser(), images=s.images,
                             test_images=s.test_images, videos=s.videos,
                             test_videos=s.test_videos, frames=s.frames,
-                            image_size=s.image_size, seed=s.seed)
+                            image_size=s.image_size, seed=s.seed,
+                            labeled_domain=s.labeled_domain)
     lists = dataset_lists(root)
     pick = lambda names, default: tuple(lists[n] for n in names) if names else default  # noqa: E731
     lab = tuple(Path(root) / p for p in d.labeled_lists) or (lists["train"],)

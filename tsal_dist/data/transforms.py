@@ -7,7 +7,7 @@ expanded box's continuous extent [x1', x2'] covers the crop's pixel area [-0.5, 
 centre therefore lands on the crop centre ``(S - 1) / 2``.
 
 What does not belong here: reading images (images.py), building dataset items (datasets.py),
-optical flow (flow.py).
+optical flow (flow.py), which points mirror onto which (schemes.py).
 """
 
 from __future__ import annotations
@@ -22,17 +22,6 @@ import numpy as np
 # ImageNet mean on the 0-255 scale, RGB: the border colour of crops reaching outside the image,
 # as TSAL pads (normalised, it becomes ~0).
 IMAGENET_MEAN_RGB: tuple[float, float, float] = (123.675, 116.28, 103.53)
-
-# 0-based iBUG-68 mirror pairs (jaw, brows, nose, eyes, outer lips, inner lips). Points on the
-# vertical midline (8, 27-30, 33, 51, 57, 62, 66) map to themselves.
-IBUG68_FLIP_PAIRS: tuple[tuple[int, int], ...] = (
-    (0, 16), (1, 15), (2, 14), (3, 13), (4, 12), (5, 11), (6, 10), (7, 9),
-    (17, 26), (18, 25), (19, 24), (20, 23), (21, 22),
-    (31, 35), (32, 34),
-    (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46),
-    (48, 54), (49, 53), (50, 52), (59, 55), (58, 56),
-    (60, 64), (61, 63), (67, 65),
-)
 
 
 def crop_matrix(box: Sequence[float], size: int, expand: float, rot_deg: float = 0.0,
@@ -87,11 +76,14 @@ def flip_matrix(size: int) -> np.ndarray:
     return np.array([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0]])
 
 
+def as_3x3(M: np.ndarray) -> np.ndarray:
+    """(3, 3) float64 homogeneous form of a (2, 3) (or (3, 3)) affine."""
+    return np.vstack([np.asarray(M, np.float64)[:2], [0.0, 0.0, 1.0]])
+
+
 def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     """(2, 3) affine of ``outer(inner(p))``."""
-    o = np.vstack([np.asarray(outer, np.float64), [0.0, 0.0, 1.0]])
-    i = np.vstack([np.asarray(inner, np.float64), [0.0, 0.0, 1.0]])
-    return (o @ i)[:2].copy()
+    return (as_3x3(outer) @ as_3x3(inner))[:2].copy()
 
 
 def apply_affine_points(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -102,14 +94,15 @@ def apply_affine_points(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def invert_affine(M: np.ndarray) -> np.ndarray:
-    """Inverse of a (2, 3) affine (crop -> image for a crop matrix). Raises on a singular M."""
+    """Inverse of a (2, 3) affine, or of each of a batch (..., 2, 3) (crop -> image for a crop
+    matrix); float64, same shape. Raises ValueError on a singular matrix."""
     M = np.asarray(M, np.float64)
-    A = M[:, :2]
-    det = A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0]
-    if abs(det) < 1e-12:
+    A, t = M[..., :2], M[..., 2]
+    det = A[..., 0, 0] * A[..., 1, 1] - A[..., 0, 1] * A[..., 1, 0]
+    if np.any(np.abs(det) < 1e-12):
         raise ValueError("invert_affine: singular matrix")
     Ai = np.linalg.inv(A)
-    return np.hstack([Ai, (-Ai @ M[:, 2])[:, None]])
+    return np.concatenate([Ai, -(Ai @ t[..., None])], axis=-1)
 
 
 def warp_image(img: np.ndarray, M: np.ndarray, size: int,
@@ -223,6 +216,16 @@ def sample_augmentation(rng: np.random.Generator, rotate_max_deg: float, scale_m
     dx, dy = (float(v) for v in rng.uniform(-m, m, size=2))
     coin = bool(rng.random() < 0.5)
     return Augmentation(rot, scale, (dx, dy), flip and coin)
+
+
+def view_jitter(rng: np.random.Generator, size: int, rotate_deg: float, scale: float,
+                shift_frac: float) -> np.ndarray:
+    """One per-frame view jitter: a (2, 3) crop -> crop similarity about the crop centre."""
+    rot = float(rng.uniform(-rotate_deg, rotate_deg))
+    zoom = float(rng.uniform(1.0 - scale, 1.0 + scale))
+    m = shift_frac * size
+    dx, dy = (float(v) for v in rng.uniform(-m, m, size=2))
+    return centre_similarity(size, rot, zoom, (dx, dy))[:2]
 
 
 def transform_landmarks(M: np.ndarray, points: np.ndarray, visible: np.ndarray, size: int,

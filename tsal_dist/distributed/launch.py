@@ -23,7 +23,7 @@ from tsal_dist.data.lists import resolve_data
 from tsal_dist.distributed.teacher_actor import start_teacher_actor
 from tsal_dist.distributed.worker import distill_loop_per_worker, train_loop_per_worker
 from tsal_dist.loop.distill_loop import ensure_asm
-from tsal_dist.teacher.server import versions_to_keep
+from tsal_dist.loop.loop import teacher_server_args
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -102,10 +102,8 @@ def fit(cfg: ExperimentConfig, *, run_callbacks: list | None = None,
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     resolve_data(cfg)  # generate the synthetic dataset once, here, not in every worker
     # Keep the handle for the whole fit: a non-detached actor dies with its last handle.
-    teacher = start_teacher_actor(run_name=name, mode=cfg.teacher.mode,
-                        queue_length=cfg.teacher.queue_length, ema_decay=cfg.teacher.ema_decay,
-                        keep_versions=versions_to_keep(cfg.teacher.max_staleness),
-                        checkpoint_dir=str(run_dir / "checkpoints"))
+    teacher = start_teacher_actor(run_name=name, checkpoint_dir=str(run_dir / "checkpoints"),
+                                  **teacher_server_args(cfg.teacher))
     ray.get(teacher.ping.remote())  # fail here, clearly, if the actor cannot start
     summary = launch(train_fn or train_loop_per_worker, cfg=cfg, name=name, run_dir=run_dir,
                      loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir),

@@ -8,11 +8,10 @@
 """
 
 from tsal_dist.eval.metrics import (
-    NormPoints,
+    NormSpec,
     auc,
     ced,
     count_degenerate,
-    default_norm_points,
     failure_rate,
     mean_nme,
     nme,
@@ -20,5 +19,5 @@ from tsal_dist.eval.metrics import (
     summarize,
 )
 
-__all__ = ["NormPoints", "auc", "ced", "count_degenerate", "default_norm_points", "failure_rate",
-           "mean_nme", "nme", "nme_by_norm", "summarize"]
+__all__ = ["NormSpec", "auc", "ced", "count_degenerate", "failure_rate", "mean_nme", "nme",
+           "nme_by_norm", "summarize"]

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tsal_dist.eval.plots import plot_ced
     from tsal_dist.eval.run import evaluate_list, list_names
     from tsal_dist.loop.checkpoint import CheckpointError, model_from_checkpoint
+    from tsal_dist.loop.evaluation import list_eval_args
 
     try:
         loaded = model_from_checkpoint(args.checkpoint, args.which,
@@ -103,11 +104,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, path in zip(list_names(lists), lists):
         try:
             results.append(evaluate_list(
-                model, path, input_size=loaded.input_size,
-                pre_crop_expand=cfg.data.pre_crop_expand, num_points=cfg.data.num_points,
-                sigma_px=cfg.model.heatmap_sigma_px, window=cfg.model.decode_window,
-                locate=cfg.model.decode, blur_cells=cfg.model.decode_blur_cells,
-                batch_size=args.batch_size, device=args.device, strict=cfg.data.strict, name=name))
+                model, path, **list_eval_args(cfg, input_size=loaded.input_size),
+                batch_size=args.batch_size, device=args.device, name=name))
         except (AnnotationError, FileNotFoundError) as e:
             raise UsageError(str(e)) from None
     summaries = {r.name: r.summary for r in results}

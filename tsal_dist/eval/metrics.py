@@ -12,6 +12,9 @@ Conventions (METHOD.md section 3):
       36 and 45, 0-based; WFLW: 60 and 72). SBR's choice and our headline number.
     - ``"inter_pupil"``: distance between the means of the two eye contours (68 points: 36-41 and
       42-47). The committed TSAL code's choice; larger NMEs than inter-ocular for the same errors.
+  Which indices a landmark scheme uses, and its headline normaliser, are facts of the scheme:
+  ``tsal_dist.data.schemes`` holds them and callers pass them in (this module imports nothing of
+  ours). Only the iBUG-68 indices are written here, as the argument defaults.
     - ``"face_size"``: given per image (AFLW: ``sqrt(w * h)`` of the GT box, from the list file).
     - ``"bbox"``: ``sqrt(w * h)`` of the tight box of the visible GT points.
 * Degenerate images get NaN instead of a number: no visible point, a normaliser ``d <= min_norm``
@@ -28,75 +31,36 @@ Conventions (METHOD.md section 3):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Protocol, Sequence
 
 import numpy as np
 
 NormName = Literal["inter_ocular", "inter_pupil", "face_size", "bbox"]
 NORMS: tuple[str, ...] = ("inter_ocular", "inter_pupil", "face_size", "bbox")
 
-IBUG68_EYE_CORNERS: tuple[int, int] = (36, 45)
-IBUG68_PUPILS: tuple[tuple[int, ...], tuple[int, ...]] = (tuple(range(36, 42)),
-                                                          tuple(range(42, 48)))
+# The iBUG-68 indices, as argument defaults: a copy of tsal_dist.data.schemes.IBUG68 (the home of
+# every scheme's indices), held equal to it by tests/tsal_dist/data/test_schemes.py.
+DEFAULT_EYE_CORNERS: tuple[int, int] = (36, 45)
+DEFAULT_PUPILS: tuple[tuple[int, ...], tuple[int, ...]] = (tuple(range(36, 42)),
+                                                           tuple(range(42, 48)))
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.07, 0.08, 0.1)
 DEFAULT_MIN_NORM: float = 1e-6  # normaliser (image px) at or below which an image is degenerate
 
 
-@dataclass(frozen=True)
-class NormPoints:
-    """Which normalisation a landmark scheme uses, and the landmark indices it needs (0-based).
-
-    Attributes:
-        scheme: a short name of the landmark scheme ("ibug68", "wflw98", "aflw19", ...).
-        primary: the headline normaliser for this scheme.
-        eye_corners: (left, right) outer eye corners for "inter_ocular", or None.
-        pupils: (left eye indices, right eye indices) whose means are the pupils, or None.
-    """
-
-    scheme: str
-    primary: str
-    eye_corners: tuple[int, int] | None
-    pupils: tuple[tuple[int, ...], tuple[int, ...]] | None
+class NormSpec(Protocol):
+    """What :func:`nme_by_norm` needs of a landmark scheme (a
+    ``tsal_dist.data.schemes.LandmarkScheme`` is one): its computable normalisers, the primary
+    first, and the 0-based indices they use."""
 
     @property
-    def norms(self) -> tuple[str, ...]:
-        """Normalisers that can be computed for this scheme, the primary first."""
-        out = [self.primary]
-        if self.eye_corners is not None and "inter_ocular" not in out:
-            out.append("inter_ocular")
-        if self.pupils is not None and "inter_pupil" not in out:
-            out.append("inter_pupil")
-        return tuple(out)
+    def norms(self) -> tuple[str, ...]: ...
 
+    @property
+    def eye_corners(self) -> tuple[int, int] | None: ...
 
-def default_norm_points(num_points: int) -> NormPoints:
-    """Normalisation convention of a landmark scheme, by its number of points.
-
-    * 68 (300W / 300VW, iBUG): inter-ocular 36/45, pupils = means of 36-41 and 42-47.
-    * 98 (WFLW): inter-ocular 60/72 (the usual choice, METHOD.md 3.4); pupils = points 96 and 97
-      (WFLW's annotated pupil centres).
-    * 51 / 49 (iBUG without the jaw line; 49 also drops the inner mouth corners, which come after
-      the eyes): inter-ocular 19/28, pupils = means of 19-24 and 25-30.
-    * 29 (COFW): inter-ocular 8/9 (as the dASM code), no pupils.
-    * 19 (AFLW): face_size (sqrt(w * h) of the GT box, from the list file).
-    * anything else: "bbox" (sqrt(w * h) of the visible GT points' box).
-    """
-    if num_points == 68:
-        return NormPoints("ibug68", "inter_ocular", IBUG68_EYE_CORNERS, IBUG68_PUPILS)
-    if num_points == 98:
-        return NormPoints("wflw98", "inter_ocular", (60, 72), ((96,), (97,)))
-    if num_points in (49, 51):
-        return NormPoints(f"ibug{num_points}", "inter_ocular", (19, 28),
-                          (tuple(range(19, 25)), tuple(range(25, 31))))
-    if num_points == 29:
-        return NormPoints("cofw29", "inter_ocular", (8, 9), None)
-    if num_points == 19:
-        return NormPoints("aflw19", "face_size", None, None)
-    if num_points < 1:
-        raise ValueError(f"num_points must be >= 1, got {num_points}")
-    return NormPoints(f"generic{num_points}", "bbox", None, None)
+    @property
+    def pupils(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None: ...
 
 
 def _check_points(name: str, a: np.ndarray) -> np.ndarray:
@@ -108,8 +72,8 @@ def _check_points(name: str, a: np.ndarray) -> np.ndarray:
 
 def normalizer(gt: np.ndarray, norm: str, visible: np.ndarray | None = None,
                face_size: np.ndarray | None = None,
-               eye_corners: tuple[int, int] = IBUG68_EYE_CORNERS,
-               pupils: tuple[Sequence[int], Sequence[int]] = IBUG68_PUPILS) -> np.ndarray:
+               eye_corners: tuple[int, int] = DEFAULT_EYE_CORNERS,
+               pupils: tuple[Sequence[int], Sequence[int]] = DEFAULT_PUPILS) -> np.ndarray:
     """Per-image normalising distance ``d`` (image px); NaN where it cannot be computed.
 
     Args:
@@ -172,8 +136,8 @@ def _check_indices(name: str, idx: Sequence[int], k: int) -> None:
 
 def nme(pred: np.ndarray, gt: np.ndarray, norm: str = "inter_ocular",
         visible: np.ndarray | None = None, face_size: np.ndarray | None = None,
-        eye_corners: tuple[int, int] = IBUG68_EYE_CORNERS,
-        pupils: tuple[Sequence[int], Sequence[int]] = IBUG68_PUPILS,
+        eye_corners: tuple[int, int] = DEFAULT_EYE_CORNERS,
+        pupils: tuple[Sequence[int], Sequence[int]] = DEFAULT_PUPILS,
         min_norm: float = DEFAULT_MIN_NORM) -> np.ndarray:
     """Per-image normalised mean error, as a fraction.
 
@@ -213,21 +177,23 @@ def nme(pred: np.ndarray, gt: np.ndarray, norm: str = "inter_ocular",
     return np.where(ok, out, np.nan)
 
 
-def nme_by_norm(pred: np.ndarray, gt: np.ndarray, num_points: int,
+def nme_by_norm(pred: np.ndarray, gt: np.ndarray, spec: NormSpec,
                 visible: np.ndarray | None = None, face_size: np.ndarray | None = None,
                 min_norm: float = DEFAULT_MIN_NORM) -> dict[str, np.ndarray]:
-    """NMEs under every normaliser the scheme of ``num_points`` supports, primary first.
+    """NMEs under every normaliser the landmark scheme ``spec`` supports, primary first.
+
+    Args:
+        spec: the scheme, e.g. ``tsal_dist.data.schemes.scheme_for(K)``.
 
     Returns:
         {norm name: (N,) NMEs}; e.g. for 68 points ``{"inter_ocular": ..., "inter_pupil": ...}``,
         for 19 points ``{"face_size": ...}``.
     """
-    spec = default_norm_points(num_points)
     out = {}
     for name in spec.norms:
         out[name] = nme(pred, gt, name, visible=visible, face_size=face_size,
-                        eye_corners=spec.eye_corners or IBUG68_EYE_CORNERS,
-                        pupils=spec.pupils or IBUG68_PUPILS, min_norm=min_norm)
+                        eye_corners=spec.eye_corners or DEFAULT_EYE_CORNERS,
+                        pupils=spec.pupils or DEFAULT_PUPILS, min_norm=min_norm)
     return out
 
 
@@ -297,6 +263,44 @@ def mean_nme(nmes: np.ndarray) -> float:
 
 def _fmt_threshold(t: float) -> str:
     return f"{t:g}"
+
+
+def error_changes(pred: np.ndarray, gt: np.ndarray, norm: np.ndarray,
+                  visible: np.ndarray | None = None) -> np.ndarray:
+    """Squared frame-to-frame changes of the normalised error of one video's frames, in order.
+
+    ``e(t) = (pred(t) - gt(t)) / d(t)``; returns ``||e(t+1) - e(t)||^2`` for every point visible
+    in both frames and both frames' ``d`` finite and positive (1-d, pooled over frames and
+    points). Their mean's square root is the normalised mean jitter (:func:`nmj`).
+
+    Args:
+        pred, gt: (T, K, 2) in frame order; norm: (T,) normaliser of each frame (image px);
+        visible: (T, K) or None.
+    """
+    p, g = _check_points("pred", pred), _check_points("gt", gt)
+    if p.shape != g.shape:
+        raise ValueError(f"pred {p.shape} and gt {g.shape} differ")
+    t, k, _ = g.shape
+    d = np.asarray(norm, dtype=np.float64).reshape(-1)
+    if d.shape != (t,):
+        raise ValueError(f"norm must have shape ({t},), got {np.shape(norm)}")
+    vis = np.ones((t, k), bool) if visible is None else _check_visible(visible, t, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e = (p - g) / d[:, None, None]
+    sq = (np.diff(e, axis=0) ** 2).sum(-1)  # (T-1, K)
+    ok = vis[1:] & vis[:-1] & (np.isfinite(d) & (d > 0))[1:, None] & \
+        (np.isfinite(d) & (d > 0))[:-1, None] & np.isfinite(g).all(-1)[1:] & \
+        np.isfinite(g).all(-1)[:-1]
+    return sq[ok]
+
+
+def nmj(changes: Sequence[np.ndarray]) -> float:
+    """Normalised mean jitter (LDEQ, WFLW-V): the RMS of the frame-to-frame change of the
+    normalised error, pooled over the videos' :func:`error_changes`; a fraction (x100 for %).
+    A non-finite prediction makes it infinite; NaN when no frame pair exists."""
+    allc = np.concatenate([np.asarray(c, dtype=np.float64).reshape(-1) for c in changes]) \
+        if len(changes) else np.zeros(0)
+    return float(np.sqrt(allc.mean())) if allc.size else float("nan")
 
 
 def summarize(nmes: np.ndarray, nmes_ip: np.ndarray | None = None,

@@ -1,10 +1,11 @@
-"""Run a landmark detector over eval lists and score it (NME / AUC / FR per list, per video).
+"""Run a landmark model over eval lists and score it (NME / AUC / FR per list, per video).
 
-What belongs here: batching eval items through a ``LandmarkDetector`` (decoding its last stage)
-or a coordinate regressor, mapping predictions back to IMAGE pixels (the frame the ground truth
-lives in) and aggregating. What does not: the metric math (``metrics.py``), plots (``plots.py``),
-checkpoint loading (``tsal_dist.loop.checkpoint``), the CLI (``__main__.py``), reading images /
-making crops (``tsal_dist.data.datasets``).
+What belongs here: batching eval items through a landmark model's ``predict`` (the one model
+interface, tsal_dist.models: crop-normalised landmarks and scores, whatever the model), mapping
+predictions back to IMAGE pixels (the frame the ground truth lives in) and aggregating. What does
+not: the metric math (``metrics.py``), plots (``plots.py``), checkpoint loading
+(``tsal_dist.loop.checkpoint``), the CLI (``__main__.py``), reading images / making crops
+(``tsal_dist.data.datasets``).
 
 Protocol (METHOD.md section 3, DESIGN.md):
 
@@ -30,25 +31,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tsal_dist.codec import norm_to_px
 from tsal_dist.data.formats import ListEntry, read_list, split_video_ref
-from tsal_dist.eval.metrics import default_norm_points, nme_by_norm, summarize
+from tsal_dist.data.schemes import scheme_for
+from tsal_dist.data.transforms import invert_affine
+from tsal_dist.eval.metrics import error_changes, nme_by_norm, nmj, normalizer, summarize
 
 Decode = Callable[[Tensor], "tuple[Tensor, Tensor]"]
-
-
-def invert_affine_2x3(M: np.ndarray) -> np.ndarray:
-    """Inverse of a batch of (..., 2, 3) affines (image->crop becomes crop->image); float64.
-
-    Raises:
-        ValueError: a matrix is singular.
-    """
-    M = np.asarray(M, np.float64)
-    A, t = M[..., :2], M[..., 2]
-    det = np.linalg.det(A)
-    if np.any(np.abs(det) < 1e-12):
-        raise ValueError("affine matrix is singular and cannot be inverted")
-    Ai = np.linalg.inv(A)
-    return np.concatenate([Ai, -(Ai @ t[..., None])], axis=-1)
 
 
 def apply_affine(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -56,18 +45,6 @@ def apply_affine(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
     M = np.asarray(M, np.float64)
     p = np.asarray(pts, np.float64)
     return np.einsum("nij,nkj->nki", M[..., :2], p) + M[:, None, :, 2]
-
-
-def heatmap_decoder(model: torch.nn.Module, *, sigma_px: float, window: int,
-                    locate: str = "window", blur_cells: float = 0.0) -> Decode:
-    """``HeatmapCodec(...).locate`` (the inference decode: "window" mean or "dark") for the
-    model's geometry (input_size, stride, num_points)."""
-    from tsal_dist.codec import HeatmapCodec
-
-    codec = HeatmapCodec(input_size=int(model.input_size), stride=int(model.stride),
-                         num_points=int(model.num_points), sigma_px=sigma_px, window=window,
-                         locate=locate, blur_cells=blur_cells)
-    return codec.locate
 
 
 @dataclass(frozen=True)
@@ -135,9 +112,7 @@ def _np(x: Any, dtype: Any = np.float64) -> np.ndarray:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, device: str = "cpu",
-            decode: Decode | None = None, sigma_px: float = 3.0,
-            window: int = 4, locate: str = "window",
-            blur_cells: float = 0.0) -> dict[str, np.ndarray]:
+            decode: Decode | None = None) -> dict[str, np.ndarray]:
     """Predict landmarks for every item of an eval dataset, in IMAGE pixels.
 
     Each item is a dict with ``image`` uint8 (3, S, S), ``affine`` (2, 3) image->crop,
@@ -147,18 +122,17 @@ def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, devic
     handled: an item whose ``index`` was already seen is dropped, so every entry counts once.
 
     Args:
-        model: a ``LandmarkDetector``: ``forward(uint8 (B, 3, S, S))`` -> ``{"heatmaps": [...]}``,
-            one (B, K + 1, h, w) map per stage; the LAST stage is decoded. Or a coordinate
-            regressor (``MobileNetV2Regressor``): ``forward`` -> (B, K, 2) crop-normalised
-            ``(px + 0.5) / S``, no decode, scores 1. It is moved to ``device`` and run in eval
-            mode (its training flag is restored afterwards).
+        model: a landmark model (``tsal_dist.models.LandmarkModel``): ``num_points``,
+            ``input_size`` and ``predict(uint8 (B, 3, S, S))`` -> ``Prediction`` (landmarks
+            (B, K, 2) crop-normalised, scores (B, K), last-stage heatmaps or None). A detector
+            decodes with its own codec, a regressor's scores are 1. It is moved to ``device`` and
+            run in eval mode (its training flag is restored afterwards).
         dataset: ``len()`` plus ``get(i, seed)`` or ``[i]``.
         batch_size: items per forward pass.
         device: torch device string.
-        decode: (B, K, h, w) maps -> (coords (B, K, 2) crop px, scores (B, K)); default
-            ``HeatmapCodec(model.input_size, model.stride, model.num_points, sigma_px, window)``.
-        sigma_px, window, locate, blur_cells: codec arguments for the default decode
-            (``model.decode`` / ``model.decode_blur_cells`` of the config).
+        decode: None (the model's own landmarks), or another decode of a heatmap model's
+            last-stage maps, (B, K, h, w) -> (coords (B, K, 2) crop px, scores (B, K)): to
+            compare decoders on one model (benchmarks/decode.py).
 
     Returns:
         ``preds`` (N, K, 2) image px, ``gts`` (N, K, 2), ``visible`` (N, K), ``face_size`` (N,)
@@ -168,9 +142,6 @@ def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, devic
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     k = int(model.num_points)
-    if decode is None and hasattr(model, "stride"):  # a heatmap model (regressors need none)
-        decode = heatmap_decoder(model, sigma_px=sigma_px, window=window, locate=locate,
-                                 blur_cells=blur_cells)
     was_training = model.training
     model.to(device).eval()
     cols: dict[str, list[np.ndarray]] = {n: [] for n in ("preds", "gts", "visible", "face_size",
@@ -191,18 +162,17 @@ def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 32, devic
             if not items:
                 continue
             images = torch.stack([torch.as_tensor(it["image"]) for it in items]).to(device)
-            out = model(images)
-            if isinstance(out, Tensor):  # a regressor's crop-normalised coordinates
-                coords = out * float(model.input_size) - 0.5
-                scores = torch.ones_like(coords[..., 0])
+            pred = model.predict(images)
+            if decode is None:
+                coords, scores = norm_to_px(pred.landmarks, int(model.input_size)), pred.scores
+            elif pred.heatmaps is None:
+                raise ValueError("predict(decode=...) needs a model with heatmaps")
             else:
-                maps = out["heatmaps"]
-                last = maps[-1] if isinstance(maps, (list, tuple)) else maps
-                coords, scores = decode(last[:, :k])
+                coords, scores = decode(pred.heatmaps[:, :k])
             crop = _np(coords)
             affine = np.stack([_np(it["affine"]) for it in items])
             cols["crop_preds"].append(crop)
-            cols["preds"].append(apply_affine(invert_affine_2x3(affine), crop))
+            cols["preds"].append(apply_affine(invert_affine(affine), crop))
             cols["scores"].append(_np(scores))
             cols["gts"].append(np.stack([_np(it["orig_landmarks"]) for it in items]))
             cols["visible"].append(np.stack([_np(it["orig_visible"]) for it in items]))
@@ -230,8 +200,9 @@ def score_predictions(preds: np.ndarray, gts: np.ndarray, visible: np.ndarray,
     Returns:
         (summary dict as :func:`tsal_dist.eval.metrics.summarize`, {norm: (N,) NMEs}).
     """
-    nmes = nme_by_norm(preds, gts, num_points, visible=visible, face_size=face_size)
-    primary = default_norm_points(num_points).primary
+    scheme = scheme_for(num_points)
+    nmes = nme_by_norm(preds, gts, scheme, visible=visible, face_size=face_size)
+    primary = scheme.primary_norm
     return summarize(nmes[primary], nmes.get("inter_pupil"), primary_norm=primary), nmes
 
 
@@ -278,22 +249,51 @@ def per_video_summaries(entries: Sequence[ListEntry], nmes: Mapping[str, np.ndar
     return out
 
 
+def video_jitter(entries: Sequence[ListEntry], out: Mapping[str, np.ndarray],
+                 list_dir: str | Path, num_points: int
+                 ) -> tuple[float | None, dict[str, float | None]]:
+    """NMJ of the list's videos (pooled) and of each video: the RMS of the frame-to-frame change
+    of the error normalised by the scheme's primary distance, frames in list order (a skipped
+    bad frame joins its neighbours). Fractions; None without a pair of frames."""
+    scheme = scheme_for(num_points)
+    kwargs: dict[str, Any] = {}
+    if scheme.eye_corners is not None:
+        kwargs["eye_corners"] = scheme.eye_corners
+    if scheme.pupils is not None:
+        kwargs["pupils"] = scheme.pupils
+    d = normalizer(out["gts"], scheme.primary_norm, out["visible"], out["face_size"], **kwargs)
+    order = np.argsort(np.asarray(out["indices"]), kind="stable")
+    keys = [video_key(entries[i], list_dir) for i in order]
+    changes: dict[str, np.ndarray] = {}
+    for key in dict.fromkeys(k for k in keys if k):
+        idx = order[[k == key for k in keys]]
+        changes[key] = error_changes(out["preds"][idx], out["gts"][idx], d[idx],
+                                     out["visible"][idx])
+    def safe(x: float) -> float | None:  # JSON has no NaN
+        return x if np.isfinite(x) else None
+
+    return safe(nmj(list(changes.values()))), {k: safe(nmj([c])) for k, c in changes.items()}
+
+
 def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: int,
-                  pre_crop_expand: float, num_points: int, sigma_px: float, window: int,
-                  locate: str = "window", blur_cells: float = 0.0, batch_size: int = 32,
+                  pre_crop_expand: float, num_points: int, sigma_px: float | None = None,
+                  window: int | None = None, locate: str | None = None,
+                  blur_cells: float | None = None, batch_size: int = 32,
                   device: str | torch.device = "cpu", strict: bool = False,
                   name: str | None = None, shard: Shard | None = None) -> EvalResult | None:
     """Evaluate ``model`` on one SBR list file (= one category).
 
     Args:
-        model: a ``LandmarkDetector`` or a coordinate regressor (see :func:`predict`;
-            ``num_points`` / ``input_size`` must match).
+        model: a landmark model, detector or regressor (see :func:`predict`; ``num_points`` /
+            ``input_size`` must match).
         list_path: SBR list file (``image annotation x1 y1 x2 y2 [face_size]``).
         input_size: crop side S in px (``model.input_size``).
         pre_crop_expand: box expansion on each side, fraction of the box size.
         num_points: K; picks the normalisers (68: inter-ocular + inter-pupil, 19: face_size, ...).
-        sigma_px, window, locate, blur_cells: heatmap decode arguments (``HeatmapCodec``;
-            pass the config's ``model.decode`` / ``model.decode_blur_cells``).
+        sigma_px, window, locate, blur_cells: optional: the heatmap codec settings the caller
+            expects (``model.heatmap_sigma_px``, ``decode_window``, ``decode``,
+            ``decode_blur_cells``). A detector decodes with its own codec; these only check it
+            (a mismatch raises). Unused for a model without a codec (a regressor).
         batch_size: crops per forward pass.
         device: torch device.
         strict: True: the first bad image/annotation raises; False: skipped and counted.
@@ -314,14 +314,14 @@ def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: 
     if int(model.input_size) != input_size or int(model.num_points) != num_points:
         raise ValueError(f"model is {model.num_points} points at {model.input_size} px but the "
                          f"evaluation asks for {num_points} points at {input_size} px")
+    _check_decode(model, sigma_px=sigma_px, window=window, locate=locate, blur_cells=blur_cells)
     p = Path(list_path)
     entries = read_list(p)
     labeled = [e for e in entries if e.annotation is not None]
     dataset = EvalImageDataset(labeled, num_points=num_points, input_size=input_size,
                                pre_crop_expand=pre_crop_expand, strict=strict)
     out = predict(model, dataset if shard is None else shard.view(dataset),
-                  batch_size=batch_size, device=str(device), sigma_px=sigma_px, window=window,
-                  locate=locate, blur_cells=blur_cells)
+                  batch_size=batch_size, device=str(device))
     bad = dataset.bad_items()
     if shard is not None:
         parts = shard.gather((out, bad))
@@ -336,7 +336,7 @@ def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: 
     used = [labeled[int(i)] for i in out["indices"]]
     summary, nmes = score_predictions(out["preds"], out["gts"], out["visible"], out["face_size"],
                                       num_points)
-    primary = default_norm_points(num_points).primary
+    primary = scheme_for(num_points).primary_norm
     summary["list"] = str(p)
     summary["n_entries"] = len(entries)
     summary["n_unlabeled_skipped"] = len(entries) - len(labeled)
@@ -345,8 +345,26 @@ def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: 
     if any(e.is_video_frame for e in used):
         summary["n_videos"] = len({video_key(e, p.parent) for e in used} - {None})
         summary["videos"] = per_video_summaries(used, nmes, p.parent, primary)
+        summary["nmj"], per_video = video_jitter(used, out, p.parent, num_points)
+        for key, value in per_video.items():
+            summary["videos"][key]["nmj"] = value
     return EvalResult(name=name or p.name, path=str(p), summary=summary, nmes=nmes,
                       preds=out["preds"], gts=out["gts"], visible=out["visible"], entries=used)
+
+
+def _check_decode(model: torch.nn.Module, **expected: Any) -> None:
+    """Raise when a heatmap model's codec is not the one the caller expects (None = no
+    expectation); a model without a codec (a regressor) has nothing to check."""
+    codec = getattr(model, "codec", None)
+    if codec is None:
+        return
+    own = {"sigma_px": codec.sigma_px, "window": codec.window, "locate": codec.locate_method,
+           "blur_cells": codec.blur_cells}
+    wrong = [f"{k}={v!r} (the model's codec has {own[k]!r})" for k, v in expected.items()
+             if v is not None and v != own[k]]
+    if wrong:
+        raise ValueError(f"the model decodes with its own codec, which differs from the "
+                         f"evaluation's: {', '.join(wrong)}")
 
 
 def list_names(list_paths: Sequence[str | Path]) -> list[str]:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tsal_dist.codec import HeatmapCodec
-from tsal_dist.config import DistillConfig, ExperimentConfig, ModelConfig, save_config
+from tsal_dist.codec import px_to_norm
+from tsal_dist.config import DistillConfig, ExperimentConfig, save_config
 from tsal_dist.data.asm import ShapeModel, fit_shape_model
 from tsal_dist.data.batches import StepBatches, resolve_loader_workers, step_loader, to_device
 from tsal_dist.data.build import build_run_data
@@ -52,36 +52,15 @@ from tsal_dist.loop.context import Reporter, WorkerContext, no_report
 from tsal_dist.loop.engines import build_engine
 from tsal_dist.loop.evaluation import eval_module, evaluate_lists, write_eval_summary
 from tsal_dist.loop.schedules import lr_at
-from tsal_dist.models import build_model, build_student_model
+from tsal_dist.models import LandmarkModel, build_model, build_student_model
 
-__all__ = ["distill", "ensure_asm", "load_tough_from", "predict_normalized", "build_student",
-           "train_teacher"]
+__all__ = ["distill", "ensure_asm", "load_tough_from", "build_student", "train_teacher"]
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _to_norm(px: Tensor, size: int) -> Tensor:
-    return (px + 0.5) / float(size)
-
-
-def predict_normalized(model: nn.Module, images: Tensor, codec: HeatmapCodec | None) -> Tensor:
-    """(B, K, 2) crop-normalised coordinates of a regressor (codec None) or heatmap detector.
-
-    For a detector the unused centroid outputs are added times 0 (see ``_unused_heads``)."""
-    out = model(images)
-    if codec is None:
-        return out
-    xy, _ = codec.locate(out["heatmaps"][-1][:, : codec.num_points])
-    return _to_norm(xy, codec.input_size) + _unused_heads(out)
-
-
-def _codec(model: nn.Module, m: ModelConfig, k: int) -> HeatmapCodec:
-    return HeatmapCodec.for_model(m, stride=int(model.stride), num_points=k,
-                                  input_size=int(model.input_size))
-
-
-def build_student(dcfg: DistillConfig) -> nn.Module:
+def build_student(dcfg: DistillConfig) -> LandmarkModel:
     """The student of ``dcfg``: MobileNetV2Regressor, or a MobileNetV2 heatmap detector."""
     e = dcfg.experiment
     model = build_student_model(dcfg.student.arch, e.model, e.data.num_points,
@@ -99,14 +78,19 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def _unused_heads(out: dict[str, Any]) -> Tensor:
-    """0 * (centroid outputs and every heatmap stage): keeps every parameter in the graph so
-    DDP's reducer does not wait for gradients of heads the distillation does not train (the
+def _unused_heads(out: Any) -> Tensor:
+    """0 * (every tensor a forward pass returned): keeps every parameter in the graph so DDP's
+    reducer does not wait for gradients of heads the distillation does not train (a detector's
     centroid branch; the early stages of a heatmap student). Adds exactly 0."""
-    total = out["center"].sum() + out["offsets"].sum()
-    for h in out["heatmaps"]:
-        total = total + h.sum()
-    return 0.0 * total
+    return 0.0 * sum(t.sum() for t in _tensors(out))
+
+
+def _tensors(out: Any) -> list[Tensor]:
+    """The tensors of a model output: a tensor, or dicts / lists / tuples of them."""
+    if isinstance(out, Tensor):
+        return [out]
+    parts = out.values() if isinstance(out, dict) else out
+    return [t for part in parts for t in _tensors(part)]
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
@@ -182,7 +166,6 @@ def train_teacher(role: str, *, dcfg: DistillConfig, dataset: LabeledImageDatase
     k = e.data.num_points
     torch.manual_seed(e.train.seed + (1 if role == "tough" else 2))
     model = build_model(e.model, k)
-    codec = _codec(model, e.model, k)
     batch = t.batch_size or e.optim.batch_size
     eng = build_engine(model, e.train, e.optim, ctx.device, lr=t.lr, micro_batch=batch)
     start = 0
@@ -201,7 +184,7 @@ def train_teacher(role: str, *, dcfg: DistillConfig, dataset: LabeledImageDatase
                                                        seed, e)):
         target_xy = b["landmarks"] if asm is None else _soft_targets(asm, b["landmarks"],
                                                                        b["visible"])
-        target, mask = codec.encode(target_xy, b["visible"])
+        target, mask = model.codec.encode(target_xy, b["visible"])
         out = eng.module(b["image"])
         loss = heatmap_loss(out["heatmaps"], target, mask)
         eng.backward(loss + _unused_heads(out))
@@ -289,13 +272,11 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
     else:
         tough = train_teacher("tough", asm=None, ckpt_dir=tdir / "tough", **common)
     tolerant = train_teacher("tolerant", asm=asm, ckpt_dir=tdir / "tolerant", **common)
-    t_codec = _codec(tough, e.model, k)
 
     # ---- student
     o = e.optim
     torch.manual_seed(e.train.seed if dcfg.student.seed < 0 else dcfg.student.seed)
     student_model = build_student(dcfg)
-    s_codec = None if dcfg.student.arch == "regression" else _codec(student_model, e.model, k)
     student = build_engine(student_model, e.train, e.optim, ctx.device,
                            weight_decay=dcfg.student.weight_decay)
     params = dcfg.kd.params()
@@ -312,9 +293,11 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
     n, t0, last = 0, time.perf_counter(), {}
     for step, b in zip(range(start, o.steps), _batches(ds, start, o.steps, ctx, o.batch_size,
                                                        e.train.seed, e)):
-        gt = _to_norm(b["landmarks"], size)
+        gt = px_to_norm(b["landmarks"], size)
         vis = b["visible"]
-        pred = predict_normalized(student.module, b["image"], s_codec)
+        # through the engine's forward (DDP), decoded by the model: the one model interface
+        out = student.module(b["image"])
+        pred = student_model.decode(out).landmarks + _unused_heads(out)
         if dcfg.kd.loss == "kd":
             key = (str(tdir), dcfg.teachers.steps, e.train.seed, ctx.rank, ctx.world_size,
                    o.batch_size, step)
@@ -322,8 +305,8 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
                 t_tough, t_tol = teacher_cache[key]
             else:
                 with torch.no_grad():  # both teachers on the same augmented batch (L2/L1 skip)
-                    t_tough = predict_normalized(tough, b["image"], t_codec)
-                    t_tol = predict_normalized(tolerant, b["image"], t_codec)
+                    t_tough = tough.predict(b["image"]).landmarks
+                    t_tol = tolerant.predict(b["image"]).landmarks
                 if teacher_cache is not None:
                     teacher_cache[key] = (t_tough, t_tol)
             terms = kd_loss_terms(pred, gt, t_tough, t_tol, params, mask=vis)

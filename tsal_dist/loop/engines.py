@@ -9,28 +9,14 @@ inside the one class that needs it.
 from __future__ import annotations
 
 import enum
-
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from tsal_dist.config import OptimConfig, TrainConfig
-
-
-def build_optimizer(params: Iterator[nn.Parameter] | list, *, name: str, lr: float,
-                    weight_decay: float, momentum: float) -> torch.optim.Optimizer:
-    """Torch optimizer by name (DeepSpeed is given this object: no JIT-built ops on CPU)."""
-    params = list(params)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
-                               weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}")
+from tsal_dist.loop.optimizers import build_optimizer, param_groups
 
 
 PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -161,7 +147,7 @@ class DDPEngine(Engine):
 
     def step(self, lr: float) -> float:
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         norm = 0.0
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
@@ -246,7 +232,7 @@ class DeepSpeedEngine(Engine):
 
     def step(self, lr: float) -> float:
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else 0.0
@@ -412,9 +398,11 @@ def build_engine(model: nn.Module, train: TrainConfig, optim: OptimConfig, devic
     """``model``'s optimizer and engine (``train.engine``, ``train.precision``): the one builder
     of training and distillation. ``lr``, ``micro_batch`` and ``weight_decay`` default to the
     optim section's."""
-    opt = build_optimizer(model.parameters(), name=optim.name, lr=optim.lr if lr is None else lr,
-                          weight_decay=optim.weight_decay if weight_decay is None
-                          else weight_decay, momentum=optim.momentum)
+    wd = optim.weight_decay if weight_decay is None else weight_decay
+    groups = param_groups(model, weight_decay=wd, layer_lr=optim.layer_lr,
+                          bias_decay=optim.bias_decay)
+    opt = build_optimizer(groups, name=optim.name, lr=optim.lr if lr is None else lr,
+                          weight_decay=wd, momentum=optim.momentum)
     if train.engine == "deepspeed":
         return DeepSpeedEngine(model, opt, grad_clip=optim.grad_clip, zero_stage=train.zero_stage,
                                precision=train.precision, device=device,

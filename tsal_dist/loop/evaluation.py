@@ -25,8 +25,8 @@ from tsal_dist.loop.context import WorkerContext
 from tsal_dist.loop.engines import Engine
 from tsal_dist.models import build_model
 
-__all__ = ["eval_module", "validation_nme", "evaluate_lists", "write_eval_summary",
-           "finish_run"]
+__all__ = ["eval_module", "validation_nme", "list_eval_args", "evaluate_lists",
+           "write_eval_summary", "finish_run"]
 
 
 def eval_module(engine: Engine, cfg: ExperimentConfig,
@@ -72,6 +72,21 @@ def validation_nme(model: torch.nn.Module, codec: HeatmapCodec, dataset: EvalIma
     return value
 
 
+def list_eval_args(cfg: ExperimentConfig, *, input_size: int | None = None) -> dict[str, Any]:
+    """``tsal_dist.eval.run.evaluate_list``'s crop and decode arguments from a config: the one
+    mapping, used by the run's final scoring and by ``python -m tsal_dist.eval``.
+
+    Args:
+        input_size: the network's crop side when it is not ``model.input_size`` (a distilled
+            student's, from its checkpoint).
+    """
+    m, d = cfg.model, cfg.data
+    return {"input_size": input_size or m.input_size, "pre_crop_expand": d.pre_crop_expand,
+            "num_points": d.num_points, "sigma_px": m.heatmap_sigma_px,
+            "window": m.decode_window, "locate": m.decode, "blur_cells": m.decode_blur_cells,
+            "strict": d.strict}
+
+
 def evaluate_lists(models: Mapping[str, torch.nn.Module], cfg: ExperimentConfig,
                    eval_lists: Sequence[Path], *, ctx: WorkerContext | None = None
                    ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]] | None:
@@ -96,14 +111,8 @@ def evaluate_lists(models: Mapping[str, torch.nn.Module], cfg: ExperimentConfig,
         model.eval()
         results[which] = {}
         for name, path in zip(names, eval_lists):
-            r = evaluate_list(model, path, input_size=cfg.model.input_size,
-                              pre_crop_expand=cfg.data.pre_crop_expand,
-                              num_points=cfg.data.num_points,
-                              sigma_px=cfg.model.heatmap_sigma_px,
-                              window=cfg.model.decode_window, locate=cfg.model.decode,
-                              blur_cells=cfg.model.decode_blur_cells, batch_size=32,
-                              device=ctx.device, strict=cfg.data.strict, name=name,
-                              shard=shard)
+            r = evaluate_list(model, path, **list_eval_args(cfg), batch_size=32,
+                              device=ctx.device, name=name, shard=shard)
             if r is not None:
                 results[which][name] = r.summary
                 curves[f"{which} {name}"] = r.primary_nmes

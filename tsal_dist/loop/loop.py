@@ -21,11 +21,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tsal_dist.codec import CentroidCodec, HeatmapCodec
-from tsal_dist.config import ExperimentConfig, save_config
+from tsal_dist.codec import CentroidCodec
+from tsal_dist.config import ExperimentConfig, TeacherConfig, save_config
 from tsal_dist.data.batches import StepBatches, resolve_loader_workers, step_loader, to_device
 from tsal_dist.data.build import build_run_data
-from tsal_dist.losses.consistency import ramp_weight
 from tsal_dist.loop.checkpoint import (load_checkpoint, restore_engines_,
                                        save_training_checkpoint, set_rng_state,
                                        torch_state_to_numpy)
@@ -34,9 +33,10 @@ from tsal_dist.loop.engines import Engine, broadcast_flat_, build_engine
 from tsal_dist.loop.evaluation import eval_module, finish_run, validation_nme
 from tsal_dist.loop.runs import (newest_readable_checkpoint, remove_stale_temp_files,
                                  truncate_metrics)
-from tsal_dist.loop.schedules import is_sync_step, lr_at, version_to_apply
+from tsal_dist.loop.schedules import is_sync_step, lr_at, ramp_weight, version_to_apply
 from tsal_dist.loop.step import LossWeights, consistency_weight, tsal_step
 from tsal_dist.models import build_model
+from tsal_dist.models.pretrained import load_init_weights_
 from tsal_dist.teacher.averaging import lerp_state_, to_numpy_state
 from tsal_dist.teacher.client import LocalTeacher, TeacherClient
 from tsal_dist.teacher.server import versions_to_keep
@@ -68,10 +68,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
         torch.set_num_threads(cfg.train.torch_threads)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    teacher_client = teacher_client or LocalTeacher(
-        mode=cfg.teacher.mode, queue_length=cfg.teacher.queue_length,
-        ema_decay=cfg.teacher.ema_decay,
-        keep_versions=versions_to_keep(cfg.teacher.max_staleness))
+    teacher_client = teacher_client or LocalTeacher(**teacher_server_args(cfg.teacher))
 
     # ---- data
     d, m, o = cfg.data, cfg.model, cfg.optim
@@ -81,9 +78,13 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
     # ---- models, codecs, engines (teacher starts as a copy of the student's init)
     torch.manual_seed(cfg.train.seed)
     student_model = build_model(m, d.num_points)
+    if m.init_from:
+        report = load_init_weights_(student_model, m.init_from)
+        if ctx.is_main:
+            print(report.line(), flush=True)
     teacher_model = build_model(m, d.num_points)
     teacher_model.load_state_dict(student_model.state_dict())
-    hm_codec = HeatmapCodec.for_model(m, stride=student_model.stride, num_points=d.num_points)
+    hm_codec = student_model.codec
     ctr_codec = CentroidCodec(input_size=m.input_size, stride=student_model.stride,
                               num_points=d.num_points, centroid_index=m.centroid_index,
                               topk=m.centroid_topk)
@@ -169,10 +170,17 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                              pseudo_source=cfg.loss.pseudo_source,
                              consistency_space=cfg.loss.consistency_space,
                              student_term=cfg.loss.student_consistency,
-                             pseudo_threshold=cfg.loss.pseudo_threshold)
+                             pseudo_threshold=cfg.loss.pseudo_threshold,
+                             structure_on=cfg.loss.structure_on,
+                             optimize_teacher=cfg.teacher.optimize)
 
             # ---- recursive average filtering: push the student, blend a step-determined version
             t_sync = time.perf_counter()
+            if cfg.teacher.mode == "mutual_step":
+                mutual_step_(teacher=teacher, student=student,
+                             student_keep=cfg.teacher.mutual_student_keep,
+                             blend=cfg.teacher.blend, average_buffers=cfg.teacher.average_buffers,
+                             buffer_keys=buffer_keys)
             if is_sync_step(step, cfg.teacher.sync_every):
                 student.broadcast_buffers()
                 teacher.broadcast_buffers()
@@ -181,7 +189,7 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                 if ctx.is_main:
                     teacher_client.push(to_numpy_state(s_full), step + 1)
                 version = version_to_apply(step, cfg.teacher.sync_every, cfg.teacher.max_staleness)
-                if version is not None:
+                if version is not None and cfg.teacher.mode != "mutual_step":
                     filtered = pull_teacher(teacher_client, version, ctx, template=state_shapes)
                     apply_sync_(teacher=teacher, student=student, filtered=filtered,
                                 mode=cfg.teacher.mode, blend=cfg.teacher.blend,
@@ -276,6 +284,13 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
     return summary
 
 
+def teacher_server_args(t: TeacherConfig) -> dict[str, Any]:
+    """The teacher server's arguments from ``cfg.teacher``, read here only: for the in-process
+    server above and for the run's Ray actor (``tsal_dist.distributed.launch.fit``)."""
+    return {"mode": t.mode, "queue_length": t.queue_length, "ema_decay": t.ema_decay,
+            "keep_versions": versions_to_keep(t.max_staleness)}
+
+
 def _max_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
     import resource
@@ -341,6 +356,24 @@ def pull_teacher(client: TeacherClient, version: int, ctx: WorkerContext, *,
             tensors[k] = torch.empty(shape, dtype=dt, device=device)
     broadcast_flat_(list(tensors.values()), src=0)
     return tensors
+
+
+@torch.no_grad()
+def mutual_step_(*, teacher: Engine, student: Engine, student_keep: float, blend: float,
+                 average_buffers: bool, buffer_keys: frozenset[str]) -> None:
+    """TSAL's per-iteration two-way lerp (METHOD.md 1.8, ``update_Rma_variables``):
+    student <- keep*student + (1-keep)*teacher, then teacher <- blend*teacher + (1-blend)*student
+    with the student just updated. Every rank does it on its own copies, which DDP keeps equal
+    (with ``average_buffers`` the BatchNorm statistics are first made rank 0's)."""
+    if average_buffers:
+        student.broadcast_buffers()
+        teacher.broadcast_buffers()
+    t_old = teacher.full_state_dict()
+    student.modify_weights_(lambda sd: lerp_state_(
+        sd, t_old, student_keep, average_buffers=average_buffers, buffer_keys=buffer_keys))
+    s_new = student.full_state_dict()
+    teacher.modify_weights_(lambda sd: lerp_state_(
+        sd, s_new, blend, average_buffers=average_buffers, buffer_keys=buffer_keys))
 
 
 @torch.no_grad()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tsal_dist.atomic import PLAIN, atomic_write_text, is_temp_name
-from tsal_dist.config import ConfigError, ExperimentConfig, load_config
+from tsal_dist.config import ConfigError, ExperimentConfig, flatten, load_config
 from tsal_dist.loop.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 
 
@@ -21,20 +21,10 @@ class RunConfigChanged(ConfigError):
     """The run folder was made by another config; resuming it would mix two experiments."""
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def config_differences(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
     """Dotted keys whose values differ (``run.output`` and ``run.name`` excluded: where the
     folder lives is not part of what it holds)."""
-    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
     skip = {"run.output", "run.name", "run.storage_path"}
     return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
 
@@ -56,7 +46,7 @@ def check_run_config(run_dir: str | Path, cfg: ExperimentConfig, *, force: bool 
                                "continue with the new one, or choose another --name") from None
     diff = config_differences(old, cfg)
     if diff:
-        a, b = _flat(old.to_dict()), _flat(cfg.to_dict())
+        a, b = flatten(old.to_dict()), flatten(cfg.to_dict())
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
         more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
         raise RunConfigChanged(f"{saved.parent}: this run was started with another config "

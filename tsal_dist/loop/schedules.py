@@ -31,6 +31,44 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, sch
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
+def ramp_weight(step: int, total_steps: int, up_frac: float, down_frac: float) -> float:
+    """Weight of the unsupervised terms at optimizer step ``step`` (TSAL ``rampweight``).
+
+    With T = total_steps, U = up_frac * T and D = down_frac * T:
+    ``w = exp(-5 (1 - step/U)^2)`` for step < U (and w = 0 at step 0),
+    ``w = exp(-12.5 (1 - (T - step)/D)^2)`` for step > T - D (down to exp(-12.5) at T),
+    ``w = 1`` in between. Steps outside [0, T] are clamped.
+
+    Fixes METHOD.md §1.9 / §6.10: the code hard-coded the ramp to epochs 60 and 110 whatever the
+    schedule length; here both ends are fractions of the schedule (TSAL: 60/150 = 0.4 up,
+    40/150 ~ 0.267 down).
+
+    Args:
+        step: current optimizer step (0-based).
+        total_steps: steps of the whole run, >= 1.
+        up_frac: fraction of the schedule spent ramping up, in [0, 1] (0 = start at 1).
+        down_frac: fraction at the end spent ramping down, in [0, 1] (0 = never).
+
+    Returns:
+        The weight in [0, 1].
+    """
+    if total_steps < 1:
+        raise ValueError(f"ramp_weight: total_steps must be >= 1, got {total_steps}")
+    if not (0.0 <= up_frac <= 1.0 and 0.0 <= down_frac <= 1.0 and up_frac + down_frac <= 1.0):
+        raise ValueError(f"ramp_weight: need 0 <= up_frac, down_frac and up_frac + down_frac <= 1,"
+                         f" got up_frac={up_frac}, down_frac={down_frac}")
+    t = float(min(max(step, 0), total_steps))
+    up_end = up_frac * total_steps
+    down_len = down_frac * total_steps
+    if up_end > 0 and t < up_end:
+        if t == 0:
+            return 0.0
+        return math.exp(-5.0 * (1.0 - t / up_end) ** 2)
+    if down_len > 0 and t > total_steps - down_len:
+        return math.exp(-12.5 * (1.0 - (total_steps - t) / down_len) ** 2)
+    return 1.0
+
+
 def is_sync_step(step: int, sync_every: int) -> bool:
     """True after optimizer step ``step`` (0-based) if a teacher push/sync happens there."""
     return (step + 1) % sync_every == 0

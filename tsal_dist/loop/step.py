@@ -75,7 +75,8 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
                 ctr_codec: CentroidCodec, fusion_mu: float, structure_descriptor: str,
                 grid: torch.Tensor | None = None,
                 student_term: str = "multi_source",
-                pseudo_threshold: float = 0.4) -> dict[str, torch.Tensor]:
+                pseudo_threshold: float = 0.4,
+                structure_on: str = "clips") -> dict[str, torch.Tensor]:
     """Unweighted loss terms of one model.
 
     Args:
@@ -91,6 +92,9 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
         student_term: "multi_source" (TSAL), "heatmap" (the student uses the single-source
             heatmap term too, on ``out_w``) or "pseudo_label" (landmarks of ``out_w`` whose peak
             is >= ``pseudo_threshold``, re-rendered as targets; logged as ``pseudo_kept``).
+        structure_on: "clips" (per clip, at each clip frame's predicted centroid cell) or
+            "labeled" (TSAL's code: the labeled faces at their ground-truth centroid cell, offset
+            mask applied, every pair of the batch compared).
     """
     k = hm_codec.num_points
     terms = {
@@ -100,14 +104,20 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
                               targets["offset_mask"]),
     }
     zero = terms["heatmap"].new_zeros(())
+    if structure_on == "labeled":
+        at_gt = gather_at(out_l["offsets"], targets["center_index"])
+        one_group = torch.zeros(at_gt.shape[0], dtype=torch.long, device=at_gt.device)
+        terms["structure"] = structure_loss(at_gt, one_group, targets["offset_mask"],
+                                            descriptor=structure_descriptor)
     if out_n is None or out_w is None:
-        terms["structure"] = zero
+        terms.setdefault("structure", zero)
         terms["consistency"] = zero
         return terms
-    # Structure invariance per clip, at each frame's predicted centroid cell (no GT on clips).
-    centre_idx = out_n["center"].detach().flatten(1).argmax(1)
-    terms["structure"] = structure_loss(gather_at(out_n["offsets"], centre_idx), clip_ids, None,
-                                        descriptor=structure_descriptor)
+    if structure_on == "clips":
+        # Structure invariance per clip, at each frame's predicted centroid cell (no GT on clips).
+        centre_idx = out_n["center"].detach().flatten(1).argmax(1)
+        terms["structure"] = structure_loss(gather_at(out_n["offsets"], centre_idx), clip_ids,
+                                            None, descriptor=structure_descriptor)
     cell_grid = None if grid is None else grid_to_cells(grid, hm_codec.stride)
     if role == "student" and student_term == "pseudo_label":
         # Hard pseudo-labels: the source's confident landmarks (peak >= threshold), decoded,
@@ -163,13 +173,14 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
               ramp: float, lr: float, fusion_mu: float, structure_descriptor: str = "pairs",
               pseudo_source: str = "self", consistency_space: str = "image",
               student_term: str = "multi_source",
-              pseudo_threshold: float = 0.4) -> dict[str, float]:
+              pseudo_threshold: float = 0.4, structure_on: str = "clips",
+              optimize_teacher: bool = True) -> dict[str, float]:
     """Run one optimizer step of student and teacher; return logged scalars.
 
     Args:
         labeled: collated labeled items (CONTRACTS.md), tensors on the model device.
         clips: collated clip items or None (supervised-only step).
-        ramp: the consistency ramp value for this step (losses.consistency.ramp_weight).
+        ramp: the consistency ramp value for this step (loop.schedules.ramp_weight).
         pseudo_source: "self" (TSAL code: the student's multi-source target comes from its own
             outputs on the warped frames) or "teacher" (from the teacher's outputs on the same
             warped frames, computed in the teacher's pass: the mean-teacher reading).
@@ -178,7 +189,12 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
             into frame t+1 through ``clips["grid"]``; see losses.consistency).
         student_term: the student's unsupervised term, "multi_source" (TSAL), "heatmap" or
             "pseudo_label" (``loss.student_consistency``); ``pseudo_threshold`` for the last.
+        structure_on: "clips" or "labeled" (``loss.structure_on``, see :func:`model_terms`).
+        optimize_teacher: False = the teacher takes no step (``teacher.optimize``): it only runs
+            on the warped frames, without gradients, for the targets it gives the student.
     """
+    if structure_on not in ("clips", "labeled"):
+        raise ValueError(f"structure_on must be 'clips' or 'labeled', got {structure_on!r}")
     if student_term not in ("multi_source", "heatmap", "pseudo_label"):
         raise ValueError(f"student_term must be 'multi_source', 'heatmap' or 'pseudo_label', "
                          f"got {student_term!r}")
@@ -210,6 +226,13 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
     logs: dict[str, float] = {}
     teacher_warped: dict | None = None
     for role, engine in (("teacher", teacher), ("student", student)):
+        if role == "teacher" and not optimize_teacher:
+            if clips is not None and pseudo_source == "teacher":
+                with torch.no_grad():
+                    out = engine.module(wrp)
+                teacher_warped = {k: ([v.detach() for v in x] if isinstance(x, list)
+                                      else x.detach()) for k, x in out.items()}
+            continue
         parts = [engine.module(images)]
         if clips is not None:
             parts += _split(engine.module(clip_inputs), clip_sizes)
@@ -224,7 +247,7 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
                             clip_ids=clip_ids, hm_codec=hm_codec, ctr_codec=ctr_codec,
                             fusion_mu=fusion_mu, structure_descriptor=structure_descriptor,
                             grid=grid, student_term=student_term,
-                            pseudo_threshold=pseudo_threshold)
+                            pseudo_threshold=pseudo_threshold, structure_on=structure_on)
         loss = total_loss(terms, weights, ramp, role)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{role} loss is not finite: "

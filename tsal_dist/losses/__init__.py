@@ -6,7 +6,6 @@ No targets are built here (that is ``tsal_dist.codec``) and no config object is 
 
 from tsal_dist.losses.consistency import (
     nearest_candidate,
-    ramp_weight,
     student_consistency,
     student_pseudo_target,
     teacher_consistency,
@@ -22,7 +21,6 @@ __all__ = [
     "heatmap_loss",
     "nearest_candidate",
     "offset_loss",
-    "ramp_weight",
     "structure_descriptor_terms",
     "structure_loss",
     "student_consistency",

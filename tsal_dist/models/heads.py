@@ -31,10 +31,27 @@ def _init_outputs_(center: nn.Conv2d, offsets: nn.Conv2d) -> None:
     nn.init.zeros_(offsets.bias)
 
 
+class _RefinementStages(nn.Module):
+    """Multi-stage heatmap head (CPM): stage 1 reads the features, stage t >= 2 reads
+    concat(features, stage t - 1's maps); every stage's maps are returned (deep supervision).
+    Subclasses build the stage blocks; the weights are initialised here (METHOD.md §1.2.5)."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(blocks)
+        init_weights_(self)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outs = [self.stages[0](x)]
+        for stage in self.stages[1:]:
+            outs.append(stage(torch.cat([x, outs[-1]], dim=1)))
+        return outs
+
+
 # ----------------------------------------------------------------------------------- CPM-VGG16
 
 
-class CPMStages(nn.Module):
+class CPMStages(_RefinementStages):
     """TSAL/SBR CPM heatmap stages on the 128-channel ``xfeature``.
 
     Stage 1: 4 x [conv3x3 128->128, ReLU], conv1x1 128->512, ReLU, conv1x1 512->K+1.
@@ -48,7 +65,6 @@ class CPMStages(nn.Module):
     """
 
     def __init__(self, *, in_channels: int, out_channels: int, stages: int) -> None:
-        super().__init__()
         if stages < 1:
             raise ValueError(f"stages must be >= 1, got {stages}")
 
@@ -67,14 +83,7 @@ class CPMStages(nn.Module):
                 layers += conv(128, 128, 3)
             layers += conv(128, 128, 1) + [nn.Conv2d(128, out_channels, 1)]
             blocks.append(nn.Sequential(*layers))
-        self.stages = nn.ModuleList(blocks)
-        init_weights_(self)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        outs = [self.stages[0](x)]
-        for stage in self.stages[1:]:
-            outs.append(stage(torch.cat([x, outs[-1]], dim=1)))
-        return outs
+        super().__init__(blocks)
 
 
 class Bottleneck(nn.Module):
@@ -153,7 +162,7 @@ class CenterNetBranch(nn.Module):
 # -------------------------------------------------------------------------------- light heads
 
 
-class RefineHeatmapHead(nn.Module):
+class RefineHeatmapHead(_RefinementStages):
     """Cheap multi-stage heatmap head (CPM idea with separable convs).
 
     Stage 1: separable 3x3 (C -> mid), conv1x1 -> K+1.
@@ -169,7 +178,6 @@ class RefineHeatmapHead(nn.Module):
 
     def __init__(self, *, in_channels: int, out_channels: int, stages: int,
                  mid_channels: int) -> None:
-        super().__init__()
         if stages < 1:
             raise ValueError(f"stages must be >= 1, got {stages}")
         blocks = [nn.Sequential(separable_conv(in_channels, mid_channels, 3),
@@ -180,14 +188,7 @@ class RefineHeatmapHead(nn.Module):
                 separable_conv(mid_channels, mid_channels, 5),
                 nn.Conv2d(mid_channels, out_channels, 1),
             ))
-        self.stages = nn.ModuleList(blocks)
-        init_weights_(self)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        outs = [self.stages[0](x)]
-        for stage in self.stages[1:]:
-            outs.append(stage(torch.cat([x, outs[-1]], dim=1)))
-        return outs
+        super().__init__(blocks)
 
 
 class CentroidHead(nn.Module):

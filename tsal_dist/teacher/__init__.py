@@ -4,18 +4,8 @@
 code (that is ``tsal_dist.distributed``) and no model or optimizer construction here.
 """
 
-from tsal_dist.teacher.averaging import (buffer_keys_of, check_compatible, lerp_state_,
-                                         lerp_state_np_, mean_states, state_nbytes,
-                                         to_numpy_state)
+from tsal_dist.teacher import averaging
+from tsal_dist.teacher.averaging import *  # noqa: F403 -- the names of averaging.__all__
 from tsal_dist.teacher.server import TeacherServer
 
-__all__ = [
-    "TeacherServer",
-    "buffer_keys_of",
-    "check_compatible",
-    "lerp_state_",
-    "lerp_state_np_",
-    "mean_states",
-    "state_nbytes",
-    "to_numpy_state",
-]
+__all__ = ["TeacherServer", *averaging.__all__]

@@ -23,8 +23,8 @@ from tsal_dist.teacher.averaging import (ArrayLike, check_compatible, lerp_state
 
 __all__ = ["TeacherServer"]
 
-Mode = Literal["queue", "ema", "mutual"]
-_MODES = ("queue", "ema", "mutual")
+Mode = Literal["queue", "ema", "mutual", "mutual_step"]
+_MODES = ("queue", "ema", "mutual", "mutual_step")
 _FORMAT = 1
 
 State = dict[str, np.ndarray]
@@ -62,11 +62,11 @@ class TeacherServer:
         in queue"); integer entries come from the newest snapshot.
       - ``ema``:    F <- ema_decay * F + (1 - ema_decay) * S (ema_decay = weight on the OLD F);
         the first push sets F = S.
-      - ``mutual``: F = S (the original code's two-way lerp happens on the worker).
+      - ``mutual`` and ``mutual_step``: F = S (the two-way lerp happens on the worker).
     F is then stored, immutable, as version ``s``; the newest ``keep_versions`` are held.
 
     Args:
-        mode: ``"queue"``, ``"ema"`` or ``"mutual"``.
+        mode: ``"queue"``, ``"ema"``, ``"mutual"`` or ``"mutual_step"``.
         queue_length: N snapshots averaged in queue mode, >= 1.
         ema_decay: weight on the old F in ema mode, in [0, 1].
         keep_versions: versions held for pulls, >= 1.

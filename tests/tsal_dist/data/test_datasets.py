@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tsal_dist.data.datasets import (
-    ClipDataset,
-    EvalImageDataset,
-    LabeledImageDataset,
-    build_clips,
-    collate,
-    seeded_batch_indices,
-)
+from tsal_dist.data.batches import collate, seeded_batch_indices
+from tsal_dist.data.clips import ClipDataset, build_clips
+from tsal_dist.data.datasets import EvalImageDataset, LabeledImageDataset
 from tsal_dist.data.formats import AnnotationError, ListEntry, write_pts
 from tsal_dist.data.transforms import apply_affine_points, crop_matrix, invert_affine
 
@@ -437,7 +432,7 @@ def test_clip_view_jitter_grid_carries_points_between_views(tmp_path):
 
 def test_tracking_grid_of_pure_view_changes_is_the_affine(tmp_path):
     from tsal_dist.data.flow import tracking_grids, warp_to_next
-    from tsal_dist.data.datasets import view_jitter
+    from tsal_dist.data.transforms import view_jitter
 
     rng = np.random.default_rng(0)
     shared = np.repeat(rng.integers(0, 255, (1, S, S, 3), dtype=np.uint8), 3, axis=0)

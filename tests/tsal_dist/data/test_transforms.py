@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tsal_dist.data.schemes import IBUG68_FLIP_PAIRS
 from tsal_dist.data.transforms import (
-    IBUG68_FLIP_PAIRS,
     IMAGENET_MEAN_RGB,
     Augmentation,
     apply_affine_points,
@@ -71,6 +71,17 @@ def test_invert_affine_round_trip():
     np.testing.assert_allclose(invert_affine(M), cv2.invertAffineTransform(M), atol=1e-12)
     with pytest.raises(ValueError, match="singular"):
         invert_affine(np.array([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0]]))
+
+
+def test_invert_affine_batch_matches_one_by_one():
+    Ms = np.stack([crop_matrix((10 + i, 20, 120 + 3 * i, 150), 64, 0.1, rot_deg=7 * i)
+                   for i in range(5)])
+    inv = invert_affine(Ms)
+    assert inv.shape == (5, 2, 3)
+    for M, Mi in zip(Ms, inv):
+        np.testing.assert_array_equal(Mi, invert_affine(M))  # bit for bit
+    with pytest.raises(ValueError, match="singular"):
+        invert_affine(np.stack([Ms[0], np.zeros((2, 3))]))
 
 
 def test_apply_affine_points_batched_shapes():

@@ -15,8 +15,9 @@ import yaml
 from tsal_dist.config import ConfigError, ExperimentConfig, load_config
 from tsal_dist.distributed.search_space import (ParamSpec, extremes, num_trials, parse_space,
                                                 sample, validate_space)
-from tsal_dist.distributed.tune_driver import (best_overrides, best_row, load_sweep, trial_cfg,
-                                               trial_run_name, write_results)
+from tsal_dist.distributed.sweep import load_sweep
+from tsal_dist.distributed.sweep_results import best_overrides, best_row, write_results
+from tsal_dist.distributed.tune_driver import trial_cfg, trial_run_name
 
 REPO = Path(__file__).resolve().parents[3]
 BASE = ExperimentConfig()

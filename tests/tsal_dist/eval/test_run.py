@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from tsal_dist.codec import HeatmapCodec, px_to_norm
 from tsal_dist.data.formats import ListEntry, write_list
+from tsal_dist.data.transforms import invert_affine
 from tsal_dist.eval import run as R
+from tsal_dist.models import LandmarkDetector, LandmarkModel, Prediction
 
 REPO = Path(__file__).resolve().parents[3]
 K = 68
@@ -40,14 +43,15 @@ def crop_affine(seed: int) -> np.ndarray:
     return np.array([[c, -si, rng.uniform(-5, 5)], [si, c, rng.uniform(-5, 5)]])
 
 
-class FakeDetector(torch.nn.Module):
+class FakeDetector(LandmarkModel):
     """Reads the 'prediction' the fake dataset wrote into the image: channel 0 row 0 = x, row 1 = y
-    (crop px). Returns two stages; the FIRST is garbage so that using it would fail the tests."""
+    (crop px). Returns two stages; the FIRST is garbage so that using it would fail the tests.
+    Decodes its last stage with :func:`fake_decode`, as a LandmarkDetector does with its codec."""
 
-    num_points, input_size, stride, heatmap_size = K, S, 4, S // 4
+    stride, heatmap_size = 4, S // 4
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(num_points=K, input_size=S)
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
@@ -57,6 +61,11 @@ class FakeDetector(torch.nn.Module):
         last[:, :K, 1, 0] = images[:, 0, 1, :K].double()
         last[:, K] = 1e9  # background channel: must be sliced off before decode
         return {"heatmaps": [torch.full_like(last, -1e6), last]}
+
+    def decode(self, outputs: dict[str, list[torch.Tensor]]) -> Prediction:
+        last = outputs["heatmaps"][-1]
+        px, scores = fake_decode(last[:, :K])
+        return Prediction(px_to_norm(px, S), scores, last)
 
 
 def fake_decode(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,14 +122,14 @@ def entries(n: int, video: str | None = None) -> list[ListEntry]:
 def test_affine_inverse_round_trip():
     M = np.stack([crop_affine(s) for s in range(4)])
     pts = np.random.default_rng(1).uniform(-50, 200, size=(4, 7, 2))
-    back = R.apply_affine(R.invert_affine_2x3(M), R.apply_affine(M, pts))
+    back = R.apply_affine(invert_affine(M), R.apply_affine(M, pts))
     np.testing.assert_allclose(back, pts, atol=1e-9)
     # hand case: crop = 2 * img + (3, -1)  =>  img = (crop - (3, -1)) / 2
     A = np.array([[[2.0, 0, 3], [0, 2, -1]]])
-    np.testing.assert_allclose(R.apply_affine(R.invert_affine_2x3(A), np.array([[[5.0, 1.0]]])),
+    np.testing.assert_allclose(R.apply_affine(invert_affine(A), np.array([[[5.0, 1.0]]])),
                                [[[1.0, 1.0]]])
     with pytest.raises(ValueError, match="singular"):
-        R.invert_affine_2x3(np.zeros((1, 2, 3)))
+        invert_affine(np.zeros((1, 2, 3)))
 
 
 def test_list_names_unique():
@@ -131,10 +140,12 @@ def test_list_names_unique():
 # ----------------------------------------------------------------------------- predict
 
 
-def test_predict_maps_back_to_image_px_and_batches():
+@pytest.mark.parametrize("decode", [None, fake_decode], ids=["model", "override"])
+def test_predict_maps_back_to_image_px_and_batches(decode):
+    """The model's own Prediction, or a replacement decode of its last-stage maps."""
     ds = FakeEvalDataset(entries(5), err_px=[0, 1, 2, 3, 4])
     model = FakeDetector().train()
-    out = R.predict(model, ds, batch_size=2, decode=fake_decode)
+    out = R.predict(model, ds, batch_size=2, decode=decode)
     assert model.training  # training flag restored
     assert out["preds"].shape == (5, K, 2) and out["indices"].tolist() == [0, 1, 2, 3, 4]
     for i in range(5):
@@ -144,15 +155,19 @@ def test_predict_maps_back_to_image_px_and_batches():
     assert {seed for _, seed in ds.calls} == {0}
 
 
-class FakeRegressor(torch.nn.Module):
+class FakeRegressor(LandmarkModel):
     """A coordinate regressor reading the fake dataset's 'prediction' like FakeDetector, but
     returning (B, K, 2) crop-normalised ``(px + 0.5) / S`` as MobileNetV2Regressor does."""
 
-    num_points, input_size = K, S
+    def __init__(self) -> None:
+        super().__init__(num_points=K, input_size=S)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         px = torch.stack([images[:, 0, 0, :K], images[:, 0, 1, :K]], dim=-1).double()
         return (px + 0.5) / S
+
+    def decode(self, outputs: torch.Tensor) -> Prediction:
+        return Prediction(outputs, torch.ones_like(outputs[..., 0]))
 
 
 def test_predict_runs_a_coordinate_regressor():
@@ -162,6 +177,8 @@ def test_predict_runs_a_coordinate_regressor():
     for i in range(3):
         np.testing.assert_allclose(out["preds"][i], face68(i) + [i, 0], atol=1e-3)
     assert np.all(out["scores"] == 1.0)
+    with pytest.raises(ValueError, match="heatmaps"):  # nothing to re-decode
+        R.predict(FakeRegressor(), ds, decode=fake_decode)
 
 
 def test_predict_drops_replacement_items_of_bad_entries():
@@ -175,18 +192,42 @@ def test_predict_empty_dataset():
     assert out["preds"].shape == (0, K, 2)
 
 
+class _Identity(torch.nn.Module):
+    """A backbone stand-in of a given stride (its output is ignored by the stub heads)."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        return x
+
+
+class _NoCentroid(torch.nn.Module):
+    def __init__(self, k: int, h: int) -> None:
+        super().__init__()
+        self.k, self.h = k, h
+
+    def forward(self, x):
+        b = x.shape[0]
+        return torch.zeros(b, 1, self.h, self.h), torch.zeros(b, 2 * self.k, self.h, self.h)
+
+
+def stub_detector(heatmap_head: torch.nn.Module, codec: HeatmapCodec) -> LandmarkDetector:
+    """A real LandmarkDetector (so its own codec decodes) whose heads are stand-ins."""
+    return LandmarkDetector(backbone=_Identity(codec.stride), heatmap_head=heatmap_head,
+                            centroid_head=_NoCentroid(codec.num_points, codec.heatmap_size),
+                            codec=codec)
+
+
 def test_predict_default_decode_uses_heatmap_codec():
-    codec_mod = pytest.importorskip("tsal_dist.codec")
-
     class OneHot(torch.nn.Module):
-        num_points, input_size, stride = 3, 32, 4
-
-        def forward(self, images):
-            maps = torch.zeros(images.shape[0], 4, 8, 8)
+        def forward(self, features):
+            maps = torch.zeros(features.shape[0], 4, 8, 8)
             maps[:, 0, 2, 5] = 1.0  # row v=2, column u=5 -> crop px (5*4+1.5, 2*4+1.5)
             maps[:, 1, 0, 0] = 1.0
             maps[:, 2, 7, 3] = 1.0
-            return {"heatmaps": [maps]}
+            return [maps]
 
     class DS:
         def __len__(self):
@@ -197,8 +238,8 @@ def test_predict_default_decode_uses_heatmap_codec():
                     "affine": torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]),
                     "orig_landmarks": torch.zeros(3, 2), "orig_visible": torch.ones(3)}
 
-    assert hasattr(codec_mod, "HeatmapCodec")
-    out = R.predict(OneHot(), DS(), sigma_px=2.0, window=0)
+    codec = HeatmapCodec(input_size=32, stride=4, num_points=3, sigma_px=2.0, window=0)
+    out = R.predict(stub_detector(OneHot(), codec), DS())
     np.testing.assert_allclose(out["preds"][0], [[21.5, 9.5], [1.5, 1.5], [13.5, 29.5]], atol=1e-5)
     assert out["indices"].tolist() == [0, 1]
 
@@ -208,8 +249,7 @@ def test_predict_default_decode_uses_heatmap_codec():
 
 @pytest.fixture
 def fake_datasets(monkeypatch):
-    """Install a fake tsal_dist.data.datasets whose EvalImageDataset makes errors by entry, and
-    the fake decode as the default decoder."""
+    """Install a fake tsal_dist.data.datasets whose EvalImageDataset makes errors by entry."""
     made = []
     errors: dict[str, float] = {}
 
@@ -222,8 +262,6 @@ def fake_datasets(monkeypatch):
     mod = types.ModuleType("tsal_dist.data.datasets")
     mod.EvalImageDataset = factory
     monkeypatch.setitem(sys.modules, "tsal_dist.data.datasets", mod)
-    # the fake detector's "maps" hold coordinates, not heatmaps: decode them as such
-    monkeypatch.setattr(R, "heatmap_decoder", lambda model, **kw: fake_decode)
     return types.SimpleNamespace(made=made, errors=errors)
 
 
@@ -267,6 +305,20 @@ def test_evaluate_list_category_aggregates_all_frames(tmp_path, fake_datasets):
     json.dumps(s, allow_nan=False)
 
 
+def test_evaluate_list_reports_video_jitter(tmp_path, fake_datasets):
+    p = write_video_list(tmp_path, fake_datasets.errors)
+    a1 = next(k for k in fake_datasets.errors if k.endswith("#1"))
+    fake_datasets.errors[a1] = 3.0  # video A's error in x: 1, 3, 1 px at an inter-ocular of 100
+    s = R.evaluate_list(FakeDetector(), p, input_size=S, pre_crop_expand=0.2, num_points=K,
+                        sigma_px=3.0, window=4, batch_size=2, strict=False).summary
+    # every point's normalised error changes by 0.02 between consecutive frames of A; video B
+    # has one labeled frame (no pair) and adds nothing to the pooled figure
+    assert s["videos"]["vids/001/vid.avi"]["nmj"] == pytest.approx(0.02, rel=1e-4)
+    assert s["videos"]["vids/002/vid.avi"]["nmj"] is None
+    assert s["nmj"] == pytest.approx(0.02, rel=1e-4)
+    json.dumps(s, allow_nan=False)
+
+
 def test_evaluate_list_of_images(tmp_path, fake_datasets):
     imgs = [ListEntry(str(tmp_path / f"i{i}.png"), str(tmp_path / f"i{i}.pts"), (0, 0, 9, 9))
             for i in range(2)]
@@ -286,6 +338,18 @@ def test_evaluate_list_checks_model_geometry(tmp_path, fake_datasets):
     with pytest.raises(ValueError, match="64 px"):
         R.evaluate_list(FakeDetector(), p, input_size=64, pre_crop_expand=0.2, num_points=K,
                         sigma_px=3.0, window=4)
+
+
+def test_evaluate_list_checks_the_models_codec(tmp_path, fake_datasets):
+    """A detector decodes with its own codec: decode settings that differ from it are an error,
+    not silently ignored."""
+    codec = HeatmapCodec(input_size=S, stride=4, num_points=K, sigma_px=3.0, window=4,
+                         locate="dark", blur_cells=2.5)
+    model = stub_detector(torch.nn.Identity(), codec)  # never run: the check comes first
+    p = write_video_list(tmp_path, fake_datasets.errors)
+    with pytest.raises(ValueError, match="window=2"):
+        R.evaluate_list(model, p, input_size=S, pre_crop_expand=0.2, num_points=K, sigma_px=3.0,
+                        window=2, locate="dark", blur_cells=2.5)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -415,18 +479,16 @@ def test_oracle_heatmaps_on_real_dataset_map_back_to_gt(tmp_path):
     targets = [codec.encode(it["landmarks"][None], it["visible"][None])[0] for it in items]
 
     class Oracle(torch.nn.Module):
-        num_points, input_size, stride = K, 64, 8
-
         def __init__(self):
             super().__init__()
             self.calls = 0
 
-        def forward(self, images):
-            out = targets[self.calls: self.calls + images.shape[0]]
-            self.calls += images.shape[0]
-            return {"heatmaps": [torch.cat(out)]}
+        def forward(self, features):
+            out = targets[self.calls: self.calls + features.shape[0]]
+            self.calls += features.shape[0]
+            return [torch.cat(out)]
 
-    out = R.predict(Oracle(), ds, batch_size=2, sigma_px=8.0, window=4)
+    out = R.predict(stub_detector(Oracle(), codec), ds, batch_size=2)
     crop_gt = np.stack([it["landmarks"].numpy() for it in items])
     crop_err = np.linalg.norm(out["crop_preds"] - crop_gt, axis=-1)
     assert crop_err.max() < 0.5, crop_err.max()

@@ -136,3 +136,24 @@ def test_student_seed_is_validated_and_build_student_does_not_reseed():
     assert all(torch.equal(a[k], b[k]) for k in a)  # build_student itself does not seed
     with pytest.raises(ConfigError, match="student.seed"):
         load_distill_config(None, {"student.seed": -2})
+
+
+@pytest.mark.parametrize("arch", ["regression", "heatmap"])
+def test_student_landmarks_come_from_the_model_interface_and_reach_every_parameter(arch):
+    """The student step runs the engine's forward (DDP) and decodes with the model's own
+    ``decode``: the same landmarks as ``predict``; the zero-weighted unused outputs keep every
+    parameter in the graph (DDP waits for a gradient of each)."""
+    from tsal_dist.loop.distill_loop import _unused_heads
+
+    cfg = load_distill_config(None, {"experiment.model.input_size": 64, "student.arch": arch,
+                                     "student.head_init": "glorot"})
+    torch.manual_seed(0)
+    s = build_student(cfg).eval()
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    out = s(x)
+    pred = s.decode(out).landmarks + _unused_heads(out)
+    with torch.no_grad():
+        assert torch.equal(pred, s.predict(x).landmarks)
+    assert pred.shape == (2, 68, 2)
+    pred.square().sum().backward()
+    assert all(p.grad is not None for p in s.parameters())

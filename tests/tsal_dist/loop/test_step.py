@@ -7,7 +7,8 @@ import torch
 
 from tsal_dist.codec import CentroidCodec, HeatmapCodec
 from tsal_dist.config import ModelConfig
-from tsal_dist.loop.engines import DDPEngine, build_optimizer
+from tsal_dist.loop.engines import DDPEngine
+from tsal_dist.loop.optimizers import build_optimizer
 from tsal_dist.loop.step import LossWeights, total_loss, tsal_step
 from tsal_dist.models import build_model
 

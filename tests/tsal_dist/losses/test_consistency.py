@@ -3,43 +3,8 @@ import math
 import pytest
 import torch
 
-from tsal_dist.losses.consistency import (nearest_candidate, ramp_weight, student_consistency,
+from tsal_dist.losses.consistency import (nearest_candidate, student_consistency,
                                           student_pseudo_target, teacher_consistency)
-
-
-def test_ramp_endpoints_and_middle():
-    assert ramp_weight(0, 1000, 0.4, 0.2) == 0.0
-    assert ramp_weight(200, 1000, 0.4, 0.2) == pytest.approx(math.exp(-5 * 0.25))
-    assert ramp_weight(400, 1000, 0.4, 0.2) == 1.0
-    assert ramp_weight(800, 1000, 0.4, 0.2) == 1.0
-    assert ramp_weight(900, 1000, 0.4, 0.2) == pytest.approx(math.exp(-12.5 * 0.25))
-    assert ramp_weight(1000, 1000, 0.4, 0.2) == pytest.approx(math.exp(-12.5))
-    assert ramp_weight(5000, 1000, 0.4, 0.2) == pytest.approx(math.exp(-12.5))  # clamped
-
-
-def test_ramp_scales_with_schedule():
-    # Same fraction of two schedules gives the same weight (not hard-coded epochs).
-    assert ramp_weight(30, 150, 0.4, 0.0) == pytest.approx(ramp_weight(300, 1500, 0.4, 0.0))
-
-
-def test_ramp_no_ramps_is_one():
-    assert ramp_weight(0, 10, 0.0, 0.0) == 1.0
-    assert ramp_weight(10, 10, 0.0, 0.0) == 1.0
-
-
-def test_ramp_monotone():
-    w = [ramp_weight(s, 300, 0.4, 0.3) for s in range(301)]
-    up, down = w[:121], w[210:]
-    assert all(a <= b for a, b in zip(up, up[1:]))
-    assert all(a >= b for a, b in zip(down, down[1:]))
-    assert all(0.0 <= x <= 1.0 for x in w)
-
-
-def test_ramp_bad_args():
-    with pytest.raises(ValueError):
-        ramp_weight(0, 0, 0.1, 0.1)
-    with pytest.raises(ValueError):
-        ramp_weight(0, 10, 0.7, 0.5)
 
 
 def test_teacher_consistency_hand_computed_and_detached():

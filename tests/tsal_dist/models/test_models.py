@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from tsal_dist.config import ModelConfig
-from tsal_dist.models import MobileNetV2Regressor, build_model, count_parameters
+from tsal_dist.models import (
+    LandmarkModel,
+    MobileNetV2Regressor,
+    Prediction,
+    build_model,
+    count_parameters,
+)
 from tsal_dist.models.heads import CenterNetBranch, CPMStages
 
 # (backbone, input size, expected stride): cpm_vgg16 runs at 64 px to keep the test fast
@@ -193,3 +199,91 @@ def test_detector_with_decode_exports_to_onnx(tmp_path, dynamo: bool, opset: int
     # a near-tie argmax may flip between engines; all but a tiny fraction must agree closely
     close = (torch.from_numpy(got) - want).abs().amax(-1) < 1e-2
     assert close.float().mean() > 0.95
+
+
+# ----------------------------------------------------------------------------- one interface
+
+
+def _any_model(kind: str) -> LandmarkModel:
+    if kind == "regressor":
+        torch.manual_seed(0)
+        return MobileNetV2Regressor(num_points=19, input_size=64, width=0.35)
+    return _model(kind, 64, 19, stages=2)
+
+
+@pytest.mark.parametrize("kind", ["mobilenetv2", "resnet", "cpm_vgg16", "regressor"])
+def test_every_model_predicts_the_same_structure(kind: str) -> None:
+    model = _any_model(kind).eval()
+    assert isinstance(model, LandmarkModel) and (model.num_points, model.input_size) == (19, 64)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        pred = model.predict(x)
+        again = model.decode(model(x))
+    assert isinstance(pred, Prediction)
+    assert pred.landmarks.shape == (2, 19, 2) and pred.landmarks.dtype == torch.float32
+    assert pred.scores.shape == (2, 19) and pred.scores.dtype == torch.float32
+    if kind == "regressor":
+        assert pred.heatmaps is None
+    else:
+        assert pred.heatmaps is not None
+        assert pred.heatmaps.shape == (2, 20, model.heatmap_size, model.heatmap_size)
+    for a, b in zip(pred, again):  # predict = decode(forward)
+        assert a is b is None or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("decode", ["window", "dark"])
+def test_detector_landmarks_are_its_codecs_locate_of_the_last_stage(decode: str) -> None:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(ModelConfig(), input_size=64, cpm_stages=2, decode=decode,
+                              decode_window=3, decode_blur_cells=1.5, heatmap_sigma_px=2.5)
+    model = build_model(cfg, 19).eval()
+    codec = model.codec  # the config's codec, built with the detector
+    assert (codec.locate_method, codec.window, codec.blur_cells, codec.sigma_px) == (
+        decode, 3, 1.5, 2.5)
+    assert (codec.num_points, codec.input_size, codec.stride) == (19, 64, model.stride)
+    x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model(x)
+        pred = model.predict(x)
+    last = out["heatmaps"][-1]
+    px, scores = codec.locate(last)
+    assert torch.equal(pred.heatmaps, last)
+    assert torch.equal(pred.landmarks, (px + 0.5) / 64.0)  # crop-normalised
+    assert torch.equal(pred.scores, scores)
+
+
+def test_regressor_prediction_is_its_forward_with_unit_scores() -> None:
+    model = _any_model("regressor").eval()
+    x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        pred = model.predict(x)
+        want = model(x)
+    assert torch.equal(pred.landmarks, want)
+    assert torch.equal(pred.scores, torch.ones(3, 19))
+
+
+def test_detector_and_codec_must_agree_on_the_stride() -> None:
+    from tsal_dist.codec import HeatmapCodec
+    from tsal_dist.models import LandmarkDetector
+    from tsal_dist.models.backbones import MobileNetV2Backbone
+    from tsal_dist.models.heads import CentroidHead, RefineHeatmapHead
+
+    backbone = MobileNetV2Backbone(width=0.35)
+    c = backbone.out_channels
+    with pytest.raises(ValueError, match="stride"):
+        LandmarkDetector(backbone=backbone,
+                         heatmap_head=RefineHeatmapHead(in_channels=c, out_channels=20, stages=1,
+                                                        mid_channels=c),
+                         centroid_head=CentroidHead(in_channels=c, num_points=19, mid_channels=c,
+                                                    separable=True),
+                         codec=HeatmapCodec(input_size=64, stride=8, num_points=19, sigma_px=3.0,
+                                            window=4))
+
+
+def test_heatmap_student_decodes_at_its_own_input_size() -> None:
+    from tsal_dist.models import build_student_model
+
+    cfg = dataclasses.replace(ModelConfig(), backbone="resnet", input_size=64, decode="window")
+    student = build_student_model("heatmap", cfg, 19, width=0.35, input_size=96)
+    assert (student.codec.input_size, student.codec.locate_method) == (96, "window")
+    assert student.predict(torch.zeros(1, 3, 96, 96)).landmarks.shape == (1, 19, 2)

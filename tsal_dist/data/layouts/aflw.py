@@ -17,8 +17,8 @@ from tsal_dist.data.layouts.common import (
     _lists_at_the_end,
     _ListPaths,
     _mat_str,
-    _write,
-    check_image,
+    _write_lists,
+    usable_image,
 )
 from tsal_dist.data.layouts.report import Report
 
@@ -93,10 +93,7 @@ def prepare_aflw(root: str | os.PathLike[str], out: str | os.PathLike[str], repo
             report.warn(mat_path, f"face {i}: bad nameList entry", "bad annotation")
             continue
         img = _find_aflw_image(root_p, name)
-        try:
-            check_image(img)
-        except AnnotationError as e:
-            report.skip(e, "missing image" if not img.is_file() else "unreadable image")
+        if not usable_image(img, report):
             continue
         pts, vis = data[i], mask[i] > 0
         x1, x2, y1, y2 = bbox[i]
@@ -127,11 +124,4 @@ def prepare_aflw(root: str | os.PathLike[str], out: str | os.PathLike[str], repo
         "aflw.test.GTB": [usable[i] for i in test_idx if i in usable],
         "aflw.test.front.GTB": [usable[i] for i in test_idx if i in usable and i in front],
     }
-    written = {}
-    for name, entries in lists.items():
-        if not entries:
-            report.note(f"{name}: no usable faces; not written")
-            continue
-        _write(out_p, name, entries, report)
-        written[name] = len(entries)
-    return written
+    return _write_lists(out_p, lists, report)

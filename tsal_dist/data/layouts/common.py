@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -22,6 +22,16 @@ from tsal_dist.atomic import PLAIN, atomic_path
 from tsal_dist.data.formats import AnnotationError, ListEntry, write_list
 from tsal_dist.data.images import truncation
 from tsal_dist.data.layouts.report import Report
+
+
+def _nonempty_file(path: str | os.PathLike[str], kind: str) -> Path:
+    """``path`` as a Path; AnnotationError naming it when it is missing or empty."""
+    p = Path(path)
+    if not p.is_file():
+        raise AnnotationError(f"{p}: {kind} not found")
+    if p.stat().st_size == 0:
+        raise AnnotationError(f"{p}: empty {kind} file")
+    return p
 
 
 def check_image(path: str | os.PathLike[str]) -> None:
@@ -32,17 +42,24 @@ def check_image(path: str | os.PathLike[str]) -> None:
     """
     import cv2
 
-    p = Path(path)
-    if not p.is_file():
-        raise AnnotationError(f"{p}: image not found")
-    if p.stat().st_size == 0:
-        raise AnnotationError(f"{p}: empty image file")
+    p = _nonempty_file(path, "image")
     problem = truncation(p.read_bytes())
     if problem:
         raise AnnotationError(f"{p}: {problem}")
     img = cv2.imread(str(p), cv2.IMREAD_REDUCED_GRAYSCALE_8)
     if img is None or img.size == 0:
         raise AnnotationError(f"{p}: cannot decode image (corrupt or not an image)")
+
+
+def usable_image(path: Path, report: Report) -> bool:
+    """:func:`check_image`, with a bad image reported (skipped as "missing image" or
+    "unreadable image") instead of raised."""
+    try:
+        check_image(path)
+    except AnnotationError as e:
+        report.skip(e, "missing image" if not path.is_file() else "unreadable image")
+        return False
+    return True
 
 
 def video_frame_count(path: str | os.PathLike[str]) -> int:
@@ -54,11 +71,7 @@ def video_frame_count(path: str | os.PathLike[str]) -> int:
     Raises:
         AnnotationError: missing, empty or unreadable video; the message names the file.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise AnnotationError(f"{p}: video not found")
-    if p.stat().st_size == 0:
-        raise AnnotationError(f"{p}: empty video file")
+    p = _nonempty_file(path, "video")
     try:
         import decord
     except ImportError:
@@ -163,6 +176,23 @@ def _write(out: Path, name: str, entries: list[ListEntry], report: Report) -> No
         return
     write_list(path, entries, relative_to=out)
     report.wrote(path, len(entries))
+
+
+def _write_lists(out: Path, lists: Mapping[str, list[ListEntry]], report: Report
+                 ) -> dict[str, int]:
+    """:func:`_write` each non-empty list (an empty one is noted, not written), in order.
+
+    Returns:
+        list file name -> number of lines, for the lists written.
+    """
+    written: dict[str, int] = {}
+    for name, entries in lists.items():
+        if not entries:
+            report.note(f"{name}: no usable faces; not written")
+            continue
+        _write(out, name, entries, report)
+        written[name] = len(entries)
+    return written
 
 
 def _lists_at_the_end(fn: Callable[..., dict[str, int]]) -> Callable[..., dict[str, int]]:

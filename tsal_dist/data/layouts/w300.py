@@ -17,7 +17,7 @@ from tsal_dist.data.layouts.common import (
     _lists_at_the_end,
     _ListPaths,
     _mat_str,
-    _write,
+    _write_lists,
     check_image,
 )
 from tsal_dist.data.layouts.report import Report
@@ -202,13 +202,7 @@ def prepare_300w(root: str | os.PathLike[str], out: str | os.PathLike[str],
             if det is not None and gt is not None:
                 kinds["DET"].append(ListEntry(str(face.image), str(face.pts), det))
                 kinds["GTB"].append(ListEntry(str(face.image), str(face.pts), gt))
-        for kind, entries in kinds.items():
-            if kind != "GTL" and not use_mat:
-                continue
-            name = f"300w.{split}.{kind}"
-            if not entries:
-                report.note(f"{name}: no usable faces; not written")
-                continue
-            _write(out_p, name, entries, report)
-            written[name] = len(entries)
+        written.update(_write_lists(out_p, {f"300w.{split}.{kind}": entries
+                                            for kind, entries in kinds.items()
+                                            if kind == "GTL" or use_mat}, report))
     return written

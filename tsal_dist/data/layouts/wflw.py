@@ -14,8 +14,8 @@ from tsal_dist.data.layouts.common import (
     _check_box,
     _lists_at_the_end,
     _ListPaths,
-    _write,
-    check_image,
+    _write_lists,
+    usable_image,
 )
 from tsal_dist.data.layouts.report import Report
 
@@ -89,10 +89,7 @@ def prepare_wflw(root: str | os.PathLike[str], out: str | os.PathLike[str],
                 report.warn(f"{txt}:{j + 1}", f"empty or non-finite box {box_raw}", "bad box")
                 continue
             img = img_dir / name
-            try:
-                check_image(img)
-            except AnnotationError as e:
-                report.skip(e, "missing image" if not img.is_file() else "unreadable image")
+            if not usable_image(img, report):
                 continue
             rel = Path(name)
             pts_path = out_p / "annotations" / "wflw" / split / rel.parent / f"{rel.stem}-{j}.pts"
@@ -106,10 +103,5 @@ def prepare_wflw(root: str | os.PathLike[str], out: str | os.PathLike[str],
         lists = {f"wflw.{split}": entries}
         if split == "test":
             lists.update({f"wflw.test.{a}": v for a, v in by_attr.items()})
-        for name, ents in lists.items():
-            if not ents:
-                report.note(f"{name}: no usable faces; not written")
-                continue
-            _write(out_p, name, ents, report)
-            written[name] = len(ents)
+        written.update(_write_lists(out_p, lists, report))
     return written

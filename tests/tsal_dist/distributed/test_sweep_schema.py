@@ -1,0 +1,97 @@
+"""The sweep file's schema (tsal_dist.config.sweep) and its loading (tsal_dist.distributed.sweep):
+strict like every config, defaults in the schema only. No Ray (seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tsal_dist.config import (ConfigError, SchedulerConfig, SweepConfig, load_sweep_config,
+                              to_dict)
+from tsal_dist.distributed.sweep import load_sweep, write_sweep_file
+
+REPO = Path(__file__).resolve().parents[3]
+SPACE = {"teacher.blend": {"uniform": [0.4, 0.8]}}
+
+
+def _write(tmp: Path, d: dict, name: str = "s.yaml") -> Path:
+    p = tmp / name
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_sweep_file_is_its_schema(path):
+    spec = load_sweep_config(path)
+    raw = yaml.safe_load(path.read_text())
+    assert spec.space == raw["space"] and spec.num_samples == raw["num_samples"]
+    assert to_dict(spec)["scheduler"]["type"] == spec.scheduler.kind
+
+
+def test_defaults_come_from_the_schema(tmp_path):
+    p = _write(tmp_path, {"space": SPACE}, "mine.yaml")
+    sweep = load_sweep(p)
+    d = SweepConfig()
+    assert sweep.name == "mine" and sweep.output == "runs/sweeps/mine"  # "" = the file's stem
+    assert (sweep.num_samples, sweep.max_concurrent_trials, sweep.metric, sweep.mode,
+            sweep.seed) == (d.num_samples, d.max_concurrent_trials, d.metric, d.mode, d.seed)
+    assert sweep.scheduler == SchedulerConfig() and sweep.scheduler.kind == "asha"
+
+
+def test_scheduler_name_is_short_for_its_type(tmp_path):
+    p = _write(tmp_path, {"space": SPACE, "scheduler": "fifo"})
+    assert load_sweep_config(p).scheduler == SchedulerConfig(type="fifo")
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"spaces": {}}, r"spaces: unknown sweep key \(known: \['base', "),
+    ({"scheduler": {"type": "asha", "grace": 2}}, "scheduler.grace: unknown sweep key"),
+    ({"scheduler": {"grace_period": 0}}, r"scheduler\.grace_period: must be >= 1"),
+    ({"scheduler": {"reduction_factor": 1}}, r"scheduler\.reduction_factor: must be > 1"),
+    ({"scheduler": 3}, "scheduler: expected a mapping"),
+    ({"num_samples": "many"}, "num_samples: expected an int"),
+    ({"max_concurrent_trials": 0}, "max_concurrent_trials: must be >= 1"),
+    ({"seed": -1}, "seed: must be >= 0"),
+    ({"mode": "best"}, r"mode: 'best' is not one of \['min', 'max'\]"),
+    ({"space": [1, 2]}, "space: expected a mapping"),
+    ({"set": "optim.steps=3"}, "set: expected a mapping"),
+])
+def test_bad_sweep_files_fail_in_one_line_naming_file_and_key(tmp_path, bad, msg):
+    p = _write(tmp_path, {"space": SPACE, **bad})
+    with pytest.raises(ConfigError, match=msg) as e:
+        load_sweep(p)
+    assert str(e.value).startswith(f"{p}: ") and "\n" not in str(e.value)
+
+
+def test_settings_replace_file_values_and_are_checked(tmp_path):
+    p = _write(tmp_path, {"space": SPACE, "num_samples": 3, "output": "a"})
+    sweep = load_sweep(p, settings={"num_samples": 5, "output": str(tmp_path / "o")})
+    assert sweep.num_samples == 5 and sweep.output == str(tmp_path / "o")
+    with pytest.raises(ConfigError, match=r"num_samples: must be >= 1"):
+        load_sweep(p, settings={"num_samples": 0})
+    with pytest.raises(ConfigError, match=r"nope: unknown config key"):
+        load_sweep(p, settings={"nope": 1})
+
+
+def test_tune_cli_check_uses_the_same_loader(tmp_path, capsys):
+    from tsal_dist.tune import main
+
+    p = _write(tmp_path, {"base": str(REPO / "configs" / "smoke.yaml"), "space": SPACE,
+                          "set": {"run.eval_every": 6, "run.checkpoint_every": 6}})
+    assert main(["--config", str(p), "--check", "--num-samples", "2",
+                 "--output", str(tmp_path / "out")]) == 0
+    assert "2 trials over ['teacher.blend']" in capsys.readouterr().out
+    assert main(["--config", str(p), "--check", "--max-concurrent-trials", "0"]) == 2
+    assert "max_concurrent_trials: must be >= 1" in capsys.readouterr().err
+
+
+def test_written_sweep_file_records_the_resolved_sweep(tmp_path):
+    sweep = load_sweep(REPO / "configs" / "sweeps" / "smoke.yaml")
+    write_sweep_file(sweep, tmp_path / "sweep.yaml")
+    d = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    assert d["scheduler"] == {"type": "fifo", "grace_period": 1, "reduction_factor": 2.0,
+                              "max_t": 0}
+    assert d["trials"] == 2 and d["base"] == sweep.base_overrides and d["space"] == sweep.space

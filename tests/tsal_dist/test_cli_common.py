@@ -1,0 +1,69 @@
+"""tsal_dist.cli: the flags, overrides, exit statuses and summary every entry point shares."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from tsal_dist.cli import add_config_args, print_summary, run_and_report, run_overrides
+from tsal_dist.config import ConfigError
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_config_args(p, config_help="c", set_help="s")
+    p.add_argument("--output")
+    p.add_argument("--name")
+    return p.parse_args(argv)
+
+
+def test_run_flags_are_overrides_of_their_section():
+    args = _args(["--set", "optim.steps=3", "--set", "a.b=x=y", "--output", "o", "--name", "n"])
+    assert args.config is None
+    assert run_overrides(args, section="experiment.run") == {
+        "optim.steps": "3", "a.b": "x=y", "experiment.run.output": "o",
+        "experiment.run.name": "n"}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        run_overrides(_args(["--set", "novalue"]), section="run")
+
+
+class ExportError(RuntimeError):
+    """Named like tsal_dist.export's: sorted by name, as a Ray worker's would be."""
+
+
+@pytest.mark.parametrize("exc, status, line", [
+    (ConfigError("optim.steps: must be >= 1"), 2, "error: optim.steps: must be >= 1\n"),
+    (FileNotFoundError(2, "No such file", "/x.lst"), 2, "error: /x.lst: No such file\n"),
+    (ExportError("model.onnx: parity 0.3 > 0.01"), 1,
+     "error: the teacher's export failed: model.onnx: parity 0.3 > 0.01\n"),
+])
+def test_failures_are_one_line_with_their_status(exc, status, line, capsys):
+    def job() -> dict:
+        raise exc
+
+    assert run_and_report(job, deliverable="the teacher's export") == status
+    assert capsys.readouterr().err == line
+
+
+def test_a_system_failure_keeps_its_traceback():
+    def job() -> dict:
+        raise ZeroDivisionError("bug")
+
+    with pytest.raises(ZeroDivisionError):
+        run_and_report(job, deliverable="the export")
+
+
+def test_summary_and_status(capsys):
+    row = {"count": 3, "nme_inter_ocular": 0.05, "nme_inter_pupil": 0.07, "auc@0.08": 0.4,
+           "fr@0.08": 0.1}
+    ok = {"run_dir": "/r", "eval": {"teacher": {"test.lst": row}}}
+    assert run_and_report(lambda: ok, deliverable="x") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "run folder: /r" and "NME(io)=5.00%" in out[1]
+    assert json.loads(out[-1]) == {"ok": True, "run_dir": "/r"}
+    assert run_and_report(lambda: {"run_dir": "/r", "error": "boom"}, deliverable="x") == 1
+    assert capsys.readouterr().err == "error: boom\n"
+    print_summary({})
+    assert capsys.readouterr().out.startswith("run folder: None")

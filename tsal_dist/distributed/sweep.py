@@ -1,0 +1,120 @@
+"""A sweep file made ready to run: its base experiment resolved, its space checked against it,
+every check that can fail before a trial starts, and the resolved sweep written for the record.
+
+The file's schema and defaults are :class:`tsal_dist.config.SweepConfig` (read strictly, like
+every config). This module imports no Ray. What does not belong here: the trials and Tune
+(``tune_driver.py``), the result files (``sweep_results.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from tsal_dist.atomic import atomic_write_text
+from tsal_dist.config import (ConfigError, ExperimentConfig, SchedulerConfig, flatten,
+                              load_sweep_config, load_yaml, naming_file, to_dict, with_overrides)
+from tsal_dist.distributed.search_space import num_trials, validate_space
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A resolved sweep (every value from the file or its schema's defaults; none here).
+
+    Attributes:
+        name: the sweep's name (the file's stem unless it sets one).
+        base: the resolved base experiment.
+        base_overrides: the dotted overrides that made ``base`` from the defaults.
+        space: the ``space:`` domains (checked against ``base``).
+        output: the sweep's folder.
+        source: the sweep file.
+        num_samples, max_concurrent_trials, metric, mode, scheduler, seed: as in the file.
+    """
+
+    name: str
+    base: ExperimentConfig
+    base_overrides: dict[str, Any]
+    space: dict[str, Any]
+    num_samples: int
+    max_concurrent_trials: int
+    metric: str
+    mode: str
+    scheduler: SchedulerConfig
+    output: str
+    seed: int
+    source: str
+
+
+def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
+               settings: Mapping[str, Any] | None = None) -> Sweep:
+    """Read and fully check a sweep file (including its space) before anything runs.
+
+    Args:
+        path: the sweep YAML.
+        overrides: dotted base-config overrides (``--set``), applied after ``base:`` and ``set:``.
+        settings: sweep keys replacing the file's (``--output``, ``--num-samples``, ...).
+
+    Raises:
+        ConfigError: ``<path>: <key>: <reason>``.
+    """
+    path = Path(path)
+    with naming_file(path):
+        spec = load_sweep_config(path, settings)
+        base_ov = _base_overrides(spec.base, path)
+        base_ov.update(flatten(spec.set))
+        base_ov.update(dict(overrides or {}))
+        sweep = Sweep(
+            name=spec.name or path.stem, base=with_overrides(ExperimentConfig(), base_ov),
+            base_overrides=base_ov, space=dict(spec.space), num_samples=spec.num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials, metric=spec.metric,
+            mode=spec.mode, scheduler=spec.scheduler,
+            output=spec.output or f"runs/sweeps/{path.stem}", seed=spec.seed, source=str(path))
+        check_sweep(sweep)
+    return sweep
+
+
+def _base_overrides(base: str | Mapping[str, Any] | None, sweep_path: Path) -> dict[str, Any]:
+    """``base:`` as dotted overrides: a config file (relative to the sweep file, then to the
+    working directory) or an inline mapping of (nested or dotted) overrides."""
+    if base is None:
+        return {}
+    if isinstance(base, str):
+        p = Path(base).expanduser()
+        if not p.is_absolute():
+            near = sweep_path.parent / p
+            p = near if near.is_file() else p
+        return flatten(load_yaml(p))
+    return flatten(base)
+
+
+def check_sweep(sweep: Sweep) -> None:
+    """The checks that need the resolved base config (raises ConfigError naming the key)."""
+    validate_space(sweep.base, sweep.space, seed=sweep.seed)
+    run = sweep.base.run
+    # Tune requires the metric in EVERY report; the loop reports at checkpoint and validation
+    # steps, so every checkpoint step must also be a validation step.
+    if run.eval_every <= 0:
+        raise ConfigError("run.eval_every: must be > 0 in a sweep (val_nme is the metric)")
+    if run.checkpoint_every % run.eval_every:
+        raise ConfigError(f"run.checkpoint_every: must be a multiple of run.eval_every "
+                          f"({run.eval_every}) in a sweep, so every report carries val_nme")
+    for key in sweep.space:
+        if key.startswith(("run.eval_every", "run.checkpoint_every")):
+            raise ConfigError(f"space.{key}: the report cadence cannot be swept")
+    if sweep.scheduler.max_t > sweep.base.optim.steps:
+        raise ConfigError(f"scheduler.max_t: {sweep.scheduler.max_t} > optim.steps "
+                          f"({sweep.base.optim.steps})")
+
+
+def write_sweep_file(sweep: Sweep, path: Path) -> None:
+    """The resolved sweep, for the record (base as dotted overrides)."""
+    import yaml
+
+    d = {"name": sweep.name, "source": sweep.source, "base": sweep.base_overrides,
+         "space": sweep.space, "num_samples": sweep.num_samples,
+         "max_concurrent_trials": sweep.max_concurrent_trials, "metric": sweep.metric,
+         "mode": sweep.mode, "scheduler": to_dict(sweep.scheduler),
+         "output": sweep.output, "seed": sweep.seed,
+         "trials": num_trials(sweep.space, sweep.num_samples)}
+    atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))
