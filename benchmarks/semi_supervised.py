@@ -1,308 +1,386 @@
-"""The method's claim, measured: does TSAL's use of unlabeled video help on the same budget?
+"""Does TSAL's use of unlabeled video beat supervised training, on a benchmark with headroom?
 
-Runs, on the synthetic dataset and the same step budget, each in one process (no Ray, so runs can
-go two at a time on a 2-core machine):
+The published setting's shape on synthetic faces: the LABELED images come from a narrow domain
+(near-frontal, unoccluded, even light, mild expression, sharp: ``NARROW_DOMAIN``), while the
+unlabeled training videos, the test images and the test videos come from the wide domain (any
+pose up to 55 degrees of yaw, occluders, side light, expressions, blur). What the labels lack, the
+unlabeled video covers, as 300VW covers what 300W lacks.
 
-  supervised   L labeled images only (clips_per_batch = 0); teacher still averaged from the student
-  tsal-queue   the same L labeled images + unlabeled synthetic videos, queue averaging (default)
-  tsal-ema     ... EMA averaging
-  tsal-mutual  ... the original code's mutual averaging
+Two steps, each resumable (every run is a run folder under --out; a finished run's result.json
+is reused when its config matches, an unfinished one resumes from its checkpoint):
 
-and evaluates teacher and student of each on the held-out synthetic test images and the held-out
-synthetic test videos (never used in training). Writes benchmarks/results/semi_supervised.json
-(one row per method/seed/model/eval set, with nme_inter_ocular, plus mean ± sd over seeds),
-semi_supervised_table.md and a plot. The verdict and the diagnosis are in semi_supervised.md.
+  curve    supervised-only over the label budget L (narrow labels) and the wide-domain all-labels
+           ceiling: is there headroom, and are labels (not steps) the limit?
+  compare  at one or two label budgets, several seeds: supervised-only, TSAL as published (queue,
+           EMA, mutual: the code's per-iteration two-way lerp), the project's TSAL variant, and
+           the mean-teacher baseline; teacher and student on test images and test videos: NME,
+           FR@0.08 and, on video, NMJ; deltas paired by seed with 95 % t intervals.
 
-    python benchmarks/semi_supervised.py [--labeled 100] [--steps 1500] [--seeds 0 1 2] [--reuse]
+  python benchmarks/semi_supervised.py curve   [--labeled 25 50 100 200 0] [--steps 1500]
+  python benchmarks/semi_supervised.py compare [--labeled 50 --seeds 0 1 2 3 4]
+                                               [--labeled2 200 --seeds2 0 1 2] [--steps 1500]
+  python benchmarks/semi_supervised.py tables  (rebuild the tables and plots from the JSON)
+  add --quick for a CI-sized check of the whole pipeline (tiny data, a few steps; results are
+  written under --out only).
+
+Writes benchmarks/results/semi_supervised.json (every run's numbers), semi_supervised_table.md
+and the plots semi_supervised_curve.png / semi_supervised.png. The verdict is in
+semi_supervised.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_io import save_figure, write_text  # noqa: E402
 
+from tsal_dist.config.experiment import NARROW_DOMAIN, DomainConfig  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
-METHODS = {
-    "supervised": {"optim.clips_per_batch": 0},
-    # the ceiling: every labeled image of the training list (~15x L), same steps. No use of
-    # unlabeled data can beat labels on the same images, so this bounds what TSAL could gain.
-    "supervised-all-labels": {"optim.clips_per_batch": 0, "data.labeled_limit": 0},
-    "tsal-queue": {"teacher.mode": "queue"},
-    "tsal-ema": {"teacher.mode": "ema"},
-    "tsal-mutual": {"teacher.mode": "mutual"},
-    # diagnostic: the heatmap source alone (no centroid fusion, no structure term)
-    "tsal-queue-hm-only": {"teacher.mode": "queue", "loss.fusion_mu": 1.0,
-                           "loss.structure_weight": 0.0},
-    # the diagnosis's fix: frames t and t+1 shown as different views (per-frame jitter) and the
-    # consistency taken in OUTPUT space (frame t's heatmaps carried through flow + view change)
-    "tsal-queue-equivariant": {"teacher.mode": "queue", "loss.fusion_mu": 1.0,
-                               "loss.structure_weight": 0.0, "loss.consistency_space": "output",
-                               "data.clip_jitter_rotate_deg": 10.0,
-                               "data.clip_jitter_scale": 0.1,
-                               "data.clip_jitter_shift_frac": 0.05},
+_DOMAIN = "data.synthetic.labeled_domain."
+NARROW = {_DOMAIN + k: v for k, v in NARROW_DOMAIN.__dict__.items()}
+
+# The benchmark's data, model and budget (a small model at 64 px: the learning curve shows that
+# labels, not steps, limit it).
+SETTING: dict[str, Any] = {
+    "data.synthetic.images": 800, "data.synthetic.test_images": 200,
+    "data.synthetic.videos": 16, "data.synthetic.test_videos": 4,
+    "data.synthetic.frames": 60, "data.synthetic.image_size": 128,
+    **NARROW,
+    "data.clip_length": 3,
+    "model.input_size": 64, "model.width": 0.5, "model.heatmap_sigma_px": 2.0,
+    "optim.batch_size": 8, "optim.clips_per_batch": 2,
+    "run.val_images": 8, "run.eval_every": 0, "run.export": False, "run.log_every": 50,
 }
-# diagnostics with the student's consistency in the heatmap loss's units (x K = 68)
-METHODS["tsal-queue-hm-only-s68"] = {**METHODS["tsal-queue-hm-only"],
-                                     "loss.student_unsup_weight": 68.0}
-# mean-teacher reading: the student matches the TEACHER's heatmaps on the other view (heatmap MSE)
-METHODS["tsal-queue-equivariant-mt"] = {**METHODS["tsal-queue-equivariant"],
-                                        "loss.pseudo_source": "teacher",
-                                        "loss.student_consistency": "heatmap"}
-# confident hard pseudo-labels from the teacher's outputs on the other view
-METHODS["tsal-queue-equivariant-pl"] = {**METHODS["tsal-queue-equivariant"],
-                                        "loss.pseudo_source": "teacher",
-                                        "loss.student_consistency": "pseudo_label"}
-METHODS["tsal-queue-equivariant-s68"] = {**METHODS["tsal-queue-equivariant"],
-                                         "loss.student_unsup_weight": 68.0}
+QUICK: dict[str, Any] = {
+    "data.synthetic.images": 48, "data.synthetic.test_images": 12,
+    "data.synthetic.videos": 2, "data.synthetic.test_videos": 1,
+    "data.synthetic.frames": 12, "data.synthetic.image_size": 96,
+}
+# the labeled images from the wide domain too (the ceiling of the curve)
+WIDE_LABELS = {_DOMAIN + k: v for k, v in DomainConfig().__dict__.items()}
+
+# TSAL as published (METHOD.md 1.6-1.9): structure constraint on labeled faces at the GT
+# centroid, each model's own targets (no teacher -> student), multi-source student target, the
+# code's ramp (up to 60/150, down after 110/150), parameters averaged, BN statistics kept.
+PUBLISHED = {"loss.structure_on": "labeled", "loss.pseudo_source": "self",
+             "loss.student_consistency": "multi_source", "loss.consistency_space": "image",
+             "loss.fusion_mu": 0.5, "loss.ramp_up_frac": 0.4, "loss.ramp_down_frac": 0.267,
+             "teacher.average_buffers": False}
+METHODS: dict[str, dict[str, Any]] = {
+    "supervised": {"optim.clips_per_batch": 0},
+    "tsal-published-queue": {**PUBLISHED, "teacher.mode": "queue"},
+    "tsal-published-ema": {**PUBLISHED, "teacher.mode": "ema"},
+    "tsal-published-mutual": {**PUBLISHED, "teacher.mode": "mutual_step", "teacher.blend": 0.6,
+                              "teacher.mutual_student_keep": 0.6},
+    # the project's variant: heatmap source only (no centroid fusion, no structure term), queue
+    "tsal-heatmap-queue": {"teacher.mode": "queue", "loss.fusion_mu": 1.0,
+                           "loss.structure_weight": 0.0},
+    # the standard baseline outside TSAL: mean teacher (Tarvainen & Valpola 2017) with heatmap
+    # consistency between two views; the teacher is only the per-step EMA of the student
+    "mean-teacher": {"teacher.optimize": False, "teacher.mode": "queue",
+                     "teacher.queue_length": 1, "teacher.sync_every": 1, "teacher.blend": 0.99,
+                     "loss.pseudo_source": "teacher", "loss.student_consistency": "heatmap",
+                     "loss.consistency_space": "output", "data.clip_jitter_rotate_deg": 10.0,
+                     "data.clip_jitter_scale": 0.1, "data.clip_jitter_shift_frac": 0.05},
+}
+CURVE = {"supervised": METHODS["supervised"],
+         "supervised-wide-labels": {**METHODS["supervised"], **WIDE_LABELS}}
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
 
 
-def base_overrides(args: argparse.Namespace) -> dict:
-    return {
-        "data.labeled_limit": args.labeled,
-        "optim.steps": args.steps,
-        "optim.batch_size": args.batch,
-        "optim.clips_per_batch": args.clips,
-        "optim.warmup_steps": min(100, args.steps // 10),
-        "run.checkpoint_every": args.steps,
-        "run.eval_every": 0,
-        "run.log_every": 50,
-        "run.export": False,
-        **dict(kv.split("=", 1) for kv in args.set),
-    }
+def t975(df: int) -> float:
+    """Two-sided 95 % Student-t quantile (table; the nearest smaller df beyond it)."""
+    return T975[max(k for k in T975 if k <= df)] if df >= 1 else float("nan")
 
 
-def run_one(method: str, seed: int, overrides: dict, out: str) -> dict:
+def config_for(method: str, labeled: int, seed: int, steps: int, out: str, quick: bool,
+               table: dict[str, dict[str, Any]]) -> Any:
+    from tsal_dist.config import ExperimentConfig, with_overrides
+
+    over = {**SETTING, **(QUICK if quick else {}), "optim.steps": steps,
+            "optim.warmup_steps": min(100, steps // 10),
+            "run.checkpoint_every": max(1, steps // 4), "data.labeled_limit": labeled,
+            **table[method], "train.seed": seed, "run.output": out,
+            "run.name": run_name(method, labeled, seed)}
+    return with_overrides(ExperimentConfig(), over)
+
+
+def run_name(method: str, labeled: int, seed: int) -> str:
+    return f"{method}-L{labeled or 'all'}-s{seed}"
+
+
+def run_one(method: str, labeled: int, seed: int, steps: int, out: str, quick: bool,
+            table_name: str) -> dict[str, Any]:
+    """Train (or resume, or reuse) one run and evaluate teacher and student on the test lists."""
     import torch
 
     torch.set_num_threads(1)
-    from tsal_dist.config import ExperimentConfig, with_overrides
+    from tsal_dist.atomic import atomic_write_text
+    from tsal_dist.config import load_config
     from tsal_dist.loop.loop import run
 
-    name = run_name(method, seed)
-    cfg = with_overrides(ExperimentConfig(), {**overrides, **METHODS[method], "train.seed": seed,
-                                              "run.output": out, "run.name": name})
-    import shutil
-
-    shutil.rmtree(Path(out) / name, ignore_errors=True)  # a fresh run, never a resume
+    table = CURVE if table_name == "curve" else METHODS
+    cfg = config_for(method, labeled, seed, steps, out, quick, table)
+    run_dir = Path(out) / cfg.run.name
+    result = run_dir / "result.json"
+    if result.is_file() and (run_dir / "config.yaml").is_file() and \
+            load_config(run_dir / "config.yaml").hash() == cfg.hash():
+        return {**json.loads(result.read_text()), "reused": True}
     t0 = time.perf_counter()
-    summary = run(cfg, run_dir=Path(out) / name, progress=False, resume=None)
-    return {"method": method, "seed": seed, "seconds": time.perf_counter() - t0,
-            "eval": summary.get("eval"), "config": cfg.to_dict()}
+    summary = run(cfg, run_dir=run_dir, progress=False, resume="auto")
+    got = {"method": method, "labeled": labeled, "seed": seed, "steps": steps,
+           "seconds": time.perf_counter() - t0, "eval": summary.get("eval")}
+    atomic_write_text(result, json.dumps(got, indent=1))
+    return got
 
 
-def run_name(method: str, seed: int) -> str:
-    return f"{method}-s{seed}"
-
-
-def reuse_one(method: str, seed: int, overrides: dict, out: str) -> dict | None:
-    """A finished training of exactly this configuration in ``out`` (its final checkpoint),
-    re-evaluated with the current code, or None. The config comparison makes a stale folder from
-    other settings count as missing; evaluation is redone so that every row of a table comes from
-    the same evaluation code, whenever its training ran."""
-    import torch
-
-    torch.set_num_threads(1)
-    from tsal_dist.codec import HeatmapCodec
-    from tsal_dist.config import ExperimentConfig, load_config, with_overrides
-    from tsal_dist.loop.checkpoint import latest_checkpoint, load_checkpoint
-    from tsal_dist.data.lists import resolve_data
-    from tsal_dist.loop.evaluation import finish_run
-    from tsal_dist.models import build_model
-
-    name = run_name(method, seed)
-    run_dir = Path(out) / name
-    config = run_dir / "config.yaml"
-    ckpt_path = latest_checkpoint(run_dir / "checkpoints") if config.is_file() else None
-    if ckpt_path is None:
-        return None
-    want = with_overrides(ExperimentConfig(), {**overrides, **METHODS[method], "train.seed": seed,
-                                               "run.output": out, "run.name": name})
-    try:
-        have = load_config(config)
-    except Exception:  # unreadable or from another version: run it again
-        return None
-    # the folder may have been renamed: compare everything but where the run was written
-    same_place = {"run.output": want.run.output, "run.name": want.run.name}
-    if with_overrides(have, same_place).hash() != want.hash():
-        return None
-    ckpt = load_checkpoint(ckpt_path)
-    if int(ckpt.get("step", -1)) != want.optim.steps:
-        return None  # an unfinished run: train it again from scratch
-    models = {}
-    for which in ("teacher", "student"):
-        models[which] = build_model(want.model, want.data.num_points)
-        models[which].load_state_dict(ckpt[which])
-    codec = HeatmapCodec.for_model(want.model, stride=models["teacher"].stride,
-                                   num_points=want.data.num_points)
-    result = finish_run(want, run_dir=run_dir, teacher=models["teacher"],
-                        student=models["student"], hm_codec=codec, lists=resolve_data(want))
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if line.strip()]
-    times = [r["time"] for r in rows if "time" in r]
-    return {"method": method, "seed": seed, "seconds": times[-1] - times[0] if times else 0.0,
-            "eval": result.get("eval"), "config": want.to_dict(), "reused": True}
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--labeled", type=int, default=100, help="L labeled training images")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--clips", type=int, default=2, help="unlabeled clips per step (TSAL runs)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="training seeds; the table reports mean and sd over them")
-    p.add_argument("--parallel", type=int, default=2)
-    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--out", default="/tmp/tsal_semi_supervised")
-    p.add_argument("--reuse", action="store_true",
-                   help="keep finished trainings in --out whose config matches (re-evaluated "
-                        "with the current code); train only the rest")
-    p.add_argument("--set", action="append", default=[], help="extra dotted overrides")
-    p.add_argument("--tables-only", action="store_true",
-                   help="rebuild the table and plot from results/semi_supervised.json; no runs")
-    args = p.parse_args()
-    if args.tables_only:
-        doc = json.loads((RESULTS / "semi_supervised.json").read_text())
-        write_outputs(doc["rows"], doc["meta"])
-        return 0
-
-    from tsal_dist.config import ExperimentConfig, with_overrides
-    from tsal_dist.data.lists import resolve_data
-
-    over = base_overrides(args)
-    resolve_data(with_overrides(ExperimentConfig(), over))  # generate the data once, up front
-    jobs = [(m, s) for s in args.seeds for m in args.methods]
-    runs: dict[tuple[str, int], dict] = {}
-    if args.reuse:
-        with ProcessPoolExecutor(max_workers=args.parallel) as ex:
-            found = {j: ex.submit(reuse_one, j[0], j[1], over, args.out) for j in jobs}
-            for j, f in found.items():
-                got = f.result()
-                if got is not None:
-                    print(f"reusing {run_name(*j)} (re-evaluated)", flush=True)
-                    runs[j] = got
-    todo = [j for j in jobs if j not in runs]
-    with ProcessPoolExecutor(max_workers=args.parallel) as ex:
-        futs = {j: ex.submit(run_one, j[0], j[1], over, args.out) for j in todo}
-        for j, f in futs.items():
-            runs[j] = f.result()
-            print(f"done {run_name(*j)} in {runs[j]['seconds']:.0f} s", flush=True)
-
+def rows_of(results: list[dict[str, Any]], table: str) -> list[dict[str, Any]]:
     rows = []
-    for (m, seed), r in sorted(runs.items(), key=lambda kv: (jobs.index(kv[0]))):
-        for which, lists in (r["eval"] or {}).items():
-            for name, s in lists.items():
-                rows.append({"method": m, "seed": seed, "model": which, "eval_set": name,
-                             "count": s["count"], "nme_inter_ocular": s["nme_inter_ocular"],
-                             "nme_inter_pupil": s["nme_inter_pupil"], "auc@0.08": s["auc@0.08"],
-                             "fr@0.08": s["fr@0.08"], "train_seconds": round(r["seconds"], 1)})
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, "
-                       f"{platform.python_version()}",
-            "labeled_images": args.labeled, "steps": args.steps, "batch": args.batch,
-            "clips_per_step": args.clips, "seeds": args.seeds,
-            "overrides": dict(kv.split("=", 1) for kv in args.set),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-    write_outputs(rows, meta)
-    return 0
+    for r in results:
+        for model, lists in (r["eval"] or {}).items():
+            for es, s in lists.items():
+                rows.append({"table": table, "method": r["method"], "labeled": r["labeled"],
+                             "seed": r["seed"], "model": model, "eval_set": es,
+                             "count": s["count"], "nme": s["nme_inter_ocular"],
+                             "fr@0.08": s["fr@0.08"], "nmj": s.get("nmj"),
+                             "train_seconds": round(r["seconds"], 1)})
+    return rows
 
 
-def write_outputs(rows: list[dict], meta: dict) -> None:
-    summary = aggregate(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / "semi_supervised.json",
-           json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=2))
-    write_text(RESULTS / "semi_supervised_table.md", markdown(summary, meta))
-    plot(summary, RESULTS / "semi_supervised.png")
-    print(markdown(summary, meta))
+def paired(values: dict[int, float], base: dict[int, float]) -> dict[str, Any] | None:
+    """Mean of the seed-paired differences ``values - base`` with its 95 % t interval."""
+    seeds = sorted(set(values) & set(base))
+    if not seeds:
+        return None
+    d = [values[s] - base[s] for s in seeds]
+    mean = statistics.fmean(d)
+    if len(d) < 2:
+        return {"mean": mean, "ci95": None, "n": 1, "per_seed": d}
+    half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(d), "per_seed": d,
+            "significant": not (mean - half <= 0.0 <= mean + half)}
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean and sample sd over seeds of each (method, model, eval set)."""
-    import statistics
-
-    groups: dict[tuple[str, str, str], list[dict]] = {}
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sd over seeds per (table, method, L, model, eval set); for every metric the
+    difference to supervised-only at the same L, paired by seed, with its 95 % interval."""
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["model"], r["eval_set"]), []).append(r)
+        groups.setdefault((r["table"], r["method"], r["labeled"], r["model"], r["eval_set"]),
+                          []).append(r)
     out = []
-    for (m, model, es), rs in groups.items():
-        row = {"method": m, "model": model, "eval_set": es, "count": rs[0]["count"],
-               "seeds": [r["seed"] for r in rs]}
-        for key in ("nme_inter_ocular", "nme_inter_pupil", "auc@0.08", "fr@0.08"):
-            vals = [r[key] for r in rs]
-            row[key] = statistics.fmean(vals)
-            row[f"{key}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            row[f"{key}_per_seed"] = vals
-        # paired by seed against supervised-only (same model, eval set and seed)
-        base = {r["seed"]: r["nme_inter_ocular"] for r in groups.get(("supervised", model, es), [])}
-        diffs = [r["nme_inter_ocular"] - base[r["seed"]] for r in rs if r["seed"] in base]
-        if diffs and m != "supervised":
-            row["delta_vs_supervised"] = statistics.fmean(diffs)
-            row["delta_vs_supervised_sd"] = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-            row["delta_vs_supervised_per_seed"] = diffs
+    for (table, m, lab, model, es), rs in groups.items():
+        row: dict[str, Any] = {"table": table, "method": m, "labeled": lab, "model": model,
+                               "eval_set": es, "count": rs[0]["count"],
+                               "seeds": [r["seed"] for r in rs]}
+        base_rows = groups.get((table, "supervised", lab, model, es), [])
+        for key in ("nme", "fr@0.08", "nmj"):
+            vals = {r["seed"]: r[key] for r in rs if r.get(key) is not None}
+            if not vals:
+                continue
+            row[key] = statistics.fmean(vals.values())
+            row[f"{key}_sd"] = statistics.stdev(vals.values()) if len(vals) > 1 else 0.0
+            if m != "supervised":
+                base = {r["seed"]: r[key] for r in base_rows if r.get(key) is not None}
+                delta = paired(vals, base)
+                if delta is not None:
+                    row[f"{key}_delta"] = delta
+                    if key == "nme" and base:
+                        row["nme_rel"] = delta["mean"] / statistics.fmean(
+                            base[s] for s in delta_seeds(vals, base))
         out.append(row)
     return out
 
 
-def markdown(summary: list[dict], meta: dict) -> str:
-    seeds = meta["seeds"]
-    lines = ["# Semi-supervised ablation (synthetic faces): measured table", "",
-             f"L = {meta['labeled_images']} labeled images, {meta['steps']} steps, batch "
-             f"{meta['batch']} (+{meta['clips_per_step']} unlabeled clips for TSAL), seeds "
-             f"{', '.join(map(str, seeds))}; {meta['machine']}. NME in % of the inter-ocular "
-             "distance, mean ± sd over seeds (per-seed values in the JSON); held-out test images "
-             "and test videos.", f"Command: `{meta['command']}`", "",
-             "| method | model | eval set | n | NME io % | per seed | Δ vs supervised (paired) | "
-             "NME ip % | AUC@0.08 | FR@0.08 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in summary:
-        per = " / ".join(f"{100 * v:.2f}" for v in r["nme_inter_ocular_per_seed"])
-        delta = (f"{100 * r['delta_vs_supervised']:+.2f} ± {100 * r['delta_vs_supervised_sd']:.2f}"
-                 if "delta_vs_supervised" in r else "")
-        lines.append(f"| {r['method']} | {r['model']} | {r['eval_set']} | {r['count']} | "
-                     f"{100 * r['nme_inter_ocular']:.2f} ± {100 * r['nme_inter_ocular_sd']:.2f} | "
-                     f"{per} | {delta} | {100 * r['nme_inter_pupil']:.2f} | "
-                     f"{r['auc@0.08']:.3f} | {r['fr@0.08']:.3f} |")
-    return "\n".join(lines) + "\n"
+def delta_seeds(a: dict[int, float], b: dict[int, float]) -> list[int]:
+    return sorted(set(a) & set(b))
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def _pct(x: float | None, sd: float | None = None) -> str:
+    if x is None:
+        return ""
+    return f"{100 * x:.2f}" + (f" ± {100 * sd:.2f}" if sd else "")
+
+
+def _delta(d: dict[str, Any] | None) -> str:
+    if not d:
+        return ""
+    ci = d.get("ci95")
+    txt = f"{100 * d['mean']:+.2f}"
+    if ci:
+        txt += f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" + ("*" if d["significant"] else "")
+    return txt
+
+
+def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = ["# Semi-supervised benchmark (narrow labeled images, wide unlabeled video and "
+             "tests): measured tables", "",
+             f"{meta['machine']}. Commands: " + "; ".join(f"`{c}`" for c in meta["commands"]),
+             "", "NME and NMJ in % of the inter-ocular distance (FR@0.08 a fraction), mean ± sd "
+             "over seeds; Δ = difference to supervised-only at the same L, paired by seed, mean "
+             "[95 % t interval], * where the interval excludes 0 (negative = better).", ""]
+    for table, title in (("curve", "Learning curve (supervised-only; headroom)"),
+                         ("compare", "Comparison")):
+        rows = [r for r in summary if r["table"] == table]
+        if not rows:
+            continue
+        lines += [f"## {title}", "",
+                  "| method | L | model | eval set | n | seeds | NME | Δ NME | FR@0.08 | NMJ | "
+                  "Δ NMJ |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in sorted(rows, key=lambda r: (r["labeled"] or 10**9, r["model"] != "teacher",
+                                             r["eval_set"], list(METHODS).index(r["method"])
+                                             if r["method"] in METHODS else 99, r["method"])):
+            lines.append(
+                f"| {r['method']} | {r['labeled'] or 'all'} | {r['model']} | {r['eval_set']} | "
+                f"{r['count']} | {len(r['seeds'])} | {_pct(r.get('nme'), r.get('nme_sd'))} | "
+                f"{_delta(r.get('nme_delta'))} | "
+                f"{r['fr@0.08']:.3f} | {_pct(r.get('nmj'), r.get('nmj_sd'))} | "
+                f"{_delta(r.get('nmj_delta'))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict[str, Any]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sets = sorted({r["eval_set"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.8), squeeze=False)
-    for ax, es in zip(axes[0], sets):
-        for j, model in enumerate(("teacher", "student")):
-            got = [next((r for r in rows if r["method"] == m and r["model"] == model and
-                         r["eval_set"] == es), None) for m in methods]
-            vals = [100 * g["nme_inter_ocular"] if g else float("nan") for g in got]
-            sds = [100 * g["nme_inter_ocular_sd"] if g else 0.0 for g in got]
-            xs = [i + (j - 0.5) * 0.38 for i in range(len(methods))]
-            ax.bar(xs, vals, width=0.38, yerr=sds, capsize=3, label=model)
-        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-        shown = [100 * r["nme_inter_ocular"] for r in rows if r["eval_set"] == es]
-        ax.set_ylim(max(0.0, min(shown) - 2.0), max(shown) + 1.0)  # the differences, not 0..max
-        ax.set_ylabel("NME (inter-ocular), %, mean ± sd over seeds")
-        ax.set_title(es)
-        ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
+    curve = [r for r in summary if r["table"] == "curve" and r["model"] == "teacher"]
+    if curve:
+        sets = sorted({r["eval_set"] for r in curve})
+        fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.2), squeeze=False)
+        for ax, es in zip(axes[0], sets):
+            for m in dict.fromkeys(r["method"] for r in curve):
+                pts = sorted((r["labeled"] or 800, 100 * r["nme"], 100 * r["nme_sd"])
+                             for r in curve if r["method"] == m and r["eval_set"] == es)
+                if pts:
+                    xs, ys, es_ = zip(*pts)
+                    ax.errorbar(xs, ys, yerr=es_, marker="o", capsize=3, label=m)
+            ax.set_xscale("log")
+            ax.set_xlabel("labeled images L (log)")
+            ax.set_ylabel("teacher NME, % inter-ocular")
+            ax.set_title(es)
+            ax.legend()
+        fig.tight_layout()
+        save_figure(fig, RESULTS / "semi_supervised_curve.png")
+    comp = [r for r in summary if r["table"] == "compare" and "nme_delta" in r]
+    if comp:
+        keys = sorted({(r["labeled"], r["model"], r["eval_set"]) for r in comp})
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.2), squeeze=False)
+        for ax, (lab, model, es) in zip(axes[0], keys):
+            rs = [r for r in comp if (r["labeled"], r["model"], r["eval_set"]) == (lab, model, es)]
+            for i, r in enumerate(rs):
+                d = r["nme_delta"]
+                lo, hi = d["ci95"] or (d["mean"], d["mean"])
+                ax.errorbar([100 * d["mean"]], [i], xerr=[[100 * (d["mean"] - lo)],
+                                                          [100 * (hi - d["mean"])]],
+                            fmt="o", capsize=3)
+            ax.axvline(0, color="k", lw=0.8)
+            ax.set_yticks(range(len(rs)), [r["method"] for r in rs])
+            ax.set_xlabel("Δ NME vs supervised, pp (95 % CI)")
+            ax.set_title(f"L={lab} {model} {es}", fontsize=9)
+        fig.tight_layout()
+        save_figure(fig, RESULTS / "semi_supervised.png")
 
+
+def load_doc() -> dict[str, Any]:
+    path = RESULTS / "semi_supervised.json"
+    if path.is_file():
+        doc = json.loads(path.read_text())
+        if doc.get("version") == 2:
+            return doc
+    return {"version": 2, "meta": {}, "rows": []}
+
+
+def write_outputs(doc: dict[str, Any], *, to: Path = RESULTS) -> None:
+    doc["summary"] = aggregate(doc["rows"])
+    to.mkdir(parents=True, exist_ok=True)
+    write_text(to / "semi_supervised.json", json.dumps(doc, indent=1))
+    write_text(to / "semi_supervised_table.md", markdown(doc["summary"], doc["meta"]))
+    if to == RESULTS:
+        plot(doc["summary"])
+    print(markdown(doc["summary"], doc["meta"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["curve", "compare", "tables"])
+    p.add_argument("--labeled", type=int, nargs="+", default=None,
+                   help="label budgets L (0 = all); curve default 25 50 100 200 0, compare 50")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds at the --labeled budgets (curve default 0, compare 0..4)")
+    p.add_argument("--labeled2", type=int, default=None, help="compare: a second label budget")
+    p.add_argument("--seeds2", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--out", default="/tmp/tsal_semi_supervised")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny data and the given steps: checks the pipeline; writes under --out")
+    args = p.parse_args(argv)
+    results_dir = Path(args.out) / "results" if args.quick else RESULTS
+    if args.what == "tables":
+        write_outputs(load_doc())
+        return 0
+    table = CURVE if args.what == "curve" else METHODS
+    methods = args.methods or list(table)
+    unknown = sorted(set(methods) - set(table))
+    if unknown:
+        p.error(f"unknown methods for {args.what}: {', '.join(unknown)} "
+                f"(choose from {', '.join(table)})")
+    if args.what == "curve":
+        budgets = [(lab, args.seeds or [0]) for lab in (args.labeled or [25, 50, 100, 200, 0])]
+    else:
+        budgets = [(lab, args.seeds or [0, 1, 2, 3, 4]) for lab in (args.labeled or [50])]
+        if args.labeled2 is not None:
+            budgets.append((args.labeled2, args.seeds2))
+    jobs = [(m, lab, s) for lab, seeds in budgets for s in seeds for m in methods
+            if not (args.what == "curve" and m == "supervised-wide-labels" and lab != 0)]
+
+    from tsal_dist.data.lists import resolve_data
+
+    for m in dict.fromkeys(j[0] for j in jobs):  # generate each dataset once, up front
+        resolve_data(config_for(m, 0, 0, args.steps, args.out, args.quick, table))
+    results = []
+    with ProcessPoolExecutor(max_workers=args.parallel) as ex:
+        futs = {j: ex.submit(run_one, *j, args.steps, args.out, args.quick, args.what)
+                for j in jobs}
+        for j, f in futs.items():
+            r = f.result()
+            results.append(r)
+            print(f"{'reused' if r.get('reused') else 'done'} {run_name(*j)} "
+                  f"({r['seconds']:.0f} s)", flush=True)
+    doc = load_doc() if not args.quick else {"version": 2, "meta": {}, "rows": []}
+    fresh = rows_of(results, args.what)
+    done = {(r["table"], r["method"], r["labeled"], r["seed"]) for r in fresh}
+    doc["rows"] = [r for r in doc["rows"]
+                   if (r["table"], r["method"], r["labeled"], r["seed"]) not in done] + fresh
+    command = " ".join(["python benchmarks/semi_supervised.py", *(argv or sys.argv[1:])])
+    meta = doc["meta"]
+    meta["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, no GPU, Python "
+                       f"{platform.python_version()}; {args.parallel} runs at a time, one thread "
+                       f"each")
+    meta["setting"] = {**SETTING, **(QUICK if args.quick else {})}
+    meta["commands"] = sorted(set(meta.get("commands", [])) | {command})
+    write_outputs(doc, to=results_dir)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""The semi-supervised benchmark's aggregation: means, sds and seed-paired deltas by hand."""
+"""The semi-supervised benchmark: its statistics by hand, its configs, and a tiny run end to end."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -20,40 +22,73 @@ def _module():
     return mod
 
 
-def _row(method, seed, nme, model="teacher", es="test.lst"):
-    return {"method": method, "seed": seed, "model": model, "eval_set": es, "count": 10,
-            "nme_inter_ocular": nme, "nme_inter_pupil": 1.5 * nme, "auc@0.08": 0.1,
-            "fr@0.08": 0.2}
+def _row(method, seed, nme, model="teacher", es="test.lst", nmj=None, labeled=50):
+    return {"table": "compare", "method": method, "labeled": labeled, "seed": seed,
+            "model": model, "eval_set": es, "count": 10, "nme": nme, "fr@0.08": 0.2, "nmj": nmj}
 
 
-def test_aggregate_means_sds_and_paired_deltas():
+def test_paired_deltas_with_t_intervals_by_hand():
     mod = _module()
-    sup = {0: 0.10, 1: 0.12, 2: 0.09}
-    tsal = {0: 0.11, 1: 0.125, 2: 0.10}
-    rows = [_row("supervised", s, v) for s, v in sup.items()]
-    rows += [_row("tsal-queue", s, v) for s, v in tsal.items()]
-    rows += [_row("tsal-queue", 0, 0.5, model="student")]  # another group, no supervised pair
-    out = {(r["method"], r["model"]): r for r in mod.aggregate(rows)}
-    t = out[("tsal-queue", "teacher")]
-    assert t["nme_inter_ocular"] == pytest.approx(statistics.fmean(tsal.values()))
-    assert t["nme_inter_ocular_sd"] == pytest.approx(statistics.stdev(tsal.values()))
-    diffs = [tsal[s] - sup[s] for s in (0, 1, 2)]
-    assert t["delta_vs_supervised_per_seed"] == pytest.approx(diffs)
-    assert t["delta_vs_supervised"] == pytest.approx(statistics.fmean(diffs))
-    assert t["delta_vs_supervised_sd"] == pytest.approx(statistics.stdev(diffs))
-    assert "delta_vs_supervised" not in out[("supervised", "teacher")]
-    assert "delta_vs_supervised" not in out[("tsal-queue", "student")]
-    md = mod.markdown(mod.aggregate(rows), {"labeled_images": 50, "steps": 600, "batch": 8,
-                                            "clips_per_step": 2, "seeds": [0, 1, 2],
-                                            "machine": "m", "command": "c"})
-    assert "| tsal-queue | teacher | test.lst | 10 | 11.17 ± 1.26 | 11.00 / 12.50 / 10.00 | " \
-           "+0.83 ± 0.29 |" in md
+    sup = {0: 0.10, 1: 0.12, 2: 0.09, 3: 0.11}
+    tsal = {0: 0.08, 1: 0.10, 2: 0.085, 3: 0.09}
+    rows = [_row("supervised", s, v, nmj=0.02) for s, v in sup.items()]
+    rows += [_row("tsal-published-queue", s, v, nmj=0.01 + 0.001 * s) for s, v in tsal.items()]
+    rows += [_row("tsal-published-queue", 0, 0.5, model="student")]  # no supervised pair
+    rows += [_row("tsal-published-queue", 0, 0.07, labeled=200)]  # other budget, no pair
+    out = {(r["method"], r["model"], r["labeled"]): r for r in mod.aggregate(rows)}
+    t = out[("tsal-published-queue", "teacher", 50)]
+    d = [tsal[s] - sup[s] for s in range(4)]
+    mean, sd = statistics.fmean(d), statistics.stdev(d)
+    half = 3.182 * sd / math.sqrt(4)  # t(0.975, df=3)
+    assert t["nme"] == pytest.approx(statistics.fmean(tsal.values()))
+    assert t["nme_delta"]["mean"] == pytest.approx(mean)
+    assert t["nme_delta"]["ci95"] == pytest.approx([mean - half, mean + half])
+    assert t["nme_delta"]["significant"] is (mean + half < 0)
+    assert t["nme_rel"] == pytest.approx(mean / statistics.fmean(sup.values()))
+    assert t["nmj_delta"]["per_seed"] == pytest.approx([0.01 + 0.001 * s - 0.02 for s in range(4)])
+    assert "nme_delta" not in out[("supervised", "teacher", 50)]
+    assert "nme_delta" not in out[("tsal-published-queue", "student", 50)]
+    assert "nme_delta" not in out[("tsal-published-queue", "teacher", 200)]
+    md = mod.markdown(mod.aggregate(rows), {"machine": "m", "commands": ["c"]})
+    lo, hi = 100 * (mean - half), 100 * (mean + half)
+    assert f"| tsal-published-queue | 50 | teacher | test.lst | 10 | 4 | 8.88 ± 0.85 | " \
+           f"{100 * mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" in md
 
 
-def test_every_method_is_a_valid_config():
-    from tsal_dist.config import ExperimentConfig, with_overrides
-
+def test_t_quantiles():
     mod = _module()
-    for name, over in mod.METHODS.items():
-        cfg = with_overrides(ExperimentConfig(), over)  # raises on an unknown key or bad value
-        assert cfg.to_dict() is not None, name
+    assert mod.t975(4) == pytest.approx(2.776)
+    assert mod.t975(2) == pytest.approx(4.303)
+    assert mod.t975(11) == pytest.approx(2.228)  # the nearest smaller df in the table
+
+
+def test_every_method_is_a_valid_config_and_the_published_rows_are_published():
+    mod = _module()
+    for table in (mod.METHODS, mod.CURVE):
+        for name in table:
+            cfg = mod.config_for(name, 50, 0, 100, "/tmp/x", False, table)  # raises if invalid
+            assert cfg.data.synthetic.labeled_domain.yaw_max_deg == (
+                55.0 if name == "supervised-wide-labels" else 15.0), name
+    for mode in ("queue", "ema", "mutual"):
+        cfg = mod.config_for(f"tsal-published-{mode}", 50, 0, 100, "/tmp/x", False, mod.METHODS)
+        assert cfg.loss.structure_on == "labeled" and cfg.teacher.average_buffers is False
+        assert cfg.teacher.mode == {"mutual": "mutual_step"}.get(mode, mode)
+    mt = mod.config_for("mean-teacher", 50, 0, 100, "/tmp/x", False, mod.METHODS)
+    assert mt.teacher.optimize is False and mt.loss.pseudo_source == "teacher"
+
+
+@pytest.mark.slow
+def test_quick_compare_runs_end_to_end_and_resumes(tmp_path):
+    mod = _module()
+    args = ["compare", "--quick", "--steps", "4", "--seeds", "0", "1", "--methods",
+            "supervised", "tsal-published-mutual", "--parallel", "1", "--out", str(tmp_path)]
+    assert mod.main(args) == 0
+    doc = json.loads((tmp_path / "results" / "semi_supervised.json").read_text())
+    rows = [r for r in doc["summary"] if r["method"] == "tsal-published-mutual"
+            and r["model"] == "teacher"]
+    assert {r["eval_set"] for r in rows} == {"synthetic.test.lst", "synthetic.videos.test.lst"}
+    video = next(r for r in rows if r["eval_set"] == "synthetic.videos.test.lst")
+    assert video["nmj"] > 0 and len(video["nme_delta"]["per_seed"]) == 2
+    before = (tmp_path / "supervised-L50-s0" / "result.json").stat().st_mtime_ns
+    assert mod.main(args) == 0  # finished runs are reused, not trained again
+    assert (tmp_path / "supervised-L50-s0" / "result.json").stat().st_mtime_ns == before

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from tsal_dist.data.schemes import scheme_for
 from tsal_dist.eval import metrics as M
 
 # Hand-made eye geometry (68 points): outer corners 36 = (10, 50) and 45 = (110, 50) -> d_io = 100.
@@ -45,7 +46,7 @@ def test_inter_pupil_hand_example_and_ratio():
     assert ip[0] == pytest.approx(7.0 / (68 * 60.0))
     # same errors, pupils closer together than outer corners: ip / io = d_io / d_ip
     assert ip[0] / io[0] == pytest.approx(100.0 / 60.0)
-    both = M.nme_by_norm(pred, gt, num_points=68)
+    both = M.nme_by_norm(pred, gt, scheme_for(68))
     assert list(both) == ["inter_ocular", "inter_pupil"]
     np.testing.assert_allclose(both["inter_pupil"], ip)
 
@@ -88,8 +89,8 @@ def test_face_size_19_points():
     vis[1, 10:] = 0  # 10 visible in image 1
     out = M.nme(pred, gt, "face_size", visible=vis, face_size=np.array([50.0, 20.0]))
     np.testing.assert_allclose(out, [10.0 / (19 * 50.0), 1.0 / (10 * 20.0)])
-    spec = M.default_norm_points(19)
-    assert spec.primary == "face_size" and spec.norms == ("face_size",)
+    spec = scheme_for(19)
+    assert spec.primary_norm == "face_size" and spec.norms == ("face_size",)
     assert np.isnan(M.nme(pred, gt, "face_size", face_size=np.array([np.nan, 0.0]))).all()
     with pytest.raises(ValueError, match="face_size"):
         M.nme(pred, gt, "face_size")
@@ -135,17 +136,6 @@ def test_shape_and_name_errors():
         M.nme(gt[:, :40], gt[:, :40], "inter_ocular")
 
 
-def test_default_norm_points():
-    s68 = M.default_norm_points(68)
-    assert (s68.primary, s68.eye_corners) == ("inter_ocular", (36, 45))
-    assert s68.pupils == (tuple(range(36, 42)), tuple(range(42, 48)))
-    s98 = M.default_norm_points(98)
-    assert (s98.primary, s98.eye_corners, s98.scheme) == ("inter_ocular", (60, 72), "wflw98")
-    assert M.default_norm_points(7).primary == "bbox"
-    with pytest.raises(ValueError):
-        M.default_norm_points(0)
-
-
 def test_wflw_corners_used_by_nme_by_norm():
     gt = np.zeros((1, 98, 2))
     gt[0, :, 0] = np.arange(98)  # x = index, so ||p60 - p72|| = 12
@@ -153,7 +143,7 @@ def test_wflw_corners_used_by_nme_by_norm():
     gt[0, 97] = (0, 3)  # pupils 3 apart
     pred = gt.copy()
     pred[0, 0, 1] += 98.0 * 12  # total error 1176 -> NME_io = 1176 / (98 * 12) = 1
-    out = M.nme_by_norm(pred, gt, 98)
+    out = M.nme_by_norm(pred, gt, scheme_for(98))
     assert out["inter_ocular"][0] == pytest.approx(1.0)
     assert out["inter_pupil"][0] == pytest.approx(4.0)
 
@@ -214,3 +204,28 @@ def test_summarize_keys_values_and_json_safety():
     json.dumps(empty, allow_nan=False)
     inf = M.summarize(np.array([0.01, np.inf]))
     assert inf["nme"] is None and inf["n_nonfinite"] == 1 and inf["fr@0.08"] == 0.5
+
+
+def test_nmj_is_the_rms_of_the_change_of_the_normalised_error():
+    from tsal_dist.eval.metrics import error_changes, nmj
+
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0, 100, (4, 3, 2))
+    # the same error every frame: no jitter, however large the error
+    assert nmj([error_changes(gt + 5.0, gt, np.full(4, 10.0))]) == pytest.approx(0.0, abs=1e-12)
+    # error alternating +1 / -1 px in x at d = 10: every change is 0.2 in x, 0 in y
+    pred = gt.copy()
+    pred[::2, :, 0] += 1.0
+    pred[1::2, :, 0] -= 1.0
+    ch = error_changes(pred, gt, np.full(4, 10.0))
+    assert ch.shape == (9,) and np.allclose(ch, 0.04)
+    assert nmj([ch]) == pytest.approx(0.2)
+    # a point invisible in frame 2 drops the pairs (1, 2) and (2, 3) of that point only
+    vis = np.ones((4, 3))
+    vis[2, 0] = 0
+    assert error_changes(pred, gt, np.full(4, 10.0), vis).shape == (7,)
+    # pooled over videos: RMS of all changes, not the mean of per-video RMS
+    other = error_changes(gt + np.array([0.0, 3.0]) * np.arange(4)[:, None, None], gt,
+                          np.full(4, 10.0))  # changes of 0.3 each
+    assert nmj([ch, other]) == pytest.approx(np.sqrt((9 * 0.04 + 9 * 0.09) / 18))
+    assert np.isnan(nmj([]))

@@ -1,5 +1,6 @@
 """The dataset on disk: rendering every item into 300W / 300VW / SBR-list layout, its manifest and
-contact sheet, and the cache folder keyed by the sizes and ``generator_fingerprint()``."""
+contact sheet, and the cache folder keyed by the sizes, the labeled domain (when not the default)
+and ``generator_fingerprint()``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import cv2
 import numpy as np
 
 from tsal_dist.atomic import atomic_write_bytes
-from tsal_dist.config import SyntheticConfig
+from tsal_dist.config import SyntheticConfig, to_dict
+from tsal_dist.config.experiment import DomainConfig
 from tsal_dist.data import formats
 from tsal_dist.data.formats import ListEntry, landmark_box, write_list, write_pts
 from tsal_dist.data.synthetic.face import NUM_POINTS
@@ -35,9 +37,12 @@ LIST_FILES = {
 # face.py).
 _STREAM_TRAIN, _STREAM_TEST, _STREAM_VIDEO, _STREAM_TEST_VIDEO = 1, 2, 3, 4
 
-# The sizes and their defaults: SyntheticConfig's fields, nowhere else.
+# The sizes and their defaults: SyntheticConfig's fields, nowhere else. The labeled domain is no
+# size: it is its own argument, and enters the cache key only when it is not the default.
 _DEFAULTS = SyntheticConfig()
-_SIZE_DEFAULTS = dataclasses.asdict(_DEFAULTS)
+_SIZE_DEFAULTS = {f.name: getattr(_DEFAULTS, f.name) for f in dataclasses.fields(_DEFAULTS)
+                  if f.name != "labeled_domain"}
+_WIDE = DomainConfig()  # the test images' and the videos' domain, whatever the labeled one
 
 
 def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
@@ -95,8 +100,13 @@ def _contact_sheet(samples: list[tuple[np.ndarray, np.ndarray]], cols: int = 6) 
 
 def generate_dataset(out: str | Path, *, images: int, test_images: int, videos: int,
                      test_videos: int, frames: int, image_size: int = _DEFAULTS.image_size,
-                     seed: int = _DEFAULTS.seed, progress: bool = True) -> Path:
+                     seed: int = _DEFAULTS.seed,
+                     labeled_domain: DomainConfig = _DEFAULTS.labeled_domain,
+                     progress: bool = True) -> Path:
     """Render the whole synthetic dataset into ``out``.
+
+    The labeled training images come from ``labeled_domain``; the test images and all videos from
+    the wide (default) domain. The default domain gives the same bytes as before it existed.
 
     Layout::
 
@@ -138,7 +148,8 @@ def generate_dataset(out: str | Path, *, images: int, test_images: int, videos: 
             d.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 rng = np.random.default_rng([seed, stream, i])
-                img, lm, q = render_image(rng, image_size)
+                img, lm, q = render_image(rng, image_size,
+                                          labeled_domain if split == "train" else _WIDE)
                 jpg, pts = d / f"{i:05d}.jpg", d / f"{i:05d}.pts"
                 _write_jpeg(jpg, img, q)
                 write_pts(pts, lm)
@@ -181,7 +192,8 @@ def generate_dataset(out: str | Path, *, images: int, test_images: int, videos: 
             "content_sha256": content_digest(root), "seed": seed,
             "images": images, "test_images": test_images, "videos": videos,
             "test_videos": test_videos, "frames": frames, "image_size": image_size,
-            "num_points": NUM_POINTS, "landmark_scheme": "ibug68",
+            "labeled_domain": to_dict(labeled_domain), "num_points": NUM_POINTS,
+            "landmark_scheme": "ibug68",
             "pts_coordinates": "0-based pixel centres (x right, y down)",
             "lists": {k: str(p.relative_to(root)) for k, p in paths.items()},
             "counts": {k: len(v) for k, v in entries.items()},
@@ -226,14 +238,17 @@ def content_digest(root: str | Path) -> str:
     return h.hexdigest()
 
 
-def synthetic_key(**sizes: int) -> str:
-    """Folder name for these sizes: ``synthetic-<12 hex>`` of sizes, seed and generator."""
+def synthetic_key(labeled_domain: DomainConfig = _DEFAULTS.labeled_domain, **sizes: int) -> str:
+    """Folder name for these sizes: ``synthetic-<12 hex>`` of sizes, seed, generator and (only
+    when it is not the default, so default folders keep their names) the labeled domain."""
     unknown = set(sizes) - set(_SIZE_DEFAULTS)
     if unknown:
         raise TypeError(f"ensure_synthetic: unknown size argument(s) {sorted(unknown)}; "
                         f"expected {sorted(_SIZE_DEFAULTS)}")
-    full = {**_SIZE_DEFAULTS, **{k: int(v) for k, v in sizes.items()},
-            "generator": generator_fingerprint()}
+    full: dict = {**_SIZE_DEFAULTS, **{k: int(v) for k, v in sizes.items()},
+                  "generator": generator_fingerprint()}
+    if labeled_domain != _DEFAULTS.labeled_domain:
+        full["labeled_domain"] = to_dict(labeled_domain)
     return "synthetic-" + hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -246,7 +261,8 @@ def _intact(root: Path) -> bool:
         return False
 
 
-def ensure_synthetic(cache_dir: str | Path, *, progress: bool = True, **sizes: int) -> Path:
+def ensure_synthetic(cache_dir: str | Path, *, progress: bool = True,
+                     labeled_domain: DomainConfig = _DEFAULTS.labeled_domain, **sizes: int) -> Path:
     """Generate the dataset once into ``cache_dir/synthetic-<hash>`` and reuse it afterwards.
 
     Generation goes to a temporary sibling folder that is renamed into place when complete, so an
@@ -257,12 +273,13 @@ def ensure_synthetic(cache_dir: str | Path, *, progress: bool = True, **sizes: i
     Args:
         cache_dir: parent folder (``~`` expanded, created if missing).
         progress: show a progress bar while generating.
+        labeled_domain: the labeled training images' domain (default: wide, like the rest).
         **sizes: any of images, test_images, videos, test_videos, frames, image_size, seed
             (defaults as in ``SyntheticConfig``).
     Returns:
         The dataset root (contains manifest.json).
     """
-    key = synthetic_key(**sizes)
+    key = synthetic_key(labeled_domain, **sizes)
     cache = Path(cache_dir).expanduser()
     final = cache / key
     if (final / "manifest.json").is_file():
@@ -275,7 +292,8 @@ def ensure_synthetic(cache_dir: str | Path, *, progress: bool = True, **sizes: i
         shutil.rmtree(final, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{key}.tmp-"))
     try:
-        generate_dataset(tmp, **{**_SIZE_DEFAULTS, **sizes}, progress=progress)
+        generate_dataset(tmp, **{**_SIZE_DEFAULTS, **sizes}, labeled_domain=labeled_domain,
+                         progress=progress)
         try:
             os.rename(tmp, final)
         except OSError:

@@ -1,4 +1,11 @@
-"""The scene around the face and one 300W-style photo: background, occluders, degradations."""
+"""The scene around the face and one 300W-style photo: background, occluders, degradations.
+
+A photo's distribution is narrowed by a ``DomainConfig`` (pose, occluders, light, expression,
+blur), which transforms the draws and never adds or skips one: the default (wide) domain gives the
+bytes it always gave, and a narrowed photo keeps its seed's identity (and its background, unless
+the narrowed or the wide face is too big to be placed at random: ``_fit_in_frame`` then draws
+nothing).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from dataclasses import replace as _replace
 import cv2
 import numpy as np
 
+from tsal_dist.config.experiment import DomainConfig
 from tsal_dist.data.formats import landmark_box
 from tsal_dist.data.synthetic.face import FaceState, face_landmarks, sample_identity
 from tsal_dist.data.synthetic.raster import _blend, _ellipse_mask, _noise_field, _poly_mask
@@ -120,11 +128,17 @@ class Degrade:
     jpeg_quality: int
 
 
-def sample_degrade(rng: np.random.Generator, size: int) -> Degrade:
+def sample_degrade(rng: np.random.Generator, size: int, blur_rate: float = 1.0) -> Degrade:
+    """Degradations for a ``size`` px frame; blur and motion blur (probabilities 0.3 and 0.15)
+    happen only with ``blur_rate`` times those probabilities (same draws for any rate)."""
     k = size / 256
+    u_blur = rng.uniform()
+    blur = float(rng.uniform(0.4, 1.6) * k) if u_blur < 0.3 else 0.0
+    u_motion = rng.uniform()
+    motion = int(rng.integers(3, 10) * k) if u_motion < 0.15 else 0
     return Degrade(
-        blur_sigma=float(rng.uniform(0.4, 1.6) * k) if rng.uniform() < 0.3 else 0.0,
-        motion_len=int(rng.integers(3, 10) * k) if rng.uniform() < 0.15 else 0,
+        blur_sigma=blur if u_blur < 0.3 * blur_rate else 0.0,
+        motion_len=motion if u_motion < 0.15 * blur_rate else 0,
         motion_angle=float(rng.uniform(0, 180)), contrast=float(rng.uniform(0.7, 1.25)),
         brightness=float(rng.uniform(-0.12, 0.12)), gamma=float(rng.uniform(0.8, 1.25)),
         noise=float(rng.uniform(0.003, 0.04)), jpeg_quality=int(rng.integers(35, 96)))
@@ -152,9 +166,19 @@ def apply_degrade(img: np.ndarray, dg: Degrade, rng: np.random.Generator) -> np.
 # Still images (300W-style)
 # ----------------------------------------------------------------------------------------------
 
-def _random_light(rng: np.random.Generator) -> tuple[float, float, float]:
-    v = np.array([rng.uniform(-0.9, 0.9), rng.uniform(-0.8, 0.4), rng.uniform(0.4, 1.0)])
+_WIDE = DomainConfig()
+
+
+def _random_light(rng: np.random.Generator, side: float = 1.0) -> tuple[float, float, float]:
+    """Unit vector towards the light; its sideways and vertical parts scaled by ``side``."""
+    v = np.array([rng.uniform(-0.9, 0.9) * side, rng.uniform(-0.8, 0.4) * side,
+                  rng.uniform(0.4, 1.0)])
     return tuple(float(x) for x in v / np.linalg.norm(v))
+
+
+def _even_ambient(ambient: float, side: float) -> float:
+    """Ambient share moved towards 0.6 (the top of its range) as ``side`` goes from 1 to 0."""
+    return ambient + (1 - side) * (0.6 - ambient)  # side = 1: exactly ``ambient``
 
 
 def _fit_in_frame(lm: np.ndarray, size: int, rng: np.random.Generator,
@@ -168,33 +192,41 @@ def _fit_in_frame(lm: np.ndarray, size: int, rng: np.random.Generator,
     return shift
 
 
-def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """One 300W-style photo.
+def render_image(rng: np.random.Generator, size: int, domain: DomainConfig = _WIDE
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """One 300W-style photo, from ``domain`` (default: the wide one).
 
     Returns:
         image: (size, size, 3) uint8 RGB; landmarks: (68, 2) float64 px; jpeg quality.
     """
+    d, e = domain, domain.expression
     ident = sample_identity(rng)
     yaw = float(np.clip(rng.normal(0, 22), -55, 55)) if rng.uniform() < 0.85 else \
         float(rng.uniform(-55, 55))
+    # keyword arguments are evaluated in order: this is the order of the draws
     st = FaceState(
-        yaw=yaw, pitch=float(np.clip(rng.normal(0, 10), -25, 25)),
-        roll=float(np.clip(rng.normal(0, 11), -30, 30)), center=(0.0, 0.0),
-        scale=float(rng.uniform(0.48, 0.80) * size / 2.0),
-        mouth_open=float(max(0.0, rng.uniform(-0.6, 1.0))), smile=float(rng.uniform(-0.3, 1.0)),
-        brow_raise=float(rng.uniform(-0.5, 1.0)),
-        blink_right=float(rng.uniform() < 0.1) * rng.uniform(0.5, 1.0),
-        blink_left=0.0, gaze=(float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1))),
-        light=_random_light(rng), ambient=float(rng.uniform(0.25, 0.6)),
+        yaw=yaw * (d.yaw_max_deg / 55),
+        pitch=float(np.clip(rng.normal(0, 10), -25, 25)) * (d.pitch_max_deg / 25),
+        roll=float(np.clip(rng.normal(0, 11), -30, 30)) * (d.roll_max_deg / 30),
+        center=(0.0, 0.0), scale=float(rng.uniform(0.48, 0.80) * size / 2.0),
+        mouth_open=float(max(0.0, rng.uniform(-0.6, 1.0))) * e,
+        smile=float(rng.uniform(-0.3, 1.0)) * e, brow_raise=float(rng.uniform(-0.5, 1.0)) * e,
+        blink_right=float(rng.uniform() < 0.1) * rng.uniform(0.5, 1.0) * e,
+        blink_left=0.0, gaze=(float(rng.uniform(-1, 1)) * e, float(rng.uniform(-1, 1)) * e),
+        light=_random_light(rng, d.side_light),
+        ambient=_even_ambient(float(rng.uniform(0.25, 0.6)), d.side_light),
         dist=float(rng.uniform(4.5, 12.0)))
     st = _replace(st, blink_left=st.blink_right if rng.uniform() < 0.8 else
-                  float(rng.uniform(0, 1)))
+                  float(rng.uniform(0, 1)) * e)
     lm0 = face_landmarks(ident, st)
     shift = _fit_in_frame(lm0, size, rng, margin=0.02 * size)
     st = _replace(st, center=(float(shift[0]), float(shift[1])))
     img = make_background(rng, size, size)
     lm = render_face(img, ident, st)
-    if rng.uniform() < 0.2:
-        draw_occluder(img, sample_occluder(rng, landmark_box(lm)))
-    dg = sample_degrade(rng, size)
+    u_occ = rng.uniform()
+    if u_occ < 0.2:
+        occ = sample_occluder(rng, landmark_box(lm))  # drawn whatever the rate: same draws
+        if u_occ < 0.2 * d.occluder_rate:
+            draw_occluder(img, occ)
+    dg = sample_degrade(rng, size, d.blur_rate)
     return apply_degrade(img, dg, rng), lm, dg.jpeg_quality
