@@ -98,3 +98,25 @@ def test_save_then_load_is_identity(tmp_path):
 def test_set_args_need_equals():
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_set_args(["teacher.blend"])
+
+
+def test_run_names_survive_fields_added_later():
+    """Run folders are named by the config hash and a rerun resumes them: a field added later
+    (schema.later) leaves every older config's name unchanged while it holds its default."""
+    from tsal_dist.config import run_name_for
+
+    default = ExperimentConfig()
+    assert run_name_for(default) == "tsal-bb18f7116f"  # the name before the later fields existed
+    for key, value in (("optim.layer_lr", "tsal"), ("loss.structure_on", "labeled"),
+                       ("model.init_from", "/w.pt"), ("teacher.optimize", False),
+                       ("data.synthetic.labeled_domain.yaw_max_deg", 15.0)):
+        changed = with_overrides(default, {key: value})
+        assert changed.hash() != default.hash(), key
+        back = with_overrides(changed, {key: getattr_path(default, key)})
+        assert back.hash() == default.hash(), key
+
+
+def getattr_path(obj, dotted):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj

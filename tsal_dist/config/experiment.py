@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tsal_dist.config.schema import Schema, check
+from tsal_dist.config.schema import Schema, check, later
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class SyntheticConfig:
     image_size: int = 256  # rendered frame side, pixels
     seed: int = 0
     # domain of the labeled training images only; test images and all videos stay wide
-    labeled_domain: DomainConfig = field(default_factory=DomainConfig)
+    labeled_domain: DomainConfig = later(default_factory=DomainConfig)
 
     def __post_init__(self) -> None:
         for name in ("images", "test_images", "frames", "image_size"):
@@ -153,7 +153,7 @@ class ModelConfig:
     # or as its backbone's (``features.0.weight``: torchvision's VGG-16 names for cpm_vgg16).
     # Every matching name must have the model's shape; names the model lacks are reported and
     # ignored (an ImageNet VGG-16's conv5 and classifier). "" = random init.
-    init_from: str = ""
+    init_from: str = later("")
 
     def __post_init__(self) -> None:
         check(self.input_size >= 32 and self.input_size % 32 == 0, "model.input_size",
@@ -208,7 +208,7 @@ class LossConfig:
     # unlabeled clip's frames at their predicted centroid cell, differences within a clip) or
     # "labeled" (TSAL's code, METHOD.md 1.6-1.7: the labeled faces at their ground-truth centroid
     # cell with the offset mask, differences over the whole batch).
-    structure_on: Literal["clips", "labeled"] = "clips"
+    structure_on: Literal["clips", "labeled"] = later("clips")
 
     def __post_init__(self) -> None:
         for name in ("heatmap_weight", "centroid_weight", "offset_weight", "structure_weight",
@@ -251,7 +251,7 @@ class TeacherConfig:
     average_buffers: bool = True  # BatchNorm running stats averaged (True) or kept (False)
     # False: the teacher never takes an optimizer step of its own and is only the average of
     # the student (the mean-teacher baseline); its forwards still make the targets it gives.
-    optimize: bool = True
+    optimize: bool = later(True)
 
     def __post_init__(self) -> None:
         check(self.queue_length >= 1, "teacher.queue_length", "must be >= 1")
@@ -281,8 +281,8 @@ class OptimConfig:
     # Per-layer learning rates: "uniform" (every parameter at lr) or "tsal" (TSAL's groups:
     # backbone weights 1x, biases 2x; heatmap-stage weights 4x, biases 8x; the centroid branch,
     # which TSAL's code leaves out of its optimizer, 1x / 2x like the backbone).
-    layer_lr: Literal["uniform", "tsal"] = "uniform"
-    bias_decay: bool = True  # weight decay on biases and norm parameters too (TSAL: False)
+    layer_lr: Literal["uniform", "tsal"] = later("uniform")
+    bias_decay: bool = later(True)  # weight decay on biases and norm parameters too (TSAL: False)
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "optim.lr", "must be > 0")

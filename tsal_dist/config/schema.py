@@ -187,27 +187,42 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _changed(value: Any, default: Any) -> Any:
-    """The leaves of ``value`` that differ from ``default`` (nested dicts), or None."""
-    if isinstance(value, Mapping) and isinstance(default, Mapping):
-        out = {k: c for k, v in value.items()
-               if (c := _changed(v, default.get(k, _MISSING))) is not None}
-        return out or None
-    return None if value == default else value
+_LATER = "tsal_dist.hash_when_default"
 
 
-_MISSING = object()
+def later(default: Any = dataclasses.MISSING, *,
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A field added after run folders were named by :func:`config_hash`: while it holds its
+    default it is left out of the hash, so every config written before it keeps its hash (and
+    its run folder, which a rerun resumes). Set to anything else, it counts like any field."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={_LATER: False})
+
+
+def _hash_view(obj: Any) -> Any:
+    """``to_dict(obj)`` without the :func:`later` fields that hold their defaults."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get(_LATER) is False:
+                default = f.default if f.default is not dataclasses.MISSING \
+                    else f.default_factory()  # type: ignore[misc]
+                if value == default:
+                    continue
+            out[f.name] = _hash_view(value)
+        return out
+    return to_dict(obj)
 
 
 def config_hash(cfg: Any) -> str:
-    """Short stable hash of a config: sha256 of the canonical JSON of the values that differ
-    from the schema's defaults. A field added later with a default leaves every existing
-    config's hash (and so its run folder's name) unchanged."""
+    """Short stable hash of a config: sha256 of its canonical JSON (sorted keys), leaving out
+    the fields added later (:func:`later`) while they hold their defaults."""
     import hashlib
     import json
 
-    diff = _changed(to_dict(cfg), to_dict(type(cfg)())) or {}
-    return hashlib.sha256(json.dumps(diff, sort_keys=True).encode()).hexdigest()[:16]
+    blob = json.dumps(_hash_view(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 class Schema:
@@ -225,6 +240,5 @@ class Schema:
         return from_dict(cls, d)
 
     def hash(self) -> str:
-        """Short stable hash of the resolved config (:func:`config_hash`: only the values that
-        differ from the defaults count)."""
+        """Short stable hash of the resolved config (:func:`config_hash`)."""
         return config_hash(self)
