@@ -22,7 +22,7 @@ from tsal_dist.config import DistillConfig, ExperimentConfig, run_name_for
 from tsal_dist.data.lists import resolve_data
 from tsal_dist.distributed.teacher_actor import start_teacher_actor
 from tsal_dist.distributed.worker import distill_loop_per_worker, train_loop_per_worker
-from tsal_dist.loop.distill_loop import ensure_asm
+from tsal_dist.loop.distill_loop import ensure_asm, with_tough_from
 from tsal_dist.loop.loop import teacher_server_args
 
 
@@ -125,7 +125,7 @@ def fit_distill(cfg: DistillConfig, *, run_callbacks: list | None = None,
     run_dir = Path(e.run.output).expanduser().resolve() / name
     # here, once: the synthetic data and the ASM, so that the workers do not race to make them
     run_dir.mkdir(parents=True, exist_ok=True)
-    ensure_asm(cfg, run_dir)
+    ensure_asm(with_tough_from(cfg)[0], run_dir)  # at the crop size the teachers use
     ensure_ray()
     return launch(distill_loop_per_worker, cfg=e, name=name, run_dir=run_dir,
                   loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir), "run_name": name,

@@ -54,7 +54,8 @@ from tsal_dist.loop.evaluation import eval_module, evaluate_lists, write_eval_su
 from tsal_dist.loop.schedules import lr_at
 from tsal_dist.models import LandmarkModel, build_model, build_student_model
 
-__all__ = ["distill", "ensure_asm", "load_tough_from", "build_student", "train_teacher"]
+__all__ = ["distill", "ensure_asm", "load_tough_from", "with_tough_from", "build_student",
+           "train_teacher"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -142,6 +143,21 @@ def _soft_targets(asm: ShapeModel, landmarks: Tensor, visible: Tensor) -> Tensor
 
 
 # ----------------------------------------------------------------------------- phase 2: teachers
+
+
+def with_tough_from(dcfg: DistillConfig) -> tuple[DistillConfig, nn.Module | None]:
+    """With ``teachers.tough_from``: the config whose experiment takes the tough run's model
+    section (architecture, input size: what the teachers, the ASM and the crops use) and that
+    run's teacher; otherwise ``(dcfg, None)``. The driver and the workers both call it."""
+    if not dcfg.teachers.tough_from:
+        return dcfg, None
+    tough, tough_cfg, _ = load_tough_from(dcfg.teachers.tough_from)
+    k = dcfg.experiment.data.num_points
+    if tough_cfg.data.num_points != k:
+        raise CheckpointError(f"{dcfg.teachers.tough_from}: teacher has "
+                              f"{tough_cfg.data.num_points} points, distillation uses {k}")
+    e = dataclasses.replace(dcfg.experiment, model=tough_cfg.model)
+    return dataclasses.replace(dcfg, experiment=e), tough
 
 
 def load_tough_from(run: str | Path) -> tuple[nn.Module, ExperimentConfig, Path]:
@@ -242,15 +258,9 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
     k, size = e.data.num_points, e.model.input_size
 
     # ---- Tough teacher from a previous run: its model section is the teachers' architecture
-    tough_from = None
-    if dcfg.teachers.tough_from:
-        tough_from, tough_cfg, _ = load_tough_from(dcfg.teachers.tough_from)
-        if tough_cfg.data.num_points != k:
-            raise CheckpointError(f"{dcfg.teachers.tough_from}: teacher has "
-                                  f"{tough_cfg.data.num_points} points, distillation uses {k}")
-        e = dataclasses.replace(e, model=tough_cfg.model)
-        dcfg = dataclasses.replace(dcfg, experiment=e)
-        size = e.model.input_size
+    dcfg, tough_from = with_tough_from(dcfg)
+    e = dcfg.experiment
+    size = e.model.input_size
 
     # ---- data and the ASM (rank 0 fits; the driver has usually done it already)
     data = build_run_data(e, clips=False)

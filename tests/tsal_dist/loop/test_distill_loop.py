@@ -157,3 +157,34 @@ def test_student_landmarks_come_from_the_model_interface_and_reach_every_paramet
     assert pred.shape == (2, 68, 2)
     pred.square().sum().backward()
     assert all(p.grad is not None for p in s.parameters())
+
+
+def test_tough_from_gives_its_model_section_to_the_asm_and_the_teachers(tmp_path):
+    """teachers.tough_from: the previous run's teacher, and its architecture and crop size for
+    everything the teachers see (the driver fits the ASM with it, as the workers do)."""
+    from tsal_dist.config import ExperimentConfig, with_overrides
+    from tsal_dist.loop.checkpoint import save_teacher_checkpoint
+    from tsal_dist.loop.distill_loop import ensure_asm, with_tough_from
+    from tsal_dist.models import build_model
+
+    cfg = load_distill_config(None, TINY)
+    tough_cfg = with_overrides(cfg.experiment, {"model.input_size": 96, "model.width": 0.35})
+    model = build_model(tough_cfg.model, tough_cfg.data.num_points)
+    engine = build_engine(model, tough_cfg.train, tough_cfg.optim, torch.device("cpu"))
+    save_teacher_checkpoint(tmp_path / "tough" / "checkpoints", step=3, role="tough",
+                            cfg=tough_cfg, teacher=engine, rank=0, barrier=lambda: None)
+    resolved, tough = with_tough_from(load_distill_config(
+        None, {**TINY, "teachers.tough_from": str(tmp_path / "tough")}))
+    assert resolved.experiment.model == tough_cfg.model and tough.input_size == 96
+    assert all(torch.equal(a, b) for a, b in zip(tough.state_dict().values(),
+                                                 model.state_dict().values()))
+    assert ensure_asm(resolved, tmp_path / "run").input_size == 96  # hyperface centres at S / 2
+    assert with_tough_from(cfg) == (cfg, None)
+    bad = with_overrides(ExperimentConfig(), {"data.num_points": 19, "model.centroid_index": 10})
+    save_teacher_checkpoint(tmp_path / "bad" / "checkpoints", step=1, role="tough", cfg=bad,
+                            teacher=build_engine(build_model(bad.model, 19), bad.train,
+                                                 bad.optim, torch.device("cpu")),
+                            rank=0, barrier=lambda: None)
+    with pytest.raises(Exception, match="teacher has 19 points, distillation uses 68"):
+        with_tough_from(load_distill_config(None, {**TINY,
+                                                   "teachers.tough_from": str(tmp_path / "bad")}))
