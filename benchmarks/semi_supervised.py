@@ -16,9 +16,9 @@ is reused when its config matches, an unfinished one resumes from its checkpoint
            the mean-teacher baseline; teacher and student on test images and test videos: NME,
            FR@0.08 and, on video, NMJ; deltas paired by seed with 95 % t intervals.
 
-  python benchmarks/semi_supervised.py curve   [--labeled 25 50 100 200 0] [--steps 1500]
+  python benchmarks/semi_supervised.py curve   [--labeled 25 50 100 200 0] [--steps 800]
   python benchmarks/semi_supervised.py compare [--labeled 50 --seeds 0 1 2 3 4]
-                                               [--labeled2 200 --seeds2 0 1 2] [--steps 1500]
+                                               [--labeled2 200 --seeds2 0 1 2] [--steps 800]
   python benchmarks/semi_supervised.py tables  (rebuild the tables and plots from the JSON)
   add --quick for a CI-sized check of the whole pipeline (tiny data, a few steps; results are
   written under --out only).
@@ -133,6 +133,7 @@ def run_one(method: str, labeled: int, seed: int, steps: int, out: str, quick: b
     from tsal_dist.atomic import atomic_write_text
     from tsal_dist.config import load_config
     from tsal_dist.loop.loop import run
+    from tsal_dist.loop.runs import check_run_config
 
     table = CURVE if table_name == "curve" else METHODS
     cfg = config_for(method, labeled, seed, steps, out, quick, table)
@@ -141,6 +142,8 @@ def run_one(method: str, labeled: int, seed: int, steps: int, out: str, quick: b
     if result.is_file() and (run_dir / "config.yaml").is_file() and \
             load_config(run_dir / "config.yaml").hash() == cfg.hash():
         return {**json.loads(result.read_text()), "reused": True}
+    # a folder made under another setting (say another --steps) is refused, never continued
+    check_run_config(run_dir, cfg)
     t0 = time.perf_counter()
     summary = run(cfg, run_dir=run_dir, progress=False, resume="auto")
     got = {"method": method, "labeled": labeled, "seed": seed, "steps": steps,
@@ -170,10 +173,10 @@ def paired(values: dict[int, float], base: dict[int, float]) -> dict[str, Any] |
     d = [values[s] - base[s] for s in seeds]
     mean = statistics.fmean(d)
     if len(d) < 2:
-        return {"mean": mean, "ci95": None, "n": 1, "per_seed": d}
+        return {"mean": mean, "ci95": None, "n": 1, "per_seed": d, "seeds": seeds}
     half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(d), "per_seed": d,
-            "significant": not (mean - half <= 0.0 <= mean + half)}
+            "seeds": seeds, "significant": not (mean - half <= 0.0 <= mean + half)}
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -202,13 +205,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     row[f"{key}_delta"] = delta
                     if key == "nme" and base:
                         row["nme_rel"] = delta["mean"] / statistics.fmean(
-                            base[s] for s in delta_seeds(vals, base))
+                            base[s] for s in delta["seeds"])
+        # the flat field names, for readers of the json who want one row per cell
+        d = row.get("nme_delta") or {}
+        ci = d.get("ci95") or [None, None]
+        row.update(role=model, test_set=es, nme_inter_ocular_mean=row.get("nme"),
+                   delta_vs_supervised_mean=d.get("mean"), delta_ci95_low=ci[0],
+                   delta_ci95_high=ci[1])
         out.append(row)
     return out
-
-
-def delta_seeds(a: dict[int, float], b: dict[int, float]) -> list[int]:
-    return sorted(set(a) & set(b))
 
 
 def _pct(x: float | None, sd: float | None = None) -> str:
@@ -308,14 +313,15 @@ def load_doc() -> dict[str, Any]:
     return {"version": 2, "meta": {}, "rows": []}
 
 
-def write_outputs(doc: dict[str, Any], *, to: Path = RESULTS) -> None:
+def write_outputs(doc: dict[str, Any], *, to: Path = RESULTS, show: bool = True) -> None:
     doc["summary"] = aggregate(doc["rows"])
     to.mkdir(parents=True, exist_ok=True)
     write_text(to / "semi_supervised.json", json.dumps(doc, indent=1))
     write_text(to / "semi_supervised_table.md", markdown(doc["summary"], doc["meta"]))
     if to == RESULTS:
         plot(doc["summary"])
-    print(markdown(doc["summary"], doc["meta"]))
+    if show:
+        print(markdown(doc["summary"], doc["meta"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="seeds at the --labeled budgets (curve default 0, compare 0..4)")
     p.add_argument("--labeled2", type=int, default=None, help="compare: a second label budget")
     p.add_argument("--seeds2", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     p.add_argument("--out", default="/tmp/tsal_semi_supervised")
@@ -358,28 +364,27 @@ def main(argv: list[str] | None = None) -> int:
 
     for m in dict.fromkeys(j[0] for j in jobs):  # generate each dataset once, up front
         resolve_data(config_for(m, 0, 0, args.steps, args.out, args.quick, table))
-    results = []
-    with ProcessPoolExecutor(max_workers=args.parallel) as ex:
-        futs = {j: ex.submit(run_one, *j, args.steps, args.out, args.quick, args.what)
-                for j in jobs}
-        for j, f in futs.items():
-            r = f.result()
-            results.append(r)
-            print(f"{'reused' if r.get('reused') else 'done'} {run_name(*j)} "
-                  f"({r['seconds']:.0f} s)", flush=True)
     doc = load_doc() if not args.quick else {"version": 2, "meta": {}, "rows": []}
-    fresh = rows_of(results, args.what)
-    done = {(r["table"], r["method"], r["labeled"], r["seed"]) for r in fresh}
-    doc["rows"] = [r for r in doc["rows"]
-                   if (r["table"], r["method"], r["labeled"], r["seed"]) not in done] + fresh
     command = " ".join(["python benchmarks/semi_supervised.py", *(argv or sys.argv[1:])])
     meta = doc["meta"]
     meta["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, no GPU, Python "
                        f"{platform.python_version()}; {args.parallel} runs at a time, one thread "
                        f"each")
-    meta["setting"] = {**SETTING, **(QUICK if args.quick else {})}
+    meta["setting"] = {**SETTING, **(QUICK if args.quick else {}), "optim.steps": args.steps}
     meta["commands"] = sorted(set(meta.get("commands", [])) | {command})
-    write_outputs(doc, to=results_dir)
+    with ProcessPoolExecutor(max_workers=args.parallel) as ex:
+        futs = {j: ex.submit(run_one, *j, args.steps, args.out, args.quick, args.what)
+                for j in jobs}
+        for n, (j, f) in enumerate(futs.items(), 1):
+            r = f.result()
+            print(f"[{n}/{len(jobs)}] {'reused' if r.get('reused') else 'done'} {run_name(*j)} "
+                  f"({r['seconds']:.0f} s)", flush=True)
+            # every finished run lands in the tables at once: an interrupted sweep loses nothing
+            fresh = rows_of([r], args.what)
+            done = {(x["table"], x["method"], x["labeled"], x["seed"]) for x in fresh}
+            doc["rows"] = [x for x in doc["rows"]
+                           if (x["table"], x["method"], x["labeled"], x["seed"]) not in done] + fresh
+            write_outputs(doc, to=results_dir, show=n == len(jobs))
     return 0
 
 

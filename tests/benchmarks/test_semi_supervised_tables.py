@@ -45,6 +45,10 @@ def test_paired_deltas_with_t_intervals_by_hand():
     assert t["nme_delta"]["ci95"] == pytest.approx([mean - half, mean + half])
     assert t["nme_delta"]["significant"] is (mean + half < 0)
     assert t["nme_rel"] == pytest.approx(mean / statistics.fmean(sup.values()))
+    assert (t["role"], t["test_set"], t["seeds"]) == ("teacher", "test.lst", [0, 1, 2, 3])
+    assert t["nme_inter_ocular_mean"] == t["nme"]
+    assert t["delta_vs_supervised_mean"] == pytest.approx(mean)
+    assert (t["delta_ci95_low"], t["delta_ci95_high"]) == pytest.approx((mean - half, mean + half))
     assert t["nmj_delta"]["per_seed"] == pytest.approx([0.01 + 0.001 * s - 0.02 for s in range(4)])
     assert "nme_delta" not in out[("supervised", "teacher", 50)]
     assert "nme_delta" not in out[("tsal-published-queue", "student", 50)]
@@ -92,3 +96,8 @@ def test_quick_compare_runs_end_to_end_and_resumes(tmp_path):
     before = (tmp_path / "supervised-L50-s0" / "result.json").stat().st_mtime_ns
     assert mod.main(args) == 0  # finished runs are reused, not trained again
     assert (tmp_path / "supervised-L50-s0" / "result.json").stat().st_mtime_ns == before
+    # another setting in the same folders is refused, not resumed from the other run's steps
+    from tsal_dist.loop.runs import RunConfigChanged
+
+    with pytest.raises(RunConfigChanged, match=r"optim\.steps: 4 -> 5"):
+        mod.main([*args[:3], "5", *args[4:]])
