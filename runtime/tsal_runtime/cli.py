@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -64,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no window")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
     p.add_argument("--threads", type=int, default=1,
-                   help="engine CPU threads (0 = the engine's default). 1 leaves the other cores "
-                        "to the face detector's process: fastest for 1 face on 2 cores; 2 help "
-                        "from 4 faces a frame (benchmarks/results/runtime_fps.md)")
+                   help="engine CPU threads for one face (0 = the engine's default). 1 leaves "
+                        "the other cores to the face detector's process: fastest for 1 face on "
+                        "2 cores (benchmarks/results/runtime_fps.md)")
+    p.add_argument("--batch-threads", type=int, default=None,
+                   help="onnxruntime CPU threads when a frame has 2 faces or more (default: "
+                        "the cores, at most 4; 0 = same as --threads): several faces split well "
+                        "over the cores")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -83,11 +88,15 @@ def run(args: argparse.Namespace) -> int:
     if args.detect_every < 1 or args.max_faces < 1:
         raise RuntimeFailure("--detect-every and --max-faces must be >= 1")
     spec = load_spec(args.model)
+    # each engine takes its own options (auto hands each candidate those it takes)
     kw: dict[str, object] = {}
-    if args.engine in ("tensorrt", "torch"):
+    if args.engine in ("auto", "tensorrt", "torch"):
         kw["precision"] = args.precision
-    if args.threads and args.engine in ("onnxruntime", "torch"):
+    if args.threads and args.engine in ("auto", "onnxruntime", "torch"):
         kw["threads"] = args.threads
+    if args.engine in ("auto", "onnxruntime"):
+        kw["batch_threads"] = (min(os.cpu_count() or 1, 4) if args.batch_threads is None
+                               else args.batch_threads)
     engine = make_engine(args.engine, spec, **kw)
     log.info("engine %s on %s", engine.name, engine.device)
     detector = make_detector(args.detector)

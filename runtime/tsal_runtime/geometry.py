@@ -116,10 +116,13 @@ def normalised_to_image(norm: np.ndarray, mats: np.ndarray, size: int) -> np.nda
     Returns:
         (N, K, 2) float64 image px.
     """
-    out = np.empty(norm.shape, dtype=np.float64)
-    for i in range(len(norm)):
-        out[i] = apply_affine(invert_affine(mats[i]), norm[i].astype(np.float64) * size - 0.5)
-    return out
+    if len(norm) == 0:
+        return np.zeros(norm.shape, dtype=np.float64)
+    full = np.zeros((len(mats), 3, 3))
+    full[:, :2], full[:, 2, 2] = mats, 1.0
+    inv = np.linalg.inv(full)[:, :2]  # every face's crop -> image affine in one call
+    pts = norm.astype(np.float64) * size - 0.5
+    return pts @ inv[:, :, :2].transpose(0, 2, 1) + inv[:, None, :, 2]
 
 
 def landmark_box(points: np.ndarray) -> np.ndarray:

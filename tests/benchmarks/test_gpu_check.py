@@ -20,7 +20,9 @@ def test_dry_run_writes_both_runs(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     try:
-        rc = mod.main(["--dry-run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w")])
+        # 2 steps (the dry run's default is 4): a row per step, the second one the steady figures
+        rc = mod.main(["--dry-run", "--steps", "2", "--out", str(tmp_path / "out"),
+                       "--work", str(tmp_path / "w")])
     finally:
         import ray
 
@@ -34,4 +36,4 @@ def test_dry_run_writes_both_runs(tmp_path):
         assert r["error"] is None and r["samples_per_sec"] > 0 and 0 <= r["data_wait_frac"] < 1
         assert r["overrides"]["train.precision"] == "bf16"
     md = (tmp_path / "out" / "gpu_check_dry_run.md").read_text()
-    assert "NOT GPU figures" in md and "| zero2-bf16-dry | 4 |" in md
+    assert "NOT GPU figures" in md and "| zero2-bf16-dry | 2 |" in md

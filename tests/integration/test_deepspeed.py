@@ -196,39 +196,53 @@ def ray_local():
     ray.shutdown()
 
 
+# ZeRO 3 only (ZeRO 2 was a second parameter, ~70 s on 2 cores): the loop's sharded-checkpoint
+# code is the same for every stage > 0 (checkpoint.is_sharded, per-rank shard files); what differs
+# by stage is DeepSpeedEngine.load_optimizer_state (ZeRO 1-2 vs 3) and the gathering of the weights
+# (ZeRO 3 only). test_zero_stages_refresh_master_weights_after_blend above reloads a shard at
+# every stage 0-3 and holds the next step to a plain-SGD reference (1e-6), which this test does
+# not; ZeRO 2 still trains through Ray Train in tests/benchmarks/test_gpu_check.py (zero2-bf16).
+# ZeRO 3 is the one kept: its weights are partitioned too (gathered for the checkpoint, scattered
+# again at the resume), the hardest case of the loop's checkpoints.
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [3])
 def test_deepspeed_run_in_ray_workers_resumes_and_evaluates(ray_local, smoke_cfg, tmp_path,
                                                            stage):
-    """2 Ray Train workers under ZeRO-``stage``; rank 1 is SIGKILLed after step 8, so the group
-    restarts from ckpt-6 and must load its optimizer shards; the final checkpoint evaluates
-    with the ordinary eval CLI."""
+    """2 Ray Train workers under ZeRO-``stage``; rank 1 is SIGKILLed after step 5, so the group
+    restarts from ckpt-3 and must load its optimizer shards; the final checkpoint evaluates
+    with the ordinary eval CLI.
+
+    6 steps (checkpoints every 3) are enough for a crash between two checkpoints and a resume
+    (ZeRO-3 steps cost seconds each on CPU)."""
     from tsal_dist.config import with_overrides
     from tsal_dist.distributed.launch import fit
     from tsal_dist.loop.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
     cfg = with_overrides(smoke_cfg, {"run.output": str(tmp_path), "run.name": f"ds{stage}",
                                      "run.export": False, "train.engine": "deepspeed",
-                                     "train.zero_stage": stage, "run.eval_every": 0})
+                                     "train.zero_stage": stage, "run.eval_every": 0,
+                                     "optim.steps": 6, "run.checkpoint_every": 3,
+                                     "run.log_every": 2})
     marker = tmp_path / "fault.json"
-    summary = fit(cfg, worker_env={"TSAL_FAULT_KILL_AT_STEP": "8", "TSAL_FAULT_RANK": "1",
+    summary = fit(cfg, worker_env={"TSAL_FAULT_KILL_AT_STEP": "5", "TSAL_FAULT_RANK": "1",
                                    "TSAL_FAULT_MARKER": str(marker)})
     assert summary["error"] is None
-    assert json.loads(marker.read_text())["step"] == 8  # the crash really happened
+    assert json.loads(marker.read_text())["step"] == 5  # the crash really happened
     ckdir = Path(summary["run_dir"]) / "checkpoints"
-    assert [s for s, _ in list_checkpoints(ckdir)] == [6, 12]
+    assert [s for s, _ in list_checkpoints(ckdir)] == [3, 6]
     for r in (0, 1):  # per-rank ZeRO optimizer partitions next to the full-weights file
-        shard = torch.load(ckdir / f"ckpt-00000012.optim-rank{r}.pt", weights_only=True)
+        shard = torch.load(ckdir / f"ckpt-00000006.optim-rank{r}.pt", weights_only=True)
         assert set(shard) == {"student_optim", "teacher_optim"}
     ck = load_checkpoint(latest_checkpoint(ckdir))
-    assert ck["engine"] == "deepspeed" and ck["step"] == 12
+    assert ck["engine"] == "deepspeed" and ck["step"] == 6
     assert "student_optim" not in ck  # sharded, not in the main file
     assert all(v.numel() > 0 for v in ck["teacher"].values() if v.dim() > 0)  # gathered
     rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text()
             .splitlines()]
     steps = [r["step"] for r in rows if "student/loss" in r]
-    assert steps.count(3) == 1 and steps[-1] == 12  # resumed at 6, not started over
+    # resumed at 3, not started over (row 2 once); the killed attempt's row 4 dropped, redone once
+    assert steps == [2, 4, 6]
     out = tmp_path / "eval.json"
     from tsal_dist.data.lists import resolve_data
 

@@ -29,16 +29,22 @@ from tsal_dist.loop.checkpoint import (atomic_torch_save, latest_checkpoint, lis
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+# The Ray runs here: 6 steps, a checkpoint every 3, a row every 2, the teacher synced every 3
+# (smoke). A fault after step 5 (rows 2 and 4 logged, ckpt-3 the newest) must redo steps 4-6
+# from ckpt-3, drop the killed attempt's row 4 and log each step once: rows [2, 4, 6].
+STEPS, KILL_AT, LOGGED = 6, "5", [2, 4, 6]
 
 
 def _cfg(smoke_cfg, out: Path, name: str, **over):
     return with_overrides(smoke_cfg, {"run.output": str(out), "run.name": name,
-                                      "run.export": False, "run.eval_every": 0, **over})
+                                      "run.export": False, "run.eval_every": 0,
+                                      "optim.steps": STEPS, "run.checkpoint_every": 3,
+                                      "run.log_every": 2, **over})
 
 
 def _final(run_dir: Path) -> dict:
     ck = load_checkpoint(latest_checkpoint(Path(run_dir) / "checkpoints"))
-    assert ck["step"] == 12
+    assert ck["step"] == STEPS
     return ck
 
 
@@ -83,14 +89,15 @@ def test_sigkill_worker_restarts_from_checkpoint_with_identical_weights(
 
     marker = tmp_path / "fault.json"
     summary = fit(_cfg(smoke_cfg, tmp_path, "kill-worker"), worker_env={
-        "TSAL_FAULT_KILL_AT_STEP": "10", "TSAL_FAULT_RANK": "0", "TSAL_FAULT_MARKER": str(marker)})
+        "TSAL_FAULT_KILL_AT_STEP": KILL_AT, "TSAL_FAULT_RANK": "0",
+        "TSAL_FAULT_MARKER": str(marker)})
     assert summary["error"] is None
     assert json.loads(marker.read_text())["action"] == "kill"
     run_dir = Path(summary["run_dir"])
     steps = _train_steps(run_dir)
-    # killed after logging step 9: steps 7-12 were redone from ckpt-6, and metrics.jsonl holds
-    # each step once (the killed attempt's row of step 9 was dropped at the resume)
-    assert steps == [3, 6, 9, 12]
+    # killed after logging step 4: steps 4-6 were redone from ckpt-3, and metrics.jsonl holds
+    # each step once (the killed attempt's row of step 4 was dropped at the resume)
+    assert steps == LOGGED
     _assert_same_weights(_final(run_dir), reference)
 
 
@@ -102,15 +109,15 @@ def test_teacher_actor_killed_restores_and_training_finishes(
 
     marker = tmp_path / "fault.json"
     summary = fit(_cfg(smoke_cfg, tmp_path, "kill-teacher"), worker_env={
-        "TSAL_FAULT_KILL_AT_STEP": "10", "TSAL_FAULT_RANK": "0", "TSAL_FAULT_MARKER": str(marker),
-        "TSAL_FAULT_ACTION": "kill_teacher"})
+        "TSAL_FAULT_KILL_AT_STEP": KILL_AT, "TSAL_FAULT_RANK": "0",
+        "TSAL_FAULT_MARKER": str(marker), "TSAL_FAULT_ACTION": "kill_teacher"})
     assert summary["error"] is None
     assert marker.is_file()
     info = summary["teacher_server"]
-    assert info["restored_from"] and info["restored_from"].endswith("ckpt-00000006.pt")
+    assert info["restored_from"] and info["restored_from"].endswith("ckpt-00000003.pt")
     run_dir = Path(summary["run_dir"])
-    # the next pull (step 12) saw the new incarnation: the group restarted from ckpt-6
-    assert _train_steps(run_dir) == [3, 6, 9, 12]  # redone from ckpt-6, each step logged once
+    # the next pull (step 6) saw the new incarnation: the group restarted from ckpt-3
+    assert _train_steps(run_dir) == LOGGED  # redone from ckpt-3, each step logged once
     _assert_same_weights(_final(run_dir), reference)
 
 
@@ -119,7 +126,7 @@ def test_teacher_actor_killed_restores_and_training_finishes(
 def test_killed_job_rerun_resumes_from_last_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "tsal_dist.train", "--config", "configs/smoke.yaml",
            "--output", str(tmp_path), "--name", "job", "--set", "run.export=false",
-           "--set", "optim.steps=18"]
+           "--set", "optim.steps=12"]  # checkpoints at 6 and 12 (smoke); killed after ckpt-6
     env = {k: v for k, v in {**os.environ, **ENV}.items() if k != "RAY_ADDRESS"}  # own Ray
     run_dir = tmp_path / "job"
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
@@ -134,13 +141,13 @@ def test_killed_job_rerun_resumes_from_last_checkpoint(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the whole job: driver and its local Ray
         proc.wait()
     done_before = [s for s, _ in list_checkpoints(run_dir / "checkpoints")]
-    assert done_before and max(done_before) < 18
+    assert done_before and max(done_before) < 12
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     steps = _train_steps(run_dir)
     assert steps.count(3) == 1  # not started over
-    assert steps[-1] == 18
-    assert [s for s, _ in list_checkpoints(run_dir / "checkpoints")][-1] == 18
+    assert steps[-1] == 12
+    assert [s for s, _ in list_checkpoints(run_dir / "checkpoints")][-1] == 12
     assert (run_dir / "eval" / "summary.json").is_file()
 
 
@@ -162,7 +169,7 @@ def test_node_removed_mid_run_recovers_on_another_node(smoke_cfg, tmp_path):
         marker = tmp_path / "fault.json"
         result: dict = {}
         th = threading.Thread(target=lambda: result.update(fit(cfg, worker_env={
-            "TSAL_FAULT_KILL_AT_STEP": "10", "TSAL_FAULT_RANK": "1",
+            "TSAL_FAULT_KILL_AT_STEP": KILL_AT, "TSAL_FAULT_RANK": "1",
             "TSAL_FAULT_MARKER": str(marker), "TSAL_FAULT_ACTION": "hang"})), daemon=True)
         th.start()
         t0 = time.time()
@@ -177,8 +184,8 @@ def test_node_removed_mid_run_recovers_on_another_node(smoke_cfg, tmp_path):
         assert not th.is_alive()
         assert result.get("error") is None, result
         run_dir = Path(result["run_dir"])
-        assert _train_steps(run_dir) == [3, 6, 9, 12]  # redone from ckpt-6, logged once
-        assert _final(run_dir)["step"] == 12
+        assert _train_steps(run_dir) == LOGGED  # redone from ckpt-3, logged once
+        assert _final(run_dir)["step"] == STEPS
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -55,7 +54,9 @@ from tsal_dist.eval.run import evaluate_list  # noqa: E402
 from tsal_dist.export import export, load_export_module  # noqa: E402
 
 PARITY_PP = 0.5  # |NME_runtime - NME_eval| bound, percentage points
-STEPS = int(os.environ.get("TSAL_NME_STEPS", "150"))  # smoke-config training steps of the test
+# The checkpoint of the test: the smoke config trained for TSAL_NME_STEPS (150) steps, its teacher
+# exported once per session (``smoke_teacher_export`` in conftest.py; test_export_parity checks
+# the same export).
 
 
 def eval_path(checkpoint: Path, list_path: Path, which: str = "teacher") -> dict[str, Any]:
@@ -125,13 +126,15 @@ def runtime_path(model_dir: Path, list_path: Path, work: Path, mode: str) -> dic
     return {"nme": float(np.mean(n)), "nmes": n, "preds": dict(zip(keys, pred)), "frames": len(n)}
 
 
-def compare(checkpoint: Path, data_root: Path, work: Path, which: str = "teacher"
-            ) -> dict[str, Any]:
-    """Export ``checkpoint`` and score eval vs runtime (both modes) on the test videos."""
+def compare(checkpoint: Path, data_root: Path, work: Path, which: str = "teacher",
+            model_dir: Path | None = None) -> dict[str, Any]:
+    """Export ``checkpoint`` (unless ``model_dir`` already holds its export) and score eval vs
+    runtime (every mode) on the test videos."""
     list_path = dataset_lists(data_root)["videos_test"]
     ev = eval_path(checkpoint, list_path, which)
-    model_dir = work / "model"
-    export(checkpoint, model_dir, which=which)
+    if model_dir is None:
+        model_dir = work / "model"
+        export(checkpoint, model_dir, which=which)
     out: dict[str, Any] = {"eval": ev}
     modes = ["listbox", "tracking"]
     try:
@@ -145,21 +148,6 @@ def compare(checkpoint: Path, data_root: Path, work: Path, which: str = "teacher
         # same frames, same order of keys
         assert set(out[mode]["preds"]) == set(ev["preds"])
     return out
-
-
-def _small_checkpoint(run_dir: Path, steps: int) -> Path:
-    """Train the smoke configuration for ``steps`` steps (tsal_dist.loop.loop.run)."""
-    from tsal_dist.config import load_config
-    from tsal_dist.loop.loop import run
-
-    cfg = load_config(ROOT / "configs" / "smoke.yaml")
-    d = cfg.to_dict()
-    d["optim"]["steps"] = steps
-    d["run"]["checkpoint_every"] = steps
-    d["run"]["log_every"] = steps
-    cfg = ExperimentConfig.from_dict(d)
-    run(cfg, run_dir=run_dir, progress=False, final_eval=False)
-    return sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))[-1]
 
 
 @pytest.fixture(scope="module")
@@ -198,10 +186,11 @@ def test_yunet_on_synthetic_faces(smoke_root: Path) -> None:
 
 
 @pytest.mark.slow
-def test_runtime_matches_eval_nme(smoke_root: Path, tmp_path: Path) -> None:
+def test_runtime_matches_eval_nme(smoke_root: Path, smoke_teacher_export: tuple,
+                                  tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    ckpt = _small_checkpoint(tmp_path / "run", steps=STEPS)
-    res = compare(ckpt, smoke_root, tmp_path)
+    ckpt, model_dir, _ = smoke_teacher_export
+    res = compare(ckpt, smoke_root, tmp_path, model_dir=model_dir)
     ev = res["eval"]["nme"] * 100
     for mode in [m for m in ("listbox", "tracking", "yunet") if m in res]:
         print(f"NME eval {ev:.3f}%  runtime[{mode}] {res[mode]['nme'] * 100:.3f}%")

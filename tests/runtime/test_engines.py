@@ -36,6 +36,34 @@ def test_auto_on_cpu_is_onnxruntime(const_model: Path) -> None:
         make_engine("tflite", load_spec(const_model))
 
 
+def test_onnxruntime_runs_large_batches_on_their_own_session(const_model: Path) -> None:
+    eng = make_engine("onnxruntime", load_spec(const_model), threads=1, batch_threads=2,
+                      batch_from=2)
+    assert eng.session_for(1) is not eng.session_for(2)
+    assert eng.session_for(2) is eng.session_for(8)
+    x = np.stack([crops(1, v)[0] for v in (10, 60, 200)])
+    lm, sc = eng.run(x)  # the batch session
+    for i in range(3):  # the one-face session, face by face: the same numbers
+        lm1, sc1 = eng.run(x[i:i + 1])
+        assert np.array_equal(lm1[0], lm[i]) and np.array_equal(sc1[0], sc[i])
+    assert np.allclose(sc[:, 0], [10 / 255, 60 / 255, 200 / 255])
+    one = make_engine("onnxruntime", load_spec(const_model), threads=2, batch_threads=2)
+    assert one.session_for(1) is one.session_for(4)  # same threads: one session
+    with pytest.raises(EngineError, match="batch_from"):
+        make_engine("onnxruntime", load_spec(const_model), batch_from=0)
+
+
+def test_auto_hands_each_engine_its_own_options(const_model: Path) -> None:
+    if "torch" in auto_order():
+        pytest.skip("CUDA here: auto picks another engine")
+    # precision is torch's / tensorrt's, threads and batch_threads reach onnxruntime
+    eng = make_engine("auto", load_spec(const_model), precision="fp16", threads=1,
+                      batch_threads=2)
+    assert (eng.name, eng.threads, eng.batch_threads) == ("onnxruntime", 1, 2)
+    with pytest.raises(TypeError, match="no engine takes the option"):
+        make_engine("auto", load_spec(const_model), thread=1)
+
+
 def write_const_pt2(path: Path) -> None:
     import torch
 

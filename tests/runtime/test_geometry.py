@@ -24,6 +24,17 @@ def test_inverse_round_trip_and_normalised() -> None:
     assert np.allclose(img[0], [[-16.5, -3.0], [123.5, 67.0], [53.5, 32.0]])
 
 
+def test_normalised_to_image_maps_each_face_with_its_own_crop() -> None:
+    boxes = [(3.5, 7.0, 103.5, 57.0), (200.0, 10.0, 260.0, 90.0), (0.0, 0.0, 20.0, 20.0)]
+    mats = np.stack([crop_matrix(b, 32, 0.2) for b in boxes])
+    norm = np.random.default_rng(0).uniform(0, 1, (3, 5, 2)).astype(np.float32)
+    got = normalised_to_image(norm, mats, 32)
+    for i in range(3):  # one face at a time, through the (2, 3) inverse
+        want = apply_affine(invert_affine(mats[i]), norm[i].astype(np.float64) * 32 - 0.5)
+        assert np.allclose(got[i], want)
+    assert normalised_to_image(norm[:0], mats[:0], 32).shape == (0, 5, 2)
+
+
 def test_extract_crops_samples_the_right_pixels() -> None:
     frame = np.zeros((100, 100, 3), np.uint8)
     frame[40:60, 40:60] = 200  # a bright square; box = square, expand 0 -> crop all bright

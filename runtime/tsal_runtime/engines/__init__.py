@@ -8,6 +8,7 @@ TensorRT (GPU) > torch CUDA > ONNX Runtime CUDA > ONNX Runtime CPU, and logs whi
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 from typing import Protocol
 
@@ -59,17 +60,52 @@ def auto_order() -> list[str]:
     return order
 
 
+def engine_class(name: str) -> type:
+    """The class of engine ``name`` (imports its module, not its libraries).
+
+    Raises:
+        EngineError: unknown engine.
+    """
+    if name == "onnxruntime":
+        from tsal_runtime.engines.ort_engine import OrtEngine
+
+        return OrtEngine
+    if name == "torch":
+        from tsal_runtime.engines.torch_engine import TorchEngine
+
+        return TorchEngine
+    if name == "tensorrt":
+        from tsal_runtime.engines.trt_engine import TensorRTEngine
+
+        return TensorRTEngine
+    raise EngineError(f"unknown engine {name!r} (choose auto, {', '.join(ENGINES)})")
+
+
+def _options_for(name: str, options: dict[str, object]) -> dict[str, object]:
+    """The options engine ``name`` takes (``auto`` hands each candidate its own: ``threads`` to
+    onnxruntime and torch, ``precision`` to tensorrt and torch, ...)."""
+    params = inspect.signature(engine_class(name).__init__).parameters
+    return {k: v for k, v in options.items() if k in params}
+
+
 def make_engine(name: str, spec: ModelSpec, **kwargs: object) -> Engine:
     """Load the model on engine ``name`` (auto | tensorrt | onnxruntime | torch).
 
+    For ``auto`` every option goes to the candidates that take it (an option none of them takes
+    is an error); a named engine takes exactly its own options.
+
     Raises:
         EngineError: unknown or unavailable engine (for auto: none loads).
+        TypeError: an option no engine (or not the named one) takes.
     """
     if name == "auto":
+        unknown = set(kwargs) - {k for c in ENGINES for k in _options_for(c, kwargs)}
+        if unknown:
+            raise TypeError(f"no engine takes the option(s) {', '.join(sorted(unknown))}")
         errors = []
         for cand in auto_order():
             try:
-                eng = make_engine(cand, spec, **kwargs)
+                eng = make_engine(cand, spec, **_options_for(cand, kwargs))
             except EngineError as e:
                 errors.append(str(e))
                 log.info("engine %s not usable: %s", cand, e)
@@ -77,16 +113,4 @@ def make_engine(name: str, spec: ModelSpec, **kwargs: object) -> Engine:
             log.info("engine auto -> %s (%s)", eng.name, eng.device)
             return eng
         raise EngineError("no engine could load the model: " + "; ".join(errors))
-    if name == "onnxruntime":
-        from tsal_runtime.engines.ort_engine import OrtEngine
-
-        return OrtEngine(spec, **kwargs)  # type: ignore[arg-type]
-    if name == "torch":
-        from tsal_runtime.engines.torch_engine import TorchEngine
-
-        return TorchEngine(spec, **kwargs)  # type: ignore[arg-type]
-    if name == "tensorrt":
-        from tsal_runtime.engines.trt_engine import TensorRTEngine
-
-        return TensorRTEngine(spec, **kwargs)  # type: ignore[arg-type]
-    raise EngineError(f"unknown engine {name!r} (choose auto, {', '.join(ENGINES)})")
+    return engine_class(name)(spec, **kwargs)  # type: ignore[no-any-return]
