@@ -55,6 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runtime"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from tsal_runtime.engines.ort_engine import default_batch_threads  # noqa: E402
 CACHE = Path(os.environ.get("TSAL_RUNTIME_CACHE", "~/.cache/tsal_runtime")).expanduser()
 MEDIA = CACHE / "media"
 WARMUP = 30  # frames left out of the latency figures
@@ -541,7 +542,7 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # tsal-runtime's defaults: asynchronous detection, one engine thread for one face and every
 # core (at most 4) once a frame has two faces or more (--threads 1, --batch-threads)
-BATCH_THREADS = min(os.cpu_count() or 1, 4)
+BATCH_THREADS = default_batch_threads()
 DEFAULT_PIPELINE = f"tsal-runtime async, 1 thread ({BATCH_THREADS} from 2 faces)"
 
 

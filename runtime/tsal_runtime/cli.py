@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -80,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the pipeline for parsed arguments; raises RuntimeFailure on fatal problems."""
     from tsal_runtime.detectors import make_detector
     from tsal_runtime.engines import make_engine
+    from tsal_runtime.engines.ort_engine import default_batch_threads
     from tsal_runtime.outputs import CsvWriter, JsonlWriter, VideoSink, Window, draw
     from tsal_runtime.pipeline import Pipeline
     from tsal_runtime.sources import CameraSource, ImageFolderSource, VideoSource
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads and args.engine in ("auto", "onnxruntime", "torch"):
         kw["threads"] = args.threads
     if args.engine in ("auto", "onnxruntime"):
-        kw["batch_threads"] = (min(os.cpu_count() or 1, 4) if args.batch_threads is None
+        kw["batch_threads"] = (default_batch_threads() if args.batch_threads is None
                                else args.batch_threads)
     engine = make_engine(args.engine, spec, **kw)
     log.info("engine %s on %s", engine.name, engine.device)

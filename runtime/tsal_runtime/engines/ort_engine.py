@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import numpy as np
 
 from tsal_runtime.engines import check_crops
 from tsal_runtime.errors import EngineError
 from tsal_runtime.spec import ModelSpec
+
+
+def default_batch_threads() -> int:
+    """``batch_threads`` of tsal-runtime's default: every core, at most 4 (past four cores a
+    frame's few faces gain little from more threads)."""
+    return min(os.cpu_count() or 1, 4)
 
 
 class OrtEngine:
@@ -70,7 +79,7 @@ class OrtEngine:
         self.spec = spec
         self._outs = list(spec.output_names)
 
-    def session_for(self, batch: int) -> "object":
+    def session_for(self, batch: int) -> Any:
         """The session a batch of ``batch`` crops runs on."""
         return self._batch_sess if batch >= self.batch_from else self._sess
 
@@ -79,6 +88,5 @@ class OrtEngine:
         k = self.spec.num_landmarks
         if len(crops) == 0:
             return np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32)
-        sess = self._batch_sess if len(crops) >= self.batch_from else self._sess
-        lm, sc = sess.run(self._outs, {self.spec.input_name: crops})
+        lm, sc = self.session_for(len(crops)).run(self._outs, {self.spec.input_name: crops})
         return np.asarray(lm, np.float32), np.asarray(sc, np.float32)
