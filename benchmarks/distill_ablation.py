@@ -1,31 +1,40 @@
-"""KD-Loss ablation: the same student with L2, L1, KD-Loss (code) and KD-Loss (paper) vs teachers.
+"""KD-Loss judged where it can win: the same student with L2, L1, KD-Loss (code) and KD-Loss (paper).
 
-    python benchmarks/distill_ablation.py [--teacher-steps 200] [--student-steps 1000] [--seeds 2]
+    python benchmarks/distill_ablation.py [--teacher-steps 600] [--student-steps 3000]
+                                          [--seeds 3] [--parallel 2] [--work DIR]
 
 One pair of teachers (Tough on hard landmarks, Tolerant on ASM soft landmarks; ResNet-style
-heatmap detectors, 96 px) is trained once on the default synthetic data (800 faces), then four
-students (MobileNetV2 regressor, width 0.5) with identical init and batch order differ only in
-their loss (the student defaults of DistillConfig: zero-initialised head, no dropout, no
-weight decay). ``--seeds 2`` reruns plain L2 and KD-Loss (code) with a second student init seed
-(same teachers, same batches) to measure run-to-run noise. Everything is scored on the held-out synthetic test images and test videos (NME
-inter-ocular, AUC@0.08, FR@0.08), with parameter counts and per-face latency in ONNX Runtime on
-this CPU (batch 1, 1 thread, median of 100 runs; uint8 NHWC crop -> normalised landmarks, the
-exported program of tsal_dist.export, written with torch.onnx.export(dynamo=False) here).
+heatmap detectors, 96 px) is trained once on the default synthetic data (800 faces), long enough
+to be clearly better than any student; then four students (MobileNetV2 regressor, width 0.5)
+differ only in their loss, each with ``--seeds`` seeds. Seed k sets both the student's init and
+the batch order / augmentation (``experiment.train.seed``), and the four losses of one seed share
+both, so the differences to plain L2 are paired by seed: mean and 95 % t interval. Everything is
+scored on the held-out synthetic test images and test videos (NME inter-ocular, AUC@0.08,
+FR@0.08), with parameter counts and per-face latency in ONNX Runtime on this CPU (batch 1,
+1 thread, median of 100 runs; uint8 NHWC crop -> normalised landmarks, the exported program of
+tsal_dist.export, written with torch.onnx.export(dynamo=False) here).
 
-Writes benchmarks/results/distill_ablation.{json,md,png}. Small step counts: it shows the
-direction and rough size of the effect on a CPU budget, not converged accuracies.
+Resumable: every student is a run folder under ``--work`` (default /tmp/tsal_distill_ablation);
+a finished one is re-scored from its last checkpoint, an unfinished one continues, and the tables
+are rewritten after every finished student. ``--quick`` checks the pipeline with tiny data and
+writes only under ``--work``.
+
+Writes benchmarks/results/distill_ablation.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +45,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_io import save_figure, write_text  # noqa: E402
+from _stats import paired  # noqa: E402
 
 from tsal_dist.export import CropToLandmarks  # noqa: E402
 from tsal_dist.distill import DistillConfig, load_distill_config, run_distill  # noqa: E402
 from tsal_dist.models import MobileNetV2Regressor, count_parameters  # noqa: E402
 
 VARIANTS = {  # name -> overrides of the student's loss
-    "student L2": {"kd.loss": "l2"},
-    "student L1": {"kd.loss": "l1"},
-    "student KD-Loss (code)": {"kd.loss": "kd", "kd.variant": "code"},
-    "student KD-Loss (paper)": {"kd.loss": "kd", "kd.variant": "paper"},
+    "L2": {"kd.loss": "l2"},
+    "L1": {"kd.loss": "l1"},
+    "KD-Loss (code)": {"kd.loss": "kd", "kd.variant": "code"},
+    "KD-Loss (paper)": {"kd.loss": "kd", "kd.variant": "paper"},
 }
+BASELINE = "L2"
+QUICK = {"experiment.data.synthetic.images": 48, "experiment.data.synthetic.test_images": 12,
+         "experiment.data.synthetic.videos": 1, "experiment.data.synthetic.test_videos": 1,
+         "experiment.data.synthetic.frames": 8}
+_TEACHER_CACHE: dict = {}  # per worker process: teachers' predictions on each seed's batches
 
 
 def onnx_latency_ms(model: torch.nn.Module, size: int, runs: int = 100) -> float:
@@ -80,196 +95,271 @@ def _row(summary: dict[str, Any]) -> dict[str, float]:
             "fr@0.08": summary["fr@0.08"], "count": summary["count"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teacher-steps", type=int, default=200)
-    ap.add_argument("--student-steps", type=int, default=1000)
-    ap.add_argument("--seeds", type=int, default=2,
-                    help="student init seeds of the L2 and KD-Loss (code) runs (noise estimate)")
-    ap.add_argument("--work", default="", help="scratch folder (default: a temp folder)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    work = Path(args.work or tempfile.mkdtemp(prefix="distill_ablation_"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-
-    base = load_distill_config(None, {"teachers.steps": args.teacher_steps,
-                                      "experiment.optim.steps": args.student_steps,
-                                      "experiment.run.export": False,
-                                      "experiment.run.checkpoint_every": 10**6,
-                                      "experiment.run.log_every": 50})
-    tdir = work / "teachers"
-    results: dict[str, Any] = {}
-    models: dict[str, torch.nn.Module] = {}
-    first = True
-    runs = dict(VARIANTS)
-    for k in range(1, args.seeds):  # extra seeds: other init and batch order, same teachers
-        for v in ("student L2", "student KD-Loss (code)"):
-            runs[f"{v} seed {k}"] = {**VARIANTS[v],
-                                     "student.seed": base.experiment.train.seed + k}
-    timings: dict[str, float] = {}
-    teacher_cache: dict = {}  # every KD student sees the same batches: teachers run once
-    for name, over in runs.items():
-        cfg = load_distill_config(None, {**_flat(base), **over})
-        run_dir = work / name.replace(" ", "_").replace("(", "").replace(")", "")
-        if not first:  # same ASM as the teachers' (fitted once)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy(work / "first_asm.npz", run_dir / "asm.npz")
-        t0 = time.time()
-        summary = run_distill(cfg, run_dir=run_dir, teacher_dir=tdir, progress=True,
-                              export=False, teacher_cache=teacher_cache)
-        timings[name] = time.time() - t0
-        print(f"{name}: {timings[name]:.0f} s", flush=True)
-        if first:
-            shutil.copy(run_dir / "asm.npz", work / "first_asm.npz")
-        ev = summary["eval"]
-        for which, label in (("tough", "Tough teacher"), ("tolerant", "Tolerant teacher")):
-            if first:
-                results[label] = {ln: _row(s) for ln, s in ev[which].items()}
-        results[name] = {ln: _row(s) for ln, s in ev["student"].items()}
-        results[name]["train_px_error_last"] = summary["last"].get("student/px_error")
-        results[name]["sec_per_step"] = summary["last"].get("sec_per_step")
-        if first:
-            from tsal_dist.loop.checkpoint import latest_checkpoint, load_checkpoint
-            from tsal_dist.models import build_model
-
-            e = cfg.experiment
-            for role, label in (("tough", "Tough teacher"), ("tolerant", "Tolerant teacher")):
-                m = build_model(e.model, e.data.num_points)
-                m.load_state_dict(load_checkpoint(latest_checkpoint(tdir / role))["teacher"])
-                models[label] = m
-        first = False
-        ck = load_ckpt_student(run_dir)
-        student = MobileNetV2Regressor(cfg.experiment.data.num_points,
-                                       cfg.experiment.model.input_size,
-                                       width=cfg.experiment.model.width)
-        student.load_state_dict(ck)
-        models[name] = student
-
-    size = base.experiment.model.input_size
-    for label, m in models.items():
-        results[label]["params"] = count_parameters(m)
-        results[label]["latency_ms"] = onnx_latency_ms(m, size)
-
-    lists = [k for k in results["student L2"] if isinstance(results["student L2"][k], dict)]
-    verdict = _verdict(results, lists)
-    payload = {"config": _flat(base), "variants": runs, "lists": lists, "results": results,
-               "verdict": verdict, "seconds": time.time() - t_start, "run_seconds": timings,
-               "machine": {"cpu": platform.processor() or platform.machine(),
-                           "python": platform.python_version(), "torch": torch.__version__,
-                           "threads": 1}}
-    write_text(out / "distill_ablation.json", json.dumps(payload, indent=2, default=float))
-    write_text(out / "distill_ablation.md", _markdown(results, lists, verdict, args))
-    _plot(results, lists, out / "distill_ablation.png")
-    print(verdict)
-    print(f"total {time.time() - t_start:.0f} s; wrote {out}/distill_ablation.{{json,md,png}}")
-    return 0
-
-
-def load_ckpt_student(run_dir: Path) -> dict[str, torch.Tensor]:
-    from tsal_dist.loop.checkpoint import latest_checkpoint, load_checkpoint
-
-    return load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))["student"]
-
-
 def _flat(cfg: DistillConfig) -> dict[str, Any]:
     from tsal_dist.config import flatten
 
     return flatten(cfg.to_dict())
 
 
-def _seeds(results: dict[str, Any], name: str, ln: str) -> list[float]:
-    """NME of ``name`` and of its extra-seed reruns (``name seed k``) on list ``ln``."""
-    return [r[ln]["nme_io"] for n, r in results.items()
-            if n == name or n.startswith(f"{name} seed ")]
+def base_config(teacher_steps: int, student_steps: int, quick: bool) -> DistillConfig:
+    return load_distill_config(None, {"teachers.steps": teacher_steps,
+                                      "experiment.optim.steps": student_steps,
+                                      "experiment.run.export": False,
+                                      "experiment.run.checkpoint_every": max(1, student_steps // 4),
+                                      "experiment.run.log_every": 50,
+                                      **(QUICK if quick else {})})
 
 
-def _verdict(results: dict[str, Any], lists: list[str]) -> str:
-    """Plain statement: does KD-Loss beat L2 / L1, by how much, against seed-to-seed noise."""
+def job_config(base: DistillConfig, variant: str, seed: int) -> DistillConfig:
+    """``variant``'s loss; seed k moves the student init and the batch order together."""
+    s0 = base.experiment.train.seed
+    return load_distill_config(None, {**_flat(base), **VARIANTS[variant],
+                                      "experiment.train.seed": s0 + seed,
+                                      "student.seed": s0 + seed})
+
+
+def run_name(variant: str, seed: int) -> str:
+    return "student_" + variant.replace(" ", "_").replace("(", "").replace(")", "") + f"_s{seed}"
+
+
+def train_teachers(base: DistillConfig, work: Path) -> dict[str, Any]:
+    """The shared teachers (and the ASM the Tolerant one learns from), once; scored on the tests."""
+    first = work / "teachers_run"
+    cfg = load_distill_config(None, {**_flat(base), "experiment.optim.steps": 1,
+                                     "kd.loss": "l2"})
+    summary = run_distill(cfg, run_dir=first, teacher_dir=work / "teachers", progress=True,
+                          export=False)
+    return {label: {ln: _row(s) for ln, s in summary["eval"][which].items()}
+            for which, label in (("tough", "Tough teacher"), ("tolerant", "Tolerant teacher"))}
+
+
+def run_student(base_flat: dict[str, Any], variant: str, seed: int,
+                work: str) -> dict[str, Any]:
+    """One student (resumes its run folder); its scores on every test list."""
+    torch.set_num_threads(1)
+    base = load_distill_config(None, base_flat)
+    cfg = job_config(base, variant, seed)
+    run_dir = Path(work) / run_name(variant, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "asm.npz").is_file():  # the teachers' ASM, never refitted
+        shutil.copy(Path(work) / "teachers_run" / "asm.npz", run_dir / "asm.npz")
+    t0 = time.time()
+    summary = run_distill(cfg, run_dir=run_dir, teacher_dir=Path(work) / "teachers",
+                          progress=False, export=False, teacher_cache=_TEACHER_CACHE)
+    curve = []
+    metrics = run_dir / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        r = json.loads(line)
+        if "student/px_error" in r and "step" in r:
+            curve.append((r["step"], r["student/px_error"]))
+    return {"variant": variant, "seed": seed, "seconds": time.time() - t0,
+            "eval": {ln: _row(s) for ln, s in summary["eval"]["student"].items()},
+            "train_px_error_curve": curve}
+
+
+def summarise(runs: list[dict[str, Any]], lists: list[str]) -> list[dict[str, Any]]:
+    """Per variant and test list: mean ± sd over seeds and the seed-paired Δ vs plain L2."""
+    out = []
+    for v in VARIANTS:
+        for ln in lists:
+            vals = {r["seed"]: r["eval"][ln]["nme_io"] for r in runs
+                    if r["variant"] == v and ln in r["eval"]}
+            if not vals:
+                continue
+            base = {r["seed"]: r["eval"][ln]["nme_io"] for r in runs
+                    if r["variant"] == BASELINE and ln in r["eval"]}
+            row: dict[str, Any] = {
+                "variant": v, "test_set": ln, "seeds": sorted(vals),
+                "nme_mean": statistics.fmean(vals.values()),
+                "nme_sd": statistics.stdev(vals.values()) if len(vals) > 1 else 0.0,
+                "fr@0.08_mean": statistics.fmean(r["eval"][ln]["fr@0.08"] for r in runs
+                                                 if r["variant"] == v and ln in r["eval"]),
+                "per_seed": {str(s): vals[s] for s in sorted(vals)}}
+            if v != BASELINE:
+                d = paired(vals, base)
+                if d is not None:
+                    row["delta_vs_l2"] = d
+                    row["rel_vs_l2"] = d["mean"] / statistics.fmean(base[s] for s in d["seeds"])
+            out.append(row)
+    return out
+
+
+def _delta(d: dict[str, Any] | None) -> str:
+    if not d:
+        return ""
+    ci = d.get("ci95")
+    txt = f"{100 * d['mean']:+.2f}"
+    if ci:
+        txt += f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" + ("*" if d["significant"] else "")
+    return txt
+
+
+def verdict(summary: list[dict[str, Any]], lists: list[str]) -> str:
+    """Does KD-Loss beat L2 by the 10 % the issue asks, and is any difference significant?"""
     parts = []
     for ln in lists:
-        l2 = _seeds(results, "student L2", ln)
-        l1 = _seeds(results, "student L1", ln)
-        kdc = _seeds(results, "student KD-Loss (code)", ln)
-        # run-to-run noise: largest seed-to-seed spread of any variant run with several seeds
-        spreads = [max(v) - min(v) for v in (l2, kdc) if len(v) > 1]
-        noise = max(spreads) if spreads else None
-        m_l2, m_l1 = float(np.mean(l2)), float(np.mean(l1))
-        txt = [f"{ln}: L2 {100 * m_l2:.2f}%" + (f" (mean of {len(l2)} seeds)" if len(l2) > 1
-                                                   else "") + f", L1 {100 * m_l1:.2f}%"]
-        for v in ("student KD-Loss (code)", "student KD-Loss (paper)"):
-            vals = _seeds(results, v, ln)
-            kd = float(np.mean(vals))
-            d = kd - m_l2
-            rel = 100 * d / m_l2
-            beyond = noise is None or abs(d) > noise
-            word = "beats" if d < 0 else "loses to"
-            txt.append(f"{v.removeprefix('student ')} {100 * kd:.2f}% {word} L2 by "
-                       f"{100 * abs(d):.2f} points ({rel:+.1f}% relative)"
-                       + ("" if noise is None else
-                          (", larger than" if beyond else ", within")
-                          + f" the seed-to-seed spread of {100 * noise:.2f} points")
-                       + f" and {'beats' if kd < m_l1 else 'loses to'} L1")
+        rows = {r["variant"]: r for r in summary if r["test_set"] == ln}
+        if BASELINE not in rows:
+            continue
+        txt = [f"{ln}: L2 {100 * rows[BASELINE]['nme_mean']:.2f} % ({len(rows[BASELINE]['seeds'])}"
+               " seeds)"]
+        for v in ("KD-Loss (code)", "KD-Loss (paper)", "L1"):
+            r = rows.get(v)
+            if not r or "delta_vs_l2" not in r:
+                continue
+            d = r["delta_vs_l2"]
+            sig = d.get("significant")
+            word = ("significantly better than" if sig and d["mean"] < 0 else
+                    "significantly worse than" if sig else "not significantly different from")
+            txt.append(f"{v} {100 * r['nme_mean']:.2f} % is {word} L2 "
+                       f"(Δ {_delta(d)} pp, {100 * r['rel_vs_l2']:+.1f} %)")
         parts.append("; ".join(txt))
-    tough = results["Tough teacher"]["latency_ms"]
-    st = results["student KD-Loss (code)"]["latency_ms"]
-    parts.append(f"student latency {st:.2f} ms vs Tough teacher {tough:.2f} ms per face "
-                 f"({tough / st:.1f}x faster)")
     return ". ".join(parts) + "."
 
 
-def _markdown(results: dict[str, Any], lists: list[str], verdict: str, args) -> str:
-    lines = ["# KD-Loss ablation (synthetic data, CPU)", "",
-             f"Teachers {args.teacher_steps} steps, students {args.student_steps} steps "
-             "(batch 8, 96 px crops); held-out synthetic test images and videos. NME is "
-             "inter-ocular (%); latency is per face, ONNX Runtime CPU, batch 1, 1 thread.", "",
+def markdown(doc: dict[str, Any]) -> str:
+    a, lists, summary = doc["args"], doc["lists"], doc["summary"]
+    lines = ["# KD-Loss ablation (synthetic data, CPU): measured tables", "",
+             f"`{doc['command']}` on {doc['machine']['cpu']}, {doc['machine']['cores']} cores, no "
+             f"GPU, {a['parallel']} students at a time, one thread each. Teachers "
+             f"{a['teacher_steps']} steps; students {a['student_steps']} steps of batch "
+             f"{doc['config']['experiment.optim.batch_size']} (96 px crops). Held-out synthetic "
+             "test images and test videos; NME inter-ocular (%). Δ = variant − L2, paired by "
+             "seed (same init and batches), mean [95 % t interval], * where it excludes 0; "
+             "negative is better.", "",
              "| model | params | latency (ms) | " + " | ".join(
-                 f"{ln} NME % | AUC@0.08 | FR@0.08" for ln in lists) + " |",
-             "|---|---:|---:|" + "---:|---:|---:|" * len(lists)]
-    for name, r in results.items():
-        cells = [f"{100 * r[ln]['nme_io']:.2f} | {r[ln]['auc@0.08']:.3f} | "
-                 f"{r[ln]['fr@0.08']:.3f}" for ln in lists]
-        lines.append(f"| {name} | {r['params']:,} | {r['latency_ms']:.2f} | "
-                     + " | ".join(cells) + " |")
-    lines += ["", f"**Verdict:** {verdict}", "",
-              "Students: MobileNetV2 regressor (width 0.5), Adam 3e-3 constant, zero-initialised "
-              "head (starts at the crop centre), dropout 0, weight decay 0 (DistillConfig "
-              "defaults). `seed k` rows rerun a variant with another student init (same batches) "
-              "against the same teachers; their spread is the run-to-run noise the verdict "
-              "compares against. Short CPU runs: neither teachers nor students are converged."]
+                 f"{ln} NME % | FR@0.08" for ln in lists) + " |",
+             "|---|---:|---:|" + "---:|---:|" * len(lists)]
+    for label, r in doc["teachers"].items():
+        cells = [f"{100 * r[ln]['nme_io']:.2f} | {r[ln]['fr@0.08']:.3f}" for ln in lists]
+        lines.append(f"| {label} | {doc['params'].get(label, 0):,} | "
+                     f"{doc['latency_ms'].get(label, float('nan')):.2f} | " + " | ".join(cells)
+                     + " |")
+    lines += ["", "| student loss | test set | seeds | per seed NME % | NME % mean ± sd | "
+              "Δ vs L2, pp [95 % CI] | rel. | FR@0.08 |", "|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        per = ", ".join(f"{100 * x:.2f}" for x in r["per_seed"].values())
+        rel = f"{100 * r['rel_vs_l2']:+.1f} %" if "rel_vs_l2" in r else ""
+        lines.append(f"| {r['variant']} | {r['test_set']} | {len(r['seeds'])} | {per} | "
+                     f"{100 * r['nme_mean']:.2f} ± {100 * r['nme_sd']:.2f} | "
+                     f"{_delta(r.get('delta_vs_l2'))} | {rel} | {r['fr@0.08_mean']:.3f} |")
+    lat = doc["latency_ms"]
+    if "student" in lat and "Tough teacher" in lat:
+        lines += ["", f"Student {doc['params'].get('student', 0):,} parameters, "
+                  f"{lat['student']:.2f} ms per face against the Tough teacher's "
+                  f"{lat['Tough teacher']:.2f} ms ({lat['Tough teacher'] / lat['student']:.1f}x)."]
+    lines += ["", f"**Verdict (computed):** {doc['verdict']}", ""]
     return "\n".join(lines) + "\n"
 
 
-def _plot(results: dict[str, Any], lists: list[str], path: Path) -> None:
+def plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    w = 0.8 / len(lists)
-    x = np.arange(len(names))
-    for i, ln in enumerate(lists):
-        axes[0].bar(x + i * w, [100 * results[n][ln]["nme_io"] for n in names], w, label=ln)
-    axes[0].set_xticks(x + w * (len(lists) - 1) / 2)
-    axes[0].set_xticklabels([n.replace("student ", "") for n in names], rotation=25, ha="right")
-    axes[0].set_ylabel("NME inter-ocular (%)")
-    axes[0].legend()
-    axes[0].set_title("Accuracy on held-out synthetic data")
-    for n in names:
-        axes[1].scatter(results[n]["latency_ms"], 100 * results[n][lists[0]]["nme_io"], s=40)
-        axes[1].annotate(n.replace("student ", ""), (results[n]["latency_ms"],
-                                                      100 * results[n][lists[0]]["nme_io"]),
-                         fontsize=8)
-    axes[1].set_xlabel("ONNX Runtime latency per face (ms, 1 thread)")
-    axes[1].set_ylabel(f"NME on {lists[0]} (%)")
-    axes[1].set_title("Speed vs accuracy")
+    lists, summary = doc["lists"], doc["summary"]
+    fig, axes = plt.subplots(1, len(lists) + 1, figsize=(5 * (len(lists) + 1), 4.3),
+                             squeeze=False)
+    for ax, ln in zip(axes[0], lists):
+        rows = [r for r in summary if r["test_set"] == ln]
+        for i, r in enumerate(rows):
+            ys = [100 * x for x in r["per_seed"].values()]
+            ax.scatter([i] * len(ys), ys, s=18, color="C0", alpha=0.6)
+            ax.errorbar([i], [100 * r["nme_mean"]], yerr=[100 * r["nme_sd"]], fmt="o",
+                        color="C3", capsize=4)
+        for label, r in doc["teachers"].items():
+            ax.axhline(100 * r[ln]["nme_io"], ls="--", lw=0.8,
+                       color="k" if label.startswith("Tough") else "gray", label=label)
+        ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=20)
+        ax.set_ylabel("NME inter-ocular (%)")
+        ax.set_title(ln, fontsize=9)
+        ax.legend(fontsize=7)
+    ax = axes[0][-1]
+    for i, v in enumerate(VARIANTS):
+        for r in doc["runs"]:
+            if r["variant"] == v and r["train_px_error_curve"]:
+                xs, ys = zip(*r["train_px_error_curve"])
+                ax.plot(xs, ys, color=f"C{i}", lw=0.8, alpha=0.7,
+                        label=v if r["seed"] == min(doc["args"]["seed_list"]) else None)
+    ax.set_xlabel("student step")
+    ax.set_ylabel("train error (px, running mean)")
+    ax.set_yscale("log")
+    ax.set_title("student training curves (all seeds)", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 
+
+def write_outputs(doc: dict[str, Any], out: Path) -> None:
+    doc["summary"] = summarise(doc["runs"], doc["lists"])
+    doc["verdict"] = verdict(doc["summary"], doc["lists"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "distill_ablation.json", json.dumps(doc, indent=1, default=float))
+    write_text(out / "distill_ablation.md", markdown(doc))
+    plot(doc, out / "distill_ablation.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teacher-steps", type=int, default=600)
+    ap.add_argument("--student-steps", type=int, default=3000)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per loss (init + batch order)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--parallel", type=int, default=2, help="students at a time (1 thread each)")
+    ap.add_argument("--work", default="/tmp/tsal_distill_ablation",
+                    help="run folders (resumable)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny data: checks the pipeline; results go under --work/results")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "results" if args.quick else ROOT / "benchmarks" / "results"
+    t_start = time.time()
+    base = base_config(args.teacher_steps, args.student_steps, args.quick)
+    teachers = train_teachers(base, work)
+    lists = list(next(iter(teachers.values())))
+    seeds = list(range(args.seeds))
+    doc: dict[str, Any] = {
+        "command": " ".join(["python benchmarks/distill_ablation.py", *(argv or sys.argv[1:])]),
+        "args": {**vars(args), "seed_list": seeds}, "config": _flat(base), "lists": lists,
+        "teachers": teachers, "runs": [], "params": {}, "latency_ms": {},
+        "machine": {"cpu": platform.machine(), "cores": os.cpu_count(),
+                    "python": platform.python_version(), "torch": torch.__version__}}
+    from tsal_dist.loop.checkpoint import latest_checkpoint, load_checkpoint
+    from tsal_dist.models import build_model
+
+    e = base.experiment
+    size = e.model.input_size
+    models: dict[str, torch.nn.Module] = {}
+    for role, label in (("tough", "Tough teacher"), ("tolerant", "Tolerant teacher")):
+        m = build_model(e.model, e.data.num_points)
+        m.load_state_dict(load_checkpoint(latest_checkpoint(work / "teachers" / role))["teacher"])
+        models[label] = m
+    models["student"] = MobileNetV2Regressor(e.data.num_points, size, width=base.student_width())
+    for label, m in models.items():
+        doc["params"][label] = count_parameters(m)
+        doc["latency_ms"][label] = onnx_latency_ms(m, size)
+
+    jobs = [(v, s) for s in seeds for v in args.variants]  # a seed's losses together
+    flat = _flat(base)
+    # spawned, not forked: this process's loader forkserver (the teachers' training) belongs to
+    # it, and a forked worker using it would wait on children that are not its own (ECHILD)
+    with ProcessPoolExecutor(max_workers=args.parallel,
+                             mp_context=multiprocessing.get_context("spawn")) as ex:
+        futs = {j: ex.submit(run_student, flat, *j, str(work)) for j in jobs}
+        for n, (j, f) in enumerate(futs.items(), 1):
+            r = f.result()
+            print(f"[{n}/{len(jobs)}] {run_name(*j)}: "
+                  + ", ".join(f"{ln} {100 * v['nme_io']:.2f} %" for ln, v in r["eval"].items())
+                  + f" ({r['seconds']:.0f} s)", flush=True)
+            doc["runs"].append(r)
+            doc["seconds"] = time.time() - t_start
+            write_outputs(doc, out)
+    print(doc["verdict"])
+    print(f"total {time.time() - t_start:.0f} s; wrote {out}/distill_ablation.{{json,md,png}}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,10 +15,13 @@ is reused when its config matches, an unfinished one resumes from its checkpoint
            EMA, mutual: the code's per-iteration two-way lerp), the project's TSAL variant, and
            the mean-teacher baseline; teacher and student on test images and test videos: NME,
            FR@0.08 and, on video, NMJ; deltas paired by seed with 95 % t intervals.
+  diagnose the same shape for the hypotheses of why TSAL as published does not gain (DIAGNOSIS:
+           one change each to the published queue recipe), against the same supervised runs.
 
   python benchmarks/semi_supervised.py curve   [--labeled 25 50 100 200 0] [--steps 800]
   python benchmarks/semi_supervised.py compare [--labeled 50 --seeds 0 1 2 3 4]
                                                [--labeled2 200 --seeds2 0 1 2] [--steps 800]
+  python benchmarks/semi_supervised.py diagnose [--labeled 50 --seeds 0 1 2]
   python benchmarks/semi_supervised.py tables  (rebuild the tables and plots from the JSON)
   add --quick for a CI-sized check of the whole pipeline (tiny data, a few steps; results are
   written under --out only).
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -44,6 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_io import save_figure, write_text  # noqa: E402
+from _stats import paired, t975  # noqa: E402,F401
 
 from tsal_dist.config.experiment import NARROW_DOMAIN, DomainConfig  # noqa: E402
 
@@ -99,15 +102,26 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 CURVE = {"supervised": METHODS["supervised"],
          "supervised-wide-labels": {**METHODS["supervised"], **WIDE_LABELS}}
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
-def t975(df: int) -> float:
-    """Two-sided 95 % Student-t quantile (table; the nearest smaller df beyond it)."""
-    return T975[max(k for k in T975 if k <= df)] if df >= 1 else float("nan")
-
-
+# Why TSAL as published does not beat supervised-only: one change each to the published queue
+# recipe, every one a hypothesis that a run can refute (semi_supervised.md, section 3).
+# supervised is the same run as in the comparison (same config: reused, not retrained).
+DIAGNOSIS: dict[str, dict[str, Any]] = {
+    "supervised": METHODS["supervised"],
+    # H1 the student's consistency is too weak to matter: TSAL's per-coordinate mean is ~1 % of
+    # its loss here; x68 (K) puts it on the scale of the heatmap loss
+    "diag-student-weight-x68": {**METHODS["tsal-published-queue"],
+                                "loss.student_unsup_weight": 68.0},
+    # H2 the radical student should learn from the calm teacher, not from itself: the teacher's
+    # heatmaps on the registered frame are the student's target (heatmap MSE)
+    "diag-teacher-heatmaps": {**METHODS["tsal-published-queue"], "loss.pseudo_source": "teacher",
+                              "loss.student_consistency": "heatmap"},
+    # H3 the teacher's targets on wide-domain frames are wrong where it is unsure (confirmation
+    # bias): only its confident landmarks (peak >= 0.4), as sharp pseudo-labels
+    "diag-teacher-confident-labels": {**METHODS["tsal-published-queue"],
+                                      "loss.pseudo_source": "teacher",
+                                      "loss.student_consistency": "pseudo_label"},
+}
+TABLES = {"curve": CURVE, "compare": METHODS, "diagnose": DIAGNOSIS}
 def config_for(method: str, labeled: int, seed: int, steps: int, out: str, quick: bool,
                table: dict[str, dict[str, Any]]) -> Any:
     from tsal_dist.config import ExperimentConfig, with_overrides
@@ -135,7 +149,7 @@ def run_one(method: str, labeled: int, seed: int, steps: int, out: str, quick: b
     from tsal_dist.loop.loop import run
     from tsal_dist.loop.runs import check_run_config
 
-    table = CURVE if table_name == "curve" else METHODS
+    table = TABLES[table_name]
     cfg = config_for(method, labeled, seed, steps, out, quick, table)
     run_dir = Path(out) / cfg.run.name
     result = run_dir / "result.json"
@@ -163,20 +177,6 @@ def rows_of(results: list[dict[str, Any]], table: str) -> list[dict[str, Any]]:
                              "fr@0.08": s["fr@0.08"], "nmj": s.get("nmj"),
                              "train_seconds": round(r["seconds"], 1)})
     return rows
-
-
-def paired(values: dict[int, float], base: dict[int, float]) -> dict[str, Any] | None:
-    """Mean of the seed-paired differences ``values - base`` with its 95 % t interval."""
-    seeds = sorted(set(values) & set(base))
-    if not seeds:
-        return None
-    d = [values[s] - base[s] for s in seeds]
-    mean = statistics.fmean(d)
-    if len(d) < 2:
-        return {"mean": mean, "ci95": None, "n": 1, "per_seed": d, "seeds": seeds}
-    half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(d), "per_seed": d,
-            "seeds": seeds, "significant": not (mean - half <= 0.0 <= mean + half)}
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -240,7 +240,8 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              "over seeds; Δ = difference to supervised-only at the same L, paired by seed, mean "
              "[95 % t interval], * where the interval excludes 0 (negative = better).", ""]
     for table, title in (("curve", "Learning curve (supervised-only; headroom)"),
-                         ("compare", "Comparison")):
+                         ("compare", "Comparison"),
+                         ("diagnose", "Diagnosis (one change each to TSAL as published, queue)")):
         rows = [r for r in summary if r["table"] == table]
         if not rows:
             continue
@@ -248,8 +249,9 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                   "| method | L | model | eval set | n | seeds | NME | Δ NME | FR@0.08 | NMJ | "
                   "Δ NMJ |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in sorted(rows, key=lambda r: (r["labeled"] or 10**9, r["model"] != "teacher",
-                                             r["eval_set"], list(METHODS).index(r["method"])
-                                             if r["method"] in METHODS else 99, r["method"])):
+                                             r["eval_set"], list(TABLES[table]).index(r["method"])
+                                             if r["method"] in TABLES[table] else 99,
+                                             r["method"])):
             lines.append(
                 f"| {r['method']} | {r['labeled'] or 'all'} | {r['model']} | {r['eval_set']} | "
                 f"{r['count']} | {len(r['seeds'])} | {_pct(r.get('nme'), r.get('nme_sd'))} | "
@@ -327,7 +329,7 @@ def write_outputs(doc: dict[str, Any], *, to: Path = RESULTS, show: bool = True)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["curve", "compare", "tables"])
+    p.add_argument("what", choices=["curve", "compare", "diagnose", "tables"])
     p.add_argument("--labeled", type=int, nargs="+", default=None,
                    help="label budgets L (0 = all); curve default 25 50 100 200 0, compare 50")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -345,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "tables":
         write_outputs(load_doc())
         return 0
-    table = CURVE if args.what == "curve" else METHODS
+    table = TABLES[args.what]
     methods = args.methods or list(table)
     unknown = sorted(set(methods) - set(table))
     if unknown:

@@ -68,7 +68,7 @@ def test_t_quantiles():
 
 def test_every_method_is_a_valid_config_and_the_published_rows_are_published():
     mod = _module()
-    for table in (mod.METHODS, mod.CURVE):
+    for table in (mod.METHODS, mod.CURVE, mod.DIAGNOSIS):
         for name in table:
             cfg = mod.config_for(name, 50, 0, 100, "/tmp/x", False, table)  # raises if invalid
             assert cfg.data.synthetic.labeled_domain.yaw_max_deg == (
@@ -79,6 +79,18 @@ def test_every_method_is_a_valid_config_and_the_published_rows_are_published():
         assert cfg.teacher.mode == {"mutual": "mutual_step"}.get(mode, mode)
     mt = mod.config_for("mean-teacher", 50, 0, 100, "/tmp/x", False, mod.METHODS)
     assert mt.teacher.optimize is False and mt.loss.pseudo_source == "teacher"
+    # a diagnosis row is the published queue recipe with ONE change; its supervised-only row is
+    # the comparison's very run (same config hash: reused, never retrained)
+    pub = mod.config_for("tsal-published-queue", 50, 0, 100, "/tmp/x", False, mod.METHODS)
+    for name in mod.DIAGNOSIS:
+        d = mod.config_for(name, 50, 0, 100, "/tmp/x", False, mod.DIAGNOSIS)
+        if name == "supervised":
+            assert d.hash() == mod.config_for(name, 50, 0, 100, "/tmp/x", False,
+                                              mod.METHODS).hash()
+            continue
+        changed = {k for k in ("student_unsup_weight", "pseudo_source", "student_consistency")
+                   if getattr(d.loss, k) != getattr(pub.loss, k)}
+        assert changed and d.teacher == pub.teacher and d.loss.structure_on == "labeled", name
 
 
 @pytest.mark.slow

@@ -1,0 +1,29 @@
+"""Seed-paired differences with Student-t 95 % intervals, shared by the method benchmarks."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t975(df: int) -> float:
+    """Two-sided 95 % Student-t quantile (table; the nearest smaller df beyond it)."""
+    return T975[max(k for k in T975 if k <= df)] if df >= 1 else float("nan")
+
+
+def paired(values: dict[Any, float], base: dict[Any, float]) -> dict[str, Any] | None:
+    """Mean of the seed-paired differences ``values - base`` with its 95 % t interval."""
+    seeds = sorted(set(values) & set(base))
+    if not seeds:
+        return None
+    d = [values[s] - base[s] for s in seeds]
+    mean = statistics.fmean(d)
+    if len(d) < 2:
+        return {"mean": mean, "ci95": None, "n": 1, "per_seed": d, "seeds": seeds}
+    half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(d), "per_seed": d,
+            "seeds": seeds, "significant": not (mean - half <= 0.0 <= mean + half)}
