@@ -56,13 +56,25 @@ class OneEuroFilter:
         dt = t - self._t
         if dt <= 0:
             return self._x.copy()
-        dx = (x - self._x) / dt / max(scale, 1e-9)
-        a_d = smoothing_alpha(self.d_cutoff, dt)
         assert self._dx is not None
-        self._dx = a_d * dx + (1 - a_d) * self._dx
-        cutoff = self.min_cutoff + self.beta * np.abs(self._dx)
-        a = smoothing_alpha(cutoff, dt)
-        self._x = a * x + (1 - a) * self._x
+        # the same arithmetic as smoothing_alpha, written in place: the runtime filters every
+        # face of every frame, and a dozen temporaries per call cost more than the maths
+        a_d = smoothing_alpha(self.d_cutoff, dt)
+        dx = x - self._x
+        dx *= a_d / (dt * max(scale, 1e-9))
+        self._dx *= 1 - a_d
+        self._dx += dx  # a_d * speed + (1 - a_d) * old speed
+        # a = 1 / (1 + tau / dt), tau = 1 / (2 pi cutoff), cutoff = min_cutoff + beta |speed|
+        a = np.abs(self._dx)
+        a *= self.beta
+        a += self.min_cutoff
+        a *= 2.0 * math.pi * dt
+        a = np.reciprocal(a, out=a)
+        a += 1.0
+        a = np.reciprocal(a, out=a)
+        x_new = x - self._x
+        x_new *= a
+        self._x += x_new  # a * x + (1 - a) * old x
         self._t = t
         return self._x.copy()
 
@@ -81,12 +93,12 @@ class FaceFilter:
 
     def __init__(self, min_cutoff: float = 0.3, beta: float = 20.0, d_cutoff: float = 1.0,
                  shape_cutoff: float = 0.1, shape_beta: float = 1.0) -> None:
-        self._pos = OneEuroFilter(min_cutoff, beta, d_cutoff)
-        self._size = OneEuroFilter(min_cutoff, beta, d_cutoff)
+        # centre (x, y) and size share one filter: the same cutoffs, the same speed units
+        self._rigid = OneEuroFilter(min_cutoff, beta, d_cutoff)
         self._shape = OneEuroFilter(shape_cutoff, shape_beta, d_cutoff)
 
     def reset(self) -> None:
-        for f in (self._pos, self._size, self._shape):
+        for f in (self._rigid, self._shape):
             f.reset()
 
     def __call__(self, x: np.ndarray, t: float, scale: float = 1.0) -> np.ndarray:
@@ -94,10 +106,12 @@ class FaceFilter:
         x = np.asarray(x, dtype=np.float64)
         centre = x.mean(axis=0)
         rel = x - centre
-        size = float(np.sqrt((rel ** 2).sum(axis=-1).mean()))
+        size = math.sqrt(float(np.einsum("ij,ij->", rel, rel)) / len(rel))
         if not size > 0:
             return x.copy()
-        c = self._pos(centre, t, scale=scale)
-        s = float(self._size(np.array([size]), t, scale=scale)[0])
-        shape = self._shape(rel / size, t, scale=1.0)
-        return c + s * shape
+        rigid = self._rigid(np.array([centre[0], centre[1], size]), t, scale=scale)
+        rel /= size
+        shape = self._shape(rel, t, scale=1.0)
+        shape *= rigid[2]
+        shape += rigid[:2]
+        return shape

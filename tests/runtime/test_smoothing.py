@@ -74,3 +74,48 @@ def test_face_filter_follows_rigid_motion_and_calms_the_shape() -> None:
     for t in range(5):
         out = f(shape, t / fps, scale=140.0)
     np.testing.assert_allclose(out, shape, atol=1e-9)
+
+
+def test_filters_equal_the_one_euro_definition_step_by_step() -> None:
+    """The in-place filters against the textbook recursion written out here (alpha from the
+    cutoff, speed low-passed at d_cutoff, cutoff = min_cutoff + beta |speed|), and the face
+    filter against its definition: centre, size and shape each One-Euro filtered, output
+    centre + size * shape. Irregular time steps, a repeated stamp, a jump."""
+    import math
+
+    from tsal_runtime.smoothing import FaceFilter
+
+    def alpha(c, dt):
+        return 1.0 / (1.0 + 1.0 / (2 * math.pi * np.asarray(c, float)) / dt)
+
+    class Reference:
+        def __init__(self, mc, beta, dc=1.0):
+            self.mc, self.beta, self.dc, self.x = mc, beta, dc, None
+
+        def __call__(self, x, t, scale=1.0):
+            if self.x is None:
+                self.x, self.dx, self.t = x.copy(), np.zeros_like(x), t
+                return x.copy()
+            dt = t - self.t
+            if dt <= 0:
+                return self.x.copy()
+            ad = alpha(self.dc, dt)
+            self.dx = ad * (x - self.x) / dt / scale + (1 - ad) * self.dx
+            a = alpha(self.mc + self.beta * np.abs(self.dx), dt)
+            self.x, self.t = a * x + (1 - a) * self.x, t
+            return self.x.copy()
+
+    rng = np.random.default_rng(3)
+    pts = rng.uniform(0, 200, (68, 2))
+    stamps = np.cumsum(rng.uniform(0.01, 0.06, 120))
+    stamps[40] = stamps[39]  # a repeated stamp returns the last output
+    f, ref = OneEuroFilter(0.3, 20.0), Reference(0.3, 20.0)
+    pos, size, shp = Reference(0.3, 20.0), Reference(0.3, 20.0), Reference(0.1, 1.0)
+    face = FaceFilter(0.3, 20.0, 1.0, 0.1, 1.0)
+    for i, t in enumerate(stamps):
+        x = pts + rng.normal(0, 2, pts.shape) + (30.0 if i == 80 else 0.0) + 0.5 * i
+        np.testing.assert_allclose(f(x, t, scale=140.0), ref(x, t, scale=140.0), atol=1e-9)
+        c = x.mean(0)
+        s = np.sqrt(((x - c) ** 2).sum(-1).mean())
+        want = pos(c, t, 140.0) + size(np.array([s]), t, 140.0)[0] * shp((x - c) / s, t)
+        np.testing.assert_allclose(face(x, t, scale=140.0), want, atol=1e-9)

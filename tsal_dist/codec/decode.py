@@ -119,14 +119,19 @@ def decode_dark(maps: Tensor, stride: int, blur_cells: float) -> tuple[Tensor, T
     # row, column of a non-negative flat index without Mod (which TensorRT's ONNX parser lacks)
     v = torch.div(index, w, rounding_mode="trunc")
     u = index - v * w
-    logm = torch.log(x.clamp(min=_LOG_FLOOR))
     wp = w + 2
-    padded = F.pad(logm.reshape(b * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
+    padded = F.pad(x.reshape(b * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
     padded = padded.reshape(b, c, (h + 2) * wp)
+    # the 3 x 3 neighbourhood of the peak in one gather, and the log of those 9 values only
+    # (the log commutes with the edge replication; over the whole map it cost ~6 % of the
+    # exported model's time in ONNX Runtime)
+    d = torch.tensor([-1, 0, 1], device=maps.device)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    near = ((v + 1)[..., None] + dy.reshape(-1)) * wp + (u + 1)[..., None] + dx.reshape(-1)
+    logm = torch.log(torch.gather(padded, 2, near).clamp(min=_LOG_FLOOR))  # (B, C, 9)
 
-    def at(dx: int, dy: int) -> Tensor:
-        i = (v + 1 + dy) * wp + (u + 1 + dx)
-        return torch.gather(padded, 2, i[..., None])[..., 0]
+    def at(ddx: int, ddy: int) -> Tensor:
+        return logm[..., (ddy + 1) * 3 + ddx + 1]
 
     centre = at(0, 0)
     gx = 0.5 * (at(1, 0) - at(-1, 0))
