@@ -716,14 +716,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for key, v in videos.items():
             mf = max(4, v["faces"])
-            for label, threads, batch, detection in [
-                    (DEFAULT_PIPELINE, 1, BATCH_THREADS, "async"),
-                    ("tsal-runtime async, 1 thread", 1, 0, "async"),
-                    ("tsal-runtime async, 2 threads", 2, 0, "async"),
+            for label, threads, batch, detection, extra in [
+                    (DEFAULT_PIPELINE, 1, BATCH_THREADS, "async", {}),
+                    (f"{DEFAULT_PIPELINE}, detector nice 5", 1, BATCH_THREADS, "async",
+                     {"detector_nice": 5}),
+                    ("tsal-runtime async, 1 thread", 1, 0, "async", {}),
+                    ("tsal-runtime async, 2 threads", 2, 0, "async", {}),
                     (f"tsal-runtime sync, 1 thread ({BATCH_THREADS} from 2 faces)", 1,
-                     BATCH_THREADS, "sync")]:
+                     BATCH_THREADS, "sync", {})]:
                 rows.append(row_of(label, key, v, run_tsal(spec, v["frames"], threads,
-                                                           detection, mf, batch_threads=batch)))
+                                                           detection, mf, batch_threads=batch,
+                                                           **extra)))
             for every, label in ((1, "dlib HOG + ERT68, every frame"),
                                  (10, "dlib HOG every 10th + ERT68")):
                 r = run_dlib(v["frames"], every)

@@ -63,14 +63,21 @@ class _ThreadBackend:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _child(conn: Any, blob: bytes) -> None:
+# Niceness of the detector process. The frame loop must win every core it wants at once: a
+# multi-thread landmark batch waits for its slowest thread, and at nice 5 the detector still
+# held ~1/4 of a contended core, so batches of 4-8 faces overran 20 ms while a detection ran
+# (benchmarks/results/runtime_fps.md). At 19 it runs on what the loop leaves idle.
+DETECTOR_NICE = 19
+
+
+def _child(conn: Any, blob: bytes, nice: int = DETECTOR_NICE) -> None:
     """Detector process: build the detector, then detect frames from shared memory until told to
     stop (None) or the parent goes away (EOF)."""
     from multiprocessing import shared_memory
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
-        os.nice(5)  # the frame loop comes first when both want a core
+        os.nice(nice)  # the frame loop comes first when both want a core
     except OSError:
         pass
     try:
@@ -103,12 +110,13 @@ def _child(conn: Any, blob: bytes) -> None:
 
 
 class _ProcessBackend:
-    def __init__(self, detector: FaceDetector, start_timeout_s: float = 120.0) -> None:
+    def __init__(self, detector: FaceDetector, start_timeout_s: float = 120.0,
+                 nice: int = DETECTOR_NICE) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")  # never fork a process that holds engine threads
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(child, pickle.dumps(detector)),
+        self._proc = ctx.Process(target=_child, args=(child, pickle.dumps(detector), nice),
                                  name=f"tsal-detector-{detector.name}", daemon=True)
         self._proc.start()
         child.close()
@@ -179,13 +187,16 @@ class AsyncDetector:
             result for the frame submitted at index i is returned by ``poll(i + k)``, waiting
             for it if needed (reproducible runs and tests; 0 = synchronous results).
         mode: "process", "thread", or "auto" (a process for detectors marked ``gil_bound``).
+        nice: niceness added to the detector process (``DETECTOR_NICE``; a thread keeps the
+            loop's own).
 
     Raises:
         DetectorError: the detector cannot be built in its process, or fails on a frame (raised
             by :meth:`poll`, in the frame loop).
     """
 
-    def __init__(self, detector: FaceDetector, lag: int | None = None, mode: str = "auto") -> None:
+    def __init__(self, detector: FaceDetector, lag: int | None = None, mode: str = "auto",
+                 nice: int = DETECTOR_NICE) -> None:
         if lag is not None and lag < 0:
             raise ValueError("detect lag must be >= 0 (or None: free-running)")
         if mode not in ("auto", "process", "thread"):
@@ -193,7 +204,7 @@ class AsyncDetector:
         if mode == "auto":
             mode = "process" if getattr(detector, "gil_bound", False) else "thread"
         self.detector, self.lag, self.mode = detector, lag, mode
-        self._backend = _ProcessBackend(detector) if mode == "process" else \
+        self._backend = _ProcessBackend(detector, nice=nice) if mode == "process" else \
             _ThreadBackend(detector)
         self._submitted: int | None = None
         self.waited_ms = 0.0  # time the frame loop spent waiting for results (lag mode only)

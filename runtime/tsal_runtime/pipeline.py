@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tsal_runtime.async_detect import AsyncDetector, detect_frame
+from tsal_runtime.async_detect import DETECTOR_NICE, AsyncDetector, detect_frame
 from tsal_runtime.detectors import FaceDetector
 from tsal_runtime.engines import Engine
 from tsal_runtime.geometry import (adapt_box, extract_crops, iou, landmark_box,
@@ -94,6 +94,8 @@ class Pipeline:
             "async" (its own thread, never blocking the loop: for cameras).
         detect_lag: async only: None = merge results when ready; k = merge exactly k frames
             after the frame they were computed on (see :class:`AsyncDetector`).
+        detector_nice: async only: niceness of the detector's process
+            (``async_detect.DETECTOR_NICE``).
     """
 
     def __init__(self, spec: ModelSpec, engine: Engine, detector: FaceDetector,
@@ -102,7 +104,7 @@ class Pipeline:
                  beta: float = 20.0, d_cutoff: float = 1.0, min_face_px: float = 8.0,
                  detection: str = "sync", detect_lag: int | None = None,
                  smoothing: str = "face", shape_cutoff: float = 0.1,
-                 shape_beta: float = 1.0) -> None:
+                 shape_beta: float = 1.0, detector_nice: int = DETECTOR_NICE) -> None:
         if detect_every < 1 or max_faces < 1 or refine < 0:
             raise ValueError("need detect_every >= 1, max_faces >= 1, refine >= 0")
         if smoothing not in ("face", "points"):
@@ -110,7 +112,8 @@ class Pipeline:
         self._smoothing, self._shape_euro = smoothing, (shape_cutoff, shape_beta)
         if detection not in ("sync", "async"):
             raise ValueError(f"detection must be 'sync' or 'async', not {detection!r}")
-        self._async = AsyncDetector(detector, detect_lag) if detection == "async" else None
+        self._async = (AsyncDetector(detector, detect_lag, nice=detector_nice)
+                       if detection == "async" else None)
         self.spec, self.engine, self.detector = spec, engine, detector
         self.detect_every, self.max_faces, self.min_score = detect_every, max_faces, min_score
         self.refine, self.smooth, self.min_face_px = refine, smooth, min_face_px

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tsal_runtime.async_detect import AsyncDetector
+from tsal_runtime.async_detect import DETECTOR_NICE, AsyncDetector
 from tsal_runtime.engines import make_engine
 from tsal_runtime.errors import DetectorError
 from tsal_runtime.pipeline import Pipeline
@@ -50,13 +50,14 @@ class DriftingFace:
 
 
 class ProcessDriftingFace(DriftingFace):
-    """The same detector, run in a spawned process (as YuNet/dlib are); reports its pid."""
+    """The same detector, run in a spawned process (as YuNet/dlib are); reports its pid and its
+    niceness."""
 
     gil_bound = True
 
     def __call__(self, frame: np.ndarray, frame_index: int = 0) -> np.ndarray:
         d = super().__call__(frame, frame_index)
-        return np.concatenate([d, [[os.getpid(), 0, 0, 0, 0.0]]]) if len(d) else d
+        return np.concatenate([d, [[os.getpid(), os.nice(0), 0, 0, 0.0]]]) if len(d) else d
 
 
 def run(const_model: Path, detector: object, frames: int = 12, **kw: object
@@ -124,8 +125,17 @@ def test_detector_process_is_another_process_and_its_failure_is_one_clear_error(
         assert det is not None and det.index == 0
         assert int(det.dets[1, 0]) not in (0, os.getpid())  # detected in the child
         np.testing.assert_allclose(det.dets[0, :4], DriftingFace.box(0))
+        # the detector yields its core to the frame loop: niced by DETECTOR_NICE (capped at 19)
+        assert int(det.dets[1, 1]) == min(19, os.nice(0) + DETECTOR_NICE)
     finally:
         a.close()
+    b = AsyncDetector(ProcessDriftingFace(), lag=0, nice=2)
+    try:
+        b.submit(DriftingFace.frame(0), 0)
+        det = b.poll(0)
+        assert det is not None and int(det.dets[1, 1]) == min(19, os.nice(0) + 2)
+    finally:
+        b.close()
     bad = AsyncDetector(ProcessDriftingFace(fail=True), lag=0)
     try:
         bad.submit(DriftingFace.frame(0), 0)
