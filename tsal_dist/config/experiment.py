@@ -237,7 +237,7 @@ class TeacherConfig:
       (identical) copies after every optimizer step, with no server version in between:
         student <- mutual_student_keep * student + (1 - mutual_student_keep) * teacher
         teacher <- blend * teacher + (1 - blend) * student_new
-      (sync_every and max_staleness do not apply; the server only keeps the pushed snapshots.)
+      (sync_every and max_staleness do not apply; nothing is pushed to the server.)
     In queue and ema modes the coupling is one way: the student never sees the teacher.
     """
 

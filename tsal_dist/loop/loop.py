@@ -184,12 +184,14 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
             if is_sync_step(step, cfg.teacher.sync_every):
                 student.broadcast_buffers()
                 teacher.broadcast_buffers()
+            # mutual_step blends on the worker every step: nothing goes through the server
+            if is_sync_step(step, cfg.teacher.sync_every) and cfg.teacher.mode != "mutual_step":
                 if ctx.is_main or student.collective_state:  # ZeRO-3: every rank gathers
                     s_full = student.full_state_dict()
                 if ctx.is_main:
                     teacher_client.push(to_numpy_state(s_full), step + 1)
                 version = version_to_apply(step, cfg.teacher.sync_every, cfg.teacher.max_staleness)
-                if version is not None and cfg.teacher.mode != "mutual_step":
+                if version is not None:
                     filtered = pull_teacher(teacher_client, version, ctx, template=state_shapes)
                     apply_sync_(teacher=teacher, student=student, filtered=filtered,
                                 mode=cfg.teacher.mode, blend=cfg.teacher.blend,
@@ -358,6 +360,14 @@ def pull_teacher(client: TeacherClient, version: int, ctx: WorkerContext, *,
     return tensors
 
 
+def _student_toward_teacher_(student: Engine, teacher: Engine, keep: float,
+                             average_buffers: bool, buffer_keys: frozenset[str]) -> None:
+    """student <- keep*student + (1-keep)*teacher: the student half of the two-way lerp."""
+    t_old = teacher.full_state_dict()
+    student.modify_weights_(lambda sd: lerp_state_(
+        sd, t_old, keep, average_buffers=average_buffers, buffer_keys=buffer_keys))
+
+
 @torch.no_grad()
 def mutual_step_(*, teacher: Engine, student: Engine, student_keep: float, blend: float,
                  average_buffers: bool, buffer_keys: frozenset[str]) -> None:
@@ -368,9 +378,7 @@ def mutual_step_(*, teacher: Engine, student: Engine, student_keep: float, blend
     if average_buffers:
         student.broadcast_buffers()
         teacher.broadcast_buffers()
-    t_old = teacher.full_state_dict()
-    student.modify_weights_(lambda sd: lerp_state_(
-        sd, t_old, student_keep, average_buffers=average_buffers, buffer_keys=buffer_keys))
+    _student_toward_teacher_(student, teacher, student_keep, average_buffers, buffer_keys)
     s_new = student.full_state_dict()
     teacher.modify_weights_(lambda sd: lerp_state_(
         sd, s_new, blend, average_buffers=average_buffers, buffer_keys=buffer_keys))
@@ -386,8 +394,6 @@ def apply_sync_(*, teacher: Engine, student: Engine, filtered: dict[str, np.ndar
     Works on the full weights through ``Engine.modify_weights_`` (gathered under ZeRO-3, fp32
     master partitions refreshed under ZeRO 1-3), so the next optimizer step starts from them."""
     if mode == "mutual":
-        t_old = teacher.full_state_dict()
-        student.modify_weights_(lambda sd: lerp_state_(
-            sd, t_old, student_keep, average_buffers=average_buffers, buffer_keys=buffer_keys))
+        _student_toward_teacher_(student, teacher, student_keep, average_buffers, buffer_keys)
     teacher.modify_weights_(lambda sd: lerp_state_(
         sd, filtered, blend, average_buffers=average_buffers, buffer_keys=buffer_keys))

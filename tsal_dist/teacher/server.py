@@ -62,7 +62,8 @@ class TeacherServer:
         in queue"); integer entries come from the newest snapshot.
       - ``ema``:    F <- ema_decay * F + (1 - ema_decay) * S (ema_decay = weight on the OLD F);
         the first push sets F = S.
-      - ``mutual`` and ``mutual_step``: F = S (the two-way lerp happens on the worker).
+      - ``mutual`` and ``mutual_step``: F = S (the two-way lerp happens on the worker; the
+        training loop pushes nothing in ``mutual_step``, whose lerp needs no server version).
     F is then stored, immutable, as version ``s``; the newest ``keep_versions`` are held.
 
     Args:
