@@ -318,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     out = work / "results" if args.quick else ROOT / "benchmarks" / "results"
     t_start = time.time()
     base = base_config(args.teacher_steps, args.student_steps, args.quick)
+    torch.set_num_threads(max(1, args.parallel))  # the teachers alone: every core the pool gets
     teachers = train_teachers(base, work)
+    torch.set_num_threads(1)  # latency is measured on one thread
     lists = list(next(iter(teachers.values())))
     seeds = list(range(args.seeds))
     doc: dict[str, Any] = {
