@@ -34,7 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,11 @@ def run_student(base_flat: dict[str, Any], variant: str, seed: int,
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "asm.npz").is_file():  # the teachers' ASM, never refitted
         shutil.copy(Path(work) / "teachers_run" / "asm.npz", run_dir / "asm.npz")
+    done = run_dir / "result.json"
+    if done.is_file():
+        got = json.loads(done.read_text())
+        if got.get("config_hash") == cfg.hash():  # finished under this very config: reuse
+            return {**got, "reused": True}
     t0 = time.time()
     summary = run_distill(cfg, run_dir=run_dir, teacher_dir=Path(work) / "teachers",
                           progress=False, export=False, teacher_cache=_TEACHER_CACHE)
@@ -172,9 +177,11 @@ def run_student(base_flat: dict[str, Any], variant: str, seed: int,
         r = json.loads(line)
         if "student/px_error" in r and "step" in r:
             curve.append((r["step"], r["student/px_error"]))
-    return {"variant": variant, "seed": seed, "seconds": time.time() - t0,
-            "eval": {ln: _row(s) for ln, s in summary["eval"]["student"].items()},
-            "train_px_error_curve": curve}
+    got = {"variant": variant, "seed": seed, "seconds": time.time() - t0,
+           "eval": {ln: _row(s) for ln, s in summary["eval"]["student"].items()},
+           "train_px_error_curve": curve, "config_hash": cfg.hash()}
+    write_text(done, json.dumps(got))
+    return got
 
 
 def summarise(runs: list[dict[str, Any]], lists: list[str]) -> list[dict[str, Any]]:
@@ -334,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run folders (resumable)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny data: checks the pipeline; results go under --work/results")
+    ap.add_argument("--no-latency", action="store_true",
+                    help="leave the latency column for a later --latency run on a quiet machine")
     ap.add_argument("--latency", action="store_true",
                     help="only re-measure the latency column (on a quiet machine) and rewrite "
                          "the tables from the json")
@@ -364,23 +373,35 @@ def main(argv: list[str] | None = None) -> int:
         "teachers": teachers, "runs": [], "params": {}, "latency_ms": {},
         "machine": {"cpu": platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__}}
-    doc["latency_ms"] = measure_latency(base, work, doc["params"])
-    doc["latency_load_avg_1min"] = os.getloadavg()[0]
-    jobs = [(v, s) for s in seeds for v in args.variants]  # a seed's losses together
+    if not args.no_latency:
+        doc["latency_ms"] = measure_latency(base, work, doc["params"])
+        doc["latency_load_avg_1min"] = os.getloadavg()[0]
+    # One single-process pool per slot, each seed's students on one of them, KD-Loss first: the
+    # teachers' predictions on a seed's batches (most of a KD student's cost) are made once, by
+    # the first KD student, and reused by the second from the worker's cache.
+    order = sorted(args.variants, key=lambda v: (VARIANTS[v].get("kd.loss") != "kd",
+                                                 list(VARIANTS).index(v)))
     flat = _flat(base)
     # spawned, not forked: this process's loader forkserver (the teachers' training) belongs to
     # it, and a forked worker using it would wait on children that are not its own (ECHILD)
-    with ProcessPoolExecutor(max_workers=args.parallel,
-                             mp_context=multiprocessing.get_context("spawn")) as ex:
-        futs = {j: ex.submit(run_student, flat, *j, str(work)) for j in jobs}
-        for n, (j, f) in enumerate(futs.items(), 1):
+    pools = [ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+             for _ in range(max(1, args.parallel))]
+    try:
+        futs = {pools[s % len(pools)].submit(run_student, flat, v, s, str(work)): (v, s)
+                for s in seeds for v in order}
+        for n, f in enumerate(as_completed(futs), 1):
+            j = futs[f]
             r = f.result()
-            print(f"[{n}/{len(jobs)}] {run_name(*j)}: "
+            print(f"[{n}/{len(futs)}] {run_name(*j)}: "
                   + ", ".join(f"{ln} {100 * v['nme_io']:.2f} %" for ln, v in r["eval"].items())
-                  + f" ({r['seconds']:.0f} s)", flush=True)
+                  + " (" + ("reused" if r.get("reused") else f"{r['seconds']:.0f} s") + ")",
+                  flush=True)
             doc["runs"].append(r)
             doc["seconds"] = time.time() - t_start
             write_outputs(doc, out)
+    finally:
+        for pool in pools:
+            pool.shutdown(cancel_futures=True)
     print(doc["verdict"])
     print(f"total {time.time() - t_start:.0f} s; wrote {out}/distill_ablation.{{json,md,png}}")
     return 0
