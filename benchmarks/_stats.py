@@ -27,3 +27,14 @@ def paired(values: dict[Any, float], base: dict[Any, float]) -> dict[str, Any] |
     half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(d), "per_seed": d,
             "seeds": seeds, "significant": not (mean - half <= 0.0 <= mean + half)}
+
+
+def format_delta(d: dict[str, Any] | None) -> str:
+    """A paired difference in pp: ``+1.23 [-0.40, +2.86]*`` (* = the interval excludes 0)."""
+    if not d:
+        return ""
+    ci = d.get("ci95")
+    txt = f"{100 * d['mean']:+.2f}"
+    if ci:
+        txt += f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" + ("*" if d["significant"] else "")
+    return txt

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_io import save_figure, write_text  # noqa: E402
-from _stats import paired  # noqa: E402
+from _stats import format_delta as _delta, paired  # noqa: E402
 
 from tsal_dist.export import CropToLandmarks  # noqa: E402
 from tsal_dist.distill import DistillConfig, load_distill_config, run_distill  # noqa: E402
@@ -209,16 +209,6 @@ def summarise(runs: list[dict[str, Any]], lists: list[str]) -> list[dict[str, An
                     row["rel_vs_l2"] = d["mean"] / statistics.fmean(base[s] for s in d["seeds"])
             out.append(row)
     return out
-
-
-def _delta(d: dict[str, Any] | None) -> str:
-    if not d:
-        return ""
-    ci = d.get("ci95")
-    txt = f"{100 * d['mean']:+.2f}"
-    if ci:
-        txt += f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" + ("*" if d["significant"] else "")
-    return txt
 
 
 def verdict(summary: list[dict[str, Any]], lists: list[str]) -> str:

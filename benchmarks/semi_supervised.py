@@ -46,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_io import save_figure, write_text  # noqa: E402
-from _stats import paired, t975  # noqa: E402,F401
+from _stats import format_delta as _delta, paired, t975  # noqa: E402,F401
 
 from tsal_dist.config.experiment import NARROW_DOMAIN, DomainConfig  # noqa: E402
 
@@ -220,16 +220,6 @@ def _pct(x: float | None, sd: float | None = None) -> str:
     if x is None:
         return ""
     return f"{100 * x:.2f}" + (f" ± {100 * sd:.2f}" if sd else "")
-
-
-def _delta(d: dict[str, Any] | None) -> str:
-    if not d:
-        return ""
-    ci = d.get("ci95")
-    txt = f"{100 * d['mean']:+.2f}"
-    if ci:
-        txt += f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" + ("*" if d["significant"] else "")
-    return txt
 
 
 def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "distill_ablation.py"
+from _scripts import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("distill_ablation_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return load_script("distill_ablation")
 
 
 def _run(variant, seed, img, vid):

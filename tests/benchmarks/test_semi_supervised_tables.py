@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "semi_supervised.py"
+from _scripts import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("semi_supervised_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return load_script("semi_supervised")
 
 
 def _row(method, seed, nme, model="teacher", es="test.lst", nmj=None, labeled=50):
