@@ -64,9 +64,10 @@ class _ThreadBackend:
 
 
 # Niceness of the detector process. The frame loop must win every core it wants at once: a
-# multi-thread landmark batch waits for its slowest thread, and at nice 5 the detector still
-# held ~1/4 of a contended core, so batches of 4-8 faces overran 20 ms while a detection ran
-# (benchmarks/results/runtime_fps.md). At 19 it runs on what the loop leaves idle.
+# multi-thread landmark batch waits for its slowest thread, and frames of 4-8 faces overran
+# 20 ms while a detection ran at nice 5 (benchmarks/results/runtime_fps.md). At 19 the detector
+# runs on what the loop leaves idle. Not yet measured on a quiet machine (runtime_fps.py has a
+# nice-5 row beside the default to show the difference).
 DETECTOR_NICE = 19
 
 
