@@ -98,6 +98,16 @@ def test_quick_compare_runs_end_to_end_and_resumes(tmp_path):
     assert {r["eval_set"] for r in rows} == {"synthetic.test.lst", "synthetic.videos.test.lst"}
     video = next(r for r in rows if r["eval_set"] == "synthetic.videos.test.lst")
     assert video["nmj"] > 0 and len(video["nme_delta"]["per_seed"]) == 2
+    # the tracking probe (semi_supervised.md, H4) on one of these runs, end to end
+    probe = load_script("tracking_probe")
+    out = tmp_path / "probe"
+    assert probe.main(["--runs", str(tmp_path / "supervised-L50-s0"), "--clip-length", "4",
+                       "--out", str(out)]) == 0
+    (run,) = json.loads((out / "tracking_probe.json").read_text())["summary"]["runs"]
+    assert run["frames"] == run["clips"] * 3 > 0  # every clip frame but the anchor
+    assert set(run["by_k_pct"]) <= {"1", "2", "3"}
+    assert all(math.isfinite(v) and v >= 0 for v in run["mean_pct"].values())
+    assert (out / "tracking_probe.md").read_text().startswith("# Tracking probe")
     before = (tmp_path / "supervised-L50-s0" / "result.json").stat().st_mtime_ns
     assert mod.main(args) == 0  # finished runs are reused, not trained again
     assert (tmp_path / "supervised-L50-s0" / "result.json").stat().st_mtime_ns == before

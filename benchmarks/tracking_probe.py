@@ -1,0 +1,238 @@
+"""Does tracking carry right landmarks into the frames where the model is wrong?
+
+The semi-supervised diagnosis (``semi_supervised.md`` section 3, H4): TSAL's detection/tracking
+consistency can only teach a model what it does not know if the tracked target is better than the
+model's own prediction. This probe measures exactly that, without training, on the benchmark's
+own supervised-only runs (the model TSAL starts from) and on its TRAINING videos (which training
+reads without labels; their synthetic ground truth is read here only to score):
+
+- ``own``: the model's prediction on each clip frame (what self-consistency reinforces);
+- ``tracked``: the prediction on the clip's most confident frame (highest mean heatmap peak: what
+  a method can choose without labels), carried to every other frame of the clip through the
+  training tracking grids (the same DIS flow on the same crops) -- the target of a long-clip
+  tracking consistency anchored where the model is surest;
+- ``tracked_oracle``: the same from the clip frame where the model is least wrong (chosen with
+  the ground truth: an upper bound for any anchor choice);
+- ``drift``: the ground truth of the confident frame carried the same way (the tracker's own
+  error), for the 51 inner points and the 17 jaw-line points apart (the jaw line is a silhouette:
+  on a turning head it does not move with the skin that flow follows).
+
+Every figure is per-frame NME (% inter-ocular) by distance k (frames) from the anchor, the anchor
+frame itself left out. Writes ``benchmarks/results/tracking_probe.{json,md}``::
+
+    python benchmarks/tracking_probe.py --runs /tmp/ssl800/supervised-L50-s{0,1,2} \
+        /tmp/ssl800/supervised-L200-s{0,1,2} --clip-length 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results_io import write_text  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+JAW = tuple(range(17))
+INNER = tuple(range(17, 68))
+SOURCES = ("own", "tracked", "tracked_oracle", "drift", "drift_inner", "drift_jaw")
+
+
+def carry(points: Any, grids: Any, anchor: int) -> Any:
+    """Carry (P, 2) crop-px points of frame ``anchor`` to every frame of a clip.
+
+    ``grids`` (T-1, S, S, 2): ``grids[t]`` holds, for each pixel of frame t+1, where it comes from
+    in frame t (``ClipDataset``'s ``grid``). Forward (t -> t+1) inverts the grid
+    (``points_through_inverse_grid``); backward (t+1 -> t) reads it at the point.
+
+    Returns:
+        (T, P, 2) float64 numpy, row ``anchor`` = ``points``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from tsal_dist.losses.consistency import points_through_inverse_grid
+
+    g = torch.as_tensor(grids, dtype=torch.float32)
+    p0 = torch.as_tensor(points, dtype=torch.float32)[None]
+    t_len, s = g.shape[0] + 1, g.shape[1]
+    out: list[Any] = [None] * t_len
+    out[anchor] = p0[0]
+    p = p0
+    for t in range(anchor, t_len - 1):
+        p = points_through_inverse_grid(p, g[t:t + 1])
+        out[t + 1] = p[0]
+    p = p0
+    for t in range(anchor - 1, -1, -1):
+        norm = (p / max(1, s - 1) * 2.0 - 1.0)[:, :, None]
+        p = F.grid_sample(g[t:t + 1].permute(0, 3, 1, 2), norm, mode="bilinear",
+                          padding_mode="border", align_corners=True)[..., 0].permute(0, 2, 1)
+        out[t] = p[0]
+    return torch.stack(out).double().numpy()
+
+
+def subset_nme(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray,
+               points: tuple[int, ...]) -> np.ndarray:
+    """(N,) NME over ``points`` only, still normalised by the full face's inter-ocular distance."""
+    from tsal_dist.eval.metrics import normalizer
+
+    d = normalizer(gt, "inter_ocular", visible)
+    idx = list(points)
+    err = np.linalg.norm(pred[:, idx] - gt[:, idx], axis=-1)
+    vis = np.asarray(visible, bool)[:, idx]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(vis, err, 0.0).sum(1) / (vis.sum(1) * d)
+
+
+def annotated_videos(unlabeled_list: Path) -> Path:
+    """The annotated twin of a synthetic unlabeled video list (``X.none`` -> ``X.lst``)."""
+    twin = unlabeled_list.with_suffix(".lst")
+    if unlabeled_list.suffix == ".none" and twin.is_file():
+        return twin
+    raise SystemExit(f"{unlabeled_list}: the probe scores against ground truth and needs the "
+                     f"annotated list of these videos ({twin.name} not found)")
+
+
+def probe_run(run_dir: Path, clip_length: int, which: str) -> dict[str, Any]:
+    """Per-frame NMEs of every source (see the module docstring) over one run's training videos."""
+    import torch
+
+    from tsal_dist.data.clips import ClipDataset
+    from tsal_dist.data.formats import read_list
+    from tsal_dist.data.lists import resolve_data
+    from tsal_dist.eval.metrics import nme
+    from tsal_dist.loop.checkpoint import latest_checkpoint, model_from_checkpoint
+
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise SystemExit(f"{run_dir}: no checkpoint to probe")
+    cm = model_from_checkpoint(ckpt, which)
+    cfg, model = cm.config, cm.model
+    lists = resolve_data(cfg)
+    entries = [e for p in lists.unlabeled for e in read_list(annotated_videos(Path(p)))]
+    ds = ClipDataset(entries, num_points=cfg.data.num_points, clip_length=clip_length,
+                     clip_stride=cfg.data.clip_stride, input_size=cfg.model.input_size,
+                     pre_crop_expand=cfg.data.pre_crop_expand, augment=False, flow=cfg.data.flow)
+    rows: dict[str, list[float]] = {k: [] for k in (*SOURCES, "k")}
+    for i in range(len(ds)):
+        item = ds.get(i, 0)
+        with torch.no_grad():
+            xy, score = model.codec.locate(model(item["frames"])["heatmaps"][-1])
+        gt = item["landmarks"].double().numpy()
+        vis = item["visible"].numpy()
+        pred = xy.double().numpy()
+        own = nme(pred, gt, visible=vis)
+        anchor = int(np.argmax(score.mean(1).numpy()))
+        best = int(np.nanargmin(own))
+        got = {"own": own,
+               "tracked": nme(carry(pred[anchor], item["grid"], anchor), gt, visible=vis),
+               "tracked_oracle": nme(carry(pred[best], item["grid"], best), gt, visible=vis)}
+        gt_carried = carry(gt[anchor], item["grid"], anchor)
+        got["drift"] = nme(gt_carried, gt, visible=vis)
+        for name, idx in (("drift_inner", INNER), ("drift_jaw", JAW)):
+            got[name] = subset_nme(gt_carried, gt, vis, idx)
+        for t in range(clip_length):
+            if t == anchor:
+                continue
+            for name in SOURCES:
+                rows[name].append(float(got[name][t]))
+            rows["k"].append(abs(t - anchor))
+    return {"run": run_dir.name, "checkpoint_step": cm.step, "clips": len(ds), "frames": rows}
+
+
+def summarise(per_run: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means (in %) per run, overall and by k; the share of frames where ``tracked`` beats
+    ``own``; the mean over runs of each run's mean with its spread."""
+    out: dict[str, Any] = {"runs": []}
+    for r in per_run:
+        f = {k: np.asarray(v, float) for k, v in r["frames"].items()}
+        ks = sorted(set(f["k"].astype(int).tolist()))
+        out["runs"].append({
+            "run": r["run"], "clips": r["clips"], "frames": int(f["k"].size),
+            "mean_pct": {s: 100 * float(np.nanmean(f[s])) for s in SOURCES},
+            "tracked_better_frac": float(np.mean(f["tracked"] < f["own"])),
+            "by_k_pct": {str(k): {s: 100 * float(np.nanmean(f[s][f["k"] == k])) for s in SOURCES}
+                         for k in ks}})
+    means = {s: [r["mean_pct"][s] for r in out["runs"]] for s in SOURCES}
+    out["over_runs"] = {s: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1))
+                            if len(v) > 1 else 0.0} for s, v in means.items()}
+    out["tracked_minus_own_pct"] = [r["mean_pct"]["tracked"] - r["mean_pct"]["own"]
+                                    for r in out["runs"]]
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    s, m = doc["summary"], doc["meta"]
+    lines = [f"# Tracking probe ({m['date']})", "",
+             f"Machine: {m['machine']}. Command: `{m['command']}`. Clips of {m['clip_length']} "
+             f"frames of the training videos, no augmentation, the runs' own flow "
+             f"({m['flow']}) on the {m['input_size']} px crops; the {m['which']} of each run's "
+             "last checkpoint. NME in % of the inter-ocular distance, per frame, the anchor "
+             "frame left out (module docstring of `benchmarks/tracking_probe.py`).", "",
+             "| run | frames | own | tracked (confident anchor) | tracked (oracle anchor) | "
+             "tracked better than own | tracker drift (all / inner 51 / jaw 17) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in s["runs"]:
+        p = r["mean_pct"]
+        lines.append(f"| {r['run']} | {r['frames']} | {p['own']:.2f} | {p['tracked']:.2f} | "
+                     f"{p['tracked_oracle']:.2f} | {100 * r['tracked_better_frac']:.0f} % | "
+                     f"{p['drift']:.2f} / {p['drift_inner']:.2f} / {p['drift_jaw']:.2f} |")
+    lines += ["", "By distance k from the anchor (mean over runs of each run's mean):", "",
+              "| k | own | tracked | tracked (oracle anchor) | drift | drift inner | drift jaw |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    ks = sorted({int(k) for r in s["runs"] for k in r["by_k_pct"]})
+    for k in ks:
+        vals = [np.mean([r["by_k_pct"][str(k)][src] for r in s["runs"]
+                         if str(k) in r["by_k_pct"]]) for src in SOURCES]
+        lines.append(f"| {k} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", required=True, help="run folders (with checkpoints/)")
+    p.add_argument("--clip-length", type=int, default=8)
+    p.add_argument("--which", choices=["teacher", "student"], default="teacher")
+    p.add_argument("--out", default=str(RESULTS), help="folder for tracking_probe.{json,md}")
+    args = p.parse_args(argv)
+    if args.clip_length < 2:
+        p.error("--clip-length must be >= 2")
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    per_run = []
+    for r in args.runs:
+        per_run.append(probe_run(Path(r), args.clip_length, args.which))
+        print(f"{per_run[-1]['run']}: {per_run[-1]['clips']} clips "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    from tsal_dist.config import load_config
+
+    cfg = load_config(Path(args.runs[0]) / "config.yaml")
+    doc = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M"),
+                    "machine": f"{platform.machine()}, no GPU, Python "
+                               f"{platform.python_version()}, one thread",
+                    "command": " ".join(["python benchmarks/tracking_probe.py",
+                                         *(argv if argv is not None else sys.argv[1:])]),
+                    "clip_length": args.clip_length, "which": args.which,
+                    "flow": cfg.data.flow, "input_size": cfg.model.input_size},
+           "summary": summarise(per_run)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "tracking_probe.json", json.dumps(doc, indent=1))
+    write_text(out / "tracking_probe.md", markdown(doc))
+    print(markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
