@@ -18,7 +18,8 @@ reads without labels; their synthetic ground truth is read here only to score):
   on a turning head it does not move with the skin that flow follows).
 
 Every figure is per-frame NME (% inter-ocular) by distance k (frames) from the anchor, the anchor
-frame itself left out. Writes ``benchmarks/results/tracking_probe.{json,md}``::
+frame itself left out; a carried point that leaves the crop is dropped from its frame's score (as
+a training target drops it; the share is reported). Writes ``benchmarks/results/tracking_probe.{json,md}``::
 
     python benchmarks/tracking_probe.py --runs /tmp/ssl800/supervised-L50-s{0,1,2} \
         /tmp/ssl800/supervised-L200-s{0,1,2} --clip-length 8
@@ -121,6 +122,7 @@ def probe_run(run_dir: Path, clip_length: int, which: str) -> dict[str, Any]:
                      clip_stride=cfg.data.clip_stride, input_size=cfg.model.input_size,
                      pre_crop_expand=cfg.data.pre_crop_expand, augment=False, flow=cfg.data.flow)
     rows: dict[str, list[float]] = {k: [] for k in (*SOURCES, "k")}
+    dropped: list[float] = []
     for i in range(len(ds)):
         item = ds.get(i, 0)
         with torch.no_grad():
@@ -131,9 +133,17 @@ def probe_run(run_dir: Path, clip_length: int, which: str) -> dict[str, Any]:
         own = nme(pred, gt, visible=vis)
         anchor = int(np.argmax(score.mean(1).numpy()))
         best = int(np.nanargmin(own))
+        size = cfg.model.input_size
+
+        def scored(carried: np.ndarray) -> np.ndarray:
+            # a carried point that leaves the crop is dropped, as a training target would be
+            inside = ((carried >= 0) & (carried <= size - 1)).all(-1)
+            dropped.append(float(1 - (inside & (vis > 0)).sum() / max(1, (vis > 0).sum())))
+            return nme(carried, gt, visible=vis * inside)
+
         got = {"own": own,
-               "tracked": nme(carry(pred[anchor], item["grid"], anchor), gt, visible=vis),
-               "tracked_oracle": nme(carry(pred[best], item["grid"], best), gt, visible=vis)}
+               "tracked": scored(carry(pred[anchor], item["grid"], anchor)),
+               "tracked_oracle": scored(carry(pred[best], item["grid"], best))}
         gt_carried = carry(gt[anchor], item["grid"], anchor)
         got["drift"] = nme(gt_carried, gt, visible=vis)
         for name, idx in (("drift_inner", INNER), ("drift_jaw", JAW)):
@@ -144,7 +154,8 @@ def probe_run(run_dir: Path, clip_length: int, which: str) -> dict[str, Any]:
             for name in SOURCES:
                 rows[name].append(float(got[name][t]))
             rows["k"].append(abs(t - anchor))
-    return {"run": run_dir.name, "checkpoint_step": cm.step, "clips": len(ds), "frames": rows}
+    return {"run": run_dir.name, "checkpoint_step": cm.step, "clips": len(ds), "frames": rows,
+            "dropped_frac": float(np.mean(dropped)) if dropped else 0.0}
 
 
 def summarise(per_run: list[dict[str, Any]]) -> dict[str, Any]:
@@ -157,6 +168,8 @@ def summarise(per_run: list[dict[str, Any]]) -> dict[str, Any]:
         out["runs"].append({
             "run": r["run"], "clips": r["clips"], "frames": int(f["k"].size),
             "mean_pct": {s: 100 * float(np.nanmean(f[s])) for s in SOURCES},
+            "median_pct": {s: 100 * float(np.nanmedian(f[s])) for s in SOURCES},
+            "carried_points_dropped_frac": r["dropped_frac"],
             "tracked_better_frac": float(np.mean(f["tracked"] < f["own"])),
             "by_k_pct": {str(k): {s: 100 * float(np.nanmean(f[s][f["k"] == k])) for s in SOURCES}
                          for k in ks}})
@@ -177,13 +190,15 @@ def markdown(doc: dict[str, Any]) -> str:
              "last checkpoint. NME in % of the inter-ocular distance, per frame, the anchor "
              "frame left out (module docstring of `benchmarks/tracking_probe.py`).", "",
              "| run | frames | own | tracked (confident anchor) | tracked (oracle anchor) | "
-             "tracked better than own | tracker drift (all / inner 51 / jaw 17) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "tracked better than own | tracker drift (all / inner 51 / jaw 17) | carried points "
+             "dropped |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in s["runs"]:
         p = r["mean_pct"]
         lines.append(f"| {r['run']} | {r['frames']} | {p['own']:.2f} | {p['tracked']:.2f} | "
                      f"{p['tracked_oracle']:.2f} | {100 * r['tracked_better_frac']:.0f} % | "
-                     f"{p['drift']:.2f} / {p['drift_inner']:.2f} / {p['drift_jaw']:.2f} |")
+                     f"{p['drift']:.2f} / {p['drift_inner']:.2f} / {p['drift_jaw']:.2f} | "
+                     f"{100 * r['carried_points_dropped_frac']:.1f} % |")
     lines += ["", "By distance k from the anchor (mean over runs of each run's mean):", "",
               "| k | own | tracked | tracked (oracle anchor) | drift | drift inner | drift jaw |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
