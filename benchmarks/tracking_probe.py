@@ -15,7 +15,9 @@ reads without labels; their synthetic ground truth is read here only to score):
   the ground truth: an upper bound for any anchor choice);
 - ``drift``: the ground truth of the confident frame carried the same way (the tracker's own
   error), for the 51 inner points and the 17 jaw-line points apart (the jaw line is a silhouette:
-  on a turning head it does not move with the skin that flow follows).
+  on a turning head it does not move with the skin that flow follows); the landmarks' true motion
+  between adjacent frames (px of the crop) and the share of it the flow carries (median over
+  clips of the carried displacement projected on the true one, anchor to farthest frame).
 
 Every figure is per-frame NME (% inter-ocular) by distance k (frames) from the anchor, the anchor
 frame itself left out; a carried point that leaves the crop is dropped from its frame's score (as
@@ -123,6 +125,8 @@ def probe_run(run_dir: Path, clip_length: int, which: str) -> dict[str, Any]:
                      pre_crop_expand=cfg.data.pre_crop_expand, augment=False, flow=cfg.data.flow)
     rows: dict[str, list[float]] = {k: [] for k in (*SOURCES, "k")}
     dropped: list[float] = []
+    motion: list[float] = []
+    carried_share: list[float] = []
     for i in range(len(ds)):
         item = ds.get(i, 0)
         with torch.no_grad():
@@ -146,6 +150,16 @@ def probe_run(run_dir: Path, clip_length: int, which: str) -> dict[str, Any]:
                "tracked_oracle": scored(carry(pred[best], item["grid"], best))}
         gt_carried = carry(gt[anchor], item["grid"], anchor)
         got["drift"] = nme(gt_carried, gt, visible=vis)
+        # how far the landmarks really move, and how much of it the flow carries (projection of
+        # the carried displacement on the true one, from the anchor to the farthest frame)
+        ok = vis > 0
+        step = np.linalg.norm(np.diff(gt, axis=0), axis=-1)[ok[1:] & ok[:-1]]
+        motion.append(float(step.mean()) if step.size else float("nan"))
+        far = 0 if anchor >= clip_length / 2 else clip_length - 1
+        true_d = (gt[far] - gt[anchor])[ok[far] & ok[anchor]]
+        got_d = (gt_carried[far] - gt[anchor])[ok[far] & ok[anchor]]
+        if (true_d ** 2).sum() > 0:
+            carried_share.append(float((true_d * got_d).sum() / (true_d ** 2).sum()))
         for name, idx in (("drift_inner", INNER), ("drift_jaw", JAW)):
             got[name] = subset_nme(gt_carried, gt, vis, idx)
         for t in range(clip_length):
@@ -155,7 +169,9 @@ def probe_run(run_dir: Path, clip_length: int, which: str) -> dict[str, Any]:
                 rows[name].append(float(got[name][t]))
             rows["k"].append(abs(t - anchor))
     return {"run": run_dir.name, "checkpoint_step": cm.step, "clips": len(ds), "frames": rows,
-            "dropped_frac": float(np.mean(dropped)) if dropped else 0.0}
+            "dropped_frac": float(np.mean(dropped)) if dropped else 0.0,
+            "gt_motion_px_per_frame": float(np.nanmean(motion)),
+            "flow_carried_share_median": float(np.median(carried_share))}
 
 
 def summarise(per_run: list[dict[str, Any]]) -> dict[str, Any]:
@@ -170,6 +186,8 @@ def summarise(per_run: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_pct": {s: 100 * float(np.nanmean(f[s])) for s in SOURCES},
             "median_pct": {s: 100 * float(np.nanmedian(f[s])) for s in SOURCES},
             "carried_points_dropped_frac": r["dropped_frac"],
+            "gt_motion_px_per_frame": r["gt_motion_px_per_frame"],
+            "flow_carried_share_median": r["flow_carried_share_median"],
             "tracked_better_frac": float(np.mean(f["tracked"] < f["own"])),
             "by_k_pct": {str(k): {s: 100 * float(np.nanmean(f[s][f["k"] == k])) for s in SOURCES}
                          for k in ks}})
@@ -191,14 +209,16 @@ def markdown(doc: dict[str, Any]) -> str:
              "frame left out (module docstring of `benchmarks/tracking_probe.py`).", "",
              "| run | frames | own | tracked (confident anchor) | tracked (oracle anchor) | "
              "tracked better than own | tracker drift (all / inner 51 / jaw 17) | carried points "
-             "dropped |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "dropped | true motion, px/frame | share of it the flow carries |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in s["runs"]:
         p = r["mean_pct"]
         lines.append(f"| {r['run']} | {r['frames']} | {p['own']:.2f} | {p['tracked']:.2f} | "
                      f"{p['tracked_oracle']:.2f} | {100 * r['tracked_better_frac']:.0f} % | "
                      f"{p['drift']:.2f} / {p['drift_inner']:.2f} / {p['drift_jaw']:.2f} | "
-                     f"{100 * r['carried_points_dropped_frac']:.1f} % |")
+                     f"{100 * r['carried_points_dropped_frac']:.1f} % | "
+                     f"{r['gt_motion_px_per_frame']:.2f} | "
+                     f"{100 * r['flow_carried_share_median']:.0f} % |")
     lines += ["", "By distance k from the anchor (mean over runs of each run's mean):", "",
               "| k | own | tracked | tracked (oracle anchor) | drift | drift inner | drift jaw |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
