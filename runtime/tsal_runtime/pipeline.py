@@ -37,7 +37,7 @@ from tsal_runtime.detectors import FaceDetector
 from tsal_runtime.engines import Engine
 from tsal_runtime.geometry import (adapt_box, extract_crops, iou, landmark_box,
                                    normalised_to_image)
-from tsal_runtime.smoothing import FaceFilter, OneEuroFilter
+from tsal_runtime.smoothing import FaceFilter, OneEuroFilter, filter_faces
 from tsal_runtime.spec import ModelSpec
 
 STAGES = ("decode", "detect", "landmark", "smooth", "draw")
@@ -243,22 +243,33 @@ class Pipeline:
         timings["landmark"] = (time.perf_counter() - t0) * 1e3
 
         t0 = time.perf_counter()
-        faces: list[Face] = []
         kept: list[_Track] = []
+        got: list[tuple[np.ndarray, np.ndarray, float, np.ndarray]] = []  # lm, scores, score, box
         for t, lm, sc in sorted(zip(active, lms, scores), key=lambda z: -float(z[2].mean())):
             score = float(np.mean(sc))
             if score < self.min_score or not np.isfinite(lm).all():
                 self._need_detect = True  # lost: look again on the next frame
                 continue
-            if any(iou(landmark_box(lm), k.box) > 0.5 for k in kept):
+            box = landmark_box(lm)
+            if any(iou(box, g[3]) > 0.5 for g in got):
                 continue  # two tracks converged on one face: keep the more confident one
-            smoothed = lm
-            if t.filt is not None:
-                diag = float(np.hypot(t.box[2] - t.box[0], t.box[3] - t.box[1]))
-                smoothed = t.filt(lm, time_s, scale=max(diag, 1.0))
-            faces.append(Face(t.track_id, t.box.copy(), smoothed, lm, sc, score))
-            t.raw, t.score, t.box = lm, score, landmark_box(lm)
             kept.append(t)
+            got.append((lm, sc, score, box))
+        # every track's filter in one vectorised pass, each scaled by its crop box's diagonal
+        smoothing = [j for j, t in enumerate(kept) if t.filt is not None]
+        smoothed = [g[0] for g in got]
+        if smoothing:
+            diags = [max(float(np.hypot(kept[j].box[2] - kept[j].box[0],
+                                        kept[j].box[3] - kept[j].box[1])), 1.0)
+                     for j in smoothing]
+            for j, out in zip(smoothing, filter_faces([kept[j].filt for j in smoothing],
+                                                      [got[j][0] for j in smoothing], time_s,
+                                                      diags)):
+                smoothed[j] = out
+        faces: list[Face] = []
+        for t, (lm, sc, score, box), sm in zip(kept, got, smoothed):
+            faces.append(Face(t.track_id, t.box.copy(), sm, lm, sc, score))
+            t.raw, t.score, t.box = lm, score, box
         self._tracks = kept
         timings["smooth"] = (time.perf_counter() - t0) * 1e3
         faces.sort(key=lambda f: f.track_id)

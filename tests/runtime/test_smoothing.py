@@ -119,3 +119,41 @@ def test_filters_equal_the_one_euro_definition_step_by_step() -> None:
         s = np.sqrt(((x - c) ** 2).sum(-1).mean())
         want = pos(c, t, 140.0) + size(np.array([s]), t, 140.0)[0] * shp((x - c) / s, t)
         np.testing.assert_allclose(face(x, t, scale=140.0), want, atol=1e-9)
+
+
+def test_filter_faces_equals_one_filter_per_face() -> None:
+    """The vectorised pass over several faces gives what each filter gives alone: faces that come
+    and go, a repeated stamp, a degenerate face (all points equal), a points filter and a face
+    filter with other parameters in the same call."""
+    from tsal_runtime.smoothing import FaceFilter, filter_faces
+
+    def make(kind: int):
+        if kind == 0:
+            return FaceFilter(0.3, 20.0, 1.0, 0.1, 1.0)
+        if kind == 1:
+            return OneEuroFilter(0.5, 5.0)
+        return FaceFilter(1.0, 50.0, 1.0, 0.3, 1.0)
+
+    rng = np.random.default_rng(7)
+    base = [rng.uniform(0, 300, (68, 2)) for _ in range(6)]
+    kinds = [0, 0, 0, 1, 2, 0]
+    batched = [make(k) for k in kinds]
+    alone = [make(k) for k in kinds]
+    stamps = np.cumsum(rng.uniform(0.01, 0.05, 60))
+    stamps[30] = stamps[29]
+    for n, t in enumerate(stamps):
+        present = [i for i in range(6) if not (i == 2 and 10 <= n < 20)]  # face 2 leaves
+        if n == 20:
+            batched[2], alone[2] = make(0), make(0)  # and comes back as a new track
+        xs = [base[i] + rng.normal(0, 1.5, (68, 2)) + 0.7 * n for i in present]
+        if n == 45:
+            xs[0] = np.full((68, 2), 5.0)  # degenerate: size 0
+        scales = [100.0 + 10 * i for i in present]
+        got = filter_faces([batched[i] for i in present], xs, float(t), scales)
+        want = [alone[i](x, float(t), scale=s) for i, x, s in zip(present, xs, scales)]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-9)
+    # and the face filters of equal parameters really went through one pass (one state array)
+    base = batched[0]._shape._x.base
+    assert base is not None and batched[1]._shape._x.base is base
+    assert batched[4]._shape._x.base is not base  # other parameters: filtered on its own
