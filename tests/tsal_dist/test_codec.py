@@ -436,3 +436,21 @@ def test_dark_blur_operator_equals_edge_padded_convolution():
     got = _blur_operator(24, 2.5) @ x @ _blur_operator(20, 2.5).t()
     torch.testing.assert_close(got, f.reshape(2, 5, 24, 20), atol=1e-6, rtol=0)
     assert torch.allclose(_blur_operator(24, 2.5).sum(dim=1), torch.ones(24))  # keeps mass
+
+
+def test_dark_decode_traces_to_a_small_graph():
+    """The exported torch program (``model.pt2``, the runtime's torch engine) and a TorchScript
+    ONNX export trace the decode op by op: building the blur operator element by element put
+    thousands of element writes into every traced decode (40 ms a face in the torch engine; 15x the
+    latency in ONNX Runtime). About a hundred nodes is what the maths needs."""
+    from tsal_dist.codec.decode import decode_dark
+
+    class Decode(torch.nn.Module):
+        def forward(self, maps):
+            return decode_dark(maps, 4, 2.5)
+
+    maps = torch.rand(2, 68, 24, 24)
+    ep = torch.export.export(Decode(), (maps,))
+    calls = [n for n in ep.graph.nodes if n.op == "call_function"]
+    assert len(calls) < 200, len(calls)  # 3810 when the operator was built element by element
+    torch.testing.assert_close(ep.module()(maps), decode_dark(maps, 4, 2.5))

@@ -73,11 +73,12 @@ def _blur_operator(n: int, sigma: float) -> Tensor:
     signal's ends replicated (the same as padding with edge values, then convolving)."""
     k = _gaussian_kernel1d(sigma)
     r = (k.numel() - 1) // 2
-    a = torch.zeros(n, n, dtype=torch.float32)
-    for i in range(n):
-        for j in range(-r, r + 1):
-            a[i, min(max(i + j, 0), n - 1)] += k[j + r]
-    return a
+    # row i gathers k[j + r] from column clamp(i + j); one scatter-add, not (2r+1) n element
+    # writes: traced graphs (torch.export, TorchScript ONNX) get a handful of ops instead of
+    # hundreds (a per-element loop made the eager and exported torch decode ~30x slower)
+    cols = (torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]).clamp(0, n - 1)
+    return torch.zeros(n, n, dtype=torch.float32).scatter_add_(1, cols,
+                                                               k.expand(n, -1).contiguous())
 
 
 def blur_maps(maps: Tensor, sigma_cells: float) -> Tensor:
