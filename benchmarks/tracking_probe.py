@@ -12,12 +12,16 @@ reads without labels; their synthetic ground truth is read here only to score):
   training tracking grids (the same DIS flow on the same crops) -- the target of a long-clip
   tracking consistency anchored where the model is surest;
 - ``tracked_oracle``: the same from the clip frame where the model is least wrong (chosen with
-  the ground truth: an upper bound for any anchor choice);
+  the ground truth: an upper bound for any anchor choice), against ``own`` on the same frames
+  (its own anchor left out, k counted from it);
+- ``error persistence``: per clip, the size of the clip-mean error vector over the mean size of
+  the error vectors (1: the same error on every frame, which no anchor can avoid);
 - ``drift``: the ground truth of the confident frame carried the same way (the tracker's own
   error), for the 51 inner points and the 17 jaw-line points apart (the jaw line is a silhouette:
-  on a turning head it does not move with the skin that flow follows); the landmarks' true motion
-  between adjacent frames (px of the crop) and the share of it the flow carries (median over
-  clips of the carried displacement projected on the true one, anchor to farthest frame).
+  on a turning head it does not move with the skin that flow follows); its mean signed error
+  (a constant offset would show there), the landmarks' true motion between adjacent frames (px
+  of the crop) and the share of it the flow carries (median over clips of the carried
+  displacement projected on the true one, anchor to farthest frame).
 
 Every figure is per-frame NME (% inter-ocular) by distance k (frames) from the anchor, the anchor
 frame itself left out; a carried point that leaves the crop is dropped from its frame's score (as
@@ -45,7 +49,7 @@ from _results_io import write_text  # noqa: E402
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 JAW = tuple(range(17))
 INNER = tuple(range(17, 68))
-SOURCES = ("own", "tracked", "tracked_oracle", "drift", "drift_inner", "drift_jaw")
+SOURCES = ("own", "tracked", "drift", "drift_inner", "drift_jaw")
 
 
 def carry(points: Any, grids: Any, anchor: int) -> Any:
@@ -124,35 +128,51 @@ def probe_run(run_dir: Path, clip_length: int, which: str) -> dict[str, Any]:
                      clip_stride=cfg.data.clip_stride, input_size=cfg.model.input_size,
                      pre_crop_expand=cfg.data.pre_crop_expand, augment=False, flow=cfg.data.flow)
     rows: dict[str, list[float]] = {k: [] for k in (*SOURCES, "k")}
+    oracle: dict[str, list[float]] = {"own": [], "tracked_oracle": [], "k": []}
     dropped: list[float] = []
     motion: list[float] = []
     carried_share: list[float] = []
+    persistence: list[float] = []
+    signed: list[np.ndarray] = []
+    size = cfg.model.input_size
     for i in range(len(ds)):
         item = ds.get(i, 0)
         with torch.no_grad():
             xy, score = model.codec.locate(model(item["frames"])["heatmaps"][-1])
         gt = item["landmarks"].double().numpy()
         vis = item["visible"].numpy()
+        ok = vis > 0
         pred = xy.double().numpy()
         own = nme(pred, gt, visible=vis)
         anchor = int(np.argmax(score.mean(1).numpy()))
         best = int(np.nanargmin(own))
-        size = cfg.model.input_size
+
+        def inside(carried: np.ndarray) -> np.ndarray:
+            # a carried point that leaves the crop is dropped, as a training target would be
+            return vis * ((carried >= 0) & (carried <= size - 1)).all(-1)
 
         def scored(carried: np.ndarray) -> np.ndarray:
-            # a carried point that leaves the crop is dropped, as a training target would be
-            inside = ((carried >= 0) & (carried <= size - 1)).all(-1)
-            dropped.append(float(1 - (inside & (vis > 0)).sum() / max(1, (vis > 0).sum())))
-            return nme(carried, gt, visible=vis * inside)
+            v = inside(carried)
+            dropped.append(float(1 - v.sum() / max(1, ok.sum())))
+            return nme(carried, gt, visible=v)
 
-        got = {"own": own,
-               "tracked": scored(carry(pred[anchor], item["grid"], anchor)),
-               "tracked_oracle": scored(carry(pred[best], item["grid"], best))}
+        got = {"own": own, "tracked": scored(carry(pred[anchor], item["grid"], anchor))}
+        from_best = scored(carry(pred[best], item["grid"], best))
         gt_carried = carry(gt[anchor], item["grid"], anchor)
-        got["drift"] = nme(gt_carried, gt, visible=vis)
-        # how far the landmarks really move, and how much of it the flow carries (projection of
-        # the carried displacement on the true one, from the anchor to the farthest frame)
-        ok = vis > 0
+        got["drift"] = nme(gt_carried, gt, visible=inside(gt_carried))
+        for name, idx in (("drift_inner", INNER), ("drift_jaw", JAW)):
+            got[name] = subset_nme(gt_carried, gt, inside(gt_carried), idx)
+        # how much of the model's error is the same on every frame of the clip: the error of
+        # the clip-mean error vector over the mean error (1 = a constant bias; independent noise
+        # would give about 1 / sqrt(T))
+        err = pred - gt
+        both = ok.all(0)
+        if both.any():
+            persistence.append(float(np.linalg.norm(err[:, both].mean(0), axis=-1).mean()
+                                     / np.linalg.norm(err[:, both], axis=-1).mean()))
+        # how far the landmarks really move, how much of it the flow carries (projection of the
+        # carried displacement on the true one, anchor to farthest frame) and the tracker's mean
+        # signed error (a constant offset would show here)
         step = np.linalg.norm(np.diff(gt, axis=0), axis=-1)[ok[1:] & ok[:-1]]
         motion.append(float(step.mean()) if step.size else float("nan"))
         far = 0 if anchor >= clip_length / 2 else clip_length - 1
@@ -160,42 +180,61 @@ def probe_run(run_dir: Path, clip_length: int, which: str) -> dict[str, Any]:
         got_d = (gt_carried[far] - gt[anchor])[ok[far] & ok[anchor]]
         if (true_d ** 2).sum() > 0:
             carried_share.append(float((true_d * got_d).sum() / (true_d ** 2).sum()))
-        for name, idx in (("drift_inner", INNER), ("drift_jaw", JAW)):
-            got[name] = subset_nme(gt_carried, gt, vis, idx)
-        for t in range(clip_length):
-            if t == anchor:
-                continue
+        others = [t for t in range(clip_length) if t != anchor]
+        signed.append((gt_carried - gt)[others][ok[others]])
+        for t in others:
             for name in SOURCES:
                 rows[name].append(float(got[name][t]))
             rows["k"].append(abs(t - anchor))
+        for t in range(clip_length):  # the oracle: its own anchor left out, k from it
+            if t != best:
+                oracle["own"].append(float(own[t]))
+                oracle["tracked_oracle"].append(float(from_best[t]))
+                oracle["k"].append(abs(t - best))
+    sg = np.concatenate(signed)
     return {"run": run_dir.name, "checkpoint_step": cm.step, "clips": len(ds), "frames": rows,
+            "oracle_frames": oracle,
             "dropped_frac": float(np.mean(dropped)) if dropped else 0.0,
             "gt_motion_px_per_frame": float(np.nanmean(motion)),
-            "flow_carried_share_median": float(np.median(carried_share))}
+            "flow_carried_share_median": float(np.median(carried_share)),
+            "error_persistence_mean": float(np.mean(persistence)),
+            "drift_signed_mean_px": [float(v) for v in sg.mean(0)],
+            "drift_abs_mean_px": float(np.linalg.norm(sg, axis=-1).mean())}
 
 
 def summarise(per_run: list[dict[str, Any]]) -> dict[str, Any]:
     """Means (in %) per run, overall and by k; the share of frames where ``tracked`` beats
-    ``own``; the mean over runs of each run's mean with its spread."""
+    ``own`` (frames where both are scored); the oracle against ``own`` on its own frames."""
     out: dict[str, Any] = {"runs": []}
     for r in per_run:
         f = {k: np.asarray(v, float) for k, v in r["frames"].items()}
-        ks = sorted(set(f["k"].astype(int).tolist()))
+        o = {k: np.asarray(v, float) for k, v in r["oracle_frames"].items()}
+        both = np.isfinite(f["tracked"]) & np.isfinite(f["own"])
         out["runs"].append({
             "run": r["run"], "clips": r["clips"], "frames": int(f["k"].size),
             "mean_pct": {s: 100 * float(np.nanmean(f[s])) for s in SOURCES},
             "median_pct": {s: 100 * float(np.nanmedian(f[s])) for s in SOURCES},
+            "oracle_mean_pct": {"own": 100 * float(np.nanmean(o["own"])),
+                                "tracked_oracle": 100 * float(np.nanmean(o["tracked_oracle"]))},
             "carried_points_dropped_frac": r["dropped_frac"],
             "gt_motion_px_per_frame": r["gt_motion_px_per_frame"],
             "flow_carried_share_median": r["flow_carried_share_median"],
-            "tracked_better_frac": float(np.mean(f["tracked"] < f["own"])),
+            "error_persistence_mean": r["error_persistence_mean"],
+            "drift_signed_mean_px": r["drift_signed_mean_px"],
+            "drift_abs_mean_px": r["drift_abs_mean_px"],
+            "tracked_better_frac": float(np.mean(f["tracked"][both] < f["own"][both])),
             "by_k_pct": {str(k): {s: 100 * float(np.nanmean(f[s][f["k"] == k])) for s in SOURCES}
-                         for k in ks}})
+                         for k in sorted(set(f["k"].astype(int).tolist()))},
+            "oracle_by_k_pct": {str(k): {s: 100 * float(np.nanmean(o[s][o["k"] == k]))
+                                         for s in ("own", "tracked_oracle")}
+                                for k in sorted(set(o["k"].astype(int).tolist()))}})
     means = {s: [r["mean_pct"][s] for r in out["runs"]] for s in SOURCES}
     out["over_runs"] = {s: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1))
                             if len(v) > 1 else 0.0} for s, v in means.items()}
     out["tracked_minus_own_pct"] = [r["mean_pct"]["tracked"] - r["mean_pct"]["own"]
                                     for r in out["runs"]]
+    out["oracle_minus_own_pct"] = [r["oracle_mean_pct"]["tracked_oracle"]
+                                   - r["oracle_mean_pct"]["own"] for r in out["runs"]]
     return out
 
 
@@ -206,26 +245,46 @@ def markdown(doc: dict[str, Any]) -> str:
              f"frames of the training videos, no augmentation, the runs' own flow "
              f"({m['flow']}) on the {m['input_size']} px crops; the {m['which']} of each run's "
              "last checkpoint. NME in % of the inter-ocular distance, per frame, the anchor "
-             "frame left out (module docstring of `benchmarks/tracking_probe.py`).", "",
-             "| run | frames | own | tracked (confident anchor) | tracked (oracle anchor) | "
-             "tracked better than own | tracker drift (all / inner 51 / jaw 17) | carried points "
-             "dropped | true motion, px/frame | share of it the flow carries |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "frame left out (module docstring of `benchmarks/tracking_probe.py`); the oracle "
+             "(the clip frame where the model is least wrong, chosen with the ground truth) is "
+             "compared with the model's own prediction on the same frames (its anchor left out).",
+             "",
+             "| run | frames | own | tracked (confident anchor) | tracked better than own | "
+             "own, oracle's frames | tracked (oracle anchor) | error persistence | "
+             "carried points dropped |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in s["runs"]:
+        p, o = r["mean_pct"], r["oracle_mean_pct"]
+        lines.append(f"| {r['run']} | {r['frames']} | {p['own']:.2f} | {p['tracked']:.2f} | "
+                     f"{100 * r['tracked_better_frac']:.0f} % | {o['own']:.2f} | "
+                     f"{o['tracked_oracle']:.2f} | {r['error_persistence_mean']:.2f} | "
+                     f"{100 * r['carried_points_dropped_frac']:.1f} % |")
+    lines += ["", "error persistence: per clip, the size of the clip-mean error vector over the "
+              "mean size of the error vectors (1 = the same error on every frame; independent "
+              f"errors would give about 1/sqrt({m['clip_length']}) = "
+              f"{1 / np.sqrt(m['clip_length']):.2f}), mean over clips.", "",
+              "The tracker alone (the ground truth of the confident frame carried along the "
+              "clip):", "",
+              "| run | drift NME (all / inner 51 / jaw 17) | mean signed error, px (x, y) | mean "
+              "error, px | true motion, px/frame | share of it the flow carries |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for r in s["runs"]:
         p = r["mean_pct"]
-        lines.append(f"| {r['run']} | {r['frames']} | {p['own']:.2f} | {p['tracked']:.2f} | "
-                     f"{p['tracked_oracle']:.2f} | {100 * r['tracked_better_frac']:.0f} % | "
-                     f"{p['drift']:.2f} / {p['drift_inner']:.2f} / {p['drift_jaw']:.2f} | "
-                     f"{100 * r['carried_points_dropped_frac']:.1f} % | "
-                     f"{r['gt_motion_px_per_frame']:.2f} | "
+        sx, sy = r["drift_signed_mean_px"]
+        lines.append(f"| {r['run']} | {p['drift']:.2f} / {p['drift_inner']:.2f} / "
+                     f"{p['drift_jaw']:.2f} | {sx:+.3f}, {sy:+.3f} | "
+                     f"{r['drift_abs_mean_px']:.3f} | {r['gt_motion_px_per_frame']:.2f} | "
                      f"{100 * r['flow_carried_share_median']:.0f} % |")
     lines += ["", "By distance k from the anchor (mean over runs of each run's mean):", "",
-              "| k | own | tracked | tracked (oracle anchor) | drift | drift inner | drift jaw |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    ks = sorted({int(k) for r in s["runs"] for k in r["by_k_pct"]})
+              "| k | own | tracked | drift | drift inner | drift jaw | own (oracle's frames) | "
+              "tracked (oracle anchor) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ks = sorted({int(k) for r in s["runs"] for k in (*r["by_k_pct"], *r["oracle_by_k_pct"])})
     for k in ks:
-        vals = [np.mean([r["by_k_pct"][str(k)][src] for r in s["runs"]
-                         if str(k) in r["by_k_pct"]]) for src in SOURCES]
+        def mean_of(key: str, src: str) -> float:
+            v = [r[key][str(k)][src] for r in s["runs"] if str(k) in r[key]]
+            return float(np.mean(v)) if v else float("nan")
+        vals = [mean_of("by_k_pct", src) for src in SOURCES] + \
+            [mean_of("oracle_by_k_pct", src) for src in ("own", "tracked_oracle")]
         lines.append(f"| {k} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
     lines.append("")
     return "\n".join(lines)

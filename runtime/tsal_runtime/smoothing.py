@@ -146,6 +146,8 @@ def filter_faces(filters: Sequence[OneEuroFilter | FaceFilter], points: Sequence
     :class:`FaceFilter` that continues its track filtered in one vectorised pass (the same
     arithmetic on one row per face: a frame of 8 faces costs about one face's numpy calls).
     Filters that start, repeat a stamp or see a degenerate face take the one-face path."""
+    if len({id(f) for f in filters}) != len(filters):
+        raise ValueError("filter_faces: the same filter twice in one call (one filter per face)")
     out: list[np.ndarray | None] = [None] * len(filters)
     rows: list[int] = []
     params = None  # one pass has one set of filter parameters (the pipeline's filters share it)

@@ -157,3 +157,5 @@ def test_filter_faces_equals_one_filter_per_face() -> None:
     base = batched[0]._shape._x.base
     assert base is not None and batched[1]._shape._x.base is base
     assert batched[4]._shape._x.base is not base  # other parameters: filtered on its own
+    with pytest.raises(ValueError, match="same filter twice"):
+        filter_faces([batched[0], batched[0]], xs[:2], float(stamps[-1]) + 1.0, scales[:2])
