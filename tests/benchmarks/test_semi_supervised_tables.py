@@ -106,7 +106,12 @@ def test_quick_compare_runs_end_to_end_and_resumes(tmp_path):
     (run,) = json.loads((out / "tracking_probe.json").read_text())["summary"]["runs"]
     assert run["frames"] == run["clips"] * 3 > 0  # every clip frame but the anchor
     assert set(run["by_k_pct"]) <= {"1", "2", "3"}
-    assert all(math.isfinite(v) and v >= 0 for v in run["mean_pct"].values())
+    means = run["mean_pct"]
+    assert all(math.isfinite(means[k]) and means[k] >= 0
+               for k in ("own", "drift", "drift_inner", "drift_jaw"))
+    # a 4-step model's landmarks are far off: carried along the clip they may all leave the
+    # crop, and a target with no point left is reported as missing (nan), never as a number
+    assert math.isfinite(means["tracked"]) or run["carried_points_dropped_frac"] > 0
     assert (out / "tracking_probe.md").read_text().startswith("# Tracking probe")
     before = (tmp_path / "supervised-L50-s0" / "result.json").stat().st_mtime_ns
     assert mod.main(args) == 0  # finished runs are reused, not trained again
