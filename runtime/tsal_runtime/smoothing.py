@@ -152,9 +152,9 @@ def filter_faces(filters: Sequence[OneEuroFilter | FaceFilter], points: Sequence
     rows: list[int] = []
     params = None  # one pass has one set of filter parameters (the pipeline's filters share it)
     for i, (f, x) in enumerate(zip(filters, points)):
-        if isinstance(f, FaceFilter) and f._continues(np.shape(x), t) \
-                and params in (None, f._params()):
-            params = f._params()
+        p = f._params() if isinstance(f, FaceFilter) and f._continues(np.shape(x), t) else None
+        if p is not None and params in (None, p):
+            params = p
             rows.append(i)
         else:
             out[i] = f(x, t, scale=scales[i])
@@ -172,7 +172,7 @@ def filter_faces(filters: Sequence[OneEuroFilter | FaceFilter], points: Sequence
             out[i] = filters[i](points[i], t, scale=scales[i])
         rows = [i for i, good in zip(rows, ok) if good]
         if rows:
-            x, centre, rel, size = x[ok], centre[ok], rel[ok], size[ok]
+            centre, rel, size = centre[ok], rel[ok], size[ok]
             fs = [filters[i] for i in rows]
             r0, s0 = fs[0]._rigid, fs[0]._shape  # type: ignore[union-attr]
             rig = [f._rigid for f in fs]  # type: ignore[union-attr]
