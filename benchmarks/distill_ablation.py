@@ -1,7 +1,8 @@
 """KD-Loss judged where it can win: the same student with L2, L1, KD-Loss (code) and KD-Loss (paper).
 
     python benchmarks/distill_ablation.py [--teacher-steps 600] [--student-steps 3000]
-                                          [--seeds 3] [--parallel 2] [--work DIR]
+                                          [--seeds 3] [--schedule constant] [--parallel 2]
+                                          [--work DIR] [--results-name distill_ablation]
 
 One pair of teachers (Tough on hard landmarks, Tolerant on ASM soft landmarks; ResNet-style
 heatmap detectors, 96 px) is trained once on the default synthetic data (800 faces), long enough
@@ -19,7 +20,7 @@ a finished one is re-scored from its last checkpoint, an unfinished one continue
 are rewritten after every finished student. ``--quick`` checks the pipeline with tiny data and
 writes only under ``--work``.
 
-Writes benchmarks/results/distill_ablation.{json,md,png}.
+Writes benchmarks/results/distill_ablation.{json,md,png} (``--results-name`` changes the stem).
 """
 
 from __future__ import annotations
@@ -100,9 +101,13 @@ def _flat(cfg: DistillConfig) -> dict[str, Any]:
     return flatten(cfg.to_dict())
 
 
-def base_config(teacher_steps: int, student_steps: int, quick: bool) -> DistillConfig:
+def base_config(teacher_steps: int, student_steps: int, quick: bool,
+                schedule: str = "constant") -> DistillConfig:
+    """The students' shared config; ``schedule`` is the students' learning-rate schedule (KD's
+    own optimizer has none: ``constant``); the teachers keep their constant rate either way."""
     return load_distill_config(None, {"teachers.steps": teacher_steps,
                                       "experiment.optim.steps": student_steps,
+                                      "experiment.optim.schedule": schedule,
                                       "experiment.run.export": False,
                                       "experiment.run.checkpoint_every": max(1, student_steps // 4),
                                       "experiment.run.log_every": 50,
@@ -239,7 +244,10 @@ def markdown(doc: dict[str, Any]) -> str:
              f"`{doc['command']}` on {doc['machine']['cpu']}, {doc['machine']['cores']} cores, no "
              f"GPU, {a['parallel']} students at a time, one thread each. Teachers "
              f"{a['teacher_steps']} steps; students {a['student_steps']} steps of batch "
-             f"{doc['config']['experiment.optim.batch_size']} (96 px crops). Held-out synthetic "
+             f"{doc['config']['experiment.optim.batch_size']} (96 px crops), Adam at "
+             f"{doc['config']['experiment.optim.lr']:g} with a "
+             f"{doc['config']['experiment.optim.schedule']} schedule after "
+             f"{doc['config']['experiment.optim.warmup_steps']} warm-up steps. Held-out synthetic "
              "test images and test videos; NME inter-ocular (%). Δ = variant − L2, paired by "
              "seed (same init and batches), mean [95 % t interval], * where it excludes 0; "
              "negative is better.", "",
@@ -314,9 +322,10 @@ def write_outputs(doc: dict[str, Any], out: Path) -> None:
     doc["summary"] = summarise(doc["runs"], doc["lists"])
     doc["verdict"] = verdict(doc["summary"], doc["lists"])
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "distill_ablation.json", json.dumps(doc, indent=1, default=float))
-    write_text(out / "distill_ablation.md", markdown(doc))
-    plot(doc, out / "distill_ablation.png")
+    stem = doc["args"].get("results_name", "distill_ablation")
+    write_text(out / f"{stem}.json", json.dumps(doc, indent=1, default=float))
+    write_text(out / f"{stem}.md", markdown(doc))
+    plot(doc, out / f"{stem}.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--student-steps", type=int, default=3000)
     ap.add_argument("--seeds", type=int, default=3, help="seeds per loss (init + batch order)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--schedule", default="constant", choices=["constant", "cosine", "multistep"],
+                    help="the students' learning-rate schedule (KD's optimizer: constant)")
+    ap.add_argument("--results-name", default="distill_ablation",
+                    help="stem of the files written under benchmarks/results")
     ap.add_argument("--parallel", type=int, default=2, help="students at a time (1 thread each)")
     ap.add_argument("--work", default="/tmp/tsal_distill_ablation",
                     help="run folders (resumable)")
@@ -340,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     if args.latency:
         out = work / "results" if args.quick else ROOT / "benchmarks" / "results"
-        doc = json.loads((out / "distill_ablation.json").read_text())
+        doc = json.loads((out / f"{args.results_name}.json").read_text())
         base = load_distill_config(None, doc["config"])
         doc["latency_ms"] = measure_latency(base, Path(doc["args"]["work"]), doc["params"])
         doc["latency_load_avg_1min"] = os.getloadavg()[0]
@@ -350,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     out = work / "results" if args.quick else ROOT / "benchmarks" / "results"
     t_start = time.time()
-    base = base_config(args.teacher_steps, args.student_steps, args.quick)
+    base = base_config(args.teacher_steps, args.student_steps, args.quick, args.schedule)
     torch.set_num_threads(max(1, args.parallel))  # the teachers alone: every core the pool gets
     teachers = train_teachers(base, work)
     torch.set_num_threads(1)  # latency is measured on one thread
@@ -392,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         for pool in pools:
             pool.shutdown(cancel_futures=True)
     print(doc["verdict"])
-    print(f"total {time.time() - t_start:.0f} s; wrote {out}/distill_ablation.{{json,md,png}}")
+    print(f"total {time.time() - t_start:.0f} s; wrote {out}/{args.results_name}.{{json,md,png}}")
     return 0
 
 

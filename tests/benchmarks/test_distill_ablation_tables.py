@@ -58,3 +58,14 @@ def test_jobs_pair_losses_by_seed_init_and_batches_together():
     assert (a.kd.loss, b.kd.loss, b.kd.variant) == ("l2", "kd", "paper")
     assert a.teachers == b.teachers == base.teachers  # one pair of teachers for every student
     assert mod.run_name("KD-Loss (code)", 1) == "student_KD-Loss_code_s1"
+
+
+def test_schedule_reaches_the_students_and_only_them():
+    mod = _module()
+    const = mod.base_config(10, 20, quick=True)
+    cos = mod.base_config(10, 20, quick=True, schedule="cosine")
+    assert const.experiment.optim.schedule == "constant"  # KD's own optimizer: no schedule
+    job = mod.job_config(cos, "L1", 1)
+    assert job.experiment.optim.schedule == "cosine"
+    assert job.teachers == const.teachers  # the teachers train the same either way
+    assert cos.hash() != const.hash()  # a finished constant-rate student is never reused
