@@ -86,6 +86,27 @@ def test_every_method_is_a_valid_config_and_the_published_rows_are_published():
         assert changed and d.teacher == pub.teacher and d.loss.structure_on == "labeled", name
 
 
+def test_baseline_tuning_changes_only_the_mean_teachers_consistency_weight():
+    mod = _module()
+    tune = mod.BASELINE_TUNING
+    assert {"supervised", "mean-teacher"} < set(tune) and len(tune) >= 4
+    for name in ("supervised", "mean-teacher"):  # the comparison's very runs: reused
+        assert (mod.config_for(name, 50, 0, 100, "/tmp/x", False, tune).hash()
+                == mod.config_for(name, 50, 0, 100, "/tmp/x", False, mod.METHODS).hash())
+    mt = mod.config_for("mean-teacher", 50, 0, 100, "/tmp/x", False, tune).to_dict()
+    weights = set()
+    for name in tune:
+        if not name.startswith("mean-teacher-w"):
+            continue
+        d = mod.config_for(name, 50, 0, 100, "/tmp/x", False, tune).to_dict()
+        weights.add(d["loss"]["unsup_weight"])
+        assert d["loss"]["unsup_weight"] == float(name.removeprefix("mean-teacher-w"))
+        d["loss"]["unsup_weight"] = mt["loss"]["unsup_weight"]
+        d["run"]["name"] = mt["run"]["name"]
+        assert d == mt, name  # nothing else differs
+    assert len(weights) == len(tune) - 2 and 1.0 not in weights
+
+
 @pytest.mark.slow
 def test_quick_compare_runs_end_to_end_and_resumes(tmp_path):
     mod = _module()
