@@ -242,7 +242,8 @@ def markdown(doc: dict[str, Any]) -> str:
     a, lists, summary = doc["args"], doc["lists"], doc["summary"]
     lines = ["# KD-Loss ablation (synthetic data, CPU): measured tables", "",
              f"`{doc['command']}` on {doc['machine']['cpu']}, {doc['machine']['cores']} cores, no "
-             f"GPU, {a['parallel']} students at a time, one thread each. Teachers "
+             f"GPU, {a['parallel']} student{'s' * (a['parallel'] != 1)} at a time in that command "
+             "(NME does not depend on it), one thread each. Teachers "
              f"{a['teacher_steps']} steps; students {a['student_steps']} steps of batch "
              f"{doc['config']['experiment.optim.batch_size']} (96 px crops), Adam at "
              f"{doc['config']['experiment.optim.lr']:g} with a "
@@ -304,11 +305,10 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
     ax = axes[0][-1]
     for i, v in enumerate(VARIANTS):
-        for r in doc["runs"]:
-            if r["variant"] == v and r["train_px_error_curve"]:
-                xs, ys = zip(*r["train_px_error_curve"])
-                ax.plot(xs, ys, color=f"C{i}", lw=0.8, alpha=0.7,
-                        label=v if r["seed"] == min(doc["args"]["seed_list"]) else None)
+        curves = [r for r in doc["runs"] if r["variant"] == v and r["train_px_error_curve"]]
+        for n, r in enumerate(curves):  # one legend entry a variant, whichever seed came first
+            xs, ys = zip(*r["train_px_error_curve"])
+            ax.plot(xs, ys, color=f"C{i}", lw=0.8, alpha=0.7, label=v if n == 0 else None)
     ax.set_xlabel("student step")
     ax.set_ylabel("train error (px, running mean)")
     ax.set_yscale("log")
