@@ -127,7 +127,8 @@ DIAGNOSIS: dict[str, dict[str, Any]] = {
 # The field's baseline tuned before it is judged: the mean teacher's consistency weight (1 in
 # METHODS, where its term weighs 4-7 against a heatmap loss of 29-37 and it ends worse than
 # supervised-only) on a grid at L = 50, seeds 0-2, against the same supervised-only runs.
-# A weight's runs keep their method name, so the comparison reuses them.
+# A weight's run folders are named by method, so if that weight joins METHODS under the same
+# name, `compare` reuses its finished runs.
 BASELINE_TUNING: dict[str, dict[str, Any]] = {
     "supervised": METHODS["supervised"],
     "mean-teacher": METHODS["mean-teacher"],
