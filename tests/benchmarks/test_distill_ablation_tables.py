@@ -58,6 +58,11 @@ def test_jobs_pair_losses_by_seed_init_and_batches_together():
     assert (a.kd.loss, b.kd.loss, b.kd.variant) == ("l2", "kd", "paper")
     assert a.teachers == b.teachers == base.teachers  # one pair of teachers for every student
     assert mod.run_name("KD-Loss (code)", 1) == "student_KD-Loss_code_s1"
+    w = mod.job_config(mod.base_config(10, 30, quick=True), "KD-Loss (paper) after L2", 2)
+    # the remedy: plain L2 for a third of the same steps, then the paper variant
+    assert (w.kd.loss, w.kd.variant, w.kd.l2_warmup_steps) == ("kd", "paper", 10)
+    assert w.experiment.optim.steps == 30 and w.student.seed == s0 + 2
+    assert b.kd.l2_warmup_steps == 0
 
 
 def test_schedule_reaches_the_students_and_only_them():

@@ -100,8 +100,14 @@ class KDConfig:
     w_main: float = 2.0
     w_tough: float = 1.0
     w_tol: float = 1.0
+    # Steps of plain L2 before KD-Loss takes over (loss "kd" only; 0 = KD-Loss from the first
+    # step). benchmarks/results/distill_ablation_cosine.md: KD-Loss students leave the mean
+    # shape later than L2 students (training error below 9 px at step 950-2150 against
+    # 700-900), and the later a seed leaves it, the worse it ends; the warm-up tests that.
+    l2_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
+        check(self.l2_warmup_steps >= 0, "kd.l2_warmup_steps", "must be >= 0")
         try:
             self.params()
         except ValueError as e:

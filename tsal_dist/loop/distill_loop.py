@@ -14,7 +14,7 @@ Phases, each resumable from its own checkpoints:
    ``<teacher_dir>/<role>/``. ``teachers.tough_from = RUN`` takes the TSAL teacher of a previous
    run instead of training a Tough one (its model section replaces ``experiment.model``).
 3. Student: ``MobileNetV2Regressor`` (or a heatmap detector, ``student.arch = heatmap``) trained
-   with KD-Loss (or plain L2 / L1, ``kd.loss``) against both frozen teachers' predictions on the
+   with KD-Loss (after ``kd.l2_warmup_steps`` of plain L2; or plain L2 / L1, ``kd.loss``) against both frozen teachers' predictions on the
    SAME augmented batch. Checkpoints ``<run>/checkpoints/ckpt-*.pt`` (kind
    ``tsal_dist.distill_checkpoint/1``, see ``tsal_dist.loop.checkpoint``) describe the student
    by their own fields, so eval and export rebuild it with ``model_from_checkpoint``.
@@ -300,6 +300,7 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
     ctx.barrier()
     student_model.train()
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}  # per term: a window can straddle the end of the L2 warm-up
     n, t0, last = 0, time.perf_counter(), {}
     for step, b in zip(range(start, o.steps), _batches(ds, start, o.steps, ctx, o.batch_size,
                                                        e.train.seed, e)):
@@ -308,7 +309,7 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
         # through the engine's forward (DDP), decoded by the model: the one model interface
         out = student.module(b["image"])
         pred = student_model.decode(out).landmarks + _unused_heads(out)
-        if dcfg.kd.loss == "kd":
+        if dcfg.kd.loss == "kd" and step >= dcfg.kd.l2_warmup_steps:
             key = (str(tdir), dcfg.teachers.steps, e.train.seed, ctx.rank, ctx.world_size,
                    o.batch_size, step)
             if teacher_cache is not None and key in teacher_cache:
@@ -321,7 +322,7 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
                     teacher_cache[key] = (t_tough, t_tol)
             terms = kd_loss_terms(pred, gt, t_tough, t_tol, params, mask=vis)
             loss = kd_total(terms, params)
-        elif dcfg.kd.loss == "l2":
+        elif dcfg.kd.loss in ("l2", "kd"):  # "kd" here: its L2 warm-up
             terms = {"l2": l2_loss(pred, gt, vis)}
             loss = terms["l2"]
         else:
@@ -337,13 +338,14 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
         for name, v in {"loss": float(loss.detach()), "px_error": err,
                         **{n_: float(v_.detach()) for n_, v_ in terms.items()}}.items():
             sums[f"student/{name}"] = sums.get(f"student/{name}", 0.0) + v
+            counts[f"student/{name}"] = counts.get(f"student/{name}", 0) + 1
         n += 1
         done = step + 1
         if done % e.run.log_every == 0 or done == o.steps:
-            last = {key: v / n for key, v in sums.items()}
+            last = {key: v / counts[key] for key, v in sums.items()}
             last.update(phase="student", step=done, lr=lr,
                         sec_per_step=(time.perf_counter() - t0) / n)
-            sums, n, t0 = {}, 0, time.perf_counter()
+            sums, counts, n, t0 = {}, {}, 0, time.perf_counter()
             if ctx.is_main:
                 _append_jsonl(metrics_path, last)
                 if progress:

@@ -188,3 +188,30 @@ def test_tough_from_gives_its_model_section_to_the_asm_and_the_teachers(tmp_path
     with pytest.raises(Exception, match="teacher has 19 points, distillation uses 68"):
         with_tough_from(load_distill_config(None, {**TINY,
                                                    "teachers.tough_from": str(tmp_path / "bad")}))
+
+
+def test_kd_l2_warmup_is_plain_l2_until_its_end_then_kd(tmp_path):
+    """``kd.l2_warmup_steps = N``: the first N student steps are exactly a plain-L2 run's (same
+    weights), the teachers are not even consulted, and KD-Loss's terms take over from step N + 1;
+    a log window straddling the switch averages each term over its own steps."""
+    base = {**TINY, "experiment.data.cache_dir": str(tmp_path / "c"),
+            "experiment.run.log_every": 4, "experiment.run.checkpoint_every": 6}
+    l2 = load_distill_config(None, {**base, "kd.loss": "l2", "experiment.optim.steps": 6})
+    run_distill(l2, run_dir=tmp_path / "l2", progress=False, final_eval=False)
+    warm = load_distill_config(None, {**base, "kd.l2_warmup_steps": 6,
+                                      "experiment.optim.steps": 12})
+    cache: dict = {}
+    run_distill(warm, run_dir=tmp_path / "warm", progress=False, final_eval=False,
+                teacher_cache=cache)
+    assert sorted(k[-1] for k in cache) == list(range(6, 12))  # KD steps only
+    a = load_checkpoint(latest_checkpoint(tmp_path / "l2" / "checkpoints"))["student"]
+    b = load_checkpoint(dict(list_checkpoints(tmp_path / "warm" / "checkpoints"))[6])["student"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()
+            if '"student"' in x]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    assert "student/l2" in rows[0] and "student/main" not in rows[0]
+    assert {"student/l2", "student/main"} <= set(rows[1])  # steps 5-6 L2, 7-8 KD
+    assert "student/l2" not in rows[2] and "student/aloss_tough" in rows[2]
+    with pytest.raises(ConfigError, match="kd.l2_warmup_steps"):
+        load_distill_config(None, {"kd.l2_warmup_steps": -1})
