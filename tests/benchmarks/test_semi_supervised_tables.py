@@ -93,6 +93,10 @@ def test_baseline_tuning_changes_only_the_mean_teachers_consistency_weight():
     for name in ("supervised", "mean-teacher"):  # the comparison's very runs: reused
         assert (mod.config_for(name, 50, 0, 100, "/tmp/x", False, tune).hash()
                 == mod.config_for(name, 50, 0, 100, "/tmp/x", False, mod.METHODS).hash())
+    # the tuned weight in the comparison is the tuning's very run (same name and hash)
+    assert (mod.config_for("mean-teacher-w0.1", 50, 0, 100, "/tmp/x", False, tune).hash()
+            == mod.config_for("mean-teacher-w0.1", 50, 0, 100, "/tmp/x", False,
+                              mod.METHODS).hash())
     mt = mod.config_for("mean-teacher", 50, 0, 100, "/tmp/x", False, tune).to_dict()
     weights = set()
     for name in tune:
