@@ -401,21 +401,28 @@ def main(argv: list[str] | None = None) -> int:
     pools = [ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
              for _ in range(max(1, args.parallel))]
     # a seed's KD students share a pool (the cache); everything else goes where the least work
-    # is queued (relative costs: a seed's first KD student 3, any other student 1)
+    # is queued (relative costs: a seed's first KD student 3, any other student 1, a finished
+    # one 0: it is only re-read)
+    def todo(v: str, s: int) -> bool:
+        done = work / run_name(v, s) / "result.json"
+        return not (done.is_file() and json.loads(done.read_text()).get("config_hash")
+                    == job_config(base, v, s).hash())
+
     load = [0.0] * len(pools)
     jobs: list[tuple[int, str, int]] = []
     for s in seeds:
         kd = [v for v in order if VARIANTS[v].get("kd.loss") == "kd"]
+        left = [v for v in kd if todo(v, s)]
         if kd:
             p = min(range(len(pools)), key=load.__getitem__)
             jobs += [(p, v, s) for v in kd]
-            load[p] += 3 + len(kd) - 1
+            load[p] += (3 + len(left) - 1) if left else 0
     for s in seeds:
         for v in order:
             if VARIANTS[v].get("kd.loss") != "kd":
                 p = min(range(len(pools)), key=load.__getitem__)
                 jobs.append((p, v, s))
-                load[p] += 1
+                load[p] += 1 if todo(v, s) else 0
     try:
         futs = {pools[p].submit(run_student, flat, v, s, str(work)): (v, s) for p, v, s in jobs}
         for n, f in enumerate(as_completed(futs), 1):
