@@ -65,6 +65,7 @@ VARIANTS = {  # name -> overrides of the student's loss
                                  "l2_warmup_fraction": 1 / 3},
 }
 BASELINE = "L2"
+ESCAPE_PX = 9.0  # running training error (px at 96) below which a student has left the mean shape
 QUICK = {"experiment.data.synthetic.images": 48, "experiment.data.synthetic.test_images": 12,
          "experiment.data.synthetic.videos": 1, "experiment.data.synthetic.test_videos": 1,
          "experiment.data.synthetic.frames": 8}
@@ -226,6 +227,58 @@ def summarise(runs: list[dict[str, Any]], lists: list[str]) -> list[dict[str, An
     return out
 
 
+def escape_step(curve: list[tuple[int, float]], px: float = ESCAPE_PX) -> int | None:
+    """First logged step whose running training error is below ``px``: the regressor leaving
+    the mean shape (None: never)."""
+    return next((int(step) for step, err in curve if err < px), None)
+
+
+def _ranks(x: list[float]) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x), dtype=float)
+    xs = np.asarray(x, dtype=float)
+    for v in np.unique(xs):  # ties share their mean rank
+        r[xs == v] = r[xs == v].mean()
+    return r
+
+
+def escape_table(runs: list[dict[str, Any]], test_set: str) -> dict[str, Any]:
+    """Per variant, the escape step of each seed; over every student that escaped, Spearman's
+    rank correlation of the escape step with the final NME on ``test_set``."""
+    per: dict[str, dict[int, int | None]] = {}
+    pairs = []
+    for r in runs:
+        e = escape_step([tuple(c) for c in r.get("train_px_error_curve", [])])
+        per.setdefault(r["variant"], {})[r["seed"]] = e
+        if e is not None and test_set in r["eval"]:
+            pairs.append((e, r["eval"][test_set]["nme_io"]))
+    rho = None
+    if len(pairs) >= 3:
+        a, b = _ranks([p[0] for p in pairs]), _ranks([p[1] for p in pairs])
+        if a.std() > 0 and b.std() > 0:
+            rho = float(np.corrcoef(a, b)[0, 1])
+    return {"px": ESCAPE_PX, "test_set": test_set, "per_variant": per, "spearman": rho,
+            "students": len(pairs)}
+
+
+def switch_shock(runs: list[dict[str, Any]], student_steps: int,
+                 window: int = 150) -> dict[str, dict[int, tuple[float, float]]]:
+    """For the variants with an L2 warm-up: per seed, the running training error (px) logged at
+    the switch to KD-Loss and the largest one logged in the ``window`` steps after it."""
+    out: dict[str, dict[int, tuple[float, float]]] = {}
+    for r in runs:
+        frac = VARIANTS.get(r["variant"], {}).get("l2_warmup_fraction")
+        if frac is None:
+            continue
+        w = round(frac * student_steps)
+        curve = dict((int(a), float(b)) for a, b in r.get("train_px_error_curve", []))
+        after = [e for st_, e in curve.items() if w < st_ <= w + window]
+        if w in curve and after:
+            out.setdefault(r["variant"], {})[r["seed"]] = (curve[w], max(after))
+    return out
+
+
 def verdict(summary: list[dict[str, Any]], lists: list[str]) -> str:
     """Does KD-Loss beat L2 by the 10 % the issue asks, and is any difference significant?"""
     parts = []
@@ -288,6 +341,28 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"measured at a 1-minute load average of "
                   f"{doc.get('latency_load_avg_1min', float('nan')):.1f} on "
                   f"{doc['machine']['cores']} cores)."]
+    esc = doc.get("escape")
+    if esc and esc["per_variant"]:
+        lines += ["", f"Leaving the mean shape: the first logged step whose running training "
+                  f"error is below {esc['px']:g} px, per seed (- = never):", "",
+                  "| student loss | " + " | ".join(f"seed {s}" for s in doc["args"]["seed_list"])
+                  + " |", "|---|" + "---:|" * len(doc["args"]["seed_list"])]
+        for v, per in sorted(esc["per_variant"].items(), key=lambda kv: list(VARIANTS).index(
+                kv[0]) if kv[0] in VARIANTS else 99):
+            lines.append(f"| {v} | " + " | ".join(
+                "" if s not in per else ("-" if per[s] is None else str(per[s]))
+                for s in doc["args"]["seed_list"]) + " |")
+        if esc["spearman"] is not None:
+            lines += ["", f"Over all {esc['students']} students, Spearman's rank correlation of "
+                      f"that step with the final {esc['test_set']} NME: "
+                      f"ρ = {esc['spearman']:+.2f}."]
+    shock = switch_shock(doc["runs"], doc["args"]["student_steps"])
+    for v, per in shock.items():
+        w = round(VARIANTS[v]["l2_warmup_fraction"] * doc["args"]["student_steps"])
+        lines += ["", f"{v}: running training error at the switch (step {w}) → the largest in "
+                  f"the 150 steps after it: " + ", ".join(
+                      f"seed {s_} {a:.1f} → {b:.1f} px" for s_, (a, b) in sorted(per.items()))
+                  + "."]
     lines += ["", f"**Verdict (computed):** {doc['verdict']}", ""]
     return "\n".join(lines) + "\n"
 
@@ -333,6 +408,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 def write_outputs(doc: dict[str, Any], out: Path) -> None:
     doc["summary"] = summarise(doc["runs"], doc["lists"])
     doc["verdict"] = verdict(doc["summary"], doc["lists"])
+    doc["escape"] = escape_table(doc["runs"], doc["lists"][0])
     out.mkdir(parents=True, exist_ok=True)
     stem = doc["args"].get("results_name", "distill_ablation")
     write_text(out / f"{stem}.json", json.dumps(doc, indent=1, default=float))

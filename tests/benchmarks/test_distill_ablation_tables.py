@@ -74,3 +74,36 @@ def test_schedule_reaches_the_students_and_only_them():
     assert job.experiment.optim.schedule == "cosine"
     assert job.teachers == const.teachers  # the teachers train the same either way
     assert cos.hash() != const.hash()  # a finished constant-rate student is never reused
+
+
+def test_escape_step_and_its_rank_correlation_with_the_final_error():
+    mod = _module()
+    curve = [(50, 14.0), (100, 9.5), (150, 8.9), (200, 12.0), (250, 4.0)]
+    assert mod.escape_step(curve) == 150  # the first one below 9 px, whatever follows
+    assert mod.escape_step(curve, px=4.5) == 250 and mod.escape_step(curve, px=1) is None
+    runs = []
+    for seed, (esc, nme) in enumerate([(500, 0.09), (900, 0.11), (700, 0.12), (300, 0.10)]):
+        r = _run("L2", seed, nme, nme)
+        r["train_px_error_curve"] = [(esc - 50, 10.0), (esc, 8.0)]
+        runs.append(r)
+    never = _run("L1", 0, 0.2, 0.2)
+    never["train_px_error_curve"] = [(100, 12.0), (200, 11.0)]
+    t = mod.escape_table(runs + [never], "images")
+    assert t["per_variant"] == {"L2": {0: 500, 1: 900, 2: 700, 3: 300}, "L1": {0: None}}
+    # ranks of the steps (1, 3, 2, 0) against those of the errors (0, 2, 3, 1), by hand:
+    # d = (1, 1, -1, -1), rho = 1 - 6 * 4 / (4 * 15) = 0.6
+    assert t["students"] == 4 and t["spearman"] == pytest.approx(0.6)
+    tied = mod.escape_table(runs[:3] + [{**runs[3], "eval": runs[0]["eval"]}], "images")
+    # errors (0.09, 0.11, 0.12, 0.09): tied ranks share their mean, (0.5, 2, 3, 0.5); Pearson of
+    # the ranks = 3.5 / sqrt(5 * 4.5)
+    assert tied["spearman"] == pytest.approx(3.5 / math.sqrt(22.5))
+
+
+def test_switch_shock_reads_the_curve_at_and_after_the_end_of_the_warm_up():
+    mod = _module()
+    r = _run("KD-Loss (code) after L2", 1, 0.1, 0.1)
+    r["train_px_error_curve"] = [(950, 7.0), (1000, 6.4), (1050, 12.4), (1100, 11.2),
+                                 (1150, 9.7), (1200, 30.0)]  # 1200: outside the window
+    plain = _run("KD-Loss (code)", 1, 0.1, 0.1)
+    plain["train_px_error_curve"] = r["train_px_error_curve"]
+    assert mod.switch_shock([r, plain], 3000) == {"KD-Loss (code) after L2": {1: (6.4, 12.4)}}
