@@ -14,10 +14,11 @@ Phases, each resumable from its own checkpoints:
    ``<teacher_dir>/<role>/``. ``teachers.tough_from = RUN`` takes the TSAL teacher of a previous
    run instead of training a Tough one (its model section replaces ``experiment.model``).
 3. Student: ``MobileNetV2Regressor`` (or a heatmap detector, ``student.arch = heatmap``) trained
-   with KD-Loss (after ``kd.l2_warmup_steps`` of plain L2; or plain L2 / L1, ``kd.loss``) against both frozen teachers' predictions on the
-   SAME augmented batch. Checkpoints ``<run>/checkpoints/ckpt-*.pt`` (kind
-   ``tsal_dist.distill_checkpoint/1``, see ``tsal_dist.loop.checkpoint``) describe the student
-   by their own fields, so eval and export rebuild it with ``model_from_checkpoint``.
+   with KD-Loss (after ``kd.l2_warmup_steps`` of plain L2; or plain L2 / L1, ``kd.loss``)
+   against both frozen teachers' predictions on the SAME augmented batch. Checkpoints
+   ``<run>/checkpoints/ckpt-*.pt`` (kind ``tsal_dist.distill_checkpoint/1``, see
+   ``tsal_dist.loop.checkpoint``) describe the student by their own fields, so eval and export
+   rebuild it with ``model_from_checkpoint``.
 
 All coordinates in losses are crop-normalised ``(px + 0.5) / S`` (CONTRACTS.md). The schema
 (``DistillConfig``) is in ``tsal_dist.config``.
