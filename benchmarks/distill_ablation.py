@@ -10,11 +10,11 @@ to be clearly better than any student; then the students (MobileNetV2 regressor,
 differ only in their loss, each with ``--seeds`` seeds: L2, L1, KD-Loss (code), KD-Loss (paper),
 and each KD-Loss after plain L2 for the first third of the steps (``--variants`` picks). Seed k
 sets both the student's init and the batch order / augmentation (``experiment.train.seed``), and
-the losses of one seed share both, so the differences to plain L2 are paired by seed: mean and 95 % t interval. Everything is
-scored on the held-out synthetic test images and test videos (NME inter-ocular, AUC@0.08,
-FR@0.08), with parameter counts and per-face latency in ONNX Runtime on this CPU (batch 1,
-1 thread, median of 100 runs; uint8 NHWC crop -> normalised landmarks, the exported program of
-tsal_dist.export, written with torch.onnx.export(dynamo=False) here).
+the losses of one seed share both, so the differences to plain L2 are paired by seed: mean and
+95 % t interval. Everything is scored on the held-out synthetic test images and test videos (NME
+inter-ocular, AUC@0.08, FR@0.08), with parameter counts and per-face latency in ONNX Runtime on
+this CPU (batch 1, 1 thread, median of 100 runs; uint8 NHWC crop -> normalised landmarks, the
+exported program of tsal_dist.export, written with torch.onnx.export(dynamo=False) here).
 
 Resumable: every student is a run folder under ``--work`` (default /tmp/tsal_distill_ablation);
 a finished one is re-scored from its last checkpoint, an unfinished one continues, and the tables
