@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import sys
@@ -458,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     lists = list(next(iter(teachers.values())))
     seeds = list(range(args.seeds))
     doc: dict[str, Any] = {
-        "command": " ".join(["python benchmarks/distill_ablation.py", *(argv or sys.argv[1:])]),
+        "command": shlex.join(["python", "benchmarks/distill_ablation.py",
+                               *(argv or sys.argv[1:])]),
         "args": {**vars(args), "seed_list": seeds}, "config": _flat(base), "lists": lists,
         "teachers": teachers, "runs": [], "params": {}, "latency_ms": {},
         "machine": {"cpu": platform.machine(), "cores": os.cpu_count(),
