@@ -1,4 +1,5 @@
-"""Seed-paired differences with Student-t 95 % intervals, shared by the method benchmarks."""
+"""Seed-paired differences with Student-t 95 % intervals, and rank correlation, shared by the
+method benchmarks."""
 
 from __future__ import annotations
 
@@ -38,3 +39,28 @@ def format_delta(d: dict[str, Any] | None) -> str:
     if ci:
         txt += f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" + ("*" if d["significant"] else "")
     return txt
+
+
+def ranks(x: list[float]) -> list[float]:
+    """0-based ranks of ``x``; tied values share the mean of their ranks."""
+    order = sorted(range(len(x)), key=x.__getitem__)
+    r = [0.0] * len(x)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            r[k] = (i + j) / 2
+        i = j + 1
+    return r
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (Pearson of the tie-averaged ranks); None when fewer than 3
+    pairs or either side is constant."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} values against {len(y)}")
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return statistics.correlation(ranks(x), ranks(y))

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_io import save_figure, write_text  # noqa: E402
-from _stats import format_delta as _delta, paired  # noqa: E402
+from _stats import format_delta as _delta, paired, spearman  # noqa: E402
 
 from tsal_dist.export import CropToLandmarks, write_onnx  # noqa: E402
 from tsal_dist.distill import DistillConfig, load_distill_config, run_distill  # noqa: E402
@@ -61,7 +61,8 @@ VARIANTS = {  # name -> overrides of the student's loss
     "KD-Loss (paper)": {"kd.loss": "kd", "kd.variant": "paper"},
     # the diagnosis' remedy (KD-Loss students leave the mean shape late): plain L2 for the first
     # third of the steps, then KD-Loss; same total steps, schedule and batches
-    "KD-Loss (code) after L2": {"kd.loss": "kd", "kd.variant": "code", "l2_warmup_fraction": 1 / 3},
+    "KD-Loss (code) after L2": {"kd.loss": "kd", "kd.variant": "code",
+                                "l2_warmup_fraction": 1 / 3},
     "KD-Loss (paper) after L2": {"kd.loss": "kd", "kd.variant": "paper",
                                  "l2_warmup_fraction": 1 / 3},
 }
@@ -122,13 +123,19 @@ def base_config(teacher_steps: int, student_steps: int, quick: bool,
                                       **(QUICK if quick else {})})
 
 
+def warmup_steps(variant: str, student_steps: int) -> int | None:
+    """The steps of plain L2 before KD-Loss in ``variant`` (None: it has no warm-up)."""
+    frac = VARIANTS.get(variant, {}).get("l2_warmup_fraction")
+    return None if frac is None else round(frac * student_steps)
+
+
 def job_config(base: DistillConfig, variant: str, seed: int) -> DistillConfig:
     """``variant``'s loss; seed k moves the student init and the batch order together."""
     s0 = base.experiment.train.seed
-    over = dict(VARIANTS[variant])
-    frac = over.pop("l2_warmup_fraction", None)
-    if frac is not None:
-        over["kd.l2_warmup_steps"] = round(frac * base.experiment.optim.steps)
+    over = {k: v for k, v in VARIANTS[variant].items() if k != "l2_warmup_fraction"}
+    w = warmup_steps(variant, base.experiment.optim.steps)
+    if w is not None:
+        over["kd.l2_warmup_steps"] = w
     return load_distill_config(None, {**_flat(base), **over,
                                       "experiment.train.seed": s0 + seed,
                                       "student.seed": s0 + seed})
@@ -234,16 +241,6 @@ def escape_step(curve: list[tuple[int, float]], px: float = ESCAPE_PX) -> int | 
     return next((int(step) for step, err in curve if err < px), None)
 
 
-def _ranks(x: list[float]) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    r = np.empty(len(x))
-    r[order] = np.arange(len(x), dtype=float)
-    xs = np.asarray(x, dtype=float)
-    for v in np.unique(xs):  # ties share their mean rank
-        r[xs == v] = r[xs == v].mean()
-    return r
-
-
 def escape_table(runs: list[dict[str, Any]], test_set: str) -> dict[str, Any]:
     """Per variant, the escape step of each seed; over every student that escaped, Spearman's
     rank correlation of the escape step with the final NME on ``test_set``."""
@@ -254,11 +251,7 @@ def escape_table(runs: list[dict[str, Any]], test_set: str) -> dict[str, Any]:
         per.setdefault(r["variant"], {})[r["seed"]] = e
         if e is not None and test_set in r["eval"]:
             pairs.append((e, r["eval"][test_set]["nme_io"]))
-    rho = None
-    if len(pairs) >= 3:
-        a, b = _ranks([p[0] for p in pairs]), _ranks([p[1] for p in pairs])
-        if a.std() > 0 and b.std() > 0:
-            rho = float(np.corrcoef(a, b)[0, 1])
+    rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
     return {"px": ESCAPE_PX, "test_set": test_set, "per_variant": per, "spearman": rho,
             "students": len(pairs)}
 
@@ -269,11 +262,10 @@ def switch_shock(runs: list[dict[str, Any]], student_steps: int,
     the switch to KD-Loss and the largest one logged in the ``window`` steps after it."""
     out: dict[str, dict[int, tuple[float, float]]] = {}
     for r in runs:
-        frac = VARIANTS.get(r["variant"], {}).get("l2_warmup_fraction")
-        if frac is None:
+        w = warmup_steps(r["variant"], student_steps)
+        if w is None:
             continue
-        w = round(frac * student_steps)
-        curve = dict((int(a), float(b)) for a, b in r.get("train_px_error_curve", []))
+        curve = {int(a): float(b) for a, b in r.get("train_px_error_curve", [])}
         after = [e for st_, e in curve.items() if w < st_ <= w + window]
         if w in curve and after:
             out.setdefault(r["variant"], {})[r["seed"]] = (curve[w], max(after))
@@ -359,7 +351,7 @@ def markdown(doc: dict[str, Any]) -> str:
                       f"ρ = {esc['spearman']:+.2f}."]
     shock = switch_shock(doc["runs"], doc["args"]["student_steps"])
     for v, per in shock.items():
-        w = round(VARIANTS[v]["l2_warmup_fraction"] * doc["args"]["student_steps"])
+        w = warmup_steps(v, doc["args"]["student_steps"])
         lines += ["", f"{v}: running training error at the switch (step {w}) → the largest in "
                   f"the 150 steps after it: " + ", ".join(
                       f"seed {s_} {a:.1f} → {b:.1f} px" for s_, (a, b) in sorted(per.items()))
@@ -488,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load = [0.0] * len(pools)
     jobs: list[tuple[int, str, int]] = []
+    kd = [v for v in order if VARIANTS[v].get("kd.loss") == "kd"]
     for s in seeds:
-        kd = [v for v in order if VARIANTS[v].get("kd.loss") == "kd"]
         left = [v for v in kd if todo(v, s)]
         if kd:
             p = min(range(len(pools)), key=load.__getitem__)

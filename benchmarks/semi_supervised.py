@@ -13,8 +13,9 @@ is reused when its config matches, an unfinished one resumes from its checkpoint
            ceiling: is there headroom, and are labels (not steps) the limit?
   compare  at one or two label budgets, several seeds: supervised-only, TSAL as published (queue,
            EMA, mutual: the code's per-iteration two-way lerp), the project's TSAL variant, and
-           the mean-teacher baseline (as first configured, and tuned); teacher and student on test images and test videos: NME,
-           FR@0.08 and, on video, NMJ; deltas paired by seed with 95 % t intervals.
+           the mean-teacher baseline (as first configured, and tuned); teacher and student on
+           test images and test videos: NME, FR@0.08 and, on video, NMJ; deltas paired by seed
+           with 95 % t intervals.
   diagnose the same shape for the hypotheses of why TSAL as published does not gain (DIAGNOSIS:
            one change each to the published queue recipe), against the same supervised runs.
   tune     the mean-teacher baseline's consistency weight on a grid (BASELINE_TUNING), against

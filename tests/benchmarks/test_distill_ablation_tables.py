@@ -97,6 +97,10 @@ def test_escape_step_and_its_rank_correlation_with_the_final_error():
     # errors (0.09, 0.11, 0.12, 0.09): tied ranks share their mean, (0.5, 2, 3, 0.5); Pearson of
     # the ranks = 3.5 / sqrt(5 * 4.5)
     assert tied["spearman"] == pytest.approx(3.5 / math.sqrt(22.5))
+    # the shared helper (benchmarks/_stats.py): no correlation of a constant side or two pairs
+    assert mod.spearman([1, 2, 3], [5, 5, 5]) is None and mod.spearman([1, 2], [2, 1]) is None
+    with pytest.raises(ValueError, match="3 values against 2"):
+        mod.spearman([1, 2, 3], [1, 2])
 
 
 def test_switch_shock_reads_the_curve_at_and_after_the_end_of_the_warm_up():
