@@ -65,6 +65,15 @@ VARIANTS = {  # name -> overrides of the student's loss
                                 "l2_warmup_fraction": 1 / 3},
     "KD-Loss (paper) after L2": {"kd.loss": "kd", "kd.variant": "paper",
                                  "l2_warmup_fraction": 1 / 3},
+    # the switch's shock (KD-Loss's gradient is ~100x L2's): KD-Loss scaled to L2's gradient norm
+    # at the switch (kd.switch: matched)
+    "KD-Loss (code) after L2, matched": {"kd.loss": "kd", "kd.variant": "code",
+                                         "kd.switch": "matched", "l2_warmup_fraction": 1 / 3},
+    "KD-Loss (paper) after L2, matched": {"kd.loss": "kd", "kd.variant": "paper",
+                                          "kd.switch": "matched", "l2_warmup_fraction": 1 / 3},
+    # a later switch: every L2 student has left the mean shape by half of the steps
+    "KD-Loss (paper) after L2, half": {"kd.loss": "kd", "kd.variant": "paper",
+                                       "l2_warmup_fraction": 1 / 2},
 }
 BASELINE = "L2"
 ESCAPE_PX = 9.0  # running training error (px at 96) below which a student has left the mean shape
@@ -177,6 +186,15 @@ def measure_latency(base: DistillConfig, work: Path, params: dict[str, int]) -> 
     return latency
 
 
+def _kd_scale(run_dir: Path) -> dict[str, float]:
+    """``{"kd_scale": c}``: the KD-Loss scale a ``kd.switch: matched`` student logged (its last
+    logged value; the scale is set once); ``{}`` for every other student."""
+    metrics = run_dir / "metrics.jsonl"
+    scales = [r["student/kd_scale"] for r in map(json.loads, metrics.read_text().splitlines())
+              if "student/kd_scale" in r] if metrics.is_file() else []
+    return {"kd_scale": scales[-1]} if scales else {}
+
+
 def run_student(base_flat: dict[str, Any], variant: str, seed: int,
                 work: str) -> dict[str, Any]:
     """One student (resumes its run folder); its scores on every test list."""
@@ -191,7 +209,7 @@ def run_student(base_flat: dict[str, Any], variant: str, seed: int,
     if done.is_file():
         got = json.loads(done.read_text())
         if got.get("config_hash") == cfg.hash():  # finished under this very config: reuse
-            return {**got, "reused": True}
+            return {**got, **_kd_scale(run_dir), "reused": True}
     t0 = time.time()
     summary = run_distill(cfg, run_dir=run_dir, teacher_dir=Path(work) / "teachers",
                           progress=False, export=False, teacher_cache=_TEACHER_CACHE)
@@ -203,7 +221,7 @@ def run_student(base_flat: dict[str, Any], variant: str, seed: int,
             curve.append((r["step"], r["student/px_error"]))
     got = {"variant": variant, "seed": seed, "seconds": time.time() - t0,
            "eval": {ln: _row(s) for ln, s in summary["eval"]["student"].items()},
-           "train_px_error_curve": curve, "config_hash": cfg.hash()}
+           "train_px_error_curve": curve, "config_hash": cfg.hash(), **_kd_scale(run_dir)}
     write_text(done, json.dumps(got))
     return got
 
@@ -281,8 +299,7 @@ def verdict(summary: list[dict[str, Any]], lists: list[str]) -> str:
             continue
         txt = [f"{ln}: L2 {100 * rows[BASELINE]['nme_mean']:.2f} % ({len(rows[BASELINE]['seeds'])}"
                " seeds)"]
-        for v in ("KD-Loss (code)", "KD-Loss (paper)", "KD-Loss (code) after L2",
-                  "KD-Loss (paper) after L2", "L1"):
+        for v in VARIANTS:
             r = rows.get(v)
             if not r or "delta_vs_l2" not in r:
                 continue
@@ -356,6 +373,12 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"the 150 steps after it: " + ", ".join(
                       f"seed {s_} {a:.1f} → {b:.1f} px" for s_, (a, b) in sorted(per.items()))
                   + "."]
+        scales = {r["seed"]: r["kd_scale"] for r in doc["runs"]
+                  if r["variant"] == v and "kd_scale" in r}
+        if scales:
+            lines[-1] += (" KD-Loss scaled by ||dL2/dpred|| / ||dKD/dpred|| at the switch: "
+                          + ", ".join(f"seed {s_} {c:.3f}" for s_, c in sorted(scales.items()))
+                          + ".")
     lines += ["", f"**Verdict (computed):** {doc['verdict']}", ""]
     return "\n".join(lines) + "\n"
 
@@ -367,7 +390,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     lists, summary = doc["lists"], doc["summary"]
-    fig, axes = plt.subplots(1, len(lists) + 1, figsize=(5 * (len(lists) + 1), 4.3),
+    fig, axes = plt.subplots(1, len(lists) + 1, figsize=(6.5 * (len(lists) + 1), 5),
                              squeeze=False)
     for ax, ln in zip(axes[0], lists):
         rows = [r for r in summary if r["test_set"] == ln]
@@ -379,7 +402,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         for label, r in doc["teachers"].items():
             ax.axhline(100 * r[ln]["nme_io"], ls="--", lw=0.8,
                        color="k" if label.startswith("Tough") else "gray", label=label)
-        ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=20)
+        ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=35,
+                      ha="right", fontsize=7)
         ax.set_ylabel("NME inter-ocular (%)")
         ax.set_title(ln, fontsize=9)
         ax.legend(fontsize=7)

@@ -111,3 +111,24 @@ def test_switch_shock_reads_the_curve_at_and_after_the_end_of_the_warm_up():
     plain = _run("KD-Loss (code)", 1, 0.1, 0.1)
     plain["train_px_error_curve"] = r["train_px_error_curve"]
     assert mod.switch_shock([r, plain], 3000) == {"KD-Loss (code) after L2": {1: (6.4, 12.4)}}
+
+
+def test_matched_switch_variants_configure_it_and_their_scale_is_read_from_the_log(tmp_path):
+    import json
+
+    mod = _module()
+    base = mod.base_config(10, 30, quick=True)
+    m = mod.job_config(base, "KD-Loss (paper) after L2, matched", 1)
+    assert (m.kd.switch, m.kd.l2_warmup_steps, m.kd.variant) == ("matched", 10, "paper")
+    h = mod.job_config(base, "KD-Loss (paper) after L2, half", 1)
+    assert (h.kd.switch, h.kd.l2_warmup_steps) == ("abrupt", 15)
+    rows = [{"student/l2": 0.1, "step": 5}, {"student/main": 0.2, "student/kd_scale": 0.02,
+                                             "step": 15}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert mod._kd_scale(tmp_path) == {"kd_scale": 0.02}
+    assert mod._kd_scale(tmp_path / "none") == {}
+    # the verdict covers every variant, the new ones included
+    runs = [_run("L2", s, 0.10 + s / 100, 0.1) for s in range(3)]
+    runs += [_run("KD-Loss (paper) after L2, matched", s, 0.09 + s / 100, 0.1) for s in range(3)]
+    text = mod.verdict(mod.summarise(runs, ["images"]), ["images"])
+    assert "KD-Loss (paper) after L2, matched 10.00 % is significantly better than L2" in text

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from tsal_dist.config.experiment import ExperimentConfig, ModelConfig, OptimConfig, RunConfig
-from tsal_dist.config.schema import ConfigError, Schema, check
+from tsal_dist.config.schema import ConfigError, Schema, check, later
 
 if TYPE_CHECKING:
     from tsal_dist.losses.kd import KDLossParams
@@ -105,9 +105,17 @@ class KDConfig:
     # later a student leaves it, the worse it ends; with 1000 of 3000 steps of L2 first, KD-Loss
     # (paper) beats plain L2 on every seed (benchmarks/results/distill_ablation_warmup.md).
     l2_warmup_steps: int = 0
+    # How KD-Loss takes over after the warm-up. "abrupt": as it is; its gradient is about a
+    # hundred times plain L2's, which the optimizer's running moments and the clip norm were
+    # tuned to, and the training error jumps for a few hundred steps. "matched": KD-Loss is scaled
+    # by ||dL2/dpred|| / ||dKD/dpred|| measured on the first KD batch (mean over ranks), kept for
+    # the rest of the run (checkpointed), so the gradient the optimizer sees does not jump.
+    switch: Literal["abrupt", "matched"] = later("abrupt")
 
     def __post_init__(self) -> None:
         check(self.l2_warmup_steps >= 0, "kd.l2_warmup_steps", "must be >= 0")
+        check(self.switch == "abrupt" or self.loss == "kd", "kd.switch",
+              f"'{self.switch}' needs kd.loss 'kd' (there is no switch with '{self.loss}')")
         try:
             self.params()
         except ValueError as e:

@@ -242,8 +242,10 @@ _HEAD_OF_ARCH: dict[str, Literal["regression", "heatmap"]] = {"regressor": "regr
 def save_student_checkpoint(folder: str | Path, *, step: int, dcfg: DistillConfig,
                             student: "Engine", tough: nn.Module, tolerant: nn.Module,
                             metrics: dict[str, Any], rank: int,
-                            barrier: Callable[[], None]) -> Path | None:
-    """A distillation checkpoint: the student (and what rebuilds it), both frozen teachers."""
+                            barrier: Callable[[], None],
+                            kd_scale: float | None = None) -> Path | None:
+    """A distillation checkpoint: the student (and what rebuilds it), both frozen teachers, and
+    the KD-Loss scale of a ``kd.switch: matched`` run once it is set."""
     e = dcfg.experiment
     arch = _STUDENT_ARCH[dcfg.student.arch]
     return save_engine_checkpoint(folder, step=step, engines={"student": student}, payload={
@@ -252,7 +254,8 @@ def save_student_checkpoint(folder: str | Path, *, step: int, dcfg: DistillConfi
         "student_width": dcfg.student_width(),
         "teacher": {k: v.detach().cpu().clone() for k, v in tough.state_dict().items()},
         "tolerant": {k: v.detach().cpu().clone() for k, v in tolerant.state_dict().items()},
-        "rng": rng_state(), "metrics": metrics, "format": "tsal_dist.distill_checkpoint/1"},
+        "rng": rng_state(), "metrics": metrics, "format": "tsal_dist.distill_checkpoint/1",
+        **({} if kd_scale is None else {"kd_scale": kd_scale})},
         rank=rank, sharded=is_sharded(e), keep=e.run.keep_checkpoints, barrier=barrier)
 
 

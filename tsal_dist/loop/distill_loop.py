@@ -44,7 +44,7 @@ from tsal_dist.data.batches import StepBatches, resolve_loader_workers, step_loa
 from tsal_dist.data.build import build_run_data
 from tsal_dist.data.datasets import LabeledImageDataset
 from tsal_dist.losses.heatmap import heatmap_loss
-from tsal_dist.losses.kd import kd_loss_terms, kd_total, l1_loss, l2_loss
+from tsal_dist.losses.kd import gradient_ratio, kd_loss_terms, kd_total, l1_loss, l2_loss
 from tsal_dist.loop.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
                                        model_from_checkpoint, restore_engines_,
                                        save_student_checkpoint, save_teacher_checkpoint,
@@ -93,6 +93,19 @@ def _tensors(out: Any) -> list[Tensor]:
         return [out]
     parts = out.values() if isinstance(out, dict) else out
     return [t for part in parts for t in _tensors(part)]
+
+
+def _mean_over_ranks(x: float) -> float:
+    """``x`` averaged over the ranks of the process group (``x`` itself in one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return x
+    t = torch.tensor([x], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
@@ -292,12 +305,14 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
                            weight_decay=dcfg.student.weight_decay)
     params = dcfg.kd.params()
     start = 0
+    kd_scale: float | None = None  # kd.switch "matched": set on the first KD-Loss step
     ck = latest_checkpoint(ckpt_dir)
     if ck is not None:
         st = load_checkpoint(ck)
         restore_engines_(st, ck, {"student": student}, rank=ctx.rank)
         set_rng_state(st["rng"])
         start = int(st["step"])
+        kd_scale = st.get("kd_scale")
     ctx.barrier()
     student_model.train()
     sums: dict[str, float] = {}
@@ -323,6 +338,11 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
                     teacher_cache[key] = (t_tough, t_tol)
             terms = kd_loss_terms(pred, gt, t_tough, t_tol, params, mask=vis)
             loss = kd_total(terms, params)
+            if dcfg.kd.switch == "matched":
+                if kd_scale is None:
+                    ratio = gradient_ratio(pred, l2_loss(pred, gt, vis), loss)
+                    kd_scale = _mean_over_ranks(ratio)
+                loss = kd_scale * loss
         elif dcfg.kd.loss in ("l2", "kd"):  # "kd" here: its L2 warm-up
             terms = {"l2": l2_loss(pred, gt, vis)}
             loss = terms["l2"]
@@ -336,8 +356,11 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
         with torch.no_grad():  # the metric every variant shares: mean |error| in crop px
             err = float(((pred.detach() - gt) * size).norm(dim=-1).mul(vis).sum()
                         / vis.sum().clamp_min(1))
-        for name, v in {"loss": float(loss.detach()), "px_error": err,
-                        **{n_: float(v_.detach()) for n_, v_ in terms.items()}}.items():
+        logged = {"loss": float(loss.detach()), "px_error": err,
+                  **{n_: float(v_.detach()) for n_, v_ in terms.items()}}
+        if kd_scale is not None:
+            logged["kd_scale"] = kd_scale
+        for name, v in logged.items():
             sums[f"student/{name}"] = sums.get(f"student/{name}", 0.0) + v
             counts[f"student/{name}"] = counts.get(f"student/{name}", 0) + 1
         n += 1
@@ -355,7 +378,8 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
         if done % e.run.checkpoint_every == 0 or done == o.steps:
             path = save_student_checkpoint(ckpt_dir, step=done, dcfg=dcfg, student=student,
                                            tough=tough, tolerant=tolerant, metrics=last,
-                                           rank=ctx.rank, barrier=ctx.barrier)
+                                           rank=ctx.rank, barrier=ctx.barrier,
+                                           kd_scale=kd_scale)
             reporter({"phase": "student", "step": done,
                       **{kk: v for kk, v in last.items() if kk.startswith("student/")}}, path)
 

@@ -215,3 +215,42 @@ def test_kd_l2_warmup_is_plain_l2_until_its_end_then_kd(tmp_path):
     assert "student/l2" not in rows[2] and "student/aloss_tough" in rows[2]
     with pytest.raises(ConfigError, match="kd.l2_warmup_steps"):
         load_distill_config(None, {"kd.l2_warmup_steps": -1})
+
+
+def test_kd_matched_switch_scales_kd_loss_and_resumes_with_its_scale(tmp_path):
+    """``kd.switch: matched``: no scale during the L2 warm-up; from the first KD step on, the
+    logged loss is the scale times KD-Loss's weighted terms; the scale is checkpointed, so a run
+    resumed after the switch ends with the uninterrupted run's weights (recomputing the scale on
+    the resumed batch would change them)."""
+    import shutil
+
+    base = {**TINY, "experiment.data.cache_dir": str(tmp_path / "c"),
+            "experiment.run.log_every": 3, "experiment.run.checkpoint_every": 3,
+            "experiment.run.keep_checkpoints": 10, "experiment.optim.steps": 12,
+            "kd.l2_warmup_steps": 6, "kd.variant": "paper", "kd.switch": "matched"}
+    cfg = load_distill_config(None, base)
+    run_distill(cfg, run_dir=tmp_path / "a", progress=False, final_eval=False)
+    cks = dict(list_checkpoints(tmp_path / "a" / "checkpoints"))
+    assert "kd_scale" not in load_checkpoint(cks[6])
+    scale = load_checkpoint(cks[9])["kd_scale"]
+    assert 0 < scale < 1  # KD-Loss's gradient is larger than L2's
+    assert load_checkpoint(cks[12])["kd_scale"] == scale  # set once, kept
+    rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+            if '"student"' in x]
+    assert "student/kd_scale" not in rows[1]  # steps 4-6: L2
+    w = cfg.kd.params()
+    for r in rows[2:]:
+        assert r["student/kd_scale"] == pytest.approx(scale)
+        terms = (w.w_main * r["student/main"] + w.w_tough * r["student/aloss_tough"]
+                 + w.w_tol * r["student/aloss_tolerant"])
+        assert r["student/loss"] == pytest.approx(scale * terms, rel=1e-5)
+    # resumed from step 9: same end as the uninterrupted run
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "checkpoints" / cks[12].name).unlink()
+    assert max(dict(list_checkpoints(tmp_path / "b" / "checkpoints"))) == 9
+    run_distill(cfg, run_dir=tmp_path / "b", progress=False, final_eval=False)
+    a = load_checkpoint(cks[12])["student"]
+    b = load_checkpoint(latest_checkpoint(tmp_path / "b" / "checkpoints"))["student"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="kd.switch"):
+        load_distill_config(None, {"kd.loss": "l2", "kd.switch": "matched"})
