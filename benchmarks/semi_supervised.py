@@ -316,8 +316,8 @@ def plot(summary: list[dict[str, Any]]) -> None:
         save_figure(fig, RESULTS / "semi_supervised.png")
 
 
-def load_doc() -> dict[str, Any]:
-    path = RESULTS / "semi_supervised.json"
+def load_doc(folder: Path = RESULTS) -> dict[str, Any]:
+    path = folder / "semi_supervised.json"
     if path.is_file():
         doc = json.loads(path.read_text())
         if doc.get("version") == 2:
@@ -352,10 +352,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="/tmp/tsal_semi_supervised")
     p.add_argument("--quick", action="store_true",
                    help="tiny data and the given steps: checks the pipeline; writes under --out")
+    p.add_argument("--results", default=None,
+                   help="folder of the tables (default benchmarks/results; with --quick "
+                        "OUT/results): runs made on another machine go elsewhere, so that the "
+                        "recorded tables keep pairing runs of one machine")
     args = p.parse_args(argv)
-    results_dir = Path(args.out) / "results" if args.quick else RESULTS
+    results_dir = Path(args.results) if args.results else (
+        Path(args.out) / "results" if args.quick else RESULTS)
     if args.what == "tables":
-        write_outputs(load_doc())
+        write_outputs(load_doc(results_dir), to=results_dir)
         return 0
     table = TABLES[args.what]
     methods = args.methods or list(table)
@@ -376,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for m in dict.fromkeys(j[0] for j in jobs):  # generate each dataset once, up front
         resolve_data(config_for(m, 0, 0, args.steps, args.out, args.quick, table))
-    doc = load_doc() if not args.quick else {"version": 2, "meta": {}, "rows": []}
+    doc = load_doc(results_dir) if not args.quick else {"version": 2, "meta": {}, "rows": []}
     command = " ".join(["python benchmarks/semi_supervised.py", *(argv or sys.argv[1:])])
     meta = doc["meta"]
     meta["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, no GPU, Python "
