@@ -74,6 +74,11 @@ VARIANTS = {  # name -> overrides of the student's loss
     # a later switch: every L2 student has left the mean shape by half of the steps
     "KD-Loss (paper) after L2, half": {"kd.loss": "kd", "kd.variant": "paper",
                                        "l2_warmup_fraction": 1 / 2},
+    # the switch without KD-Loss: plain L2 throughout, multiplied at the switch by 35 (the median
+    # ratio of KD-Loss (paper)'s gradient norm to L2's there, measured by the matched variant):
+    # is the gain of "after L2" KD-Loss's, or the jump's?
+    "L2, x35 at the switch": {"kd.loss": "l2", "kd.jump_factor": 35.0,
+                              "l2_warmup_fraction": 1 / 3},
 }
 BASELINE = "L2"
 ESCAPE_PX = 9.0  # running training error (px at 96) below which a student has left the mean shape
@@ -133,7 +138,8 @@ def base_config(teacher_steps: int, student_steps: int, quick: bool,
 
 
 def warmup_steps(variant: str, student_steps: int) -> int | None:
-    """The steps of plain L2 before KD-Loss in ``variant`` (None: it has no warm-up)."""
+    """The steps of plain L2 before KD-Loss in ``variant``, or before the jump of the L2 control
+    (None: it has no switch)."""
     frac = VARIANTS.get(variant, {}).get("l2_warmup_fraction")
     return None if frac is None else round(frac * student_steps)
 
@@ -143,8 +149,8 @@ def job_config(base: DistillConfig, variant: str, seed: int) -> DistillConfig:
     s0 = base.experiment.train.seed
     over = {k: v for k, v in VARIANTS[variant].items() if k != "l2_warmup_fraction"}
     w = warmup_steps(variant, base.experiment.optim.steps)
-    if w is not None:
-        over["kd.l2_warmup_steps"] = w
+    if w is not None:  # KD-Loss's switch, or for plain L2 the step of its jump (the control)
+        over["kd.l2_warmup_steps" if over["kd.loss"] == "kd" else "kd.jump_step"] = w
     return load_distill_config(None, {**_flat(base), **over,
                                       "experiment.train.seed": s0 + seed,
                                       "student.seed": s0 + seed})

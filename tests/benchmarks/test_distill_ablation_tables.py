@@ -132,3 +132,10 @@ def test_matched_switch_variants_configure_it_and_their_scale_is_read_from_the_l
     runs += [_run("KD-Loss (paper) after L2, matched", s, 0.09 + s / 100, 0.1) for s in range(3)]
     text = mod.verdict(mod.summarise(runs, ["images"]), ["images"])
     assert "KD-Loss (paper) after L2, matched 10.00 % is significantly better than L2" in text
+
+
+def test_the_switch_control_is_plain_l2_with_its_jump_at_the_switch():
+    mod = _module()
+    c = mod.job_config(mod.base_config(10, 30, quick=True), "L2, x35 at the switch", 0)
+    assert (c.kd.loss, c.kd.jump_step, c.kd.jump_factor, c.kd.l2_warmup_steps) == (
+        "l2", 10, 35.0, 0)

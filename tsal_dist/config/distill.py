@@ -111,9 +111,16 @@ class KDConfig:
     # by ||dL2/dpred|| / ||dKD/dpred|| measured on the first KD batch (mean over ranks), kept for
     # the rest of the run (checkpointed), so the gradient the optimizer sees does not jump.
     switch: Literal["abrupt", "matched"] = later("abrupt")
+    # A control for the switch (benchmarks/distill_ablation.py): from step ``jump_step`` on
+    # (0 = never) the student's loss, whichever it is, is multiplied by ``jump_factor``, so the
+    # optimizer sees a switch's jump in gradient scale without any change of loss.
+    jump_step: int = later(0)
+    jump_factor: float = later(1.0)
 
     def __post_init__(self) -> None:
         check(self.l2_warmup_steps >= 0, "kd.l2_warmup_steps", "must be >= 0")
+        check(self.jump_step >= 0, "kd.jump_step", "must be >= 0")
+        check(self.jump_factor > 0, "kd.jump_factor", "must be > 0")
         check(self.switch == "abrupt" or self.loss == "kd", "kd.switch",
               f"'{self.switch}' needs kd.loss 'kd' (there is no switch with '{self.loss}')")
         try:

@@ -349,6 +349,8 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
         else:
             terms = {"l1": l1_loss(pred, gt, vis)}
             loss = terms["l1"]
+        if 0 < dcfg.kd.jump_step <= step:  # the switch's control: the same loss, rescaled
+            loss = dcfg.kd.jump_factor * loss
         student.backward(loss)
         lr = lr_at(step, base_lr=o.lr, total_steps=o.steps, warmup_steps=o.warmup_steps,
                    schedule=o.schedule, milestones=o.milestones, gamma=o.gamma)

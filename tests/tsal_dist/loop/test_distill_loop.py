@@ -254,3 +254,23 @@ def test_kd_matched_switch_scales_kd_loss_and_resumes_with_its_scale(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ConfigError, match="kd.switch"):
         load_distill_config(None, {"kd.loss": "l2", "kd.switch": "matched"})
+
+
+def test_kd_jump_rescales_the_same_loss_from_its_step(tmp_path):
+    """``kd.jump_step / jump_factor`` (the switch's control): plain L2 until the step, then the
+    same L2 times the factor in the logged loss, the teachers never consulted."""
+    base = {**TINY, "experiment.data.cache_dir": str(tmp_path / "c"),
+            "experiment.run.log_every": 3, "experiment.optim.steps": 9, "kd.loss": "l2"}
+    cfg = load_distill_config(None, {**base, "kd.jump_step": 3, "kd.jump_factor": 35.0})
+    cache: dict = {}
+    run_distill(cfg, run_dir=tmp_path / "j", progress=False, final_eval=False,
+                teacher_cache=cache)
+    assert cache == {}
+    rows = [json.loads(x) for x in (tmp_path / "j" / "metrics.jsonl").read_text().splitlines()
+            if '"student"' in x]
+    assert rows[0]["student/loss"] == pytest.approx(rows[0]["student/l2"])
+    for r in rows[1:]:
+        assert r["student/loss"] == pytest.approx(35.0 * r["student/l2"])
+    for bad in ({"kd.jump_step": -1}, {"kd.jump_factor": 0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            load_distill_config(None, bad)
