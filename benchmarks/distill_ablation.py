@@ -81,6 +81,11 @@ VARIANTS = {  # name -> overrides of the student's loss
                               "l2_warmup_fraction": 1 / 3},
 }
 BASELINE = "L2"
+# variants judged against another variant than L2 (paired by seed): the switch's alternatives
+# against the switch they change
+AGAINST = {"KD-Loss (code) after L2, matched": "KD-Loss (code) after L2",
+           "KD-Loss (paper) after L2, matched": "KD-Loss (paper) after L2",
+           "KD-Loss (paper) after L2, half": "KD-Loss (paper) after L2"}
 ESCAPE_PX = 9.0  # running training error (px at 96) below which a student has left the mean shape
 QUICK = {"experiment.data.synthetic.images": 48, "experiment.data.synthetic.test_images": 12,
          "experiment.data.synthetic.videos": 1, "experiment.data.synthetic.test_videos": 1,
@@ -255,6 +260,12 @@ def summarise(runs: list[dict[str, Any]], lists: list[str]) -> list[dict[str, An
                 if d is not None:
                     row["delta_vs_l2"] = d
                     row["rel_vs_l2"] = d["mean"] / statistics.fmean(base[s] for s in d["seeds"])
+            if v in AGAINST:
+                other = {r["seed"]: r["eval"][ln]["nme_io"] for r in runs
+                         if r["variant"] == AGAINST[v] and ln in r["eval"]}
+                d = paired(vals, other)
+                if d is not None:
+                    row["against"] = {"variant": AGAINST[v], "delta": d}
             out.append(row)
     return out
 
@@ -372,6 +383,13 @@ def markdown(doc: dict[str, Any]) -> str:
             lines += ["", f"Over all {esc['students']} students, Spearman's rank correlation of "
                       f"that step with the final {esc['test_set']} NME: "
                       f"ρ = {esc['spearman']:+.2f}."]
+    against = [r for r in summary if "against" in r]
+    if against:
+        lines += ["", "Against the switch they change (Δ = variant − that variant, paired by seed, "
+                  "pp [95 % CI], * where it excludes 0):", "",
+                  "| variant | against | test set | Δ pp [95 % CI] |", "|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['against']['variant']} | {r['test_set']} | "
+                  f"{_delta(r['against']['delta'])} |" for r in against]
     shock = switch_shock(doc["runs"], doc["args"]["student_steps"])
     for v, per in shock.items():
         w = warmup_steps(v, doc["args"]["student_steps"])

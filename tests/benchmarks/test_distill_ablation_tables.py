@@ -139,3 +139,17 @@ def test_the_switch_control_is_plain_l2_with_its_jump_at_the_switch():
     c = mod.job_config(mod.base_config(10, 30, quick=True), "L2, x35 at the switch", 0)
     assert (c.kd.loss, c.kd.jump_step, c.kd.jump_factor, c.kd.l2_warmup_steps) == (
         "l2", 10, 35.0, 0)
+
+
+def test_switch_alternatives_are_also_paired_with_the_switch_they_change():
+    mod = _module()
+    a = [0.090, 0.095, 0.100]
+    m = [0.097, 0.101, 0.108]
+    runs = [_run("L2", s, 0.1, 0.1) for s in range(3)]
+    runs += [_run("KD-Loss (paper) after L2", s, v, v) for s, v in enumerate(a)]
+    runs += [_run("KD-Loss (paper) after L2, matched", s, v, v) for s, v in enumerate(m)]
+    rows = {(r["variant"], r["test_set"]): r for r in mod.summarise(runs, ["images"])}
+    got = rows[("KD-Loss (paper) after L2, matched", "images")]["against"]
+    assert got["variant"] == "KD-Loss (paper) after L2"
+    assert got["delta"]["mean"] == pytest.approx(statistics.fmean(x - y for x, y in zip(m, a)))
+    assert "against" not in rows[("KD-Loss (paper) after L2", "images")]
