@@ -354,11 +354,11 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
         student.backward(loss)
         lr = lr_at(step, base_lr=o.lr, total_steps=o.steps, warmup_steps=o.warmup_steps,
                    schedule=o.schedule, milestones=o.milestones, gamma=o.gamma)
-        student.step(lr)
+        grad_norm = student.step(lr)  # before clipping (0: unknown, e.g. no clipping)
         with torch.no_grad():  # the metric every variant shares: mean |error| in crop px
             err = float(((pred.detach() - gt) * size).norm(dim=-1).mul(vis).sum()
                         / vis.sum().clamp_min(1))
-        logged = {"loss": float(loss.detach()), "px_error": err,
+        logged = {"loss": float(loss.detach()), "px_error": err, "grad_norm": grad_norm,
                   **{n_: float(v_.detach()) for n_, v_ in terms.items()}}
         if kd_scale is not None:
             logged["kd_scale"] = kd_scale

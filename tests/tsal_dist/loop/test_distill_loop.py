@@ -87,6 +87,7 @@ def test_short_distillation_run_loss_falls_and_resumes(tmp_path, monkeypatch):
     s_rows = [r for r in rows if r["phase"] == "student"]
     assert [r["step"] for r in s_rows] == [10, 20, 30, 40]
     assert {"student/main", "student/aloss_tough", "student/aloss_tolerant"} <= set(s_rows[0])
+    assert all(r["student/grad_norm"] > 0 for r in s_rows)  # before clipping (optim.grad_clip)
     assert s_rows[-1]["student/loss"] < s_rows[0]["student/loss"]
     assert s_rows[-1]["student/px_error"] < s_rows[0]["student/px_error"]
     assert {r["phase"] for r in rows} == {"tough", "tolerant", "student"}
