@@ -17,7 +17,10 @@ NMJ) three ways:
   untouched) on the run's own labeled crops without augmentation: the control, which separates
   re-estimating from changing domain;
 - ``re-estimated, unlabeled video``: the same on the frames of the unlabeled TRAINING videos
-  (wide domain; what a semi-supervised method may read): AdaBN (Li et al. 2016).
+  (wide domain; what a semi-supervised method may read): AdaBN (Li et al. 2016);
+- each of the two again on crops augmented as training augments them (rotation, scale, shift;
+  one draw per image or clip): ``re-estimated, labeled, augmented`` sees what training saw and
+  should land near ``as trained`` (the check of the re-estimation itself).
 
 Deltas against ``as trained`` are paired by run (seed). Writes
 ``benchmarks/results/bn_probe.{json,md}``; the runs are the comparison's supervised-only runs,
@@ -45,7 +48,8 @@ from _results_io import write_text  # noqa: E402
 from _stats import format_delta, paired  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-WAYS = ("as trained", "re-estimated, labeled", "re-estimated, unlabeled video")
+WAYS = ("as trained", "re-estimated, labeled", "re-estimated, labeled, augmented",
+        "re-estimated, unlabeled video", "re-estimated, unlabeled video, augmented")
 
 
 def reestimate_bn(model: Any, batches: Any) -> int:
@@ -86,12 +90,12 @@ def reestimate_bn(model: Any, batches: Any) -> int:
 
 def _batches(dataset: Any, key: str, batch: int) -> Any:
     """uint8 model inputs of ``dataset`` in index order (clip frames flattened), ``batch`` at a
-    time; no augmentation (the datasets are built with ``augment=False``)."""
+    time; item i drawn with seed i where the dataset augments."""
     import torch
 
     buf: list[Any] = []
     for i in range(len(dataset)):
-        x = dataset.get(i, 0)[key]
+        x = dataset.get(i, i)[key]
         buf.extend(x if x.dim() == 4 else x[None])
         while len(buf) >= batch:
             yield torch.stack(buf[:batch])
@@ -120,16 +124,25 @@ def probe_run(run_dir: Path, batch: int) -> dict[str, Any]:
     lists = resolve_data(cfg)
     train, _ = split_labeled([e for p in lists.labeled for e in read_list(p)],
                              cfg.run.val_images, d.labeled_limit)
-    labeled = LabeledImageDataset(train, num_points=d.num_points, input_size=m.input_size,
-                                  pre_crop_expand=d.pre_crop_expand, augment=False)
-    video = ClipDataset([e for p in lists.unlabeled for e in read_list(p)],
-                        num_points=d.num_points, clip_length=d.clip_length,
-                        clip_stride=d.clip_stride, input_size=m.input_size,
-                        pre_crop_expand=d.pre_crop_expand, augment=False, flow="none")
-    models = {WAYS[0]: cm.model, WAYS[1]: copy.deepcopy(cm.model),
-              WAYS[2]: copy.deepcopy(cm.model)}
-    seen = {WAYS[1]: reestimate_bn(models[WAYS[1]], _batches(labeled, "image", batch)),
-            WAYS[2]: reestimate_bn(models[WAYS[2]], _batches(video, "frames", batch))}
+    aug = dict(rotate_max_deg=d.rotate_max_deg, scale_min=d.scale_min, scale_max=d.scale_max,
+               shift_max_frac=d.shift_max_frac, flip=d.flip)
+    videos = [e for p in lists.unlabeled for e in read_list(p)]
+    sources = {}
+    for augment in (False, True):
+        sources[(1, augment)] = LabeledImageDataset(
+            train, num_points=d.num_points, input_size=m.input_size,
+            pre_crop_expand=d.pre_crop_expand, augment=augment, **aug), "image"
+        sources[(3, augment)] = ClipDataset(
+            videos, num_points=d.num_points, clip_length=d.clip_length,
+            clip_stride=d.clip_stride, input_size=m.input_size,
+            pre_crop_expand=d.pre_crop_expand, augment=augment, flow="none", **aug), "frames"
+    models = {WAYS[0]: cm.model}
+    seen = {}
+    for (k, augment), (ds, key) in sources.items():
+        way = WAYS[k + augment]
+        models[way] = copy.deepcopy(cm.model)
+        seen[way] = reestimate_bn(models[way], _batches(ds, key, batch))
+    models = {w: models[w] for w in WAYS}
     scored = evaluate_lists(models, cfg, lists.eval)
     assert scored is not None  # one process: rank 0
     return {"run": run_dir.name, "checkpoint_step": cm.step, "images_seen": seen,
