@@ -109,7 +109,9 @@ class KDConfig:
     # hundred times plain L2's, which the optimizer's running moments and the clip norm were
     # tuned to, and the training error jumps for a few hundred steps. "matched": KD-Loss is scaled
     # by ||dL2/dpred|| / ||dKD/dpred|| measured on the first KD batch (mean over ranks), kept for
-    # the rest of the run (checkpointed), so the gradient the optimizer sees does not jump.
+    # the rest of the run (checkpointed), so the gradient the optimizer sees does not jump. On the
+    # benchmark "matched" ends significantly worse: the jump is part of the warm-up's gain
+    # (benchmarks/results/distill_ablation_warmup.md).
     switch: Literal["abrupt", "matched"] = later("abrupt")
     # A control for the switch (benchmarks/distill_ablation.py): from step ``jump_step`` on
     # (0 = never) the student's loss, whichever it is, is multiplied by ``jump_factor``, so the
