@@ -88,20 +88,24 @@ def reestimate_bn(model: Any, batches: Any) -> int:
     return seen
 
 
-def _batches(dataset: Any, key: str, batch: int) -> Any:
-    """uint8 model inputs of ``dataset`` in index order (clip frames flattened), ``batch`` at a
-    time; item i drawn with seed i where the dataset augments."""
+def _batches(dataset: Any, key: str, batch: int, seed: int = 0) -> list[Any]:
+    """uint8 model inputs of ``dataset`` (clip frames flattened; item i drawn with seed i where
+    the dataset augments), shuffled with ``seed`` across images and videos and cut into batches of
+    exactly ``batch`` (the remainder dropped, unless there is less than one batch): each batch a
+    random sample, as training's are, so that the average of the batch variances estimates the
+    variance over all images (batches of one video would leave out the differences between
+    videos)."""
+    import numpy as np
     import torch
 
-    buf: list[Any] = []
+    images: list[Any] = []
     for i in range(len(dataset)):
         x = dataset.get(i, i)[key]
-        buf.extend(x if x.dim() == 4 else x[None])
-        while len(buf) >= batch:
-            yield torch.stack(buf[:batch])
-            buf = buf[batch:]
-    if buf:
-        yield torch.stack(buf)
+        images.extend(x if x.dim() == 4 else x[None])
+    order = np.random.default_rng(seed).permutation(len(images))
+    n = max(1, len(images) // batch) * batch
+    order = order[:n]
+    return [torch.stack([images[j] for j in order[k:k + batch]]) for k in range(0, n, batch)]
 
 
 def probe_run(run_dir: Path, batch: int) -> dict[str, Any]:

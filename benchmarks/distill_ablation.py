@@ -326,6 +326,13 @@ def verdict(summary: list[dict[str, Any]], lists: list[str]) -> str:
                     "significantly worse than" if sig else "not significantly different from")
             txt.append(f"{v} {100 * r['nme_mean']:.2f} % is {word} L2 "
                        f"(Δ {_delta(d)} pp, {100 * r['rel_vs_l2']:+.1f} %)")
+        for v, r in rows.items():
+            if "against" in r:
+                d = r["against"]["delta"]
+                word = ("significantly better than" if d.get("significant") and d["mean"] < 0
+                        else "significantly worse than" if d.get("significant")
+                        else "not significantly different from")
+                txt.append(f"{v} is {word} {r['against']['variant']} (Δ {_delta(d)} pp)")
         parts.append("; ".join(txt))
     return ". ".join(parts) + "."
 

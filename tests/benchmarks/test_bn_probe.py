@@ -56,3 +56,24 @@ def test_summary_pairs_each_way_with_the_same_run_as_trained():
     assert rows[mod.WAYS[3]]["rel"] == pytest.approx(statistics.fmean(diffs) / 0.15)
     assert "delta" not in rows[mod.WAYS[0]]
     assert rows[mod.WAYS[1]]["delta"]["significant"] is False
+
+
+def test_batches_are_random_samples_of_equal_size_across_videos():
+    """Frames of 5 'videos' (dataset items of 4 frames each, item i filled with i): batches of 4
+    are shuffled across items (not one video a batch), all of size 4, every frame at most once."""
+    mod = load_script("bn_probe")
+
+    class Clips:
+        def __len__(self):
+            return 5
+
+        def get(self, i, seed):
+            return {"frames": torch.full((4, 1, 2, 2), i, dtype=torch.uint8)}
+
+    got = mod._batches(Clips(), "frames", 3)
+    assert [b.shape[0] for b in got] == [3] * 6  # 20 frames: 6 full batches, remainder dropped
+    ids = [int(x[0, 0, 0]) for b in got for x in b]
+    assert len(ids) == 18 and all(ids.count(i) <= 4 for i in range(5))
+    assert any(len({int(x[0, 0, 0]) for x in b}) > 1 for b in got)  # mixed videos
+    assert [b.tolist() for b in mod._batches(Clips(), "frames", 3)] == [b.tolist() for b in got]
+    assert [b.shape[0] for b in mod._batches(Clips(), "frames", 50)] == [20]  # under one batch

@@ -153,3 +153,6 @@ def test_switch_alternatives_are_also_paired_with_the_switch_they_change():
     assert got["variant"] == "KD-Loss (paper) after L2"
     assert got["delta"]["mean"] == pytest.approx(statistics.fmean(x - y for x, y in zip(m, a)))
     assert "against" not in rows[("KD-Loss (paper) after L2", "images")]
+    text = mod.verdict(mod.summarise(runs, ["images"]), ["images"])
+    assert ("KD-Loss (paper) after L2, matched is significantly worse than KD-Loss (paper) after "
+            "L2 (Δ +0.70" in text)

@@ -123,6 +123,10 @@ class KDConfig:
         check(self.l2_warmup_steps >= 0, "kd.l2_warmup_steps", "must be >= 0")
         check(self.jump_step >= 0, "kd.jump_step", "must be >= 0")
         check(self.jump_factor > 0, "kd.jump_factor", "must be > 0")
+        check(self.jump_factor == 1.0 or self.jump_step > 0, "kd.jump_factor",
+              "needs kd.jump_step > 0 (the step from which the loss is multiplied)")
+        check(self.switch == "abrupt" or self.l2_warmup_steps > 0, "kd.switch",
+              "'matched' needs kd.l2_warmup_steps > 0 (it matches KD-Loss to L2 at the switch)")
         check(self.switch == "abrupt" or self.loss == "kd", "kd.switch",
               f"'{self.switch}' needs kd.loss 'kd' (there is no switch with '{self.loss}')")
         try:

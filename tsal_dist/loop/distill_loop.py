@@ -44,7 +44,7 @@ from tsal_dist.data.batches import StepBatches, resolve_loader_workers, step_loa
 from tsal_dist.data.build import build_run_data
 from tsal_dist.data.datasets import LabeledImageDataset
 from tsal_dist.losses.heatmap import heatmap_loss
-from tsal_dist.losses.kd import gradient_ratio, kd_loss_terms, kd_total, l1_loss, l2_loss
+from tsal_dist.losses.kd import gradient_norms, kd_loss_terms, kd_total, l1_loss, l2_loss
 from tsal_dist.loop.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
                                        model_from_checkpoint, restore_engines_,
                                        save_student_checkpoint, save_teacher_checkpoint,
@@ -95,17 +95,32 @@ def _tensors(out: Any) -> list[Tensor]:
     return [t for part in parts for t in _tensors(part)]
 
 
-def _mean_over_ranks(x: float) -> float:
-    """``x`` averaged over the ranks of the process group (``x`` itself in one process)."""
+def _mean_over_ranks(x: list[float], device: torch.device) -> list[float]:
+    """``x`` averaged element-wise over the ranks of the process group (``x`` itself in one
+    process); NCCL reduces on this rank's ``device``."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return x
-    t = torch.tensor([x], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+        return list(x)
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(x, dtype=torch.float64, device=on)
     dist.all_reduce(t)
-    return float(t.item()) / dist.get_world_size()
+    return (t / dist.get_world_size()).tolist()
+
+
+def _matched_scale(pred: Tensor, reference: Tensor, loss: Tensor, device: torch.device) -> float:
+    """``kd.switch: matched``: the factor that gives ``loss`` the gradient norm of ``reference``
+    at the predictions, both norms averaged over the ranks first (every rank gets the same factor,
+    or the same error).
+
+    Raises:
+        FloatingPointError: ``loss`` has no gradient at the predictions on any rank.
+    """
+    ref, own = _mean_over_ranks(list(gradient_norms(pred, reference, loss)), device)
+    if not own > 0:
+        raise FloatingPointError("kd.switch matched: KD-Loss has no gradient at the predictions "
+                                 "on the first KD batch; nothing to match")
+    return ref / own
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
@@ -340,8 +355,7 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
             loss = kd_total(terms, params)
             if dcfg.kd.switch == "matched":
                 if kd_scale is None:
-                    ratio = gradient_ratio(pred, l2_loss(pred, gt, vis), loss)
-                    kd_scale = _mean_over_ranks(ratio)
+                    kd_scale = _matched_scale(pred, l2_loss(pred, gt, vis), loss, ctx.device)
                 loss = kd_scale * loss
         elif dcfg.kd.loss in ("l2", "kd"):  # "kd" here: its L2 warm-up
             terms = {"l2": l2_loss(pred, gt, vis)}
@@ -358,8 +372,10 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
         with torch.no_grad():  # the metric every variant shares: mean |error| in crop px
             err = float(((pred.detach() - gt) * size).norm(dim=-1).mul(vis).sum()
                         / vis.sum().clamp_min(1))
-        logged = {"loss": float(loss.detach()), "px_error": err, "grad_norm": grad_norm,
+        logged = {"loss": float(loss.detach()), "px_error": err,
                   **{n_: float(v_.detach()) for n_, v_ in terms.items()}}
+        if grad_norm > 0:  # 0: unknown (no clipping in a DDP engine)
+            logged["grad_norm"] = grad_norm
         if kd_scale is not None:
             logged["kd_scale"] = kd_scale
         for name, v in logged.items():

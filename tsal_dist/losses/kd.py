@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["KDLossParams", "assistive_weight", "assistive_loss", "main_loss", "kd_loss_terms",
-           "kd_total", "gradient_ratio", "l1_loss", "l2_loss"]
+           "kd_total", "gradient_norms", "l1_loss", "l2_loss"]
 
 
 @dataclass(frozen=True)
@@ -173,20 +173,13 @@ def l2_loss(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
     return _masked_mean((pred - gt) ** 2, mask)
 
 
-def gradient_ratio(pred: Tensor, reference: Tensor, loss: Tensor) -> float:
-    """``||d reference / d pred|| / ||d loss / d pred||``: the factor that gives ``loss`` the
-    gradient norm of ``reference`` at the predictions (``kd.switch: matched``). Both losses must
-    come from ``pred``'s graph, which is kept for the caller's backward.
-
-    Raises:
-        ValueError: ``loss`` has no gradient at ``pred`` (a zero-norm gradient).
-    """
+def gradient_norms(pred: Tensor, reference: Tensor, loss: Tensor) -> tuple[float, float]:
+    """``(||d reference / d pred||, ||d loss / d pred||)``: their ratio is the factor that gives
+    ``loss`` the gradient norm of ``reference`` at the predictions (``kd.switch: matched``). Both
+    losses must come from ``pred``'s graph, which is kept for the caller's backward."""
     g_ref, = torch.autograd.grad(reference, pred, retain_graph=True)
     g_loss, = torch.autograd.grad(loss, pred, retain_graph=True)
-    den = float(g_loss.norm())
-    if not den > 0:
-        raise ValueError("the loss has no gradient at the predictions; nothing to match")
-    return float(g_ref.norm()) / den
+    return float(g_ref.norm()), float(g_loss.norm())
 
 
 def l1_loss(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:

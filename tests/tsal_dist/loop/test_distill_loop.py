@@ -254,7 +254,18 @@ def test_kd_matched_switch_scales_kd_loss_and_resumes_with_its_scale(tmp_path):
     b = load_checkpoint(latest_checkpoint(tmp_path / "b" / "checkpoints"))["student"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ConfigError, match="kd.switch"):
-        load_distill_config(None, {"kd.loss": "l2", "kd.switch": "matched"})
+        load_distill_config(None, {"kd.loss": "l2", "kd.switch": "matched",
+                                   "kd.l2_warmup_steps": 5})
+    with pytest.raises(ConfigError, match="kd.switch.*l2_warmup_steps"):
+        load_distill_config(None, {"kd.switch": "matched"})
+    # the scale's norms are averaged over ranks before the check: a KD-Loss without gradient
+    # fails the same way everywhere
+    from tsal_dist.loop.distill_loop import _matched_scale
+
+    p = torch.rand(2, 68, 2, requires_grad=True)
+    with pytest.raises(FloatingPointError, match="no gradient"):
+        _matched_scale(p, (p ** 2).mean(), 0 * p.sum(), torch.device("cpu"))
+    assert _matched_scale(p, p.sum(), 4 * p.sum(), torch.device("cpu")) == pytest.approx(0.25)
 
 
 def test_kd_jump_rescales_the_same_loss_from_its_step(tmp_path):
@@ -272,6 +283,7 @@ def test_kd_jump_rescales_the_same_loss_from_its_step(tmp_path):
     assert rows[0]["student/loss"] == pytest.approx(rows[0]["student/l2"])
     for r in rows[1:]:
         assert r["student/loss"] == pytest.approx(35.0 * r["student/l2"])
-    for bad in ({"kd.jump_step": -1}, {"kd.jump_factor": 0}):
-        with pytest.raises(ConfigError, match=next(iter(bad))):
+    for bad in ({"kd.jump_step": -1}, {"kd.jump_step": 3, "kd.jump_factor": 0},
+                {"kd.jump_factor": 2.0}):  # a factor without a step would do nothing
+        with pytest.raises(ConfigError, match=list(bad)[-1]):
             load_distill_config(None, bad)
