@@ -112,10 +112,10 @@ def probe_run(run_dir: Path, batch: int) -> dict[str, Any]:
     """One run's teacher scored as trained and with both re-estimations."""
     import torch
 
+    from tsal_dist.data.build import augmentation_args, build_run_data
     from tsal_dist.data.clips import ClipDataset
     from tsal_dist.data.datasets import LabeledImageDataset
     from tsal_dist.data.formats import read_list
-    from tsal_dist.data.lists import resolve_data, split_labeled
     from tsal_dist.loop.checkpoint import latest_checkpoint, model_from_checkpoint
     from tsal_dist.loop.evaluation import evaluate_lists
 
@@ -125,11 +125,8 @@ def probe_run(run_dir: Path, batch: int) -> dict[str, Any]:
         raise SystemExit(f"{run_dir}: no checkpoint to probe")
     cm = model_from_checkpoint(ckpt, "teacher")
     cfg, d, m = cm.config, cm.config.data, cm.config.model
-    lists = resolve_data(cfg)
-    train, _ = split_labeled([e for p in lists.labeled for e in read_list(p)],
-                             cfg.run.val_images, d.labeled_limit)
-    aug = dict(rotate_max_deg=d.rotate_max_deg, scale_min=d.scale_min, scale_max=d.scale_max,
-               shift_max_frac=d.shift_max_frac, flip=d.flip)
+    run_data = build_run_data(cfg, clips=False)  # the run's lists and its training images
+    lists, train, aug = run_data.lists, run_data.labeled.entries, augmentation_args(d)
     videos = [e for p in lists.unlabeled for e in read_list(p)]
     sources = {}
     for augment in (False, True):

@@ -39,6 +39,7 @@ def pipeline_rate(cfg: Any, n_batches: int) -> dict[str, float]:
     import torch
 
     from tsal_dist.data.batches import StepBatches
+    from tsal_dist.data.build import augmentation_args
     from tsal_dist.data.datasets import ClipDataset, LabeledImageDataset
     from tsal_dist.data.formats import read_list
     from tsal_dist.data.lists import resolve_data
@@ -47,8 +48,7 @@ def pipeline_rate(cfg: Any, n_batches: int) -> dict[str, float]:
     torch.set_num_threads(1)
     d, m, o = cfg.data, cfg.model, cfg.optim
     lists = resolve_data(cfg)
-    aug = dict(rotate_max_deg=d.rotate_max_deg, scale_min=d.scale_min, scale_max=d.scale_max,
-               shift_max_frac=d.shift_max_frac, flip=d.flip)
+    aug = augmentation_args(d)
     labeled = LabeledImageDataset([e for p in lists.labeled for e in read_list(p)],
                                   num_points=d.num_points, input_size=m.input_size,
                                   pre_crop_expand=d.pre_crop_expand, augment=True, **aug)

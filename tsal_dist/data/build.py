@@ -8,8 +8,9 @@ What does not belong here: the datasets themselves (``datasets.py``), which list
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from tsal_dist.config import ExperimentConfig
+from tsal_dist.config import DataConfig, ExperimentConfig
 from tsal_dist.data.clips import ClipDataset
 from tsal_dist.data.datasets import EvalImageDataset, LabeledImageDataset
 from tsal_dist.data.formats import read_list
@@ -35,6 +36,12 @@ class RunData:
     clips: ClipDataset | None
 
 
+def augmentation_args(d: DataConfig) -> dict[str, Any]:
+    """The training augmentation of ``data`` as the crop datasets' keyword arguments."""
+    return dict(rotate_max_deg=d.rotate_max_deg, scale_min=d.scale_min, scale_max=d.scale_max,
+                shift_max_frac=d.shift_max_frac, flip=d.flip)
+
+
 def build_run_data(cfg: ExperimentConfig, *, clips: bool = True) -> RunData:
     """Resolve the lists (generating the synthetic data once if none is configured) and build
     the datasets; ``clips=False`` skips the unlabeled clips (a supervised run)."""
@@ -43,8 +50,7 @@ def build_run_data(cfg: ExperimentConfig, *, clips: bool = True) -> RunData:
     labeled_entries = [e for p in lists.labeled for e in read_list(p)]
     train_entries, val_entries = split_labeled(labeled_entries, cfg.run.val_images,
                                                d.labeled_limit)
-    aug = dict(rotate_max_deg=d.rotate_max_deg, scale_min=d.scale_min, scale_max=d.scale_max,
-               shift_max_frac=d.shift_max_frac, flip=d.flip)
+    aug = augmentation_args(d)
     labeled = LabeledImageDataset(train_entries, num_points=d.num_points,
                                   input_size=m.input_size, pre_crop_expand=d.pre_crop_expand,
                                   augment=True, strict=d.strict, **aug)
