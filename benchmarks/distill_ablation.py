@@ -307,6 +307,13 @@ def switch_shock(runs: list[dict[str, Any]], student_steps: int,
     return out
 
 
+def _compared(d: dict[str, Any]) -> str:
+    """How a paired difference (variant − reference) reads: better, worse or no different."""
+    sig = d.get("significant")
+    return ("significantly better than" if sig and d["mean"] < 0 else
+            "significantly worse than" if sig else "not significantly different from")
+
+
 def verdict(summary: list[dict[str, Any]], lists: list[str]) -> str:
     """Does KD-Loss beat L2 by the 10 % the issue asks, and is any difference significant?"""
     parts = []
@@ -321,18 +328,13 @@ def verdict(summary: list[dict[str, Any]], lists: list[str]) -> str:
             if not r or "delta_vs_l2" not in r:
                 continue
             d = r["delta_vs_l2"]
-            sig = d.get("significant")
-            word = ("significantly better than" if sig and d["mean"] < 0 else
-                    "significantly worse than" if sig else "not significantly different from")
-            txt.append(f"{v} {100 * r['nme_mean']:.2f} % is {word} L2 "
+            txt.append(f"{v} {100 * r['nme_mean']:.2f} % is {_compared(d)} L2 "
                        f"(Δ {_delta(d)} pp, {100 * r['rel_vs_l2']:+.1f} %)")
         for v, r in rows.items():
             if "against" in r:
                 d = r["against"]["delta"]
-                word = ("significantly better than" if d.get("significant") and d["mean"] < 0
-                        else "significantly worse than" if d.get("significant")
-                        else "not significantly different from")
-                txt.append(f"{v} is {word} {r['against']['variant']} (Δ {_delta(d)} pp)")
+                txt.append(f"{v} is {_compared(d)} {r['against']['variant']} "
+                           f"(Δ {_delta(d)} pp)")
         parts.append("; ".join(txt))
     return ". ".join(parts) + "."
 
