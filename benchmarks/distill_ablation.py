@@ -79,13 +79,22 @@ VARIANTS = {  # name -> overrides of the student's loss
     # is the gain of "after L2" KD-Loss's, or the jump's?
     "L2, x35 at the switch": {"kd.loss": "l2", "kd.jump_factor": 35.0,
                               "l2_warmup_fraction": 1 / 3},
+    # the matched switch (no large steps after it) ends worse: do larger steps throughout the
+    # KD-Loss phase gain more? (the schedule's rate x3 from the switch on)
+    "KD-Loss (paper) after L2, lr x3": {"kd.loss": "kd", "kd.variant": "paper",
+                                        "kd.switch_lr_factor": 3.0, "l2_warmup_fraction": 1 / 3},
+    # an earlier switch (step 500, before most L2 students have left the mean shape)
+    "KD-Loss (paper) after L2, early": {"kd.loss": "kd", "kd.variant": "paper",
+                                        "l2_warmup_fraction": 1 / 6},
 }
 BASELINE = "L2"
 # variants judged against another variant than L2 (paired by seed): the switch's alternatives
 # against the switch they change
 AGAINST = {"KD-Loss (code) after L2, matched": "KD-Loss (code) after L2",
            "KD-Loss (paper) after L2, matched": "KD-Loss (paper) after L2",
-           "KD-Loss (paper) after L2, half": "KD-Loss (paper) after L2"}
+           "KD-Loss (paper) after L2, half": "KD-Loss (paper) after L2",
+           "KD-Loss (paper) after L2, lr x3": "KD-Loss (paper) after L2",
+           "KD-Loss (paper) after L2, early": "KD-Loss (paper) after L2"}
 ESCAPE_PX = 9.0  # running training error (px at 96) below which a student has left the mean shape
 QUICK = {"experiment.data.synthetic.images": 48, "experiment.data.synthetic.test_images": 12,
          "experiment.data.synthetic.videos": 1, "experiment.data.synthetic.test_videos": 1,
@@ -206,6 +215,41 @@ def _kd_scale(run_dir: Path) -> dict[str, float]:
     return {"kd_scale": scales[-1]} if scales else {}
 
 
+def reuse_recorded(path: Path, base: DistillConfig, teachers: dict[str, Any], work: Path,
+                   variants: list[str], seeds: list[int]) -> int:
+    """Write the runs of a recorded results json whose config is the one this command would run
+    as finished run folders under ``work`` (so they are reused, not re-run); returns how many.
+
+    A recorded run is only as good as its teachers: unless the teachers trained here score
+    exactly as recorded (same data, code and arithmetic), nothing is reused (SystemExit)."""
+    try:
+        doc = json.loads(path.read_text())
+        recorded, runs = doc["teachers"], doc["runs"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"{path}: not a results json of this benchmark ({e})") from None
+    if recorded != teachers:
+        raise SystemExit(f"{path}: its teachers scored {_teacher_nmes(recorded)}, the ones "
+                         f"trained here {_teacher_nmes(teachers)}: its runs are not this "
+                         f"machine's and are not reused")
+    n = 0
+    for r in runs:
+        v, s = r.get("variant"), r.get("seed")
+        if v not in variants or s not in seeds or r.get("config_hash") != \
+                job_config(base, v, s).hash():
+            continue
+        done = work / run_name(v, s) / "result.json"
+        if not done.is_file():
+            done.parent.mkdir(parents=True, exist_ok=True)
+            write_text(done, json.dumps({k: x for k, x in r.items() if k != "reused"}))
+        n += 1
+    return n
+
+
+def _teacher_nmes(t: dict[str, Any]) -> str:
+    return "; ".join(f"{label} " + ", ".join(f"{100 * x['nme_io']:.4f} %" for x in per.values())
+                     for label, per in t.items())
+
+
 def run_student(base_flat: dict[str, Any], variant: str, seed: int,
                 work: str) -> dict[str, Any]:
     """One student (resumes its run folder); its scores on every test list."""
@@ -214,13 +258,13 @@ def run_student(base_flat: dict[str, Any], variant: str, seed: int,
     cfg = job_config(base, variant, seed)
     run_dir = Path(work) / run_name(variant, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "asm.npz").is_file():  # the teachers' ASM, never refitted
-        shutil.copy(Path(work) / "teachers_run" / "asm.npz", run_dir / "asm.npz")
     done = run_dir / "result.json"
     if done.is_file():
         got = json.loads(done.read_text())
         if got.get("config_hash") == cfg.hash():  # finished under this very config: reuse
             return {**got, **_kd_scale(run_dir), "reused": True}
+    if not (run_dir / "asm.npz").is_file():  # the teachers' ASM, never refitted
+        shutil.copy(Path(work) / "teachers_run" / "asm.npz", run_dir / "asm.npz")
     t0 = time.time()
     summary = run_distill(cfg, run_dir=run_dir, teacher_dir=Path(work) / "teachers",
                           progress=False, export=False, teacher_cache=_TEACHER_CACHE)
@@ -481,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="run folders (resumable)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny data: checks the pipeline; results go under --work/results")
+    ap.add_argument("--reuse-from", metavar="JSON",
+                    help="a recorded results json of this benchmark: its runs whose config "
+                         "matches are taken as done (written into --work) instead of re-run; "
+                         "refused unless the teachers trained here score exactly as recorded")
     ap.add_argument("--no-latency", action="store_true",
                     help="leave the latency column for a later --latency run on a quiet machine")
     ap.add_argument("--latency", action="store_true",
@@ -507,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # latency is measured on one thread
     lists = list(next(iter(teachers.values())))
     seeds = list(range(args.seeds))
+    if args.reuse_from:
+        n = reuse_recorded(Path(args.reuse_from), base, teachers, work, args.variants, seeds)
+        print(f"reusing {n} recorded run(s) from {args.reuse_from}", flush=True)
     doc: dict[str, Any] = {
         "command": shlex.join(["python", "benchmarks/distill_ablation.py",
                                *(argv or sys.argv[1:])]),

@@ -156,3 +156,46 @@ def test_switch_alternatives_are_also_paired_with_the_switch_they_change():
     text = mod.verdict(mod.summarise(runs, ["images"]), ["images"])
     assert ("KD-Loss (paper) after L2, matched is significantly worse than KD-Loss (paper) after "
             "L2 (Δ +0.70" in text)
+
+
+def test_lr_and_early_switch_variants_configure_the_switch_they_change():
+    mod = _module()
+    base = mod.base_config(10, 30, quick=True)
+    lr3 = mod.job_config(base, "KD-Loss (paper) after L2, lr x3", 1)
+    early = mod.job_config(base, "KD-Loss (paper) after L2, early", 1)
+    assert (lr3.kd.loss, lr3.kd.variant, lr3.kd.l2_warmup_steps, lr3.kd.switch_lr_factor) == (
+        "kd", "paper", 10, 3.0)
+    assert (early.kd.l2_warmup_steps, early.kd.switch_lr_factor) == (5, 1.0)
+    assert mod.AGAINST["KD-Loss (paper) after L2, lr x3"] == "KD-Loss (paper) after L2"
+    assert mod.AGAINST["KD-Loss (paper) after L2, early"] == "KD-Loss (paper) after L2"
+
+
+def test_reuse_recorded_takes_only_matching_runs_and_only_with_the_same_teachers(tmp_path):
+    import json
+
+    mod = _module()
+    base = mod.base_config(10, 30, quick=True)
+    teachers = {"Tough teacher": {"images": {"nme_io": 0.07}}}
+    runs = []
+    for v, s in (("L2", 0), ("L2", 1), ("KD-Loss (paper)", 0)):
+        r = _run(v, s, 0.1, 0.1)
+        runs.append({**r, "config_hash": mod.job_config(base, v, s).hash(), "reused": True})
+    runs.append({**_run("L1", 0, 0.1, 0.1), "config_hash": "another config"})
+    rec = tmp_path / "rec.json"
+    rec.write_text(json.dumps({"teachers": teachers, "runs": runs}))
+    work = tmp_path / "w"
+    n = mod.reuse_recorded(rec, base, teachers, work, ["L2", "L1", "KD-Loss (paper)"], [0])
+    assert n == 2  # L2 s1 is not asked for, L1's config is not this one
+    got = json.loads((work / mod.run_name("L2", 0) / "result.json").read_text())
+    assert got == {k: v for k, v in runs[0].items() if k != "reused"}
+    assert not (work / mod.run_name("L1", 0)).exists()
+    # ... and the runner takes such a folder as finished (no training)
+    flat = mod._flat(base)
+    assert mod.run_student(flat, "L2", 0, str(work))["reused"] is True
+    other = {"Tough teacher": {"images": {"nme_io": 0.0701}}}
+    with pytest.raises(SystemExit, match="rec.json: its teachers scored Tough teacher 7.0000 %.*here Tough teacher 7.0100 %"):
+        mod.reuse_recorded(rec, base, other, tmp_path / "w2", ["L2"], [0])
+    assert not (tmp_path / "w2").exists()
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match="bad.json: not a results json"):
+        mod.reuse_recorded(tmp_path / "bad.json", base, teachers, work, ["L2"], [0])

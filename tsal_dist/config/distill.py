@@ -118,6 +118,11 @@ class KDConfig:
     # optimizer sees a switch's jump in gradient scale without any change of loss.
     jump_step: int = later(0)
     jump_factor: float = later(1.0)
+    # The learning rate from the switch to KD-Loss on, as a multiple of the schedule's (1 = the
+    # schedule as it is). KD-Loss's gain after the warm-up comes with the optimizer's large steps
+    # right after the switch (a matched switch, without them, ends worse), so this asks whether
+    # larger steps throughout the KD-Loss phase gain more (benchmarks/distill_ablation.py).
+    switch_lr_factor: float = later(1.0)
 
     def __post_init__(self) -> None:
         check(self.l2_warmup_steps >= 0, "kd.l2_warmup_steps", "must be >= 0")
@@ -125,6 +130,10 @@ class KDConfig:
         check(self.jump_factor > 0, "kd.jump_factor", "must be > 0")
         check(self.jump_factor == 1.0 or self.jump_step > 0, "kd.jump_factor",
               "needs kd.jump_step > 0 (the step from which the loss is multiplied)")
+        check(self.switch_lr_factor > 0, "kd.switch_lr_factor", "must be > 0")
+        check(self.switch_lr_factor == 1.0 or (self.loss == "kd" and self.l2_warmup_steps > 0),
+              "kd.switch_lr_factor", "needs kd.loss 'kd' and kd.l2_warmup_steps > 0 (it scales "
+              "the learning rate from the switch to KD-Loss on)")
         check(self.switch == "abrupt" or self.l2_warmup_steps > 0, "kd.switch",
               "'matched' needs kd.l2_warmup_steps > 0 (it matches KD-Loss to L2 at the switch)")
         check(self.switch == "abrupt" or self.loss == "kd", "kd.switch",

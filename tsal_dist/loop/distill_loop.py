@@ -368,6 +368,8 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
         student.backward(loss)
         lr = lr_at(step, base_lr=o.lr, total_steps=o.steps, warmup_steps=o.warmup_steps,
                    schedule=o.schedule, milestones=o.milestones, gamma=o.gamma)
+        if dcfg.kd.loss == "kd" and step >= dcfg.kd.l2_warmup_steps:
+            lr *= dcfg.kd.switch_lr_factor  # 1 unless the KD-Loss phase has its own rate
         grad_norm = student.step(lr)  # before clipping (0: unknown, e.g. no clipping)
         with torch.no_grad():  # the metric every variant shares: mean |error| in crop px
             err = float(((pred.detach() - gt) * size).norm(dim=-1).mul(vis).sum()

@@ -287,3 +287,34 @@ def test_kd_jump_rescales_the_same_loss_from_its_step(tmp_path):
                 {"kd.jump_factor": 2.0}):  # a factor without a step would do nothing
         with pytest.raises(ConfigError, match=list(bad)[-1]):
             load_distill_config(None, bad)
+
+
+def test_kd_switch_lr_factor_scales_the_rate_from_the_switch_on(tmp_path):
+    """``kd.switch_lr_factor``: the schedule's rate until the switch to KD-Loss, that rate times the
+    factor after it: in the log and in what the optimizer was last given (its checkpoint)."""
+    from tsal_dist.loop.schedules import lr_at
+
+    base = {**TINY, "experiment.data.cache_dir": str(tmp_path / "c"),
+            "experiment.run.log_every": 3, "experiment.run.checkpoint_every": 9,
+            "experiment.optim.steps": 9, "experiment.optim.schedule": "cosine",
+            "kd.l2_warmup_steps": 4, "kd.variant": "paper", "kd.switch_lr_factor": 3.0}
+    cfg = load_distill_config(None, base)
+    run_distill(cfg, run_dir=tmp_path / "r", progress=False, final_eval=False)
+    o = cfg.experiment.optim
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+            if '"student"' in x]
+    for r in rows:  # each row: the rate of its window's last step (index step - 1)
+        k = r["step"] - 1
+        plain = lr_at(k, base_lr=o.lr, total_steps=o.steps, warmup_steps=o.warmup_steps,
+                      schedule="cosine")
+        assert r["lr"] == pytest.approx(plain * (3.0 if k >= 4 else 1.0)), r["step"]
+    assert "student/l2" in rows[0] and "student/main" in rows[-1]
+    ck = load_checkpoint(latest_checkpoint(tmp_path / "r" / "checkpoints"))
+    last = lr_at(8, base_lr=o.lr, total_steps=o.steps, warmup_steps=o.warmup_steps,
+                 schedule="cosine")
+    groups = ck["student_optim"]["param_groups"]
+    assert groups and all(g["lr"] == pytest.approx(3.0 * last) for g in groups)
+    for bad in ({"kd.switch_lr_factor": 0}, {"kd.switch_lr_factor": 2.0},  # no switch
+                {"kd.loss": "l2", "kd.l2_warmup_steps": 4, "kd.switch_lr_factor": 2.0}):
+        with pytest.raises(ConfigError, match="kd.switch_lr_factor"):
+            load_distill_config(None, bad)
