@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
@@ -171,8 +172,6 @@ def test_lr_and_early_switch_variants_configure_the_switch_they_change():
 
 
 def test_reuse_recorded_takes_only_matching_runs_and_only_with_the_same_teachers(tmp_path):
-    import json
-
     mod = _module()
     base = mod.base_config(10, 30, quick=True)
     teachers = {"Tough teacher": {"images": {"nme_io": 0.07}}}
@@ -193,7 +192,8 @@ def test_reuse_recorded_takes_only_matching_runs_and_only_with_the_same_teachers
     flat = mod._flat(base)
     assert mod.run_student(flat, "L2", 0, str(work))["reused"] is True
     other = {"Tough teacher": {"images": {"nme_io": 0.0701}}}
-    with pytest.raises(SystemExit, match="rec.json: its teachers scored Tough teacher 7.0000 %.*here Tough teacher 7.0100 %"):
+    with pytest.raises(SystemExit, match="rec.json: its teachers scored Tough teacher 7.0000 %"
+                                         ".*here Tough teacher 7.0100 %"):
         mod.reuse_recorded(rec, base, other, tmp_path / "w2", ["L2"], [0])
     assert not (tmp_path / "w2").exists()
     (tmp_path / "bad.json").write_text("{")

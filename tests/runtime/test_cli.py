@@ -166,9 +166,11 @@ def test_module_entry_point(tmp_path: Path, const_model: Path) -> None:
     assert r.stderr.count("error:") == 1
 
 
-def _subprocess_cli(*args: str, **kw) -> subprocess.Popen:
+def _subprocess_cli(*args: str, code: str | None = None, **kw) -> subprocess.Popen:
+    """The CLI in a child process (``code``: Python run instead of ``-m tsal_runtime``)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime")}
-    return subprocess.Popen([sys.executable, "-m", "tsal_runtime", *args], env=env,
+    cmd = ["-c", code] if code is not None else ["-m", "tsal_runtime"]
+    return subprocess.Popen([sys.executable, *cmd, *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -233,11 +235,9 @@ def test_sigterm_finalises_the_mp4(tmp_path: Path, const_model: Path) -> None:
         "cv2.VideoCapture = EndlessCamera\n"
         "from tsal_runtime.cli import main\n"
         "raise SystemExit(main(sys.argv[1:]))\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime")}
-    p = subprocess.Popen([sys.executable, "-c", child, "--model", str(const_model), "--camera",
-                          "0", "--headless", "--detector", "boxes:/dev/null", "--output",
-                          str(out), "--json", str(js)],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = _subprocess_cli("--model", str(const_model), "--camera", "0", "--headless",
+                        "--detector", "boxes:/dev/null", "--output", str(out), "--json", str(js),
+                        code=child)
     deadline = time.time() + 180  # a loaded machine starts the CLI slowly
     while time.time() < deadline and (not js.exists() or len(js.read_text()) < 2000):
         assert p.poll() is None, p.communicate()[1]

@@ -340,7 +340,8 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
         # through the engine's forward (DDP), decoded by the model: the one model interface
         out = student.module(b["image"])
         pred = student_model.decode(out).landmarks + _unused_heads(out)
-        if dcfg.kd.loss == "kd" and step >= dcfg.kd.l2_warmup_steps:
+        kd_phase = dcfg.kd.loss == "kd" and step >= dcfg.kd.l2_warmup_steps
+        if kd_phase:
             key = (str(tdir), dcfg.teachers.steps, e.train.seed, ctx.rank, ctx.world_size,
                    o.batch_size, step)
             if teacher_cache is not None and key in teacher_cache:
@@ -368,7 +369,7 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
         student.backward(loss)
         lr = lr_at(step, base_lr=o.lr, total_steps=o.steps, warmup_steps=o.warmup_steps,
                    schedule=o.schedule, milestones=o.milestones, gamma=o.gamma)
-        if dcfg.kd.loss == "kd" and step >= dcfg.kd.l2_warmup_steps:
+        if kd_phase:
             lr *= dcfg.kd.switch_lr_factor  # 1 unless the KD-Loss phase has its own rate
         grad_norm = student.step(lr)  # before clipping (0: unknown, e.g. no clipping)
         with torch.no_grad():  # the metric every variant shares: mean |error| in crop px
