@@ -272,7 +272,7 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: list[dict[str, Any]]) -> None:
+def plot(summary: list[dict[str, Any]], to: Path = RESULTS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,7 +295,7 @@ def plot(summary: list[dict[str, Any]]) -> None:
             ax.set_title(es)
             ax.legend()
         fig.tight_layout()
-        save_figure(fig, RESULTS / "semi_supervised_curve.png")
+        save_figure(fig, to / "semi_supervised_curve.png")
     comp = [r for r in summary if r["table"] == "compare" and "nme_delta" in r]
     if comp:
         keys = sorted({(r["labeled"], r["model"], r["eval_set"]) for r in comp})
@@ -313,7 +313,7 @@ def plot(summary: list[dict[str, Any]]) -> None:
             ax.set_xlabel("Δ NME vs supervised, pp (95 % CI)")
             ax.set_title(f"L={lab} {model} {es}", fontsize=9)
         fig.tight_layout()
-        save_figure(fig, RESULTS / "semi_supervised.png")
+        save_figure(fig, to / "semi_supervised.png")
 
 
 def load_doc(folder: Path = RESULTS) -> dict[str, Any]:
@@ -330,8 +330,7 @@ def write_outputs(doc: dict[str, Any], *, to: Path = RESULTS, show: bool = True)
     to.mkdir(parents=True, exist_ok=True)
     write_text(to / "semi_supervised.json", json.dumps(doc, indent=1))
     write_text(to / "semi_supervised_table.md", markdown(doc["summary"], doc["meta"]))
-    if to == RESULTS:
-        plot(doc["summary"])
+    plot(doc["summary"], to)  # the plots beside their tables, in any --results folder
     if show:
         print(markdown(doc["summary"], doc["meta"]))
 

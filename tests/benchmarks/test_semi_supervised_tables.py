@@ -123,6 +123,10 @@ def test_quick_compare_runs_end_to_end_and_resumes(tmp_path):
     assert {r["eval_set"] for r in rows} == {"synthetic.test.lst", "synthetic.videos.test.lst"}
     video = next(r for r in rows if r["eval_set"] == "synthetic.videos.test.lst")
     assert video["nmj"] > 0 and len(video["nme_delta"]["per_seed"]) == 2
+    # the table and the plot beside the json, in the tables' own folder
+    res = tmp_path / "results"
+    assert "tsal-published-mutual" in (res / "semi_supervised_table.md").read_text()
+    assert (res / "semi_supervised.png").read_bytes()[:4] == b"\x89PNG"
     # the tracking probe (semi_supervised.md, H4) on one of these runs, end to end
     probe = load_script("tracking_probe")
     out = tmp_path / "probe"
