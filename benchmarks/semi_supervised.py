@@ -27,6 +27,7 @@ is reused when its config matches, an unfinished one resumes from its checkpoint
   python benchmarks/semi_supervised.py diagnose [--labeled 50 --seeds 0 1 2]
   python benchmarks/semi_supervised.py tune    [--labeled 50 --seeds 0 1 2]
   python benchmarks/semi_supervised.py tables  (rebuild the tables and plots from the JSON)
+  add --vs METHOD to pair every method with METHOD too (a section of the table, "vs" in the JSON)
   add --quick for a CI-sized check of the whole pipeline (tiny data, a few steps; results are
   written under --out only).
 
@@ -235,13 +236,39 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def head_to_head(rows: list[dict[str, Any]], against: str) -> list[dict[str, Any]]:
+    """Every other method against ``against`` (not only against supervised-only): the NME and
+    NMJ differences paired by seed at the same table, L, model and eval set, with 95 % intervals.
+    Judges TSAL against the field's baseline directly, on the same seeds."""
+    by: dict[tuple, dict[int, dict]] = {}
+    for r in rows:
+        by.setdefault((r["table"], r["method"], r["labeled"], r["model"], r["eval_set"]),
+                      {})[r["seed"]] = r
+    out = []
+    for (table, m, lab, model, es), runs in sorted(by.items(), key=lambda kv: str(kv[0])):
+        base = by.get((table, against, lab, model, es))
+        if m in (against, "supervised") or not base:
+            continue
+        row: dict[str, Any] = {"table": table, "method": m, "against": against, "labeled": lab,
+                               "model": model, "eval_set": es}
+        for key in ("nme", "nmj"):
+            d = paired({s: r[key] for s, r in runs.items() if r.get(key) is not None},
+                       {s: r[key] for s, r in base.items() if r.get(key) is not None})
+            if d is not None:
+                row[f"{key}_delta"] = d
+        if "nme_delta" in row:
+            out.append(row)
+    return out
+
+
 def _pct(x: float | None, sd: float | None = None) -> str:
     if x is None:
         return ""
     return f"{100 * x:.2f}" + (f" ± {100 * sd:.2f}" if sd else "")
 
 
-def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def markdown(summary: list[dict[str, Any]], meta: dict[str, Any],
+             vs: list[dict[str, Any]] | None = None) -> str:
     lines = ["# Semi-supervised benchmark (narrow labeled images, wide unlabeled video and "
              "tests): measured tables", "",
              f"{meta['machine']}. Commands: " + "; ".join(f"`{c}`" for c in meta["commands"]),
@@ -268,6 +295,17 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"{_delta(r.get('nme_delta'))} | "
                 f"{r['fr@0.08']:.3f} | {_pct(r.get('nmj'), r.get('nmj_sd'))} | "
                 f"{_delta(r.get('nmj_delta'))} |")
+        lines.append("")
+    if vs:
+        lines += [f"## Against {vs[0]['against']} (paired by seed)", "",
+                  f"Δ = method − {vs[0]['against']} on the same seeds, mean [95 % t interval], "
+                  "* where the interval excludes 0 (negative = the method is better).", "",
+                  "| method | L | model | eval set | seeds | Δ NME | Δ NMJ |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in vs:
+            lines.append(f"| {r['method']} | {r['labeled'] or 'all'} | {r['model']} | "
+                         f"{r['eval_set']} | {r['nme_delta']['n']} | {_delta(r['nme_delta'])} | "
+                         f"{_delta(r.get('nmj_delta'))} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -327,12 +365,14 @@ def load_doc(folder: Path = RESULTS) -> dict[str, Any]:
 
 def write_outputs(doc: dict[str, Any], *, to: Path = RESULTS, show: bool = True) -> None:
     doc["summary"] = aggregate(doc["rows"])
+    against = doc["meta"].get("vs")
+    doc["vs"] = head_to_head(doc["rows"], against) if against else []
     to.mkdir(parents=True, exist_ok=True)
     write_text(to / "semi_supervised.json", json.dumps(doc, indent=1))
-    write_text(to / "semi_supervised_table.md", markdown(doc["summary"], doc["meta"]))
+    write_text(to / "semi_supervised_table.md", markdown(doc["summary"], doc["meta"], doc["vs"]))
     plot(doc["summary"], to)  # the plots beside their tables, in any --results folder
     if show:
-        print(markdown(doc["summary"], doc["meta"]))
+        print(markdown(doc["summary"], doc["meta"], doc["vs"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,11 +395,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder of the tables (default benchmarks/results; with --quick "
                         "OUT/results): runs made on another machine go elsewhere, so that the "
                         "recorded tables keep pairing runs of one machine")
+    p.add_argument("--vs", default=None, metavar="METHOD",
+                   help="also pair every method with METHOD (not only with supervised-only), "
+                        "e.g. TSAL against the tuned baseline; kept in the JSON's meta, so "
+                        "later runs into the same --results keep the section")
     args = p.parse_args(argv)
     results_dir = Path(args.results) if args.results else (
         Path(args.out) / "results" if args.quick else RESULTS)
     if args.what == "tables":
-        write_outputs(load_doc(results_dir), to=results_dir)
+        doc = load_doc(results_dir)
+        if args.vs:
+            doc["meta"]["vs"] = args.vs
+        write_outputs(doc, to=results_dir)
         return 0
     table = TABLES[args.what]
     methods = args.methods or list(table)
@@ -388,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"each")
     meta["setting"] = {**SETTING, **(QUICK if args.quick else {}), "optim.steps": args.steps}
     meta["commands"] = sorted(set(meta.get("commands", [])) | {command})
+    if args.vs:
+        meta["vs"] = args.vs
     with ProcessPoolExecutor(max_workers=args.parallel) as ex:
         futs = {j: ex.submit(run_one, *j, args.steps, args.out, args.quick, args.what)
                 for j in jobs}

@@ -52,6 +52,35 @@ def test_paired_deltas_with_t_intervals_by_hand():
            f"{100 * mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" in md
 
 
+def test_head_to_head_pairs_every_method_with_the_baseline_by_seed(tmp_path):
+    mod = _module()
+    mt = {0: 0.150, 1: 0.140, 2: 0.145}
+    tsal = {0: 0.140, 1: 0.138, 2: 0.141, 3: 0.2}  # seed 3 has no baseline run: left out
+    rows = [_row("supervised", s, 0.139) for s in range(3)]
+    rows += [_row("mean-teacher-w0.1", s, v, nmj=0.02) for s, v in mt.items()]
+    rows += [_row("tsal-published-queue", s, v, nmj=0.01) for s, v in tsal.items()]
+    rows += [_row("tsal-published-queue", 0, 0.1, labeled=200)]  # no baseline at L = 200
+    (h,) = mod.head_to_head(rows, "mean-teacher-w0.1")
+    d = [tsal[s] - mt[s] for s in range(3)]
+    mean, half = statistics.fmean(d), 4.303 * statistics.stdev(d) / math.sqrt(3)  # t(.975, 2)
+    assert (h["method"], h["against"], h["labeled"]) == ("tsal-published-queue",
+                                                         "mean-teacher-w0.1", 50)
+    assert h["nme_delta"]["seeds"] == [0, 1, 2]
+    assert h["nme_delta"]["ci95"] == pytest.approx([mean - half, mean + half])
+    assert h["nme_delta"]["significant"] is (mean + half < 0)
+    assert h["nmj_delta"]["mean"] == pytest.approx(-0.01)
+    # kept in the JSON's meta: the tables rebuilt from the JSON keep the section
+    doc = {"version": 2, "meta": {"machine": "m", "commands": ["c"]}, "rows": rows}
+    (tmp_path / "semi_supervised.json").write_text(json.dumps(doc))
+    assert mod.main(["tables", "--results", str(tmp_path), "--vs", "mean-teacher-w0.1"]) == 0
+    assert mod.main(["tables", "--results", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "semi_supervised.json").read_text())
+    assert saved["meta"]["vs"] == "mean-teacher-w0.1" and len(saved["vs"]) == 1
+    md = (tmp_path / "semi_supervised_table.md").read_text()
+    assert "## Against mean-teacher-w0.1 (paired by seed)" in md
+    assert f"| tsal-published-queue | 50 | teacher | test.lst | 3 | {100 * mean:+.2f} [" in md
+
+
 def test_t_quantiles():
     mod = _module()
     assert mod.t975(4) == pytest.approx(2.776)
