@@ -245,7 +245,13 @@ def head_to_head(rows: list[dict[str, Any]], against: str) -> list[dict[str, Any
         by.setdefault((r["table"], r["method"], r["labeled"], r["model"], r["eval_set"]),
                       {})[r["seed"]] = r
     out = []
-    for (table, m, lab, model, es), runs in sorted(by.items(), key=lambda kv: str(kv[0])):
+    def order(key: tuple) -> tuple:  # as the tables: by L, teacher first, methods in order
+        table, m, lab, model, es = key
+        known = list(TABLES.get(table, {}))
+        return (table, lab or 10**9, model != "teacher", es,
+                known.index(m) if m in known else len(known), m)
+
+    for (table, m, lab, model, es), runs in sorted(by.items(), key=lambda kv: order(kv[0])):
         base = by.get((table, against, lab, model, es))
         if m in (against, "supervised") or not base:
             continue
