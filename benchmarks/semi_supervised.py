@@ -244,13 +244,14 @@ def head_to_head(rows: list[dict[str, Any]], against: str) -> list[dict[str, Any
     for r in rows:
         by.setdefault((r["table"], r["method"], r["labeled"], r["model"], r["eval_set"]),
                       {})[r["seed"]] = r
-    out = []
+
     def order(key: tuple) -> tuple:  # as the tables: by L, teacher first, methods in order
         table, m, lab, model, es = key
         known = list(TABLES.get(table, {}))
         return (table, lab or 10**9, model != "teacher", es,
                 known.index(m) if m in known else len(known), m)
 
+    out = []
     for (table, m, lab, model, es), runs in sorted(by.items(), key=lambda kv: order(kv[0])):
         base = by.get((table, against, lab, model, es))
         if m in (against, "supervised") or not base:
@@ -406,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. TSAL against the tuned baseline; kept in the JSON's meta, so "
                         "later runs into the same --results keep the section")
     args = p.parse_args(argv)
+    known = sorted({m for t in TABLES.values() for m in t} - {"supervised"})
+    if args.vs is not None and args.vs not in known:
+        p.error(f"--vs {args.vs}: not a method of any table (choose from {', '.join(known)})")
     results_dir = Path(args.results) if args.results else (
         Path(args.out) / "results" if args.quick else RESULTS)
     if args.what == "tables":

@@ -79,6 +79,8 @@ def test_head_to_head_pairs_every_method_with_the_baseline_by_seed(tmp_path):
     md = (tmp_path / "semi_supervised_table.md").read_text()
     assert "## Against mean-teacher-w0.1 (paired by seed)" in md
     assert f"| tsal-published-queue | 50 | teacher | test.lst | 3 | {100 * mean:+.2f} [" in md
+    with pytest.raises(SystemExit):  # a misspelt baseline is refused, not an empty section
+        mod.main(["tables", "--results", str(tmp_path), "--vs", "mean-teacher-w01"])
 
 
 def test_t_quantiles():
