@@ -199,13 +199,26 @@ def rows_of(results: list[dict[str, Any]], table: str) -> list[dict[str, Any]]:
     return rows
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sd over seeds per (table, method, L, model, eval set); for every metric the
-    difference to supervised-only at the same L, paired by seed, with its 95 % interval."""
+def _cells(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """The runs of each (table, method, L, model, eval set), in the order they came."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["table"], r["method"], r["labeled"], r["model"], r["eval_set"]),
                           []).append(r)
+    return groups
+
+
+def _table_order(r: dict[str, Any]) -> tuple:
+    """How the tables list a row: by L (all last), teacher first, eval set, methods in order."""
+    known = list(TABLES.get(r["table"], {}))
+    return (r["labeled"] or 10**9, r["model"] != "teacher", r["eval_set"],
+            known.index(r["method"]) if r["method"] in known else len(known), r["method"])
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sd over seeds per (table, method, L, model, eval set); for every metric the
+    difference to supervised-only at the same L, paired by seed, with its 95 % interval."""
+    groups = _cells(rows)
     out = []
     for (table, m, lab, model, es), rs in groups.items():
         row: dict[str, Any] = {"table": table, "method": m, "labeled": lab, "model": model,
@@ -240,32 +253,22 @@ def head_to_head(rows: list[dict[str, Any]], against: str) -> list[dict[str, Any
     """Every other method against ``against`` (not only against supervised-only): the NME and
     NMJ differences paired by seed at the same table, L, model and eval set, with 95 % intervals.
     Judges TSAL against the field's baseline directly, on the same seeds."""
-    by: dict[tuple, dict[int, dict]] = {}
-    for r in rows:
-        by.setdefault((r["table"], r["method"], r["labeled"], r["model"], r["eval_set"]),
-                      {})[r["seed"]] = r
-
-    def order(key: tuple) -> tuple:  # as the tables: by L, teacher first, methods in order
-        table, m, lab, model, es = key
-        known = list(TABLES.get(table, {}))
-        return (table, lab or 10**9, model != "teacher", es,
-                known.index(m) if m in known else len(known), m)
-
+    groups = _cells(rows)
     out = []
-    for (table, m, lab, model, es), runs in sorted(by.items(), key=lambda kv: order(kv[0])):
-        base = by.get((table, against, lab, model, es))
+    for (table, m, lab, model, es), runs in groups.items():
+        base = groups.get((table, against, lab, model, es))
         if m in (against, "supervised") or not base:
             continue
         row: dict[str, Any] = {"table": table, "method": m, "against": against, "labeled": lab,
                                "model": model, "eval_set": es}
         for key in ("nme", "nmj"):
-            d = paired({s: r[key] for s, r in runs.items() if r.get(key) is not None},
-                       {s: r[key] for s, r in base.items() if r.get(key) is not None})
+            d = paired({r["seed"]: r[key] for r in runs if r.get(key) is not None},
+                       {r["seed"]: r[key] for r in base if r.get(key) is not None})
             if d is not None:
                 row[f"{key}_delta"] = d
         if "nme_delta" in row:
             out.append(row)
-    return out
+    return sorted(out, key=lambda r: (r["table"], *_table_order(r)))
 
 
 def _pct(x: float | None, sd: float | None = None) -> str:
@@ -292,10 +295,7 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any],
         lines += [f"## {title}", "",
                   "| method | L | model | eval set | n | seeds | NME | Δ NME | FR@0.08 | NMJ | "
                   "Δ NMJ |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in sorted(rows, key=lambda r: (r["labeled"] or 10**9, r["model"] != "teacher",
-                                             r["eval_set"], list(TABLES[table]).index(r["method"])
-                                             if r["method"] in TABLES[table] else 99,
-                                             r["method"])):
+        for r in sorted(rows, key=_table_order):
             lines.append(
                 f"| {r['method']} | {r['labeled'] or 'all'} | {r['model']} | {r['eval_set']} | "
                 f"{r['count']} | {len(r['seeds'])} | {_pct(r.get('nme'), r.get('nme_sd'))} | "
@@ -305,8 +305,8 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any],
         lines.append("")
     if vs:
         lines += [f"## Against {vs[0]['against']} (paired by seed)", "",
-                  f"Δ = method − {vs[0]['against']} on the same seeds, mean [95 % t interval], "
-                  "* where the interval excludes 0 (negative = the method is better).", "",
+                  (f"Δ = method − {vs[0]['against']} on the same seeds, mean [95 % t interval], "
+                   "* where the interval excludes 0 (negative = the method is better)."), "",
                   "| method | L | model | eval set | seeds | Δ NME | Δ NMJ |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in vs:
@@ -373,13 +373,15 @@ def load_doc(folder: Path = RESULTS) -> dict[str, Any]:
 def write_outputs(doc: dict[str, Any], *, to: Path = RESULTS, show: bool = True) -> None:
     doc["summary"] = aggregate(doc["rows"])
     against = doc["meta"].get("vs")
-    doc["vs"] = head_to_head(doc["rows"], against) if against else []
+    if against:  # only in tables asked to pair with a baseline (--vs)
+        doc["vs"] = head_to_head(doc["rows"], against)
     to.mkdir(parents=True, exist_ok=True)
     write_text(to / "semi_supervised.json", json.dumps(doc, indent=1))
-    write_text(to / "semi_supervised_table.md", markdown(doc["summary"], doc["meta"], doc["vs"]))
+    table_md = markdown(doc["summary"], doc["meta"], doc.get("vs"))
+    write_text(to / "semi_supervised_table.md", table_md)
     plot(doc["summary"], to)  # the plots beside their tables, in any --results folder
     if show:
-        print(markdown(doc["summary"], doc["meta"], doc["vs"]))
+        print(table_md)
 
 
 def main(argv: list[str] | None = None) -> int:
