@@ -86,6 +86,10 @@ VARIANTS = {  # name -> overrides of the student's loss
     # an earlier switch (step 500, before most L2 students have left the mean shape)
     "KD-Loss (paper) after L2, early": {"kd.loss": "kd", "kd.variant": "paper",
                                         "l2_warmup_fraction": 1 / 6},
+    # the jump's cause: Adam's second moment, tuned to L2's gradient, lags KD-Loss's (~100x) for
+    # ~1000 steps; cleared at the switch (kd.switch: reset), Adam restarts at KD-Loss's scale
+    "KD-Loss (paper) after L2, Adam reset": {"kd.loss": "kd", "kd.variant": "paper",
+                                             "kd.switch": "reset", "l2_warmup_fraction": 1 / 3},
 }
 BASELINE = "L2"
 # variants judged against another variant than L2 (paired by seed): the switch's alternatives
@@ -94,7 +98,8 @@ AGAINST = {"KD-Loss (code) after L2, matched": "KD-Loss (code) after L2",
            "KD-Loss (paper) after L2, matched": "KD-Loss (paper) after L2",
            "KD-Loss (paper) after L2, half": "KD-Loss (paper) after L2",
            "KD-Loss (paper) after L2, lr x3": "KD-Loss (paper) after L2",
-           "KD-Loss (paper) after L2, early": "KD-Loss (paper) after L2"}
+           "KD-Loss (paper) after L2, early": "KD-Loss (paper) after L2",
+           "KD-Loss (paper) after L2, Adam reset": "KD-Loss (paper) after L2"}
 ESCAPE_PX = 9.0  # running training error (px at 96) below which a student has left the mean shape
 QUICK = {"experiment.data.synthetic.images": 48, "experiment.data.synthetic.test_images": 12,
          "experiment.data.synthetic.videos": 1, "experiment.data.synthetic.test_videos": 1,

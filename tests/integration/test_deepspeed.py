@@ -108,6 +108,63 @@ def test_zero_stages_refresh_master_weights_after_blend(tmp_path):
             assert torch.allclose(r0["again"][k], ref2[k], atol=1e-6), (stage, k)
 
 
+def _reset_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Adam at every ZeRO stage: two steps, ``reset_optimizer_state``, one more step."""
+    import torch.distributed as dist
+
+    from tsal_dist.loop.engines import DeepSpeedEngine
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    x, y = _data(rank)
+    for stage in STAGES:
+        model = _net()
+        eng = DeepSpeedEngine(model, torch.optim.Adam(model.parameters(), lr=0.01),
+                              grad_clip=0.0, zero_stage=stage, precision="fp32", micro_batch=4,
+                              device=torch.device("cpu"))
+        for _ in range(2):
+            eng.backward(torch.nn.functional.mse_loss(eng.module(x), y))
+            eng.step(0.01)
+        before = eng.full_state_dict()
+        eng.reset_optimizer_state()
+        eng.backward(torch.nn.functional.mse_loss(eng.module(x), y))
+        eng.step(0.01)
+        results[stage] = {"before": before, "after": eng.full_state_dict()}
+        dist.barrier()
+    torch.save(results, Path(out_dir) / f"reset-rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_reset_optimizer_state_restarts_adam_at_every_zero_stage(tmp_path):
+    """After ``reset_optimizer_state`` (kd.switch: reset) the next step is a FRESH Adam's first
+    step from the current weights (computed here with a plain torch Adam on the ranks' mean
+    loss), not a continuation of the two steps before it, at every ZeRO stage."""
+    world = 2
+    mp.start_processes(_reset_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world,
+                       start_method="spawn", join=True)
+    res = [torch.load(tmp_path / f"reset-rank{r}.pt", weights_only=True) for r in range(world)]
+    for stage in STAGES:
+        got = res[0][stage]
+        m = _net()
+        m.load_state_dict(got["before"])
+        opt = torch.optim.Adam(m.parameters(), lr=0.01)
+        loss = sum(torch.nn.functional.mse_loss(m(x), y)
+                   for x, y in map(_data, range(world))) / world
+        loss.backward()
+        opt.step()
+        for k, v in m.state_dict().items():
+            assert torch.allclose(got["after"][k], v, atol=1e-6), (stage, k)
+            assert torch.equal(got["after"][k], res[1][stage]["after"][k]), (stage, k)
+        # Adam's first step moves every weight with a gradient by ~lr: the reset was not a no-op
+        moved = max(float((got["after"][k] - got["before"][k]).abs().max()) for k in got["after"])
+        assert moved == pytest.approx(0.01, rel=1e-3), stage
+
+
 def _bn_net() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),

@@ -111,8 +111,10 @@ class KDConfig:
     # by ||dL2/dpred|| / ||dKD/dpred|| measured on the first KD batch (mean over ranks), kept for
     # the rest of the run (checkpointed), so the gradient the optimizer sees does not jump. On the
     # benchmark "matched" ends significantly worse: the jump is part of the warm-up's gain
-    # (benchmarks/results/distill_ablation_warmup.md).
-    switch: Literal["abrupt", "matched"] = later("abrupt")
+    # (benchmarks/results/distill_ablation_warmup.md). "reset": KD-Loss as it is, but the
+    # optimizer's state (Adam's moments and step count) is cleared at the switch, so that its
+    # second moment restarts at KD-Loss's scale instead of lagging behind it for ~1000 steps.
+    switch: Literal["abrupt", "matched", "reset"] = later("abrupt")
     # A control for the switch (benchmarks/distill_ablation.py): from step ``jump_step`` on
     # (0 = never) the student's loss, whichever it is, is multiplied by ``jump_factor``, so the
     # optimizer sees a switch's jump in gradient scale without any change of loss.
@@ -135,7 +137,8 @@ class KDConfig:
               "kd.switch_lr_factor", "needs kd.loss 'kd' and kd.l2_warmup_steps > 0 (it scales "
               "the learning rate from the switch to KD-Loss on)")
         check(self.switch == "abrupt" or self.l2_warmup_steps > 0, "kd.switch",
-              "'matched' needs kd.l2_warmup_steps > 0 (it matches KD-Loss to L2 at the switch)")
+              f"'{self.switch}' needs kd.l2_warmup_steps > 0 (it acts at the switch from L2 to "
+              "KD-Loss)")
         check(self.switch == "abrupt" or self.loss == "kd", "kd.switch",
               f"'{self.switch}' needs kd.loss 'kd' (there is no switch with '{self.loss}')")
         try:

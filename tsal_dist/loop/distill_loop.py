@@ -341,6 +341,10 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
         out = student.module(b["image"])
         pred = student_model.decode(out).landmarks + _unused_heads(out)
         kd_phase = dcfg.kd.loss == "kd" and step >= dcfg.kd.l2_warmup_steps
+        if kd_phase and step == dcfg.kd.l2_warmup_steps and dcfg.kd.switch == "reset":
+            # the first KD-Loss step (a run resumed at the switch resets here too: its
+            # checkpoint holds the L2 phase's state)
+            student.reset_optimizer_state()
         if kd_phase:
             key = (str(tdir), dcfg.teachers.steps, e.train.seed, ctx.rank, ctx.world_size,
                    o.batch_size, step)

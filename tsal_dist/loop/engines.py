@@ -61,6 +61,7 @@ class Engine:
     """
 
     module: Callable[[torch.Tensor], Any]  # what a training forward is called on
+    optimizer: Any  # the torch optimizer, or DeepSpeed's wrapper around it
     # True when full_state_dict() is a collective (ZeRO-3 gathers): every rank must call it.
     collective_state: bool = False
     # True when the module's own weights are not the full-precision ones (DeepSpeed fp16/bf16):
@@ -93,6 +94,20 @@ class Engine:
 
     def weights_changed(self) -> None:
         """Called after module weights were modified in place from outside the optimizer."""
+
+    def reset_optimizer_state(self) -> None:
+        """Forget the optimizer's running state (Adam's moments and step count; SGD's momentum)
+        as if no step had been taken, keeping weights, learning rates and param groups. Under
+        DeepSpeed the state lives in the torch optimizer that ZeRO / bf16 wrap (per rank, on its
+        partition): that one is cleared. The torch optimizers rebuild their state lazily."""
+        base: Any = self.optimizer
+        while not isinstance(base, torch.optim.Optimizer):
+            inner = getattr(base, "optimizer", None)
+            if inner is None:
+                raise TypeError(f"{type(self.optimizer).__name__}: no torch optimizer inside "
+                                "to reset")
+            base = inner
+        base.state.clear()
 
     def modify_weights_(self, fn: Callable[[dict[str, torch.Tensor]], None]) -> None:
         """Apply ``fn`` in place to the FULL module state dict (parameters and buffers), then

@@ -268,6 +268,39 @@ def test_kd_matched_switch_scales_kd_loss_and_resumes_with_its_scale(tmp_path):
     assert _matched_scale(p, p.sum(), 4 * p.sum(), torch.device("cpu")) == pytest.approx(0.25)
 
 
+def test_kd_reset_switch_restarts_the_optimizer_at_the_switch_and_resumes_exactly(tmp_path):
+    """``kd.switch: reset``: the optimizer's state is cleared at the first KD-Loss step, so at the
+    end Adam has counted only the KD-Loss steps (an abrupt switch counts them all) and the L2
+    phase is the abrupt run's; resumed from the checkpoint AT the switch, the run resets again
+    and ends with the uninterrupted run's weights."""
+    import shutil
+
+    base = {**TINY, "experiment.data.cache_dir": str(tmp_path / "c"),
+            "experiment.run.log_every": 5, "experiment.run.checkpoint_every": 5,
+            "experiment.run.keep_checkpoints": 10, "experiment.optim.steps": 10,
+            "kd.l2_warmup_steps": 5, "kd.variant": "paper"}
+    ends = {}
+    for switch in ("abrupt", "reset"):
+        cfg = load_distill_config(None, {**base, "kd.switch": switch})
+        run_distill(cfg, run_dir=tmp_path / switch, progress=False, final_eval=False)
+        cks = dict(list_checkpoints(tmp_path / switch / "checkpoints"))
+        ends[switch] = {k: load_checkpoint(cks[k]) for k in (5, 10)}
+    a, r = ends["abrupt"], ends["reset"]
+    assert all(torch.equal(a[5]["student"][k], r[5]["student"][k]) for k in a[5]["student"])
+    steps = {s: {float(v["step"]) for v in e[10]["student_optim"]["state"].values()}
+             for s, e in ends.items()}
+    assert steps == {"abrupt": {10.0}, "reset": {5.0}}
+    assert any(not torch.equal(a[10]["student"][k], r[10]["student"][k]) for k in a[10]["student"])
+    shutil.copytree(tmp_path / "reset", tmp_path / "resumed")
+    (tmp_path / "resumed" / "checkpoints" / cks[10].name).unlink()
+    cfg = load_distill_config(None, {**base, "kd.switch": "reset"})
+    run_distill(cfg, run_dir=tmp_path / "resumed", progress=False, final_eval=False)
+    b = load_checkpoint(latest_checkpoint(tmp_path / "resumed" / "checkpoints"))
+    assert all(torch.equal(r[10]["student"][k], b["student"][k]) for k in b["student"])
+    with pytest.raises(ConfigError, match="kd.switch.*'reset' needs kd.l2_warmup_steps"):
+        load_distill_config(None, {"kd.switch": "reset"})
+
+
 def test_kd_jump_rescales_the_same_loss_from_its_step(tmp_path):
     """``kd.jump_step / jump_factor`` (the switch's control): plain L2 until the step, then the
     same L2 times the factor in the logged loss, the teachers never consulted."""
