@@ -110,10 +110,11 @@ class KDConfig:
     # tuned to, and the training error jumps for a few hundred steps. "matched": KD-Loss is scaled
     # by ||dL2/dpred|| / ||dKD/dpred|| measured on the first KD batch (mean over ranks), kept for
     # the rest of the run (checkpointed), so the gradient the optimizer sees does not jump. On the
-    # benchmark "matched" ends significantly worse: the jump is part of the warm-up's gain
+    # benchmark "matched" ends significantly worse than "abrupt"
     # (benchmarks/results/distill_ablation_warmup.md). "reset": KD-Loss as it is, but the
     # optimizer's state (Adam's moments and step count) is cleared at the switch, so that its
-    # second moment restarts at KD-Loss's scale instead of lagging behind it for ~1000 steps.
+    # second moment restarts at KD-Loss's scale instead of lagging behind it for ~1000 steps;
+    # a smaller jump, and the best student of the benchmark (distill_ablation_reset.md).
     switch: Literal["abrupt", "matched", "reset"] = later("abrupt")
     # A control for the switch (benchmarks/distill_ablation.py): from step ``jump_step`` on
     # (0 = never) the student's loss, whichever it is, is multiplied by ``jump_factor``, so the
