@@ -41,15 +41,22 @@ def _blend(sd: dict[str, torch.Tensor]) -> None:
         v.mul_(0.5).add_(0.25)
 
 
-def _engine_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _join(rank: int, world: int, port: int) -> None:
+    """This spawned process as rank ``rank`` of a gloo group on localhost, one thread."""
     import torch.distributed as dist
-
-    from tsal_dist.loop.engines import DeepSpeedEngine
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def _engine_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from tsal_dist.loop.engines import DeepSpeedEngine
+
+    _join(rank, world, port)
     results = {}
     for stage in STAGES:
         model = _net()
@@ -114,10 +121,7 @@ def _reset_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
     from tsal_dist.loop.engines import DeepSpeedEngine
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world, port)
     results = {}
     x, y = _data(rank)
     for stage in STAGES:
@@ -181,10 +185,7 @@ def _bf16_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from tsal_dist.loop.engines import DeepSpeedEngine
     from tsal_dist.teacher.averaging import lerp_state_
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world, port)
     results = {}
     g = torch.Generator().manual_seed(5)
     x = (torch.rand(4, 3, 6, 6, generator=g) * 255).to(torch.uint8).float()
