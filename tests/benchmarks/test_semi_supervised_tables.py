@@ -95,8 +95,9 @@ def test_every_method_is_a_valid_config_and_the_published_rows_are_published():
     for table in (mod.METHODS, mod.CURVE, mod.DIAGNOSIS):
         for name in table:
             cfg = mod.config_for(name, 50, 0, 100, "/tmp/x", False, table)  # raises if invalid
-            assert cfg.data.synthetic.labeled_domain.yaw_max_deg == (
-                55.0 if name == "supervised-wide-labels" else 15.0), name
+            assert cfg.data.synthetic.labeled_domain.yaw_max_deg == {
+                "supervised-wide-labels": 55.0, "bound-labels-wide-pose": 55.0,
+                "bound-labels-yaw35": 35.0}.get(name, 15.0), name
     for mode in ("queue", "ema", "mutual"):
         cfg = mod.config_for(f"tsal-published-{mode}", 50, 0, 100, "/tmp/x", False, mod.METHODS)
         assert cfg.loss.structure_on == "labeled" and cfg.teacher.average_buffers is False
@@ -112,8 +113,17 @@ def test_every_method_is_a_valid_config_and_the_published_rows_are_published():
             assert d.hash() == mod.config_for(name, 50, 0, 100, "/tmp/x", False,
                                               mod.METHODS).hash()
             continue
+        if name.startswith("bound-"):
+            # a bound: supervised-only whose labels differ only in their pose bounds
+            sup = mod.config_for("supervised", 50, 0, 100, "/tmp/x", False, mod.METHODS)
+            dom, narrow = d.data.synthetic.labeled_domain, sup.data.synthetic.labeled_domain
+            assert d.optim == sup.optim and d.loss == sup.loss and d.model == sup.model, name
+            assert {k for k in vars(dom) if getattr(dom, k) != getattr(narrow, k)} <= {
+                "yaw_max_deg", "pitch_max_deg", "roll_max_deg"}, name
+            continue
         changed = {k for k in ("student_unsup_weight", "pseudo_source", "student_consistency")
                    if getattr(d.loss, k) != getattr(pub.loss, k)}
+        assert d.data.synthetic.labeled_domain == pub.data.synthetic.labeled_domain, name
         assert changed and d.teacher == pub.teacher and d.loss.structure_on == "labeled", name
 
 

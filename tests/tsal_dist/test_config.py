@@ -42,6 +42,8 @@ def test_int_is_accepted_for_float():
     ("optim.grad_clip", "nan", "optim.grad_clip: must be a finite"),
     ("optim.lr", "-inf", "optim.lr: must be a finite"),
     ("data.loader_workers", -2, "data.loader_workers"),
+    ("loss.pseudo_max_turn", -0.1, "loss.pseudo_max_turn: must be >= 0"),
+    ("loss.pseudo_max_turn", 0.3, "loss.pseudo_max_turn: applies to loss.student_consistency"),
 ])
 def test_bad_values_name_the_key(key, value, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

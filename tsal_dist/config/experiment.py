@@ -204,6 +204,11 @@ class LossConfig:
     # Gaussian targets with the supervised heatmap loss; the rest are masked out).
     student_consistency: Literal["multi_source", "heatmap", "pseudo_label"] = "multi_source"
     pseudo_threshold: float = 0.4  # heatmap peak a pseudo-label needs (scores are in [0, ~1])
+    # "pseudo_label" only: frames whose head turn, measured on the pseudo-label itself
+    # (data.schemes.head_turn: nose tip vs eye corners, in inter-ocular distances; ~0.13 bounds
+    # 95 % of faces within 15 deg of yaw, ~0.29 within 35 deg), exceeds this get no pseudo-label:
+    # the source is trusted only on faces turned about as far as it has learned. 0 = no limit.
+    pseudo_max_turn: float = later(0.0)
     # Where the structure invariant constraint applies: "clips" (this project's default: each
     # unlabeled clip's frames at their predicted centroid cell, differences within a clip) or
     # "labeled" (TSAL's code, METHOD.md 1.6-1.7: the labeled faces at their ground-truth centroid
@@ -216,6 +221,9 @@ class LossConfig:
             check(getattr(self, name) >= 0, f"loss.{name}", "must be >= 0")
         check(0 <= self.fusion_mu <= 1, "loss.fusion_mu", "must be in [0, 1]")
         check(0 <= self.pseudo_threshold <= 1, "loss.pseudo_threshold", "must be in [0, 1]")
+        check(self.pseudo_max_turn >= 0, "loss.pseudo_max_turn", "must be >= 0 (0 = no limit)")
+        check(self.pseudo_max_turn == 0 or self.student_consistency == "pseudo_label",
+              "loss.pseudo_max_turn", "applies to loss.student_consistency=pseudo_label only")
         check(0 <= self.ramp_up_frac <= 1, "loss.ramp_up_frac", "must be in [0, 1]")
         check(0 <= self.ramp_down_frac <= 1, "loss.ramp_down_frac", "must be in [0, 1]")
         check(self.ramp_up_frac + self.ramp_down_frac <= 1, "loss.ramp_down_frac",

@@ -17,6 +17,7 @@ What does not belong here: how a dataset's files number their points (``layouts/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 FlipPairs = tuple[tuple[int, int], ...]
 EyeIndices = tuple[tuple[int, ...], tuple[int, ...]]
@@ -35,6 +36,7 @@ class LandmarkScheme:
             no pairs are known (flip augmentation then needs them passed explicitly).
         eye_corners: (left, right) outer eye corners for "inter_ocular", or None.
         pupils: (left eye indices, right eye indices) whose means are the pupils, or None.
+        nose_tip: the nose tip's index (with ``eye_corners``: :func:`head_turn`), or None.
     """
 
     name: str
@@ -43,6 +45,7 @@ class LandmarkScheme:
     flip_pairs: FlipPairs = ()
     eye_corners: tuple[int, int] | None = None
     pupils: EyeIndices | None = None
+    nose_tip: int | None = None
 
     @property
     def norms(self) -> tuple[str, ...]:
@@ -68,16 +71,16 @@ IBUG68_FLIP_PAIRS: FlipPairs = (
 
 #: 300W / 300VW: inter-ocular 36/45 (SBR's choice, our headline); pupils = means of 36-41, 42-47.
 IBUG68 = LandmarkScheme("ibug68", 68, "inter_ocular", IBUG68_FLIP_PAIRS, (36, 45),
-                        (tuple(range(36, 42)), tuple(range(42, 48))))
+                        (tuple(range(36, 42)), tuple(range(42, 48))), nose_tip=30)
 #: WFLW: inter-ocular 60/72 (the usual choice, METHOD.md 3.4); pupils = the annotated pupil
 #: centres 96 and 97. No mirror pairs are recorded.
-WFLW98 = LandmarkScheme("wflw98", 98, "inter_ocular", (), (60, 72), ((96,), (97,)))
+WFLW98 = LandmarkScheme("wflw98", 98, "inter_ocular", (), (60, 72), ((96,), (97,)), nose_tip=54)
 #: iBUG without the jaw line (51), and without the inner mouth corners too (49; those come after
 #: the eyes): inter-ocular 19/28, pupils = means of 19-24 and 25-30.
 IBUG51 = LandmarkScheme("ibug51", 51, "inter_ocular", (), (19, 28),
-                        (tuple(range(19, 25)), tuple(range(25, 31))))
+                        (tuple(range(19, 25)), tuple(range(25, 31))), nose_tip=13)
 IBUG49 = LandmarkScheme("ibug49", 49, "inter_ocular", (), (19, 28),
-                        (tuple(range(19, 25)), tuple(range(25, 31))))
+                        (tuple(range(19, 25)), tuple(range(25, 31))), nose_tip=13)
 #: COFW: inter-ocular 8/9 (as the dASM code), no pupils.
 COFW29 = LandmarkScheme("cofw29", 29, "inter_ocular", (), (8, 9), None)
 #: AFLW (19-point CUHK re-annotation): face_size (sqrt(w * h) of the GT box, from the list file).
@@ -99,3 +102,27 @@ def scheme_for(num_points: int) -> LandmarkScheme:
     if num_points < 1:
         raise ValueError(f"num_points must be >= 1, got {num_points}")
     return LandmarkScheme(f"generic{num_points}", num_points, "bbox")
+
+
+def head_turn(points: Any, scheme: LandmarkScheme) -> Any:
+    """How far each face is turned sideways, from its landmarks alone: the nose tip's offset from
+    the outer eye corners' midpoint along the line between them, in inter-ocular distances
+    (signed; 0 for a frontal face, growing like tan(yaw); on the synthetic faces |turn| is at most
+    ~0.13 for 95 % of faces within 15 deg of yaw, ~0.29 within 35 deg, ~0.5 within 55 deg).
+    In-plane rotation and scale do not change it.
+
+    Args:
+        points: (..., K, 2) array or tensor of x, y.
+        scheme: the layout; it needs ``eye_corners`` and ``nose_tip``.
+    Returns:
+        (...,) turn, the same type as ``points``.
+    Raises:
+        ValueError: the scheme has no eye corners or no nose tip.
+    """
+    if scheme.eye_corners is None or scheme.nose_tip is None:
+        raise ValueError(f"landmark scheme {scheme.name}: head turn needs its outer eye corners "
+                         "and nose tip, which are not known for it")
+    a, b = points[..., scheme.eye_corners[0], :], points[..., scheme.eye_corners[1], :]
+    e = b - a
+    nose = points[..., scheme.nose_tip, :] - (a + b) / 2
+    return (nose * e).sum(-1) / (e * e).sum(-1).clip(min=1e-12)

@@ -172,7 +172,8 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
                              student_term=cfg.loss.student_consistency,
                              pseudo_threshold=cfg.loss.pseudo_threshold,
                              structure_on=cfg.loss.structure_on,
-                             optimize_teacher=cfg.teacher.optimize)
+                             optimize_teacher=cfg.teacher.optimize,
+                             pseudo_max_turn=cfg.loss.pseudo_max_turn)
 
             # ---- recursive average filtering: push the student, blend a step-determined version
             t_sync = time.perf_counter()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from tsal_dist.codec import CentroidCodec, HeatmapCodec
+from tsal_dist.data.schemes import head_turn, scheme_for
 from tsal_dist.losses.consistency import (grid_to_cells, points_through_inverse_grid,
                                           student_consistency, student_pseudo_target,
                                           teacher_consistency, warp_heatmaps)
@@ -76,7 +77,8 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
                 grid: torch.Tensor | None = None,
                 student_term: str = "multi_source",
                 pseudo_threshold: float = 0.4,
-                structure_on: str = "clips") -> dict[str, torch.Tensor]:
+                structure_on: str = "clips",
+                pseudo_max_turn: float = 0.0) -> dict[str, torch.Tensor]:
     """Unweighted loss terms of one model.
 
     Args:
@@ -91,7 +93,9 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
             output-space consistency, or None.
         student_term: "multi_source" (TSAL), "heatmap" (the student uses the single-source
             heatmap term too, on ``out_w``) or "pseudo_label" (landmarks of ``out_w`` whose peak
-            is >= ``pseudo_threshold``, re-rendered as targets; logged as ``pseudo_kept``).
+            is >= ``pseudo_threshold``, re-rendered as targets; logged as ``pseudo_kept``; with
+            ``pseudo_max_turn`` > 0 only frames whose pseudo-label's |head turn| is at most that,
+            logged as ``pseudo_frames_kept``).
         structure_on: "clips" (per clip, at each clip frame's predicted centroid cell) or
             "labeled" (TSAL's code: the labeled faces at their ground-truth centroid cell, offset
             mask applied, every pair of the batch compared).
@@ -129,11 +133,17 @@ def model_terms(out_l: dict, out_n: dict | None, out_w: dict | None, *, role: st
                 xy = points_through_inverse_grid(xy, grid)
             size = hm_codec.input_size
             inside = ((xy >= 0) & (xy <= size - 1)).all(dim=-1)
-            vis = ((score >= pseudo_threshold) & inside).to(xy.dtype)
+            keep = (score >= pseudo_threshold) & inside
+            if pseudo_max_turn > 0:
+                frontal = head_turn(xy, scheme_for(k)).abs() <= pseudo_max_turn
+                keep &= frontal[:, None]
+            vis = keep.to(xy.dtype)
             target, mask = hm_codec.encode(xy, vis)
             mask = torch.cat([mask[:, :k], torch.zeros_like(mask[:, k:])], dim=1)
         terms["consistency"] = heatmap_loss(out_n["heatmaps"], target, mask)
         terms["pseudo_kept"] = vis.mean()
+        if pseudo_max_turn > 0:
+            terms["pseudo_frames_kept"] = frontal.to(xy.dtype).mean()
     elif role == "teacher" or student_term == "heatmap":
         # Single source: heatmaps on frame t+1 vs own heatmaps on frame t, registered into t+1
         # (image space: computed on the warped image; output space: the maps resampled).
@@ -174,7 +184,7 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
               pseudo_source: str = "self", consistency_space: str = "image",
               student_term: str = "multi_source",
               pseudo_threshold: float = 0.4, structure_on: str = "clips",
-              optimize_teacher: bool = True) -> dict[str, float]:
+              optimize_teacher: bool = True, pseudo_max_turn: float = 0.0) -> dict[str, float]:
     """Run one optimizer step of student and teacher; return logged scalars.
 
     Args:
@@ -188,7 +198,8 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
             ``clips["warped"]``) or "output" (targets from the model on frame t itself, carried
             into frame t+1 through ``clips["grid"]``; see losses.consistency).
         student_term: the student's unsupervised term, "multi_source" (TSAL), "heatmap" or
-            "pseudo_label" (``loss.student_consistency``); ``pseudo_threshold`` for the last.
+            "pseudo_label" (``loss.student_consistency``); ``pseudo_threshold`` and
+            ``pseudo_max_turn`` for the last.
         structure_on: "clips" or "labeled" (``loss.structure_on``, see :func:`model_terms`).
         optimize_teacher: False = the teacher takes no step (``teacher.optimize``): it only runs
             on the warped frames, without gradients, for the targets it gives the student.
@@ -247,7 +258,8 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
                             clip_ids=clip_ids, hm_codec=hm_codec, ctr_codec=ctr_codec,
                             fusion_mu=fusion_mu, structure_descriptor=structure_descriptor,
                             grid=grid, student_term=student_term,
-                            pseudo_threshold=pseudo_threshold, structure_on=structure_on)
+                            pseudo_threshold=pseudo_threshold, structure_on=structure_on,
+                            pseudo_max_turn=pseudo_max_turn)
         loss = total_loss(terms, weights, ramp, role)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{role} loss is not finite: "

@@ -69,3 +69,31 @@ def test_export_writes_the_schemes():
         s = scheme_for(k)
         assert (name, pairs, eyes) == (s.name, s.flip_pairs, s.eye_corners or ())
     assert export.SCHEMES[68][1] == IBUG68.flip_pairs and len(IBUG68.flip_pairs) == 29
+
+
+def test_head_turn_is_the_nose_offset_along_the_eye_line_whatever_the_rotation_and_scale():
+    import math
+
+    import numpy as np
+    import pytest
+    import torch
+
+    from tsal_dist.data.schemes import IBUG68, WFLW98, AFLW19, head_turn
+
+    pts = np.zeros((68, 2))
+    pts[36], pts[45], pts[30] = (0.0, 0.0), (10.0, 0.0), (8.0, 7.0)  # 3 px right of the middle
+    assert head_turn(pts, IBUG68) == pytest.approx(0.3)
+    a = math.radians(40)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    moved = 2.5 * pts @ rot.T + (17.0, -4.0)
+    assert head_turn(moved, IBUG68) == pytest.approx(0.3)
+    other = pts.copy()
+    other[30] = (2.0, 7.0)  # the nose tip 3 px towards the other corner: turned the other way
+    assert head_turn(other, IBUG68) == pytest.approx(-0.3)
+    both = torch.tensor(np.stack([pts, moved]))
+    assert head_turn(both, IBUG68).tolist() == pytest.approx([0.3, 0.3])
+    w = np.zeros((98, 2))
+    w[60], w[72], w[54] = (0.0, 0.0), (4.0, 0.0), (1.0, 3.0)
+    assert head_turn(w, WFLW98) == pytest.approx(-0.25)
+    with pytest.raises(ValueError, match="aflw19.*nose tip"):
+        head_turn(np.zeros((19, 2)), AFLW19)

@@ -164,3 +164,41 @@ def test_pseudo_labels_keep_only_confident_points_and_mask_background():
     # a threshold that keeps every point sees the wrong values
     terms = model_terms(out_l, pred, src, pseudo_threshold=0.1, **common)
     assert float(terms["consistency"]) > 1.0
+
+
+def test_pseudo_labels_skip_frames_turned_further_than_the_limit():
+    """Frame 0's pseudo-label is a frontal face (nose tip between the eye corners: turn 0),
+    frame 1's a turned one (nose tip 10 px towards one corner, eyes 24 px apart: turn 0.42). The
+    prediction on frame t+1 matches frame 0's target and is wrong on frame 1: with a limit of 0.2
+    only frame 1 is dropped and the loss is 0; without a limit it counts."""
+    from tsal_dist.data.schemes import IBUG68, head_turn
+    from tsal_dist.loop.step import make_targets, model_terms
+
+    torch.set_num_threads(1)
+    _, _, codec, ctr = _engines()
+    h = S // 4
+    g = torch.Generator().manual_seed(3)
+    pts = torch.rand(2, K, 2, generator=g) * (S - 20) + 10
+    pts[:, 36], pts[:, 45] = torch.tensor([20.0, 30.0]), torch.tensor([44.0, 30.0])
+    pts[0, 30], pts[1, 30] = torch.tensor([32.0, 40.0]), torch.tensor([42.0, 40.0])
+    assert head_turn(pts, IBUG68).tolist() == pytest.approx([0.0, 10 / 24])
+    maps, _ = codec.encode(pts, torch.ones(2, K))
+    zeros = {"center": torch.zeros(2, 1, h, h), "offsets": torch.zeros(2, 2 * K, h, h)}
+    src = {"heatmaps": [maps], **zeros}
+    want, _ = codec.encode(codec.locate(maps[:, :K])[0], torch.ones(2, K))
+    pred_maps = want.clone()
+    pred_maps[1, :K] = 0.5  # wrong everywhere on the turned frame
+    pred = {"heatmaps": [pred_maps], **zeros}
+    labeled, _ = _batch(b=2)
+    targets = make_targets(labeled, codec, ctr)
+    out_l = {"heatmaps": [targets["heatmaps"]], **zeros}
+    common = dict(role="student", targets=targets, clip_ids=torch.arange(2), hm_codec=codec,
+                  ctr_codec=ctr, fusion_mu=0.5, structure_descriptor="pairs",
+                  student_term="pseudo_label", pseudo_threshold=0.0)
+    terms = model_terms(out_l, pred, src, pseudo_max_turn=0.2, **common)
+    assert float(terms["consistency"]) == pytest.approx(0.0, abs=1e-8)
+    assert float(terms["pseudo_frames_kept"]) == pytest.approx(0.5)
+    assert float(terms["pseudo_kept"]) == pytest.approx(0.5)
+    assert float(model_terms(out_l, pred, src, pseudo_max_turn=0.5, **common)["consistency"]) > 1
+    no_limit = model_terms(out_l, pred, src, **common)
+    assert float(no_limit["consistency"]) > 1.0 and "pseudo_frames_kept" not in no_limit

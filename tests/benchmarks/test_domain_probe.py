@@ -1,0 +1,80 @@
+"""The domain probe: each set widens exactly its factor, the sets show the same faces, the jaw /
+inner split against a hand computation, and the paired summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+
+import numpy as np
+import pytest
+
+from _scripts import load_script
+from tsal_dist.config.experiment import NARROW_DOMAIN, DomainConfig
+from tsal_dist.data.formats import read_list, read_pts
+
+
+def test_each_set_widens_only_its_factor():
+    mod = load_script("domain_probe")
+    sets = mod.factor_domains()
+    assert sets["narrow"] == NARROW_DOMAIN and sets["wide"] == DomainConfig()
+    changed = {name: {f.name for f in dataclasses.fields(d)
+                      if getattr(d, f.name) != getattr(NARROW_DOMAIN, f.name)}
+               for name, d in sets.items()}
+    assert changed["yaw 55"] == changed["yaw 35"] == {"yaw_max_deg"}
+    assert sets["yaw 35"].yaw_max_deg == 35 and sets["yaw 55"].yaw_max_deg == 55
+    assert changed["pitch + roll"] == {"pitch_max_deg", "roll_max_deg"}
+    for name, field in (("occluders", "occluder_rate"), ("side light", "side_light"),
+                        ("expression", "expression"), ("blur", "blur_rate")):
+        assert changed[name] == {field}
+        assert getattr(sets[name], field) == getattr(DomainConfig(), field)
+
+
+def test_sets_render_the_same_faces(tmp_path):
+    """Blur changes pixels, not geometry: the blur set's landmarks are the narrow set's; a wider
+    yaw moves them (the same identity turned further)."""
+    mod = load_script("domain_probe")
+    lists = mod.make_sets(tmp_path, images=3, size=64, seed=5)
+    pts = {name: [read_pts(e.annotation)[0] for e in read_list(p)] for name, p in lists.items()}
+    assert all(len(v) == 3 for v in pts.values())
+    for a, b in zip(pts["narrow"], pts["blur"]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.allclose(a, b) for a, b in zip(pts["narrow"], pts["yaw 55"]))
+    before = {p: p.stat().st_mtime_ns for p in lists.values()}
+    assert mod.make_sets(tmp_path, images=3, size=64, seed=5) == lists  # cached, not re-rendered
+    assert {p: p.stat().st_mtime_ns for p in lists.values()} == before
+
+
+def test_split_nme_by_hand():
+    mod = load_script("domain_probe")
+    gts = np.zeros((2, 68, 2))
+    gts[:, 45, 0] = 10.0  # inter-ocular distance 10 (point 36 at the origin)
+    preds = gts.copy()
+    preds[0, 3] += (3.0, 4.0)  # a jaw point off by 5 -> 0.5
+    preds[1, 50] += (0.0, 2.0)  # an inner point off by 2 -> 0.2
+    got = mod.split_nme(preds, gts)
+    assert got["jaw"] == pytest.approx(0.5 / (2 * 17))
+    assert got["inner"] == pytest.approx(0.2 / (2 * 51))
+    assert got["all"] == pytest.approx(0.7 / (2 * 68))
+
+
+def test_summary_pairs_sets_with_the_narrow_set_per_run():
+    mod = load_script("domain_probe")
+
+    def run(name, narrow, yaw, wide):
+        return {"run": name, "scores": {
+            s: {"nme": v, "nme_jaw": v, "nme_inner": v, "fr@0.08": 0.0}
+            for s, v in (("narrow", narrow), ("yaw 55", yaw), ("wide", wide))}}
+
+    runs = [run("supervised-L50-s0", 0.04, 0.07, 0.12), run("supervised-L50-s1", 0.05, 0.09, 0.13),
+            run("tsal-L50-s0", 0.04, 0.05, 0.10)]
+    rows = {(r["method"], r["set"]): r for r in mod.summarise(runs)}
+    yaw = rows[("supervised", "yaw 55")]
+    assert yaw["delta"]["mean"] == pytest.approx(statistics.fmean([0.03, 0.04]))
+    assert yaw["share_of_gap"] == pytest.approx(0.035 / statistics.fmean([0.08, 0.08]))
+    assert rows[("supervised", "wide")]["share_of_gap"] == pytest.approx(1.0)
+    assert "delta" not in rows[("supervised", "narrow")]
+    assert rows[("tsal", "yaw 55")]["delta"]["n"] == 1  # one run: no interval
+    assert "| supervised | yaw 55 |" in mod.markdown(
+        {"command": "c", "machine": "m", "seconds": 1, "images": 3, "image_size": 64, "seed": 1,
+         "runs": runs, "summary": mod.summarise(runs)})
