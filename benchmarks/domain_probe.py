@@ -11,7 +11,14 @@ domain themselves, and each run's teacher scored on every set (NME inter-ocular,
 
 Δ = factor set − narrow set, paired by run (seed), mean [95 % t interval]: the error that the
 factor adds at the wide domain's own rates (occluders on 20 % of faces, blur on 45 %), so that the
-rows can be compared with the whole gap (wide − narrow). Writes
+rows can be compared with the whole gap (wide − narrow).
+
+Second, what the unlabeled training videos offer along the main factor, head pose: on their
+frames (the generator keeps their ground truth, which no method reads), each run's teacher's
+error by the ground-truth head turn (``data.schemes.head_turn``), how its own landmarks report
+the turn (the slope and correlation of predicted against true |turn|), and what a turn limit on
+its own landmarks (``loss.pseudo_max_turn``) keeps: the share of frames, their pseudo-labels'
+NME and the true turn they reach. Writes
 ``benchmarks/results/domain_probe.{json,md}``::
 
     python benchmarks/domain_probe.py --runs /tmp/ssl2000/supervised-L50-s{0,1,2} \
@@ -31,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_io import write_text  # noqa: E402
-from _stats import format_delta, paired  # noqa: E402
+import itertools
+
+from _results_io import write_text
+from _stats import format_delta, paired
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -114,6 +123,60 @@ def probe_run(run_dir: Path, lists: dict[str, Path]) -> dict[str, Any]:
     return {"run": run_dir.name, "checkpoint_step": cm.step, "scores": scores}
 
 
+TURN_BINS = (0.0, 0.13, 0.2, 0.29, 0.4, float("inf"))  # ~15, 25, 35, 45 deg of yaw (GT sets)
+TURN_LIMITS = (0.15, 0.2, 0.25, 0.3)
+
+
+def video_turns(preds: Any, gts: Any) -> dict[str, Any]:
+    """Pseudo-label quality against the true head turn: per-frame NME by true |turn| bin, the
+    fit of predicted on true |turn|, and per limit on the predicted |turn| what is kept."""
+    import numpy as np
+
+    from tsal_dist.data.schemes import IBUG68, head_turn
+
+    io = np.linalg.norm(gts[:, 36] - gts[:, 45], axis=-1)
+    nme = np.linalg.norm(preds - gts, axis=-1).mean(1) / io
+    tp, tg = np.abs(head_turn(preds, IBUG68)), np.abs(head_turn(gts, IBUG68))
+    bins = []
+    for lo, hi in itertools.pairwise(TURN_BINS):
+        k = (tg >= lo) & (tg < hi)
+        bins.append({"lo": lo, "hi": hi, "share": float(k.mean()),
+                     "nme": float(nme[k].mean()) if k.any() else None})
+    limits = []
+    for lim in TURN_LIMITS:
+        k = tp <= lim
+        limits.append({"limit": lim, "kept": float(k.mean()),
+                       "nme_kept": float(nme[k].mean()) if k.any() else None,
+                       "nme_dropped": float(nme[~k].mean()) if (~k).any() else None,
+                       "true_turn_p95_kept": float(np.percentile(tg[k], 95)) if k.any() else None})
+    return {"frames": len(nme), "nme": float(nme.mean()),
+            "turn_slope": float(np.polyfit(tg, tp, 1)[0]),
+            "turn_corr": float(np.corrcoef(tp, tg)[0, 1]), "bins": bins, "limits": limits}
+
+
+def probe_videos(run_dir: Path) -> dict[str, Any]:
+    """The run's teacher on its unlabeled training videos' frames, scored with their ground truth
+    (:func:`video_turns`)."""
+    from tsal_dist.data.lists import resolve_data
+    from tsal_dist.eval.run import evaluate_list
+    from tsal_dist.loop.checkpoint import latest_checkpoint, model_from_checkpoint
+    from tsal_dist.loop.evaluation import list_eval_args
+
+    cm = model_from_checkpoint(latest_checkpoint(run_dir / "checkpoints"), "teacher")
+    unlabeled = resolve_data(cm.config).unlabeled[0]
+    # the same frames with their annotations (dataset_lists: videos_train next to the .none)
+    lst = unlabeled.with_suffix(".lst")
+    if not lst.is_file():
+        raise SystemExit(f"{lst}: no annotated list of the unlabeled videos (synthetic data only)")
+    r = evaluate_list(cm.model.eval(), lst, **list_eval_args(cm.config), batch_size=32)
+    assert r is not None
+    return {"run": run_dir.name, **video_turns(r.preds, r.gts)}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
 def _method(run_name: str) -> str:
     return run_name.rsplit("-L", 1)[0]
 
@@ -143,7 +206,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(doc: dict[str, Any]) -> str:
     lines = ["# Domain probe: which factor of the wide domain costs the error", "",
-             f"`{doc['command']}` on {doc['machine']}; {doc['seconds']:.0f} s. "
+             (f"`{doc['command']}` on {doc['machine']}; {doc['seconds']:.0f} s. "
              f"{doc['images']} unseen faces at {doc['image_size']} px (generator seed "
              f"{doc['seed']}, the same faces in every set), each set `NARROW_DOMAIN` with one "
              "factor widened to the wide bound (yaw 55°; pitch 25° and roll 30°; occluders on "
@@ -151,9 +214,9 @@ def markdown(doc: dict[str, Any]) -> str:
              "wide domain. Each run's teacher, its last checkpoint. NME inter-ocular (%); "
              "Δ = set − narrow set, paired by run, mean [95 % t interval], * where it excludes 0; "
              "share = Δ / (wide − narrow); jaw = the 17 jaw-line points' mean error, inner = the "
-             "51 others' (same normaliser).", "",
-             "| method | set | per run NME % | NME % mean | Δ vs narrow pp [95 % CI] | share of "
-             "gap | jaw % | inner % | FR@0.08 |", "|---|---|---|---:|---|---:|---:|---:|---:|"]
+             "51 others' (same normaliser)."), "",
+             ("| method | set | per run NME % | NME % mean | Δ vs narrow pp [95 % CI] | share of "
+             "gap | jaw % | inner % | FR@0.08 |"), "|---|---|---|---:|---|---:|---:|---:|---:|"]
     for r in doc["summary"]:
         d = r.get("delta")
         share = r.get("share_of_gap")
@@ -163,6 +226,35 @@ def markdown(doc: dict[str, Any]) -> str:
                      + ("" if share is None else f"{100 * share:.0f} %")
                      + f" | {100 * r['jaw_mean']:.2f} | {100 * r['inner_mean']:.2f}"
                      + f" | {r['fr_mean']:.3f} |")
+    if doc.get("videos"):
+        lines += ["", "## The unlabeled training videos along head pose", "",
+                  ("Each teacher on the frames of the unlabeled training videos, scored with the "
+                  "ground truth the generator keeps (no method reads it). |turn| = "
+                  "`head_turn` (nose tip against the eye corners, inter-ocular distances; on the "
+                  "rendered sets ~0.13 bounds 95 % of faces within 15° of yaw, 0.2 within 25°, "
+                  "0.29 within 35°, 0.5 within 55°). Slope / corr: predicted |turn| regressed on "
+                  "the true one."), "",
+                  "| run | frames | NME % | slope | corr | "
+                  + " | ".join(f"true |turn| {b['lo']:g}-{b['hi']:g}: share, NME %"
+                               for b in doc["videos"][0]["bins"])
+                  + " |", "|---|---:|---:|---:|---:|" + "---|" * len(doc["videos"][0]["bins"])]
+        for v in doc["videos"]:
+            lines.append(f"| {v['run']} | {v['frames']} | {100 * v['nme']:.2f} | "
+                         f"{v['turn_slope']:.2f} | {v['turn_corr']:.2f} | " + " | ".join(
+                             f"{b['share']:.2f}, " + ("–" if b["nme"] is None
+                                                       else f"{100 * b['nme']:.2f}")
+                             for b in v["bins"]) + " |")
+        lines += ["", ("A limit on the teacher's own |turn| (`loss.pseudo_max_turn`): frames kept, "
+                  "their pseudo-labels' NME, the dropped frames' NME, the true |turn| that 95 % "
+                  "of the kept frames stay within."), "",
+                  "| run | " + " | ".join(f"limit {x:g}: kept, NME kept / dropped %, true p95"
+                                         for x in TURN_LIMITS) + " |",
+                  "|---|" + "---|" * len(TURN_LIMITS)]
+        for v in doc["videos"]:
+            lines.append(f"| {v['run']} | " + " | ".join(
+                f"{x['kept']:.2f}, {_pct(x['nme_kept'])} / {_pct(x['nme_dropped'])}, "
+                + ("–" if x["true_turn_p95_kept"] is None else f"{x['true_turn_p95_kept']:.2f}")
+                for x in v["limits"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -189,10 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(probe_run(Path(r), lists))
         print(f"[{i}/{len(args.runs)}] {runs[-1]['run']}: " + ", ".join(
             f"{k} {100 * s['nme']:.2f}" for k, s in runs[-1]["scores"].items()), flush=True)
+    videos = [probe_videos(Path(r)) for r in args.runs]
     doc = {"command": " ".join(["python benchmarks/domain_probe.py", *(argv or sys.argv[1:])]),
            "machine": f"{platform.machine()}, {torch.get_num_threads()} thread, no GPU",
            "seconds": time.time() - t0, "images": args.images, "image_size": args.image_size,
-           "seed": args.seed, "runs": runs, "summary": summarise(runs)}
+           "seed": args.seed, "runs": runs, "summary": summarise(runs), "videos": videos}
     out = Path(args.out)
     write_text(out / f"{args.results_name}.json", json.dumps(doc, indent=1))
     write_text(out / f"{args.results_name}.md", markdown(doc))

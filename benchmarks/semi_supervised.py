@@ -308,8 +308,8 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any],
              "[95 % t interval], * where the interval excludes 0 (negative = better).", ""]
     for table, title in (("curve", "Learning curve (supervised-only; headroom)"),
                          ("compare", "Comparison"),
-                         ("diagnose", "Diagnosis (one change each to TSAL as published, queue; "
-                                      "bound-*: supervised-only with wider labels)"),
+                         ("diagnose", ("Diagnosis (one change each to TSAL as published, queue; "
+                                       "bound-*: supervised-only with wider labels)")),
                          ("tune", "Tuning the mean-teacher baseline (its consistency weight)")):
         rows = [r for r in summary if r["table"] == table]
         if not rows:

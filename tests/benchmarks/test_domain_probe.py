@@ -8,8 +8,8 @@ import statistics
 
 import numpy as np
 import pytest
-
 from _scripts import load_script
+
 from tsal_dist.config.experiment import NARROW_DOMAIN, DomainConfig
 from tsal_dist.data.formats import read_list, read_pts
 
@@ -78,3 +78,34 @@ def test_summary_pairs_sets_with_the_narrow_set_per_run():
     assert "| supervised | yaw 55 |" in mod.markdown(
         {"command": "c", "machine": "m", "seconds": 1, "images": 3, "image_size": 64, "seed": 1,
          "runs": runs, "summary": mod.summarise(runs)})
+
+
+def test_video_turns_bins_by_the_true_turn_and_limits_by_the_predicted_one():
+    """Four frames with true |turn| 0, 0.1, 0.25, 0.5; the prediction halves each turn (a frontal
+    bias) and 20 points are off by 1 px more on each frame: bins, slope and what a limit keeps,
+    against values computed here."""
+    mod = load_script("domain_probe")
+    true_turns, pred_turns = [0.0, 0.1, 0.25, 0.5], [0.0, 0.05, 0.125, 0.25]
+    gts, preds = np.zeros((4, 68, 2)), np.zeros((4, 68, 2))
+    for i, (tt, tp) in enumerate(zip(true_turns, pred_turns)):
+        for arr, t in ((gts, tt), (preds, tp)):
+            arr[i, :, 1] = 50.0
+            arr[i, 36], arr[i, 45] = (0.0, 0.0), (10.0, 0.0)
+            arr[i, 30] = (5.0 + 10.0 * t, 6.0)
+        preds[i, 48:, 1] += i
+    got = mod.video_turns(preds, gts)
+    # 20 points off by i px, the nose tip by 10 (true - predicted turn) px; inter-ocular 10
+    nme = [(20 * i + 10 * (tt - tp)) / 68 / 10
+           for i, (tt, tp) in enumerate(zip(true_turns, pred_turns))]
+    assert got["frames"] == 4 and got["nme"] == pytest.approx(np.mean(nme))
+    assert got["turn_slope"] == pytest.approx(0.5) and got["turn_corr"] == pytest.approx(1.0)
+    bins = {(b["lo"], b["hi"]): b for b in got["bins"]}
+    assert bins[(0.0, 0.13)]["share"] == 0.5
+    assert bins[(0.0, 0.13)]["nme"] == pytest.approx(np.mean(nme[:2]))
+    assert bins[(0.2, 0.29)]["nme"] == pytest.approx(nme[2])
+    assert bins[(0.13, 0.2)]["nme"] is None
+    lim = {x["limit"]: x for x in got["limits"]}
+    assert lim[0.15]["kept"] == 0.75  # predicted 0, 0.05, 0.125 kept; 0.25 dropped
+    assert lim[0.15]["nme_kept"] == pytest.approx(np.mean(nme[:3]))
+    assert lim[0.15]["nme_dropped"] == pytest.approx(nme[3])
+    assert lim[0.3]["kept"] == 1.0 and lim[0.3]["nme_dropped"] is None

@@ -78,7 +78,7 @@ def test_head_turn_is_the_nose_offset_along_the_eye_line_whatever_the_rotation_a
     import pytest
     import torch
 
-    from tsal_dist.data.schemes import IBUG68, WFLW98, AFLW19, head_turn
+    from tsal_dist.data.schemes import AFLW19, IBUG68, WFLW98, head_turn
 
     pts = np.zeros((68, 2))
     pts[36], pts[45], pts[30] = (0.0, 0.0), (10.0, 0.0), (8.0, 7.0)  # 3 px right of the middle

@@ -192,9 +192,10 @@ def test_pseudo_labels_skip_frames_turned_further_than_the_limit():
     labeled, _ = _batch(b=2)
     targets = make_targets(labeled, codec, ctr)
     out_l = {"heatmaps": [targets["heatmaps"]], **zeros}
-    common = dict(role="student", targets=targets, clip_ids=torch.arange(2), hm_codec=codec,
-                  ctr_codec=ctr, fusion_mu=0.5, structure_descriptor="pairs",
-                  student_term="pseudo_label", pseudo_threshold=0.0)
+    common = {"role": "student", "targets": targets, "clip_ids": torch.arange(2),
+              "hm_codec": codec, "ctr_codec": ctr, "fusion_mu": 0.5,
+              "structure_descriptor": "pairs", "student_term": "pseudo_label",
+              "pseudo_threshold": 0.0}
     terms = model_terms(out_l, pred, src, pseudo_max_turn=0.2, **common)
     assert float(terms["consistency"]) == pytest.approx(0.0, abs=1e-8)
     assert float(terms["pseudo_frames_kept"]) == pytest.approx(0.5)
