@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_io import write_text  # noqa: E402
+from _results_io import write_report  # noqa: E402
 from _stats import format_delta, paired  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -214,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, no GPU",
            "seconds": time.time() - t0, "runs": runs, "summary": summarise(runs)}
     out = Path(args.out)
-    write_text(out / f"{args.results_name}.json", json.dumps(doc, indent=1))
-    write_text(out / f"{args.results_name}.md", markdown(doc))
+    write_report(out, args.results_name, doc, markdown(doc))
     print(markdown(doc))
     return 0
 

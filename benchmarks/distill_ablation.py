@@ -47,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_io import save_figure, write_text  # noqa: E402
+from _results_io import save_figure, write_report, write_text  # noqa: E402
 from _stats import format_delta as _delta, paired, spearman  # noqa: E402
 
 from tsal_dist.export import CropToLandmarks, write_onnx  # noqa: E402
@@ -510,8 +510,7 @@ def write_outputs(doc: dict[str, Any], out: Path) -> None:
     doc["escape"] = escape_table(doc["runs"], doc["lists"][0])
     out.mkdir(parents=True, exist_ok=True)
     stem = doc["args"].get("results_name", "distill_ablation")
-    write_text(out / f"{stem}.json", json.dumps(doc, indent=1, default=float))
-    write_text(out / f"{stem}.md", markdown(doc))
+    write_report(out, stem, doc, markdown(doc), default=float)
     plot(doc, out / f"{stem}.png")
 
 

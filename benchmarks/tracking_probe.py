@@ -34,7 +34,6 @@ a training target drops it; the share is reported). Writes ``benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_io import write_text  # noqa: E402
+from _results_io import write_report  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 JAW = tuple(range(17))
@@ -322,8 +321,7 @@ def main(argv: list[str] | None = None) -> int:
            "summary": summarise(per_run)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "tracking_probe.json", json.dumps(doc, indent=1))
-    write_text(out / "tracking_probe.md", markdown(doc))
+    write_report(out, "tracking_probe", doc, markdown(doc))
     print(markdown(doc))
     return 0
 
