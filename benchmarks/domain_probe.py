@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import statistics
 import sys
@@ -40,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import itertools
 
-from _results_io import write_text
+from _results_io import write_report
 from _stats import format_delta, paired
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -82,14 +81,22 @@ def make_sets(root: Path, images: int, size: int, seed: int) -> dict[str, Path]:
 JAW = slice(0, 17)  # ibug 68: the jaw line; 17-67 the inner points (brows, nose, eyes, mouth)
 
 
-def split_nme(preds: Any, gts: Any) -> dict[str, float]:
-    """Mean NME (inter-ocular: outer eye corners 36, 45) over all 68 points, over the jaw line's
-    17 and over the 51 inner points, from the predictions (computed here, independently of the
-    evaluator's summary, which ``probe_run`` checks it against)."""
+def point_errors(preds: Any, gts: Any) -> Any:
+    """(N, 68) error of every point in inter-ocular distances (outer eye corners 36, 45),
+    computed here, independently of the evaluator (``probe_run`` checks its mean against it)."""
     import numpy as np
 
-    io = np.linalg.norm(gts[:, 36] - gts[:, 45], axis=-1)[:, None]
-    err = np.linalg.norm(preds - gts, axis=-1) / io  # (N, 68)
+    from tsal_dist.data.schemes import IBUG68
+
+    left, right = IBUG68.eye_corners
+    io = np.linalg.norm(gts[:, left] - gts[:, right], axis=-1)[:, None]
+    return np.linalg.norm(preds - gts, axis=-1) / io
+
+
+def split_nme(preds: Any, gts: Any) -> dict[str, float]:
+    """Mean NME over all 68 points, over the jaw line's 17 and over the 51 inner points
+    (:func:`point_errors`)."""
+    err = point_errors(preds, gts)
     return {"all": float(err.mean()), "jaw": float(err[:, JAW].mean()),
             "inner": float(err[:, JAW.stop:].mean())}
 
@@ -134,8 +141,7 @@ def video_turns(preds: Any, gts: Any) -> dict[str, Any]:
 
     from tsal_dist.data.schemes import IBUG68, head_turn
 
-    io = np.linalg.norm(gts[:, 36] - gts[:, 45], axis=-1)
-    nme = np.linalg.norm(preds - gts, axis=-1).mean(1) / io
+    nme = point_errors(preds, gts).mean(1)  # per frame
     tp, tg = np.abs(head_turn(preds, IBUG68)), np.abs(head_turn(gts, IBUG68))
     bins = []
     for lo, hi in itertools.pairwise(TURN_BINS):
@@ -287,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
            "seconds": time.time() - t0, "images": args.images, "image_size": args.image_size,
            "seed": args.seed, "runs": runs, "summary": summarise(runs), "videos": videos}
     out = Path(args.out)
-    write_text(out / f"{args.results_name}.json", json.dumps(doc, indent=1))
-    write_text(out / f"{args.results_name}.md", markdown(doc))
+    write_report(out, args.results_name, doc, markdown(doc))
     print(markdown(doc))
     return 0
 
