@@ -160,15 +160,19 @@ def video_turns(preds: Any, gts: Any) -> dict[str, Any]:
             "turn_corr": float(np.corrcoef(tp, tg)[0, 1]), "bins": bins, "limits": limits}
 
 
-def probe_videos(run_dir: Path) -> dict[str, Any]:
-    """The run's teacher on its unlabeled training videos' frames, scored with their ground truth
-    (:func:`video_turns`)."""
+def teacher_on_videos(run_dir: Path) -> tuple[Any, Any, Path]:
+    """The run's teacher (last checkpoint) on every frame of its unlabeled training videos:
+    predictions and the ground truth the generator keeps, (F, 68, 2) image px each, in the order
+    of the annotated list (returned too)."""
     from tsal_dist.data.lists import resolve_data
     from tsal_dist.eval.run import evaluate_list
     from tsal_dist.loop.checkpoint import latest_checkpoint, model_from_checkpoint
     from tsal_dist.loop.evaluation import list_eval_args
 
-    cm = model_from_checkpoint(latest_checkpoint(run_dir / "checkpoints"), "teacher")
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise SystemExit(f"{run_dir}: no checkpoint to probe")
+    cm = model_from_checkpoint(ckpt, "teacher")
     unlabeled = resolve_data(cm.config).unlabeled[0]
     # the same frames with their annotations (dataset_lists: videos_train next to the .none)
     lst = unlabeled.with_suffix(".lst")
@@ -176,7 +180,17 @@ def probe_videos(run_dir: Path) -> dict[str, Any]:
         raise SystemExit(f"{lst}: no annotated list of the unlabeled videos (synthetic data only)")
     r = evaluate_list(cm.model.eval(), lst, **list_eval_args(cm.config), batch_size=32)
     assert r is not None
-    return {"run": run_dir.name, **video_turns(r.preds, r.gts)}
+    if r.summary["n_bad_skipped"] or r.summary["n_unlabeled_skipped"]:
+        raise SystemExit(f"{lst}: frames skipped ({r.summary['problems']}); every frame must be "
+                         "scored")
+    return r.preds, r.gts, lst
+
+
+def probe_videos(run_dir: Path) -> dict[str, Any]:
+    """The run's teacher on its unlabeled training videos' frames, scored with their ground truth
+    (:func:`video_turns`)."""
+    preds, gts, _ = teacher_on_videos(run_dir)
+    return {"run": run_dir.name, **video_turns(preds, gts)}
 
 
 def _pct(x: float | None) -> str:

@@ -1,0 +1,128 @@
+"""The video signal probe: the structure fit against exact and duplicated-frame computations, the
+tracker against a known translation, the list's frames grouped per video, and the scores by
+turn paired with the teacher's own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _scripts import load_script
+
+
+def _rigid_video(frames: int = 12, points: int = 68, seed: int = 0) -> np.ndarray:
+    """One random 3D shape through a random affine camera per frame: exactly rank 3."""
+    rng = np.random.default_rng(seed)
+    shape = rng.normal(size=(points, 3))
+    cams = rng.normal(size=(frames, 2, 3))
+    shifts = rng.normal(size=(frames, 1, 2)) * 10
+    return np.einsum("fij,nj->fni", cams, shape) + shifts
+
+
+def test_structure_fit_reproduces_a_rigid_video_and_removes_independent_noise():
+    mod = load_script("video_signal_probe")
+    p = _rigid_video()
+    np.testing.assert_allclose(mod.structure_fit(p, 3), p, atol=1e-9)
+    noisy = p + np.random.default_rng(1).normal(scale=0.05, size=p.shape)
+    err_noisy = np.linalg.norm(noisy - p, axis=-1).mean()
+    err_fit = np.linalg.norm(mod.structure_fit(noisy, 3) - p, axis=-1).mean()
+    assert err_fit < 0.5 * err_noisy  # 12 frames x 2 rows against rank 3
+    # rank 2 cannot hold a 3D shape
+    assert np.linalg.norm(mod.structure_fit(p, 2) - p, axis=-1).mean() > 0.1
+
+
+def test_structure_fit_weight_is_a_duplicated_frame():
+    """Weight 3 on frame 0 = frame 0 listed three times (the same weighted least squares)."""
+    mod = load_script("video_signal_probe")
+    p = _rigid_video(seed=2) + np.random.default_rng(3).normal(scale=0.3, size=(12, 68, 2))
+    w = np.ones(12)
+    w[0] = 3.0
+    weighted = mod.structure_fit(p, 3, w)
+    duplicated = mod.structure_fit(np.concatenate([p[:1], p[:1], p]), 3)
+    np.testing.assert_allclose(weighted, duplicated[2:], atol=1e-9)
+    assert not np.allclose(weighted, mod.structure_fit(p, 3))
+    with pytest.raises(ValueError, match="positive frame weights"):
+        mod.structure_fit(p, 3, np.zeros(12))
+    with pytest.raises(ValueError, match="12 positive"):
+        mod.structure_fit(p, 3, np.ones(5))
+
+
+def test_track_follows_a_known_translation_both_ways():
+    import cv2
+
+    mod = load_script("video_signal_probe")
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur((rng.uniform(size=(160, 160)) * 255).astype(np.uint8), (0, 0), 2.0)
+    step = np.array([1.5, -0.75])  # px per frame
+    frames = []
+    for t in range(7):
+        m = np.float32([[1, 0, step[0] * t], [0, 1, step[1] * t]])
+        frames.append(cv2.warpAffine(base, m, (160, 160), borderMode=cv2.BORDER_REFLECT))
+    start = 3
+    pts = rng.uniform(50, 110, size=(10, 2))
+    got = mod.track(frames, pts, start)
+    want = pts[None] + (np.arange(7) - start)[:, None, None] * step
+    np.testing.assert_allclose(got, want, atol=0.1)
+    np.testing.assert_array_equal(got[start], pts)
+
+
+def test_video_frames_groups_rows_per_video_in_frame_order(tmp_path):
+    mod = load_script("video_signal_probe")
+    lst = tmp_path / "v.lst"
+    lst.write_text("a.avi#1 a1.pts 0 0 9 9\nb.avi#0 b0.pts 0 0 9 9\na.avi#0 a0.pts 0 0 9 9\n")
+    got = mod.video_frames(lst)
+    assert got == [(tmp_path / "a.avi", [2, 0]), (tmp_path / "b.avi", [1])]
+    lst.write_text("a.avi#1 a1.pts 0 0 9 9\n")
+    with pytest.raises(SystemExit, match="a.avi does not list every frame"):
+        mod.video_frames(lst)
+    lst.write_text("a.png a.pts 0 0 9 9\n")
+    with pytest.raises(SystemExit, match="row 1 is not a video frame"):
+        mod.video_frames(lst)
+
+
+def test_signals_on_a_rendered_video_with_exact_landmarks():
+    """Given the ground truth as the teacher's landmarks: own is exact, the tracked and ground
+    truth tracked targets are the same, the anchor frame is left out, and a richer shape model
+    fits the ground truth closer."""
+    from tsal_dist.data.synthetic.video import render_video
+
+    mod = load_script("video_signal_probe")
+    frames, lms, _ = render_video(np.random.default_rng(4), 10, 128)
+    grey = [np.ascontiguousarray(f[..., 1]) for f in frames]
+    videos = [("clip", list(range(10)))]
+    got = mod.signals(lms, lms, videos, frames_of=lambda _path: grey)
+    np.testing.assert_array_equal(got["own"], lms)
+    np.testing.assert_array_equal(got["tracked"], got["gt tracked"])
+    nan_rows = np.isnan(got["tracked"]).all((1, 2))
+    assert nan_rows.sum() == 1
+    scores = mod.by_turn(got, lms)
+    assert scores["own"]["all"] == 0.0
+    assert scores["gt structure-r5"]["all"] < scores["gt structure-r3"]["all"] < 0.05
+    assert 0 < scores["tracked"]["all"] < 0.1
+    with pytest.raises(SystemExit, match="9 frames decoded, 10 listed"):
+        mod.signals(lms, lms, videos, frames_of=lambda _path: grey[:9])
+
+
+def test_summary_pairs_each_signal_with_the_teachers_own_per_run():
+    mod = load_script("video_signal_probe")
+    nb = len(mod.TURN_BINS) - 1
+
+    def run(name: str, own: float, sig: float) -> dict:
+        return {"run": name, "nme": {
+            "own": {"all": own, "bins": [own] * (nb - 1) + [None]},
+            "structure-r3": {"all": sig, "bins": [sig] * (nb - 1) + [None]},
+            "_share": [1.0 / nb] * nb}}
+
+    runs = [run("supervised-L50-s0", 0.06, 0.05), run("supervised-L50-s1", 0.07, 0.07),
+            run("tsal-published-queue-L50-s0", 0.08, 0.09)]
+    rows = mod.summarise(runs)
+    sup = {r["signal"]: r for r in rows if r["method"] == "supervised"}
+    assert sup["own"]["all"]["delta_vs_own"] is None
+    d = sup["structure-r3"]["all"]["delta_vs_own"]
+    assert d["per_seed"] == pytest.approx([-0.01, 0.0]) and d["n"] == 2
+    assert sup["structure-r3"]["0"]["nme_mean"] == pytest.approx(0.06)
+    assert sup["structure-r3"][str(nb - 1)]["nme_mean"] is None
+    tsal = {r["signal"]: r for r in rows if r["method"] == "tsal-published-queue"}
+    assert tsal["structure-r3"]["all"]["delta_vs_own"]["mean"] == pytest.approx(0.01)
+    md = mod.markdown({"command": "x", "machine": "m", "seconds": 1.0, "summary": rows,
+                       "runs": [{**r, "frames": 10, "videos": 1} for r in runs]})
+    assert "| structure-r3 | 6.00, -0.50 [" in md
