@@ -104,6 +104,22 @@ def scheme_for(num_points: int) -> LandmarkScheme:
     return LandmarkScheme(f"generic{num_points}", num_points, "bbox")
 
 
+def layout_problems(num_points: int, *, flip: bool = False, head_turn: bool = False) -> list[str]:
+    """What a K-point layout cannot do that the settings ask of it, one ``"<key>: <why>"`` each
+    (empty: nothing): ``data.flip`` needs mirror pairs, ``loss.pseudo_max_turn`` (``head_turn``)
+    needs the eye corners and the nose tip. For the entry points, before any work starts."""
+    scheme = scheme_for(num_points)
+    out = []
+    if flip and not scheme.flip_pairs:
+        out.append(f"data.flip: the {scheme.name} layout ({num_points} points) has no known "
+                   "mirror pairs; train without flip")
+    if head_turn and (scheme.eye_corners is None or scheme.nose_tip is None):
+        out.append(f"loss.pseudo_max_turn: the head turn needs the outer eye corners and the nose "
+                   f"tip, not known for the {scheme.name} layout ({num_points} points); set it "
+                   "to 0")
+    return out
+
+
 def head_turn(points: Any, scheme: LandmarkScheme) -> Any:
     """How far each face is turned sideways, from its landmarks alone: the nose tip's offset from
     the outer eye corners' midpoint along the line between them, in inter-ocular distances

@@ -97,3 +97,18 @@ def test_head_turn_is_the_nose_offset_along_the_eye_line_whatever_the_rotation_a
     assert head_turn(w, WFLW98) == pytest.approx(-0.25)
     with pytest.raises(ValueError, match="aflw19.*nose tip"):
         head_turn(np.zeros((19, 2)), AFLW19)
+
+
+def test_layout_problems_name_the_key_and_the_layout():
+    from tsal_dist.data.schemes import layout_problems
+
+    assert layout_problems(68, flip=True, head_turn=True) == []
+    assert layout_problems(98, head_turn=True) == []  # WFLW: nose tip and eye corners known
+    assert layout_problems(19) == []  # nothing asked
+    (flip,) = layout_problems(98, flip=True)
+    assert flip.startswith("data.flip: the wflw98 layout (98 points) has no known mirror pairs")
+    for k, name in ((19, "aflw19"), (29, "cofw29"), (7, "generic7")):
+        (turn,) = layout_problems(k, head_turn=True)
+        assert turn.startswith("loss.pseudo_max_turn: ") and f"{name} layout ({k} points)" in turn
+    assert [p.split(":")[0] for p in layout_problems(7, flip=True, head_turn=True)] == [
+        "data.flip", "loss.pseudo_max_turn"]

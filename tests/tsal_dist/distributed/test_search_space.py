@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tsal_dist.config import ConfigError, ExperimentConfig, load_config
+from tsal_dist.config import ConfigError, ExperimentConfig, load_config, with_overrides
 from tsal_dist.distributed.search_space import (ParamSpec, extremes, num_trials, parse_space,
                                                 sample, validate_space)
 from tsal_dist.distributed.sweep import load_sweep
@@ -88,6 +88,18 @@ def test_validate_space_out_of_range_extreme():
         validate_space(BASE, {"model.backbone": {"choice": ["resnet", "vgg"]}})
     with pytest.raises(ConfigError, match=r"space\.teacher\.queue_length"):
         validate_space(BASE, {"teacher.queue_length": {"choice": [4, "many"]}})
+
+
+def test_validate_space_refuses_what_the_layout_cannot_serve():
+    """A turn limit on a 19-point layout (no nose tip) is refused before any trial starts, at the
+    base and at a swept extreme alike."""
+    base = with_overrides(BASE, {"data.num_points": 19, "model.centroid_index": 10,
+                                 "loss.student_consistency": "pseudo_label"})
+    space = {"loss.pseudo_max_turn": {"choice": [0.0, 0.25]}}
+    with pytest.raises(ConfigError, match=r"space\.loss\.pseudo_max_turn=0\.25: loss\."
+                       r"pseudo_max_turn: .*aflw19 layout \(19 points\)"):
+        validate_space(base, space)
+    assert len(validate_space(with_overrides(base, {"data.num_points": 68}), space)) == 3
 
 
 def test_num_trials():

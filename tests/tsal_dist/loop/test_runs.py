@@ -48,6 +48,23 @@ def test_cli_refuses_a_changed_config_in_one_line(smoke_cfg, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_cli_refuses_what_the_layout_cannot_serve_before_any_work(tmp_path):
+    """A turn limit with 19 points (no nose tip): one line naming the key, exit 2, no run folder,
+    before the data or Ray are touched."""
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "tsal_dist.train", "--local", "--config",
+                           str(REPO / "configs" / "smoke.yaml"), "--output", str(out), "--name",
+                           "r", "--set", "data.num_points=19", "--set", "model.centroid_index=10",
+                           "--set", "loss.student_consistency=pseudo_label", "--set",
+                           "loss.pseudo_max_turn=0.25"], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "loss.pseudo_max_turn: " in lines[0], proc.stderr
+    assert "aflw19 layout (19 points)" in lines[0]
+    assert not out.exists()
+
+
 def test_truncate_metrics_keeps_each_step_once(tmp_path):
     p = tmp_path / "metrics.jsonl"
     rows = [{"step": s, "x": s} for s in (3, 6, 9)] + [{"step": 6, "val": 1}]
