@@ -34,12 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from tsal_dist.loop.runs import check_layout, check_run_config  # torch: not for --help
+    from tsal_dist.loop.runs import check_run_config  # torch: not needed for --help
 
     try:
         cfg = load_config(args.config, run_overrides(args, section="run"))
         run_dir = Path(cfg.run.output).expanduser().resolve() / run_name_for(cfg)
-        check_layout(cfg)
         check_run_config(run_dir, cfg, force=args.force)
     except ConfigError as e:
         return exit_user_error(e)

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from tsal_dist.config import (ConfigError, ExperimentConfig, load_config, parse_set_args,
-                              save_config, with_overrides)
+from tsal_dist.config import (ConfigError, ExperimentConfig, load_config, load_distill_config,
+                              parse_set_args, save_config, with_overrides)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,6 +55,24 @@ def test_cross_section_check():
         with_overrides(ExperimentConfig(), {"data.num_points": 19})
     cfg = with_overrides(ExperimentConfig(), {"data.num_points": 19, "model.centroid_index": 9})
     assert cfg.data.num_points == 19
+
+
+def test_what_the_point_layout_cannot_serve_is_refused_by_the_config_itself():
+    """Every entry point builds an ExperimentConfig (distillation embeds one), so a flip without
+    mirror pairs or a turn limit without a nose tip stops there, named by its key."""
+    with pytest.raises(ConfigError, match=r"^data\.flip: the wflw98 layout \(98 points\) has no "):
+        with_overrides(ExperimentConfig(), {"data.num_points": 98, "data.flip": True})
+    turn = {"data.num_points": 19, "model.centroid_index": 9,
+            "loss.student_consistency": "pseudo_label", "loss.pseudo_max_turn": 0.25}
+    with pytest.raises(ConfigError, match=r"^loss\.pseudo_max_turn: .*aflw19 layout \(19 points\)"):
+        with_overrides(ExperimentConfig(), turn)
+    with pytest.raises(ConfigError, match=r"^data\.flip: the wflw98 layout"):
+        load_distill_config(None, {"experiment.data.num_points": 98, "experiment.data.flip": True})
+    # what the layout can serve passes: 98 points without flip, a turn limit on 68 or 98 points
+    assert with_overrides(ExperimentConfig(), {"data.num_points": 98}).data.num_points == 98
+    for k in (68, 98):
+        cfg = with_overrides(ExperimentConfig(), {**turn, "data.num_points": k})
+        assert cfg.loss.pseudo_max_turn == 0.25
 
 
 def test_yaml_errors_name_file_and_key(tmp_path):

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tsal_dist.config.schema import Schema, check, later
+from tsal_dist.config.schema import ConfigError, Schema, check, later
+from tsal_dist.data.schemes import layout_problems  # standard library only
 
 
 @dataclass(frozen=True)
@@ -385,6 +386,12 @@ class ExperimentConfig(Schema):
     def __post_init__(self) -> None:
         check(self.model.centroid_index < self.data.num_points, "model.centroid_index",
                f"must be < data.num_points ({self.data.num_points})")
+        # what the point layout cannot serve, refused here so that every entry point (training,
+        # distillation, sweeps, benchmarks) stops before any work rather than at the dataset
+        problems = layout_problems(self.data.num_points, flip=self.data.flip,
+                                   head_turn=self.loss.pseudo_max_turn > 0)
+        if problems:
+            raise ConfigError(problems[0])
         # fp16 needs loss scaling on a GPU: CPU kernels and DeepSpeed's CPU accelerator have no
         # fp16 path worth running (bf16 runs on both).
         check(self.train.precision != "fp16" or self.scaling.use_gpu, "train.precision",

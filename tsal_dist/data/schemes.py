@@ -107,7 +107,8 @@ def scheme_for(num_points: int) -> LandmarkScheme:
 def layout_problems(num_points: int, *, flip: bool = False, head_turn: bool = False) -> list[str]:
     """What a K-point layout cannot do that the settings ask of it, one ``"<key>: <why>"`` each
     (empty: nothing): ``data.flip`` needs mirror pairs, ``loss.pseudo_max_turn`` (``head_turn``)
-    needs the eye corners and the nose tip. For the entry points, before any work starts."""
+    needs the eye corners and the nose tip. ``ExperimentConfig`` refuses the first of them, so
+    that every entry point stops before any work starts."""
     scheme = scheme_for(num_points)
     out = []
     if flip and not scheme.flip_pairs:

@@ -54,21 +54,6 @@ def check_run_config(run_dir: str | Path, cfg: ExperimentConfig, *, force: bool 
                                "to continue this one with the new config")
 
 
-def check_layout(cfg: ExperimentConfig) -> None:
-    """Refuse settings the point layout cannot serve (``data.schemes.layout_problems``) before
-    any work starts, rather than at the dataset or the first step.
-
-    Raises:
-        ConfigError: ``<key>: <why>`` for the first problem.
-    """
-    from tsal_dist.data.schemes import layout_problems
-
-    problems = layout_problems(cfg.data.num_points, flip=cfg.data.flip,
-                               head_turn=cfg.loss.pseudo_max_turn > 0)
-    if problems:
-        raise ConfigError(problems[0])
-
-
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     """Delete the temporary files of writes that never finished (``.<name>.*.tmp``: the names
     that ``tsal_dist.atomic`` gives them)."""

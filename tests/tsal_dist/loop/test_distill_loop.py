@@ -121,6 +121,20 @@ def test_short_distillation_run_loss_falls_and_resumes(tmp_path, monkeypatch):
         run_distill(cfg, run_dir=run_dir, progress=False, export=True)
 
 
+def test_cli_refuses_what_the_layout_cannot_serve_before_any_work(tmp_path, capsys):
+    """tsal-distill with a flip on 98 points (no mirror pairs): one line naming the key, exit 2,
+    no run folder, before the ASM data, the teachers or Ray are touched."""
+    from tsal_dist.distill import main
+
+    out = tmp_path / "runs"
+    rc = main(["--local", "--output", str(out), "--name", "d", "--set",
+               "experiment.data.num_points=98", "--set", "experiment.data.flip=true"])
+    assert rc == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "data.flip: the wflw98 layout (98 points)" in lines[0], lines
+    assert not out.exists()
+
+
 def test_configs_distill_yaml_spells_out_the_defaults():
     from pathlib import Path
 
