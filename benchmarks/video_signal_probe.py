@@ -10,8 +10,10 @@ the teacher's own landmarks on the same frames, by the true head turn (``head_tu
 
 - **structure**: the person's face is the same 3D shape in every frame of a video, so the
   teacher's landmarks over the whole video, fitted by one shape seen through a per-frame affine
-  camera (a rank-r factorisation of the centred landmarks: r = 3 rigid, r = 4, 5 with one or two
-  modes of expression), give every frame a target constrained by every other frame.
+  camera (a rank-r factorisation of the centred landmarks: r = 3 rigid, up to an affine
+  transform of 3D since the cameras carry no metric constraint; r = 4, 5 a little non-rigid
+  freedom beyond it, where a full mode of expression would add 3), give every frame a target
+  constrained by every other frame.
   ``structure-frontal`` weighs the frames by how frontal the teacher sees them (its own
   |turn|: weight exp(-(turn / 0.1)^2)), so the shape comes mostly from where it is right. The
   same fit of the ground truth is the model's floor (perspective and expression it leaves out).
@@ -178,20 +180,27 @@ def signals(preds: Any, gts: Any, videos: list[tuple[Path, list[int]]],
 
 
 def by_turn(targets: dict[str, Any], gts: Any) -> dict[str, Any]:
-    """Mean NME of every target per true |turn| bin (TURN_BINS) and over all frames."""
+    """Mean NME of every target per true |turn| bin (TURN_BINS) and over all frames, and the
+    teacher's own (``targets["own"]``) on the same frames (``own_same_frames``: a target left
+    NaN on some frames, as ``tracked`` on the anchors, is compared on the frames it has)."""
     import numpy as np
 
     from tsal_dist.data.schemes import IBUG68, head_turn
 
     turn = np.abs(head_turn(np.asarray(gts, np.float64), IBUG68))
+
+    def means(nme: Any, ok: Any) -> dict[str, Any]:
+        return {"all": float(nme[ok].mean()), "bins": [
+            float(nme[ok & (turn >= lo) & (turn < hi)].mean())
+            if (ok & (turn >= lo) & (turn < hi)).any() else None
+            for lo, hi in itertools.pairwise(TURN_BINS)]}
+
+    own = point_errors(targets["own"], gts).mean(1)
     res = {}
     for name, x in targets.items():
         nme = point_errors(x, gts).mean(1)
         ok = np.isfinite(nme)
-        res[name] = {"all": float(nme[ok].mean()), "bins": [
-            float(nme[ok & (turn >= lo) & (turn < hi)].mean())
-            if (ok & (turn >= lo) & (turn < hi)).any() else None
-            for lo, hi in itertools.pairwise(TURN_BINS)]}
+        res[name] = {**means(nme, ok), "own_same_frames": means(own, ok)}
     res["_share"] = [float(((turn >= lo) & (turn < hi)).mean())
                      for lo, hi in itertools.pairwise(TURN_BINS)]
     return res
@@ -210,7 +219,7 @@ def _method(run_name: str) -> str:
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per method, signal and turn bin (and all frames): mean NME over the runs and the
-    difference to the teacher's own landmarks paired by run."""
+    difference to the teacher's own landmarks on the same frames, paired by run."""
     out = []
     nb = len(TURN_BINS) - 1
     for method in dict.fromkeys(_method(r["run"]) for r in runs):
@@ -220,10 +229,12 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             row: dict[str, Any] = {"method": method, "signal": name, "runs": len(rs)}
             for b in [*range(nb), "all"]:
-                def val(r: dict[str, Any], key: str, b: Any = b) -> float | None:
-                    return r["nme"][key]["all"] if b == "all" else r["nme"][key]["bins"][b]
-                vals = {r["run"]: val(r, name) for r in rs if val(r, name) is not None}
-                own = {r["run"]: val(r, "own") for r in rs if val(r, "own") is not None}
+                def val(d: dict[str, Any], b: Any = b) -> float | None:
+                    return d["all"] if b == "all" else d["bins"][b]
+                vals = {r["run"]: val(r["nme"][name]) for r in rs
+                        if val(r["nme"][name]) is not None}
+                own = {r["run"]: val(r["nme"][name]["own_same_frames"]) for r in rs
+                       if val(r["nme"][name]["own_same_frames"]) is not None}
                 row[str(b)] = {"nme_mean": statistics.fmean(vals.values()) if vals else None,
                                "delta_vs_own": None if name == "own" else paired(vals, own)}
             out.append(row)
@@ -247,10 +258,14 @@ def markdown(doc: dict[str, Any]) -> str:
               "same weighted to the frames the teacher sees frontal; tracked = its landmarks on "
               f"the frame it sees most frontal, carried by Lucas-Kanade ({LK_WINDOW} px window, "
               f"{LK_LEVELS} levels) chained over the full frames; gt = the same applied to the "
-              "ground truth (the signal's floor). Δ vs own paired by run, mean [95 % t "
-              "interval], * where it excludes 0; negative = the signal is better."), ""]
+              "ground truth (the signal's floor). Δ vs own on the same frames (the tracked rows "
+              "leave out each video's anchor frame) paired by run, mean [95 % t interval], * "
+              "where it excludes 0; negative = the signal is better. The runs of a method differ "
+              "in their seed, not in their videos (every run sees the same ones), so an interval "
+              "is the spread over teachers, not over videos."), ""]
     for method in dict.fromkeys(r["method"] for r in doc["summary"]):
-        lines += [f"## {method} ({doc['summary'][0]['runs']} runs)", "",
+        runs = next(r["runs"] for r in doc["summary"] if r["method"] == method)
+        lines += [f"## {method} ({runs} runs)", "",
                   "| signal | all frames | " + " | ".join(f"|turn| {h}" for h in heads) + " |",
                   "|---|---|" + "---|" * nb]
         for r in doc["summary"]:

@@ -102,14 +102,74 @@ def test_signals_on_a_rendered_video_with_exact_landmarks():
         mod.signals(lms, lms, videos, frames_of=lambda _path: grey[:9])
 
 
+def test_signals_follow_the_teacher_and_are_scored_against_the_ground_truth():
+    """A teacher that sees the most turned frame as frontal (its nose tip on the eye line's
+    midpoint there) and is off by a known shift elsewhere: the anchor is where the TEACHER sees
+    the face most frontal, for its landmarks and the ground truth's alike; the frontal weights
+    come from its turn; every score is the plain mean of the per-frame NME against the ground
+    truth, by the true turn, and the tracked rows are compared with its own on the same frames."""
+    from tsal_dist.data.schemes import IBUG68, head_turn
+    from tsal_dist.data.synthetic.video import render_video
+
+    mod = load_script("video_signal_probe")
+    frames, lms, _ = render_video(np.random.default_rng(5), 10, 128)
+    lms = np.asarray(lms, np.float64)
+    grey = [np.ascontiguousarray(f[..., 1]) for f in frames]
+    true_turn = np.abs(head_turn(lms, IBUG68))
+    k = int(np.argmax(true_turn))
+    assert k != int(np.argmin(true_turn)) and true_turn[k] > 0.05
+    preds = lms + np.array([0.8, -0.5])
+    a, b = preds[k, IBUG68.eye_corners[0]], preds[k, IBUG68.eye_corners[1]]
+    preds[k, IBUG68.nose_tip] += (a + b) / 2 - preds[k, IBUG68.nose_tip]  # turn 0 for it
+    got = mod.signals(preds, lms, [("clip", list(range(10)))], frames_of=lambda _path: grey)
+
+    for name in ("tracked", "gt tracked"):
+        assert np.flatnonzero(np.isnan(got[name]).all((1, 2))).tolist() == [k]
+    # the ground truth carried from the teacher's anchor, not from the truly most frontal frame
+    np.testing.assert_allclose(got["gt tracked"][k - 1 if k else 1],
+                               mod.track(grey, lms[k], k)[k - 1 if k else 1])
+    w = np.exp(-(np.abs(head_turn(preds, IBUG68)) / 0.1) ** 2) + 1e-3
+    np.testing.assert_allclose(got["structure-frontal-r3"], mod.structure_fit(preds, 3, w))
+    np.testing.assert_allclose(got["structure-r4"], mod.structure_fit(preds, 4))
+    np.testing.assert_allclose(got["gt structure-r3"], mod.structure_fit(lms, 3))
+
+    def nme(x: np.ndarray) -> np.ndarray:  # per frame, inter-ocular, written out
+        iod = np.linalg.norm(lms[:, 36] - lms[:, 45], axis=-1)
+        return np.linalg.norm(x - lms, axis=-1).mean(1) / iod
+
+    scores = mod.by_turn(got, lms)
+    own, tracked = nme(preds), nme(got["tracked"])
+    keep = np.arange(10) != k
+    assert scores["own"]["all"] == pytest.approx(own.mean())
+    assert scores["tracked"]["all"] == pytest.approx(tracked[keep].mean())
+    assert scores["tracked"]["own_same_frames"]["all"] == pytest.approx(own[keep].mean())
+    assert scores["structure-r3"]["own_same_frames"]["all"] == pytest.approx(own.mean())
+    for i, (lo, hi) in enumerate(zip(mod.TURN_BINS[:-1], mod.TURN_BINS[1:])):
+        inside = (true_turn >= lo) & (true_turn < hi)
+        want = own[inside].mean() if inside.any() else None
+        assert scores["own"]["bins"][i] == (pytest.approx(want) if inside.any() else None)
+        inside &= keep
+        if inside.any():
+            assert scores["tracked"]["own_same_frames"]["bins"][i] == pytest.approx(
+                own[inside].mean())
+    assert scores["_share"] == pytest.approx([
+        ((true_turn >= lo) & (true_turn < hi)).mean()
+        for lo, hi in zip(mod.TURN_BINS[:-1], mod.TURN_BINS[1:])])
+
+
 def test_summary_pairs_each_signal_with_the_teachers_own_per_run():
     mod = load_script("video_signal_probe")
     nb = len(mod.TURN_BINS) - 1
 
     def run(name: str, own: float, sig: float) -> dict:
+        o = {"all": own, "bins": [own] * (nb - 1) + [None]}
         return {"run": name, "nme": {
-            "own": {"all": own, "bins": [own] * (nb - 1) + [None]},
-            "structure-r3": {"all": sig, "bins": [sig] * (nb - 1) + [None]},
+            "own": {**o, "own_same_frames": o},
+            "structure-r3": {"all": sig, "bins": [sig] * (nb - 1) + [None],
+                             "own_same_frames": o},
+            # a target missing on some frames: paired with the teacher's own on those frames
+            "tracked": {"all": sig, "bins": [sig] * (nb - 1) + [None],
+                        "own_same_frames": {"all": own + 0.01, "bins": [own] * (nb - 1) + [None]}},
             "_share": [1.0 / nb] * nb}}
 
     runs = [run("supervised-L50-s0", 0.06, 0.05), run("supervised-L50-s1", 0.07, 0.07),
@@ -121,8 +181,11 @@ def test_summary_pairs_each_signal_with_the_teachers_own_per_run():
     assert d["per_seed"] == pytest.approx([-0.01, 0.0]) and d["n"] == 2
     assert sup["structure-r3"]["0"]["nme_mean"] == pytest.approx(0.06)
     assert sup["structure-r3"][str(nb - 1)]["nme_mean"] is None
+    d = sup["tracked"]["all"]["delta_vs_own"]
+    assert d["per_seed"] == pytest.approx([-0.02, -0.01])
     tsal = {r["signal"]: r for r in rows if r["method"] == "tsal-published-queue"}
     assert tsal["structure-r3"]["all"]["delta_vs_own"]["mean"] == pytest.approx(0.01)
     md = mod.markdown({"command": "x", "machine": "m", "seconds": 1.0, "summary": rows,
                        "runs": [{**r, "frames": 10, "videos": 1} for r in runs]})
     assert "| structure-r3 | 6.00, -0.50 [" in md
+    assert "## supervised (2 runs)" in md and "## tsal-published-queue (1 runs)" in md
