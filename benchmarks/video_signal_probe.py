@@ -188,12 +188,11 @@ def by_turn(targets: dict[str, Any], gts: Any) -> dict[str, Any]:
     from tsal_dist.data.schemes import IBUG68, head_turn
 
     turn = np.abs(head_turn(np.asarray(gts, np.float64), IBUG68))
+    bins = [(turn >= lo) & (turn < hi) for lo, hi in itertools.pairwise(TURN_BINS)]
 
     def means(nme: Any, ok: Any) -> dict[str, Any]:
-        return {"all": float(nme[ok].mean()), "bins": [
-            float(nme[ok & (turn >= lo) & (turn < hi)].mean())
-            if (ok & (turn >= lo) & (turn < hi)).any() else None
-            for lo, hi in itertools.pairwise(TURN_BINS)]}
+        return {"all": float(nme[ok].mean()),
+                "bins": [float(nme[ok & b].mean()) if (ok & b).any() else None for b in bins]}
 
     own = point_errors(targets["own"], gts).mean(1)
     res = {}
@@ -201,8 +200,7 @@ def by_turn(targets: dict[str, Any], gts: Any) -> dict[str, Any]:
         nme = point_errors(x, gts).mean(1)
         ok = np.isfinite(nme)
         res[name] = {**means(nme, ok), "own_same_frames": means(own, ok)}
-    res["_share"] = [float(((turn >= lo) & (turn < hi)).mean())
-                     for lo, hi in itertools.pairwise(TURN_BINS)]
+    res["_share"] = [float(b.mean()) for b in bins]
     return res
 
 
