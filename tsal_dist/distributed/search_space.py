@@ -11,9 +11,10 @@ domain each::
       optim.steps:          {randint: [20, 40]}         # integer in [low, high) (Tune's randint)
 
 The same keys are what :func:`tsal_dist.config.with_overrides` takes, so a trial's sampled
-``config`` IS a set of overrides. :func:`validate_space` applies the extremes and one random sample
-of every domain to the base config before any trial starts: a misspelled key, a wrong type or an
-out-of-range value raises :class:`~tsal_dist.config.ConfigError` naming the key.
+``config`` IS a set of overrides. :func:`validate_space` applies one random sample of every domain,
+each key's extremes and every pair of two keys' extremes to the base config before any trial
+starts: a misspelled key, a wrong type, an out-of-range value or two swept values that cannot go
+together raise :class:`~tsal_dist.config.ConfigError` naming the key(s).
 
 This module is pure except :func:`to_tune`, which imports Ray Tune lazily.
 """
@@ -114,11 +115,14 @@ def sample(spec: ParamSpec, rng: random.Random) -> Any:
 
 def validate_space(base_cfg: ExperimentConfig, space: Mapping[str, Any], *, seed: int = 0
                    ) -> list[dict[str, Any]]:
-    """Apply one random sample and every extreme of ``space`` to ``base_cfg``; raise if any fails.
+    """Apply one random sample and the extremes of ``space`` to ``base_cfg``; raise if any fails.
 
-    Each extreme of a key is applied together with a random sample of the other keys, so values
-    that are only invalid in combination (e.g. ``model.centroid_index`` vs ``data.num_points``)
-    are caught as well as plain range errors.
+    Checked, each on top of one random sample of every key: each key's extremes alone, and every
+    pair of extremes of every two keys. So values that are only invalid in combination with the
+    base (e.g. ``model.centroid_index`` vs ``data.num_points``) or with another swept key (e.g.
+    ``data.num_points`` and ``loss.pseudo_max_turn`` both swept) are caught up front, as well as
+    plain range errors. Combinations of three or more keys, and interior values of a range, are
+    not enumerated; a trial whose config still fails is refused when it is built.
 
     Args:
         base_cfg: the sweep's base configuration.
@@ -126,27 +130,45 @@ def validate_space(base_cfg: ExperimentConfig, space: Mapping[str, Any], *, seed
         seed: seed of the random sample (the check is deterministic).
 
     Returns:
-        The override dicts that were checked (the random sample first).
+        The override dicts that were checked (the random sample first, then the single-key
+        extremes, then the pairs), each once.
 
     Raises:
-        ConfigError: ``space.<key>=<value>: <reason>`` for the first bad key/value (a setting
-            the point layout cannot serve included: ``data.schemes.layout_problems``, checked by
-            ``ExperimentConfig``).
+        ConfigError: ``space.<key>=<value>: <reason>`` for the first bad key/value, with
+            ``(with space.<other>=<value>)`` when it fails only together with another swept
+            value (a setting the point layout cannot serve included:
+            ``data.schemes.layout_problems``, checked by ``ExperimentConfig``).
     """
     specs = parse_space(space)
     rng = random.Random(seed)
     base_sample = {k: sample(s, rng) for k, s in specs.items()}
-    checked = [dict(base_sample)]
-    for key, spec in specs.items():
-        for v in extremes(spec):
-            checked.append({**base_sample, key: v})
-    for overrides in checked:
+    edges = {k: extremes(s) for k, s in specs.items()}
+    keys = list(specs)
+    candidates: list[dict[str, Any]] = [dict(base_sample)]
+    candidates += [{**base_sample, k: v} for k in keys for v in edges[k]]
+    candidates += [{**base_sample, a: va, b: vb}
+                   for i, a in enumerate(keys) for b in keys[i + 1:]
+                   for va in edges[a] for vb in edges[b]]
+    checked: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for overrides in candidates:
+        ident = repr(sorted(overrides.items()))
+        if ident in seen:
+            continue
+        seen.add(ident)
+        checked.append(overrides)
         try:
             with_overrides(base_cfg, overrides)
         except ConfigError as e:
             bad = str(e).split(":", 1)[0]
-            shown = f"={overrides[bad]!r}" if bad in overrides else ""
-            raise ConfigError(f"space.{bad}{shown}: {e}") from e
+            moved = [f"space.{k}={v!r}" for k, v in overrides.items()
+                     if k != bad and v != base_sample[k]]
+            if bad in overrides:
+                head = f"space.{bad}={overrides[bad]!r}"
+                head += f" (with {', '.join(moved)})" if moved else ""
+            else:  # a base key refused because of the swept values
+                head = ", ".join(moved) if moved else "space"
+            raise ConfigError(f"{head}: {e}") from e
     return checked
 
 

@@ -69,10 +69,14 @@ def test_sample_distributions():
 def test_validate_space_accepts_good_space_and_checks_every_extreme():
     space = {"teacher.blend": {"uniform": [0.4, 0.9]}, "loss.unsup_weight": {"grid": [0.5, 2]}}
     checked = validate_space(BASE, space)
-    # one random sample + 2 extremes per key
-    assert len(checked) == 1 + 2 + 2
-    assert {c["teacher.blend"] for c in checked[1:3]} == {0.4, 0.9}
-    assert {c["loss.unsup_weight"] for c in checked[3:5]} == {0.5, 2}
+    b, u = checked[0]["teacher.blend"], checked[0]["loss.unsup_weight"]
+    assert 0.4 < b < 0.9 and u in (0.5, 2)
+    got = [(c["teacher.blend"], c["loss.unsup_weight"]) for c in checked]
+    # the random sample first, then each extreme on top of it, then every pair of extremes; each
+    # combination once (the grid value the sample drew is not checked twice)
+    want = {(b, u), (0.4, u), (0.9, u), (b, 0.5), (b, 2),
+            (0.4, 0.5), (0.4, 2), (0.9, 0.5), (0.9, 2)}
+    assert got[0] == (b, u) and len(got) == len(set(got)) == 6 and set(got) == want
 
 
 def test_validate_space_misspelled_key():
@@ -99,7 +103,28 @@ def test_validate_space_refuses_what_the_layout_cannot_serve():
     with pytest.raises(ConfigError, match=r"space\.loss\.pseudo_max_turn=0\.25: loss\."
                        r"pseudo_max_turn: .*aflw19 layout \(19 points\)"):
         validate_space(base, space)
-    assert len(validate_space(with_overrides(base, {"data.num_points": 68}), space)) == 3
+    assert len(validate_space(with_overrides(base, {"data.num_points": 68}), space)) == 2
+
+
+def test_validate_space_refuses_two_swept_values_that_fail_only_together():
+    """Sweeping the layout and the turn limit: 19 points with a turn limit fails (no nose tip),
+    though each value passes with the other key's sampled value; refused up front, naming both."""
+    base = with_overrides(BASE, {"model.centroid_index": 10,
+                                 "loss.student_consistency": "pseudo_label"})
+    space = {"data.num_points": {"choice": [68, 19]}, "loss.pseudo_max_turn": {"choice": [0.0, 0.25]}}
+    specs = list(parse_space(space).values())
+    # a seed whose random sample is (68, 0.0): each key's extremes alone pass on top of it
+    seed = next(s for s in range(100)
+                if [sample(p, r) for r in [random.Random(s)] for p in specs] == [68, 0.0])
+    for single in ({"data.num_points": 19, "loss.pseudo_max_turn": 0.0},
+                   {"data.num_points": 68, "loss.pseudo_max_turn": 0.25}):
+        with_overrides(base, single)  # each swept value alone is fine
+    with pytest.raises(ConfigError, match=r"space\.loss\.pseudo_max_turn=0\.25 \(with space\.data\."
+                       r"num_points=19\): loss\.pseudo_max_turn: .*aflw19"):
+        validate_space(base, space, seed=seed)
+    ok = {"data.num_points": {"choice": [68, 98]}, "loss.pseudo_max_turn": {"choice": [0.0, 0.25]}}
+    assert {tuple(c.values()) for c in validate_space(base, ok, seed=seed)} == {
+        (68, 0.0), (98, 0.0), (68, 0.25), (98, 0.25)}
 
 
 def test_num_trials():
