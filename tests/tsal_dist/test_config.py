@@ -66,7 +66,7 @@ def test_what_the_point_layout_cannot_serve_is_refused_by_the_config_itself():
             "loss.student_consistency": "pseudo_label", "loss.pseudo_max_turn": 0.25}
     with pytest.raises(ConfigError, match=r"^loss\.pseudo_max_turn: .*aflw19 layout \(19 points\)"):
         with_overrides(ExperimentConfig(), turn)
-    with pytest.raises(ConfigError, match=r"^data\.flip: the wflw98 layout"):
+    with pytest.raises(ConfigError, match=r"^experiment\.data\.flip: the wflw98 layout"):
         load_distill_config(None, {"experiment.data.num_points": 98, "experiment.data.flip": True})
     # what the layout can serve passes: 98 points without flip, a turn limit on 68 or 98 points
     assert with_overrides(ExperimentConfig(), {"data.num_points": 98}).data.num_points == 98

@@ -121,7 +121,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def from_dict(cls: type, d: Mapping[str, Any], prefix: str = "", *, kind: str = "config") -> Any:
     """Build dataclass ``cls`` from a nested mapping; unknown keys raise
-    ``ConfigError("<key>: unknown <kind> key (known: ...)")``."""
+    ``ConfigError("<key>: unknown <kind> key (known: ...)")``.
+
+    A :class:`Schema` nested in another (``DistillConfig.experiment``) writes its checks' keys
+    relative to itself (``data.flip``); built under a prefix, its errors get the prefix
+    (``experiment.data.flip``), so every message names the key as the user writes it.
+    """
+    if prefix and isinstance(cls, type) and issubclass(cls, Schema):
+        try:
+            return _from_dict(cls, d, prefix, kind)
+        except ConfigError as e:
+            if str(e).startswith(prefix):
+                raise
+            raise ConfigError(f"{prefix}{e}") from e
+    return _from_dict(cls, d, prefix, kind)
+
+
+def _from_dict(cls: type, d: Mapping[str, Any], prefix: str, kind: str) -> Any:
     if not isinstance(d, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {d!r}")
     hints = _hints(cls)

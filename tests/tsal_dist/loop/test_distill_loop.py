@@ -4,6 +4,7 @@ whose loss falls, checkpoints export can read, resume, and the strict config loa
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -39,6 +40,13 @@ def test_config_loader_is_strict_and_variants_resolve(tmp_path):
         load_distill_config(None, {"kd.nope": 1})
     with pytest.raises(ConfigError, match="asm.variance"):
         load_distill_config(None, {"asm.variance": 120})
+    # the experiment's own checks name their keys as written in a distillation config: with the
+    # section prefix, once (a section check, a cross-section check, a type error)
+    for over, key in (({"experiment.optim.lr": 0}, "experiment.optim.lr"),
+                      ({"experiment.model.centroid_index": 70}, "experiment.model.centroid_index"),
+                      ({"experiment.optim.lr": "fast"}, "experiment.optim.lr")):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: "):
+            load_distill_config(None, over)
     y = tmp_path / "d.yaml"
     y.write_text("experiment:\n  optim:\n    steps: 7\nstudent:\n  arch: heatmap\n")
     cfg = load_distill_config(y)
@@ -131,7 +139,8 @@ def test_cli_refuses_what_the_layout_cannot_serve_before_any_work(tmp_path, caps
                "experiment.data.num_points=98", "--set", "experiment.data.flip=true"])
     assert rc == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "data.flip: the wflw98 layout (98 points)" in lines[0], lines
+    assert len(lines) == 1 and "experiment.data.flip: the wflw98 layout (98 points)" in lines[0], \
+        lines
     assert not out.exists()
 
 
