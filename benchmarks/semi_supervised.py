@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -471,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     meta["commands"] = sorted(set(meta.get("commands", [])) | {command})
     if args.vs:
         meta["vs"] = args.vs
-    with ProcessPoolExecutor(max_workers=args.parallel) as ex:
+    # spawned, not forked: a forked worker would inherit this process's loader forkserver (started
+    # by any run made in it before, as in a test session) and wait on children that are not its
+    # own (ChildProcessError: no child processes)
+    with ProcessPoolExecutor(max_workers=args.parallel,
+                             mp_context=multiprocessing.get_context("spawn")) as ex:
         futs = {j: ex.submit(run_one, *j, args.steps, args.out, args.quick, args.what)
                 for j in jobs}
         for n, (j, f) in enumerate(futs.items(), 1):

@@ -154,7 +154,11 @@ def test_baseline_tuning_changes_only_the_mean_teachers_consistency_weight():
 
 @pytest.mark.slow
 def test_quick_compare_runs_end_to_end_and_resumes(tmp_path):
-    mod = _module()
+    mod = load_script("semi_supervised", importable=True)  # its workers are spawned
+    # this process already runs a loader forkserver, as after any earlier run in it: the compare
+    # workers must not inherit it (forked workers failed with "no child processes")
+    from multiprocessing import forkserver
+    forkserver.ensure_running()
     args = ["compare", "--quick", "--steps", "4", "--seeds", "0", "1", "--methods",
             "supervised", "tsal-published-mutual", "--parallel", "1", "--out", str(tmp_path)]
     assert mod.main(args) == 0
