@@ -131,8 +131,8 @@ def from_dict(cls: type, d: Mapping[str, Any], prefix: str = "", *, kind: str = 
         try:
             return _from_dict(cls, d, prefix, kind)
         except ConfigError as e:
-            if str(e).startswith(prefix):
-                raise
+            if str(e).startswith(prefix) or str(e).split(":", 1)[0] == prefix.rstrip("."):
+                raise  # already named from the root (a type error, the section not a mapping)
             raise ConfigError(f"{prefix}{e}") from e
     return _from_dict(cls, d, prefix, kind)
 

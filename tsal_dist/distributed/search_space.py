@@ -162,12 +162,13 @@ def validate_space(base_cfg: ExperimentConfig, space: Mapping[str, Any], *, seed
         except ConfigError as e:
             bad = str(e).split(":", 1)[0]
             moved = [f"space.{k}={v!r}" for k, v in overrides.items()
-                     if k != bad and v != base_sample[k]]
+                     if k != bad and repr(v) != repr(base_sample[k])]
             if bad in overrides:
                 head = f"space.{bad}={overrides[bad]!r}"
                 head += f" (with {', '.join(moved)})" if moved else ""
-            else:  # a base key refused because of the swept values
-                head = ", ".join(moved) if moved else "space"
+            else:  # a base key refused because of the swept values: the ones moved, or the
+                # random sample's when it is the sample itself that fails
+                head = ", ".join(moved or [f"space.{k}={v!r}" for k, v in overrides.items()])
             raise ConfigError(f"{head}: {e}") from e
     return checked
 

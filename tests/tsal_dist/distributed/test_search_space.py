@@ -104,6 +104,9 @@ def test_validate_space_refuses_what_the_layout_cannot_serve():
                        r"pseudo_max_turn: .*aflw19 layout \(19 points\)"):
         validate_space(base, space)
     assert len(validate_space(with_overrides(base, {"data.num_points": 68}), space)) == 2
+    # the random sample itself refused on a key that is not swept: the sample's values are named
+    with pytest.raises(ConfigError, match=r"^space\.data\.num_points=19: model\.centroid_index: "):
+        validate_space(BASE, {"data.num_points": {"choice": [19]}})
 
 
 def test_validate_space_refuses_two_swept_values_that_fail_only_together():

@@ -44,7 +44,8 @@ def test_config_loader_is_strict_and_variants_resolve(tmp_path):
     # section prefix, once (a section check, a cross-section check, a type error)
     for over, key in (({"experiment.optim.lr": 0}, "experiment.optim.lr"),
                       ({"experiment.model.centroid_index": 70}, "experiment.model.centroid_index"),
-                      ({"experiment.optim.lr": "fast"}, "experiment.optim.lr")):
+                      ({"experiment.optim.lr": "fast"}, "experiment.optim.lr"),
+                      ({"experiment": 3}, "experiment")):
         with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: "):
             load_distill_config(None, over)
     y = tmp_path / "d.yaml"
