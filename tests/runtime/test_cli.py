@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, model_json, write_const_onnx
+from runtime_fixtures import ROOT, model_json, write_const_onnx
 from test_sources import FakeCapture, write_video
 
 from tsal_runtime import cli, sources

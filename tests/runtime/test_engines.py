@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import K, SIZE, const_shape
+from runtime_fixtures import K, SIZE, const_shape
 
 from tsal_runtime.engines import auto_order, make_engine
 from tsal_runtime.errors import EngineError

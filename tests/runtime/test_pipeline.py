@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXPAND, K, const_shape
+from runtime_fixtures import EXPAND, K, const_shape
 
 from tsal_runtime.engines import make_engine
 from tsal_runtime.geometry import crop_matrix, normalised_to_image

@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SIZE, model_json, write_const_onnx
+from runtime_fixtures import SIZE, model_json, write_const_onnx
 
 from tsal_runtime.errors import SpecError
 from tsal_runtime.spec import load_spec, sha256_file
