@@ -77,8 +77,10 @@ def test_bf16_resume_after_a_kill_is_bitwise_exact(ray_local, smoke_cfg, tmp_pat
     the uninterrupted run above (fp32 masters, optimizer state and RNG all restored)."""
     from tsal_dist.distributed.launch import fit
 
-    if (engine, stage) not in _RUNS:
-        pytest.skip("needs the uninterrupted run of test_bf16_trains_on_ray_workers")
+    if (engine, stage) not in _RUNS:  # run on its own (-k): make the uninterrupted run here
+        ref_run = fit(_cfg(smoke_cfg, tmp_path, engine, stage, f"bf16-{engine}{stage}"))
+        assert ref_run["error"] is None
+        _RUNS[(engine, stage)] = Path(ref_run["run_dir"])
     marker = tmp_path / "fault.json"
     summary = fit(_cfg(smoke_cfg, tmp_path, engine, stage, f"bf16-kill-{engine}{stage}"),
                   worker_env={"TSAL_FAULT_KILL_AT_STEP": "4", "TSAL_FAULT_RANK": "1",
