@@ -6,14 +6,21 @@ What does not belong here: the loops themselves (``loop.py``, ``distill_loop.py`
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["WorkerContext", "Reporter", "no_report"]
+if TYPE_CHECKING:
+    from tsal_dist.config import TrainConfig
+
+__all__ = ["WorkerContext", "Reporter", "no_report", "torch_settings", "with_torch_settings"]
 
 # (metrics of this report, checkpoint written at this step or None); every rank calls it the
 # same number of times (Ray Train's report is a collective)
@@ -22,6 +29,46 @@ Reporter = Callable[[dict[str, Any], "Path | None"], None]
 
 def no_report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
     """Reporter for one-process runs: metrics.jsonl already holds everything."""
+
+
+@contextlib.contextmanager
+def torch_settings(train: TrainConfig) -> Iterator[None]:
+    """A run's process-wide torch settings for the length of the run, restored after it.
+
+    ``train.torch_threads`` (intra-op threads; 0 = leave as is) and ``train.deterministic``
+    (deterministic kernels, warn-only where torch has none). In a worker process they die with
+    it; called in-process (local runs, the benchmarks, a notebook), the caller gets its own
+    thread count and determinism mode back, whatever the run ended with.
+    """
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if train.torch_threads:
+        torch.set_num_threads(train.torch_threads)
+    if train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn_only)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def with_torch_settings(train_of: Callable[[Any], TrainConfig]
+                        ) -> Callable[[Callable], Callable]:
+    """Decorate a loop: its first argument's ``train_of(config)`` section sets
+    :func:`torch_settings` for the call."""
+    def deco(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        first = next(iter(sig.parameters))
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with torch_settings(train_of(sig.bind(*args, **kwargs).arguments[first])):
+                return fn(*args, **kwargs)
+        return wrapper
+    return deco
 
 
 @dataclass(frozen=True)

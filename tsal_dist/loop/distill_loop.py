@@ -49,7 +49,7 @@ from tsal_dist.loop.checkpoint import (CheckpointError, latest_checkpoint, load_
                                        model_from_checkpoint, restore_engines_,
                                        save_student_checkpoint, save_teacher_checkpoint,
                                        set_rng_state)
-from tsal_dist.loop.context import Reporter, WorkerContext, no_report
+from tsal_dist.loop.context import Reporter, WorkerContext, no_report, with_torch_settings
 from tsal_dist.loop.engines import build_engine
 from tsal_dist.loop.evaluation import eval_module, evaluate_lists, write_eval_summary
 from tsal_dist.loop.schedules import lr_at
@@ -258,6 +258,7 @@ def train_teacher(role: str, *, dcfg: DistillConfig, dataset: LabeledImageDatase
 # ----------------------------------------------------------------------------- the run
 
 
+@with_torch_settings(lambda dcfg: dcfg.experiment.train)
 def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | None = None,
             reporter: Reporter = no_report, teacher_dir: str | Path | None = None,
             progress: bool = True, final_eval: bool = True,
@@ -277,10 +278,6 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
     ctx = ctx or WorkerContext()
     run_dir = Path(run_dir)
     e = dcfg.experiment
-    if e.train.torch_threads:
-        torch.set_num_threads(e.train.torch_threads)
-    if e.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
     ckpt_dir = run_dir / "checkpoints"
     tdir = Path(teacher_dir) if teacher_dir else ckpt_dir / "teachers"
     metrics_path = run_dir / "metrics.jsonl"

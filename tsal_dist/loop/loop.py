@@ -28,7 +28,7 @@ from tsal_dist.data.build import build_run_data
 from tsal_dist.loop.checkpoint import (load_checkpoint, restore_engines_,
                                        save_training_checkpoint, set_rng_state,
                                        torch_state_to_numpy)
-from tsal_dist.loop.context import Reporter, WorkerContext, no_report
+from tsal_dist.loop.context import Reporter, WorkerContext, no_report, with_torch_settings
 from tsal_dist.loop.engines import Engine, broadcast_flat_, build_engine
 from tsal_dist.loop.evaluation import eval_module, finish_run, validation_nme
 from tsal_dist.loop.runs import (newest_readable_checkpoint, remove_stale_temp_files,
@@ -45,6 +45,7 @@ from tsal_dist.teacher.server import versions_to_keep
 # ----------------------------------------------------------------------------- the loop
 
 
+@with_torch_settings(lambda cfg: cfg.train)
 def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None = None,
         teacher_client: TeacherClient | None = None, reporter: Reporter = no_report,
         resume: Path | str | None = "auto", stop_after: int | None = None,
@@ -64,10 +65,6 @@ def run(cfg: ExperimentConfig, *, run_dir: str | Path, ctx: WorkerContext | None
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     device = ctx.device
-    if cfg.train.torch_threads:
-        torch.set_num_threads(cfg.train.torch_threads)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
     teacher_client = teacher_client or LocalTeacher(**teacher_server_args(cfg.teacher))
 
     # ---- data

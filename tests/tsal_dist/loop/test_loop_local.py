@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from tsal_dist.config import load_config, with_overrides
+from tsal_dist.config import TrainConfig, load_config, with_overrides
 from tsal_dist.loop.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from tsal_dist.loop.context import torch_settings
 from tsal_dist.loop.loop import run
 
 
@@ -21,10 +22,32 @@ def _states_equal(a: dict, b: dict, atol: float = 1e-6) -> bool:
         torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=0) for k in a)
 
 
+def test_torch_settings_hold_for_the_run_and_are_restored_after_it_even_on_error():
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(False)
+    with torch_settings(TrainConfig(torch_threads=1, deterministic=True)):
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # the caller's own mode, warn_only=False, comes back
+    with pytest.raises(RuntimeError, match="boom"), \
+            torch_settings(TrainConfig(torch_threads=0, deterministic=False)):
+        assert torch.get_num_threads() == 2 and torch.are_deterministic_algorithms_enabled()
+        raise RuntimeError("boom")
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+
+
 @pytest.mark.slow
 def test_run_writes_a_complete_run_folder(smoke_cfg, tmp_path):
     cfg = _cfg(smoke_cfg, tmp_path, **{"run.eval_every": 6})
+    assert cfg.train.deterministic and cfg.train.torch_threads == 1
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(False)
     summary = run(cfg, run_dir=tmp_path / "r", progress=False)
+    # the run's thread count and deterministic kernels did not outlive it in this process
+    assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()
     r = tmp_path / "r"
     assert load_config(r / "config.yaml") == cfg
     rows = [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()]
