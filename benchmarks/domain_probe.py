@@ -160,10 +160,17 @@ def video_turns(preds: Any, gts: Any) -> dict[str, Any]:
             "turn_corr": float(np.corrcoef(tp, tg)[0, 1]), "bins": bins, "limits": limits}
 
 
-def teacher_on_videos(run_dir: Path) -> tuple[Any, Any, Path]:
+def teacher_on_videos(run_dir: Path, video_size: int | None = None,
+                      cache_dir: Path | None = None) -> tuple[Any, Any, Path]:
     """The run's teacher (last checkpoint) on every frame of its unlabeled training videos:
     predictions and the ground truth the generator keeps, (F, 68, 2) image px each, in the order
-    of the annotated list (returned too)."""
+    of the annotated list (returned too).
+
+    Args:
+        video_size: render the run's training videos again at this frame side (px) and score
+            the teacher on those (:func:`videos_at`); None: the run's own video files.
+        cache_dir: where the re-rendered videos are kept (default: the run's data cache).
+    """
     from tsal_dist.data.lists import resolve_data
     from tsal_dist.eval.run import evaluate_list
     from tsal_dist.loop.checkpoint import latest_checkpoint, model_from_checkpoint
@@ -173,9 +180,12 @@ def teacher_on_videos(run_dir: Path) -> tuple[Any, Any, Path]:
     if ckpt is None:
         raise SystemExit(f"{run_dir}: no checkpoint to probe")
     cm = model_from_checkpoint(ckpt, "teacher")
-    unlabeled = resolve_data(cm.config).unlabeled[0]
-    # the same frames with their annotations (dataset_lists: videos_train next to the .none)
-    lst = unlabeled.with_suffix(".lst")
+    if video_size is not None:
+        lst = videos_at(cm.config, video_size, cache_dir)
+    else:
+        unlabeled = resolve_data(cm.config).unlabeled[0]
+        # the same frames with their annotations (dataset_lists: videos_train next to the .none)
+        lst = unlabeled.with_suffix(".lst")
     if not lst.is_file():
         raise SystemExit(f"{lst}: no annotated list of the unlabeled videos (synthetic data only)")
     r = evaluate_list(cm.model.eval(), lst, **list_eval_args(cm.config), batch_size=32)
@@ -184,6 +194,27 @@ def teacher_on_videos(run_dir: Path) -> tuple[Any, Any, Path]:
         raise SystemExit(f"{lst}: frames skipped ({r.summary['problems']}); every frame must be "
                          "scored")
     return r.preds, r.gts, lst
+
+
+def videos_at(cfg: Any, size: int, cache_dir: Path | None = None) -> Path:
+    """The annotated list of a synthetic run's unlabeled training videos rendered again with
+    frames of ``size`` px: each video drawn from its own seed as in the run's dataset, so the same
+    people, head poses, expressions and motion, every length in proportion to the frame: at 2x
+    the size the landmarks are 2x the run's, up to one constant shift per video (the margin that
+    keeps the face inside the frame is in pixels; a test checks it). Generated once per size into
+    ``cache_dir`` (default the run's ``data.cache_dir``)."""
+    from tsal_dist.data.synthetic import dataset_lists, ensure_synthetic
+
+    if cfg.data.root:
+        raise SystemExit(f"--video-size: the run's data is {cfg.data.root}, not synthetic; only "
+                         "synthetic videos can be rendered again")
+    s = cfg.data.synthetic
+    if s.videos < 1:
+        raise SystemExit("--video-size: the run's synthetic data has no training videos")
+    root = ensure_synthetic(Path(cache_dir or cfg.data.cache_dir).expanduser(), images=1,
+                            test_images=1, videos=s.videos, test_videos=0, frames=s.frames,
+                            image_size=size, seed=s.seed, progress=False)
+    return dataset_lists(root)["videos_train"]
 
 
 def probe_videos(run_dir: Path) -> dict[str, Any]:

@@ -27,6 +27,10 @@ A signal pays only where it beats the teacher's own landmarks on the turned fram
 
     python benchmarks/video_signal_probe.py --runs /tmp/ssl2000/supervised-L50-s{0,1,2} \\
         /tmp/ssl2000/tsal-published-queue-L50-s{0,1,2}
+
+``--video-size PX`` renders the runs' training videos again with PX px frames (the same people,
+poses and motion; ``domain_probe.videos_at``) and probes those instead: what sharper video buys
+the tracker, with the teacher still seeing its own input size (``--lk-window`` to match).
 """
 
 from __future__ import annotations
@@ -82,9 +86,9 @@ def structure_fit(points: Any, rank: int, weights: Any = None) -> Any:
     return fit.reshape(f, 2, n).transpose(0, 2, 1) + centre
 
 
-def track(frames: list[Any], points: Any, start: int) -> Any:
+def track(frames: list[Any], points: Any, start: int, window: int = LK_WINDOW) -> Any:
     """``points`` (N, 2) of frame ``start`` carried to every frame of ``frames`` (grey uint8),
-    pyramidal Lucas-Kanade chained frame to frame in each direction: (F, N, 2)."""
+    pyramidal Lucas-Kanade (``window`` px) chained frame to frame in each direction: (F, N, 2)."""
     import cv2
     import numpy as np
 
@@ -96,7 +100,7 @@ def track(frames: list[Any], points: Any, start: int) -> Any:
         t = start
         while 0 <= t + step < len(frames):
             p, _, _ = cv2.calcOpticalFlowPyrLK(frames[t], frames[t + step], p, None,
-                                               winSize=(LK_WINDOW, LK_WINDOW),
+                                               winSize=(window, window),
                                                maxLevel=LK_LEVELS, criteria=crit)
             t += step
             out[t] = p.reshape(-1, 2)
@@ -143,7 +147,7 @@ def video_frames(list_path: Path) -> list[tuple[Path, list[int]]]:
 
 
 def signals(preds: Any, gts: Any, videos: list[tuple[Path, list[int]]],
-            frames_of: Any = grey_frames) -> dict[str, Any]:
+            frames_of: Any = grey_frames, window: int = LK_WINDOW) -> dict[str, Any]:
     """Per frame: the teacher's own landmarks and every signal's target (module docstring).
 
     Returns {name: (F, 68, 2)} in list order, the anchors' rows excluded from ``tracked*`` by
@@ -172,7 +176,8 @@ def signals(preds: Any, gts: Any, videos: list[tuple[Path, list[int]]],
         if len(frames) != len(rows):
             raise SystemExit(f"{path}: {len(frames)} frames decoded, {len(rows)} listed")
         anchor = int(np.argmin(turn))
-        carried, carried_gt = track(frames, p[anchor], anchor), track(frames, g[anchor], anchor)
+        carried = track(frames, p[anchor], anchor, window)
+        carried_gt = track(frames, g[anchor], anchor, window)
         carried[anchor] = carried_gt[anchor] = np.nan
         out["tracked"][rows] = carried
         out["gt tracked"][rows] = carried_gt
@@ -204,11 +209,13 @@ def by_turn(targets: dict[str, Any], gts: Any) -> dict[str, Any]:
     return res
 
 
-def probe_run(run_dir: Path) -> dict[str, Any]:
-    preds, gts, lst = teacher_on_videos(run_dir)
+def probe_run(run_dir: Path, video_size: int | None = None, window: int = LK_WINDOW,
+              cache_dir: Path | None = None) -> dict[str, Any]:
+    preds, gts, lst = teacher_on_videos(run_dir, video_size, cache_dir)
     videos = video_frames(lst)
-    return {"run": run_dir.name, "frames": len(preds), "videos": len(videos),
-            "nme": by_turn(signals(preds, gts, videos), gts)}
+    size = grey_frames(videos[0][0])[0].shape[1]
+    return {"run": run_dir.name, "frames": len(preds), "videos": len(videos), "video_size": size,
+            "nme": by_turn(signals(preds, gts, videos, window=window), gts)}
 
 
 def _method(run_name: str) -> str:
@@ -239,6 +246,13 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _frames_phrase(doc: dict[str, Any]) -> str:
+    sizes = sorted({r.get("video_size") for r in doc["runs"]} - {None})
+    px = "/".join(str(x) for x in sizes) + " px frames" if sizes else "frames"
+    return (f"{px}, rendered again from the runs' video seeds" if doc.get("video_size")
+            else f"the runs' own files, {px}")
+
+
 def markdown(doc: dict[str, Any]) -> str:
     nb = len(TURN_BINS) - 1
     share = [statistics.fmean(r["nme"]["_share"][b] for r in doc["runs"]) for b in range(nb)]
@@ -248,13 +262,15 @@ def markdown(doc: dict[str, Any]) -> str:
               "is wrong?"), "",
              (f"`{doc['command']}` on {doc['machine']}; {doc['seconds']:.0f} s. Each run's "
               f"teacher (last checkpoint) on the {doc['runs'][0]['frames']} frames of its "
-              f"{doc['runs'][0]['videos']} unlabeled training videos, every target scored with "
+              f"{doc['runs'][0]['videos']} unlabeled training videos "
+              f"({_frames_phrase(doc)}), every target scored with "
               "the generator's ground truth: NME inter-ocular (%) by the true |turn| "
               "(`head_turn`; ~0.13 bounds 15° of yaw, 0.2 25°, 0.29 35°, 0.4 45°; the share of "
               "frames in brackets). own = the teacher's landmarks; structure-r = one shape per "
               "video through per-frame affine cameras, rank r (3 rigid); structure-frontal = the "
               "same weighted to the frames the teacher sees frontal; tracked = its landmarks on "
-              f"the frame it sees most frontal, carried by Lucas-Kanade ({LK_WINDOW} px window, "
+              f"the frame it sees most frontal, carried by Lucas-Kanade "
+              f"({doc.get('lk_window', LK_WINDOW)} px window, "
               f"{LK_LEVELS} levels) chained over the full frames; gt = the same applied to the "
               "ground truth (the signal's floor). Δ vs own on the same frames (the tracked rows "
               "leave out each video's anchor frame) paired by run, mean [95 % t interval], * "
@@ -284,9 +300,21 @@ def markdown(doc: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", nargs="+", required=True, help="run folders (method-L<n>-s<seed>)")
+    ap.add_argument("--video-size", type=int, default=None, metavar="PX",
+                    help="render the runs' training videos again with frames of PX px (the same "
+                         "people, poses and motion, every length in proportion) and probe those "
+                         "(default: the runs' own videos)")
+    ap.add_argument("--lk-window", type=int, default=LK_WINDOW, metavar="PX",
+                    help=f"Lucas-Kanade window (default {LK_WINDOW}, chosen at 128 px frames)")
+    ap.add_argument("--cache", default=None, help="folder of the re-rendered videos (default: "
+                                                   "the runs' data cache)")
     ap.add_argument("--results-name", default="video_signal_probe")
     ap.add_argument("--out", default=str(RESULTS), help="folder of the results")
     args = ap.parse_args(argv)
+    if args.video_size is not None and args.video_size < 32:
+        ap.error(f"--video-size {args.video_size}: must be at least 32 px")
+    if args.lk_window < 3 or args.lk_window % 2 == 0:
+        ap.error(f"--lk-window {args.lk_window}: must be an odd number of px, at least 3")
     import cv2
     import torch
 
@@ -295,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     runs = []
     for i, r in enumerate(args.runs, 1):
-        runs.append(probe_run(Path(r)))
+        runs.append(probe_run(Path(r), args.video_size, args.lk_window,
+                              Path(args.cache) if args.cache else None))
         own, best = runs[-1]["nme"]["own"], runs[-1]["nme"]["structure-frontal-r3"]
         print(f"[{i}/{len(args.runs)}] {runs[-1]['run']}: own {100 * own['all']:.2f} %, "
               f"structure-frontal-r3 {100 * best['all']:.2f} %, tracked "
@@ -304,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"command": " ".join(["python benchmarks/video_signal_probe.py",
                                 *(argv if argv is not None else sys.argv[1:])]),
            "machine": f"{platform.machine()}, 1 thread, no GPU", "seconds": time.time() - t0,
+           "lk_window": args.lk_window, "video_size": args.video_size,
            "runs": runs, "summary": summarise(runs)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     write_report(Path(args.out), args.results_name, doc, markdown(doc))

@@ -109,3 +109,57 @@ def test_video_turns_bins_by_the_true_turn_and_limits_by_the_predicted_one():
     assert lim[0.15]["nme_kept"] == pytest.approx(np.mean(nme[:3]))
     assert lim[0.15]["nme_dropped"] == pytest.approx(nme[3])
     assert lim[0.3]["kept"] == 1.0 and lim[0.3]["nme_dropped"] is None
+
+
+def _video_points(lst) -> np.ndarray:
+    """(videos, frames, 68, 2) from an annotated video list, in list order (video, then frame)."""
+    entries = read_list(lst)
+    videos = list(dict.fromkeys(e.image.rsplit("#", 1)[0] for e in entries))
+    pts = np.stack([read_pts(e.annotation)[0] for e in entries])
+    return pts.reshape(len(videos), -1, *pts.shape[1:])
+
+
+def test_videos_at_renders_the_runs_own_videos_at_another_size(tmp_path):
+    """At the run's own size the re-rendered videos ARE the run's (same landmarks, same frames);
+    at twice the size the landmarks are twice the run's up to one constant shift per video."""
+    from tsal_dist.config import ExperimentConfig, with_overrides
+    from tsal_dist.data.lists import resolve_data
+    from tsal_dist.data.synthetic import dataset_lists
+
+    mod = load_script("domain_probe")
+    cfg = with_overrides(ExperimentConfig(), {
+        "data.cache_dir": str(tmp_path / "cache"), "data.synthetic.images": 3,
+        "data.synthetic.test_images": 2, "data.synthetic.videos": 2,
+        "data.synthetic.test_videos": 1, "data.synthetic.frames": 4,
+        "data.synthetic.image_size": 64, "data.synthetic.seed": 7})
+    own_list = resolve_data(cfg).unlabeled[0].with_suffix(".lst")
+    assert own_list == dataset_lists(own_list.parents[1])["videos_train"]
+    own = _video_points(own_list)
+    same = mod.videos_at(cfg, 64, tmp_path / "again")
+    np.testing.assert_array_equal(_video_points(same), own)
+    own_avi = [e.image.rsplit("#", 1)[0] for e in read_list(own_list)][0]
+    same_avi = [e.image.rsplit("#", 1)[0] for e in read_list(same)][0]
+    assert open(own_avi, "rb").read() == open(same_avi, "rb").read()
+
+    big = _video_points(mod.videos_at(cfg, 128, tmp_path / "again"))
+    shift = big - 2 * own
+    assert shift.shape == (2, 4, 68, 2)
+    # .pts files keep 3 decimals: each shift is within 0.0015 px of the exact one
+    np.testing.assert_allclose(shift, shift[:, :1, :1].repeat(4, 1).repeat(68, 2), atol=3e-3)
+    assert np.abs(shift).max() < 3  # px: the frame margin, not a different face
+    # cached: the same folder is reused, not rendered again
+    assert mod.videos_at(cfg, 128, tmp_path / "again") == mod.videos_at(cfg, 128,
+                                                                         tmp_path / "again")
+
+
+def test_videos_at_refuses_what_it_cannot_render(tmp_path):
+    from tsal_dist.config import ExperimentConfig, with_overrides
+
+    mod = load_script("domain_probe")
+    real = with_overrides(ExperimentConfig(), {"data.root": str(tmp_path),
+                                               "data.labeled_lists": ["a.lst"]})
+    with pytest.raises(SystemExit, match="not synthetic"):
+        mod.videos_at(real, 256)
+    novideo = with_overrides(ExperimentConfig(), {"data.synthetic.videos": 0})
+    with pytest.raises(SystemExit, match="no training videos"):
+        mod.videos_at(novideo, 256)

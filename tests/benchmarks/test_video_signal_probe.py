@@ -191,3 +191,29 @@ def test_summary_pairs_each_signal_with_the_teachers_own_per_run():
                        "runs": [{**r, "frames": 10, "videos": 1} for r in runs]})
     assert "| structure-r3 | 6.00, -0.50 [" in md
     assert "## supervised (2 runs)" in md and "## tsal-published-queue (1 runs)" in md
+
+
+def test_track_window_is_used_and_the_cli_refuses_bad_sizes(capsys):
+    """The window reaches the tracker (a 5 px window tracks a noisy texture differently from the
+    default 21 px one, which follows it); the CLI refuses an even window and a frame under 32 px
+    with one usage line, before any work."""
+    import cv2
+
+    mod = load_script("video_signal_probe")
+    rng = np.random.default_rng(1)
+    base = cv2.GaussianBlur((rng.uniform(size=(160, 160)) * 255).astype(np.uint8), (0, 0), 1.0)
+    base = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    frames = [cv2.warpAffine(base, np.float32([[1, 0, 2.5 * t], [0, 1, 0]]), (160, 160),
+                             borderMode=cv2.BORDER_REFLECT) for t in range(3)]
+    pts = rng.uniform(60, 100, size=(12, 2))
+    want = pts[None] + np.arange(3)[:, None, None] * np.array([2.5, 0.0])
+    default = mod.track(frames, pts, 0)
+    np.testing.assert_array_equal(default, mod.track(frames, pts, 0, window=mod.LK_WINDOW))
+    assert np.abs(default - want).max() < 0.2
+    assert not np.allclose(mod.track(frames, pts, 0, window=5), default, atol=1e-3)
+    for argv, msg in ((["--lk-window", "20"], "--lk-window 20: must be an odd"),
+                      (["--video-size", "16"], "--video-size 16: must be at least 32")):
+        with pytest.raises(SystemExit) as e:
+            mod.main(["--runs", "nowhere", *argv])
+        assert e.value.code == 2
+        assert msg in capsys.readouterr().err
