@@ -317,3 +317,73 @@ def test_tensorrt_builds_the_exported_model(tmp_path: Path, which: str, decode: 
     err = np.abs(lm - ref_lm).max(axis=-1)
     assert np.mean(err < tol) >= 0.95 and np.median(err) < tol / 4, (np.mean(err < tol),
                                                                        np.median(err))
+
+
+def _tensors_off(module: torch.nn.Module, device: str) -> list[str]:
+    """Every tensor the module holds (parameters, buffers and plain tensor attributes such as
+    torch.export's lifted constants) that is not on ``device``."""
+    off = []
+    for name, mod in module.named_modules():
+        held = [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False),
+                *((k, v) for k, v in vars(mod).items() if isinstance(v, torch.Tensor))]
+        off += [f"{name}.{k}" for k, v in held if v.device.type != device]
+    return off
+
+
+@pytest.mark.slow
+def test_torch_program_runs_wholly_on_another_device(smoke_teacher_export, monkeypatch) -> None:
+    """The torch engine's CUDA path without a GPU: the exported DARK teacher prepared for the
+    'meta' device holds no tensor anywhere else (its lifted constant ``tensor([-1, 0, 1])`` is
+    neither a parameter nor a buffer, and the blur operator's ``.to(device=cpu)`` is baked into
+    the graph) and runs there; also where torch has no ``move_to_device_pass``."""
+    from tsal_runtime.engines.torch_engine import prepare_program
+
+    _, out, _ = smoke_teacher_export
+    x = torch.zeros((3, SIZE, SIZE, 3), dtype=torch.uint8, device="meta")
+    naive = torch.export.load(str(out / "model.pt2")).module().to("meta")
+    assert _tensors_off(naive, "meta")  # what .to() alone leaves behind
+    for fallback in (False, True):
+        if fallback:  # `from torch.export.passes import ...` raises ImportError
+            monkeypatch.setitem(sys.modules, "torch.export.passes", None)
+        module = prepare_program(torch.export.load(str(out / "model.pt2")), "meta",
+                                 autocast=False)
+        assert _tensors_off(module, "meta") == [], fallback
+        lm, sc = module(x)
+        assert lm.device.type == "meta" and tuple(lm.shape) == (3, 68, 2), fallback
+        assert tuple(sc.shape) == (3, 68)
+
+
+@pytest.mark.slow
+def test_torch_program_under_fp16_autocast_matches_fp32(smoke_teacher_export) -> None:
+    """The torch engine's CUDA fp16 path on the CPU's autocast: the exported teacher runs under
+    it (export's float32 dtype checks removed) and its landmarks on real face crops are the fp32
+    program's to a small fraction of a pixel, in float32, never NaN."""
+    from tsal_runtime.engines.torch_engine import prepare_program
+    from tsal_runtime.geometry import extract_crops
+
+    from tsal_dist.data.formats import read_list
+    from tsal_dist.data.lists import resolve_data
+
+    ckpt, out, _ = smoke_teacher_export
+    spec = load_spec(out)
+    cfg = ExperimentConfig.from_dict(torch.load(ckpt, weights_only=True)["config"])
+    crops = []
+    for e in read_list(resolve_data(cfg).eval[0])[:48]:
+        import cv2
+
+        img = cv2.cvtColor(cv2.imread(e.image), cv2.COLOR_BGR2RGB)
+        c, _ = extract_crops(img, np.array([e.box]), spec.input_size, spec.crop_expand,
+                             spec.border_value, spec.antialias)
+        crops.append(c[0])
+    x = torch.from_numpy(np.stack(crops))
+    ref, _ = prepare_program(torch.export.load(str(out / "model.pt2")), "cpu", False)(x)
+    plain = torch.export.load(str(out / "model.pt2")).module()
+    with torch.autocast("cpu", dtype=torch.float16), pytest.raises(RuntimeError,
+                                                                    match="dtype mismatch"):
+        plain(x)  # what the engine ran before: export's checks reject autocast's fp16
+    module = prepare_program(torch.export.load(str(out / "model.pt2")), "cpu", autocast=True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        lm, sc = module(x)
+    assert lm.dtype == torch.float32 and torch.isfinite(lm).all() and torch.isfinite(sc).all()
+    err = (lm - ref).abs().amax(-1) * spec.input_size  # crop px
+    assert err.median() < 0.05 and torch.quantile(err, 0.99) < 0.5, (err.median(), err.max())

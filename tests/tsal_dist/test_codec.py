@@ -454,3 +454,25 @@ def test_dark_decode_traces_to_a_small_graph():
     calls = [n for n in ep.graph.nodes if n.op == "call_function"]
     assert len(calls) < 200, len(calls)  # 3810 when the operator was built element by element
     torch.testing.assert_close(ep.module()(maps), decode_dark(maps, 4, 2.5))
+
+
+@pytest.mark.parametrize("decoder", ["window", "dark", "dark-blur"])
+def test_fp16_maps_decode_as_their_float32_values(decoder: str) -> None:
+    """A network run under fp16 autocast (the torch engine on CUDA) hands the decode fp16 maps:
+    the decode is the float32 decode of the same values, never fp16 arithmetic (whose 0 epsilon
+    made the window mean 0 / 0 = NaN on an empty channel, and whose 1e-10 log floor is 0)."""
+    from tsal_dist.codec import decode_dark
+
+    yy, xx = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    maps = torch.zeros(2, 4, 24, 24)
+    for i, (cx, cy, s) in enumerate([(5.3, 7.6, 0.6), (12.0, 12.4, 1.5), (20.7, 3.2, 0.15)]):
+        maps[:, i] = torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s ** 2))
+    # channel 3 stays all zero: a point with no peak at all
+    half = maps.half()
+    run = {"window": lambda m: decode_peaks(m, 4, 4), "dark": lambda m: decode_dark(m, 4, 0.0),
+           "dark-blur": lambda m: decode_dark(m, 4, 2.5)}[decoder]
+    xy16, s16 = run(half)
+    xy32, s32 = run(half.float())
+    assert xy16.dtype == torch.float32 and torch.isfinite(xy16).all()
+    torch.testing.assert_close(xy16, xy32, rtol=0, atol=0)
+    torch.testing.assert_close(s16, s32, rtol=0, atol=0)

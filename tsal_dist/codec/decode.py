@@ -24,6 +24,12 @@ _PEAK_THRESHOLD = 1e-6
 _LOG_FLOOR = 1e-10
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    """fp16/bf16 -> float32, float32/float64 unchanged. Always a ``.to()`` call, so a graph
+    traced in float32 (torch.export) keeps the cast for inputs that autocast makes fp16."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def decode_peaks(maps: Tensor, window: int, stride: int) -> tuple[Tensor, Tensor]:
     """Windowed weighted-mean peak of every channel; see
     :meth:`~tsal_dist.codec.heatmap.HeatmapCodec.decode`.
@@ -38,6 +44,7 @@ def decode_peaks(maps: Tensor, window: int, stride: int) -> tuple[Tensor, Tensor
     """
     b, c, h, w = maps.shape
     r = window
+    maps = _at_least_float32(maps)  # fp16 (autocast): the epsilon below is 0 (0 / 0 = NaN)
     flat = maps.reshape(b, c, h * w)
     scores, index = flat.max(dim=2)  # (B, C)
     # row, column of a non-negative flat index without Mod (which TensorRT's ONNX parser lacks)
@@ -114,8 +121,12 @@ def decode_dark(maps: Tensor, stride: int, blur_cells: float) -> tuple[Tensor, T
         coords (B, C, 2) crop px, scores (B, C) = the raw maps' maxima.
     """
     b, c, h, w = maps.shape
+    # float32 from here on, whatever the network's precision: under fp16 autocast the 1e-10 log
+    # floor is 0 (log -> -inf), and the blur's matmul returns fp16 again
+    maps = _at_least_float32(maps)
     scores = maps.reshape(b, c, h * w).amax(dim=2)
     x = blur_maps(maps, blur_cells) if blur_cells > 0 else maps
+    x = _at_least_float32(x)
     index = x.reshape(b, c, h * w).argmax(dim=2)
     # row, column of a non-negative flat index without Mod (which TensorRT's ONNX parser lacks)
     v = torch.div(index, w, rounding_mode="trunc")

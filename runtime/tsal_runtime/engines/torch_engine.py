@@ -31,20 +31,75 @@ def batch_buckets(max_batch: int) -> list[int]:
     return out
 
 
+def _graphs(module: Any) -> list[Any]:
+    return [m for m in module.modules() if getattr(m, "graph", None) is not None]
+
+
 def _retarget_device(module: Any, device: Any) -> Any:
-    """Rewrite tensor-creating nodes that torch.export baked to the export device (e.g. the
-    codec's ``torch.arange(..., device=cpu)``) so the program runs on ``device``."""
-    graph = getattr(module, "graph", None)
-    if graph is None:
-        return module
-    changed = False
-    for node in graph.nodes:
-        dev = node.kwargs.get("device") if node.kwargs else None
-        if dev is not None and str(dev) != str(device):
-            node.update_kwarg("device", device)
-            changed = True
-    if changed:
-        module.recompile()
+    """Rewrite the nodes that torch.export baked to the export device so the program runs on
+    ``device``: tensor-creating calls (``torch.arange(..., device=cpu)``: a ``device`` keyword)
+    and ``aten.to.device`` (``x.to(device=cpu)``: the device is its second positional argument).
+    ``move_to_device_pass`` does the same on torch versions that have it; this covers the rest."""
+    import torch
+
+    to_device = torch.ops.aten.to.device
+    for gm in _graphs(module):
+        changed = False
+        for node in gm.graph.nodes:
+            dev = node.kwargs.get("device") if node.kwargs else None
+            if dev is not None and str(dev) != str(device):
+                node.update_kwarg("device", device)
+                changed = True
+            if (node.op == "call_function" and node.target is to_device and len(node.args) > 1
+                    and str(node.args[1]) != str(device)):
+                node.update_arg(1, device)
+                changed = True
+        if changed:
+            gm.recompile()
+    return module
+
+
+def _drop_dtype_asserts(module: Any) -> Any:
+    """Remove the ``aten._assert_tensor_metadata`` checks torch.export puts before every
+    ``.to()``: they pin the dtypes seen at export (float32), which autocast changes on purpose
+    (torch's own ``_RemoveRuntimeAssertionsPass`` removes them the same way)."""
+    import torch
+
+    target = torch.ops.aten._assert_tensor_metadata.default
+    for gm in _graphs(module):
+        dead = [n for n in gm.graph.nodes
+                if n.op == "call_function" and n.target is target and not n.users]
+        for n in dead:
+            gm.graph.erase_node(n)
+        if dead:
+            gm.recompile()
+    return module
+
+
+def prepare_program(ep: Any, device: str, autocast: bool) -> Any:
+    """The callable module of ExportedProgram ``ep`` on ``device``, every tensor of it there:
+    parameters and buffers, the lifted constants (``torch.tensor([-1, 0, 1])`` in the DARK
+    decode is neither) and the devices baked into the graph (:func:`_retarget_device`); with
+    ``autocast``, without export's dtype checks (:func:`_drop_dtype_asserts`)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        try:
+            from torch.export.passes import move_to_device_pass
+        except ImportError:  # older torch: the constants are moved one by one below
+            move_to_device_pass = None
+        if move_to_device_pass is not None:
+            ep = move_to_device_pass(ep, str(dev))
+    module = ep.module()
+    if dev.type != "cpu":
+        module = _retarget_device(module.to(dev), dev)
+        for gm in module.modules():  # lifted constants are plain attributes: .to() skips them
+            for name, value in list(vars(gm).items()):
+                if isinstance(value, torch.Tensor) and value.device != dev:
+                    setattr(gm, name, value.to(dev))
+    if autocast:
+        module = _drop_dtype_asserts(module)
     return module
 
 
@@ -81,17 +136,15 @@ class TorchEngine:
             check_pt2_pinned(spec)  # before anything opens the file
         except SpecError as e:
             raise EngineError(str(e)) from None
+        self.precision = precision if device == "cuda" else "fp32"
         try:
             ep = torch.export.load(str(spec.pt2_path))
-            module = ep.module()
+            module = prepare_program(ep, device, autocast=self.precision == "fp16")
         except Exception as e:  # noqa: BLE001
             raise EngineError(f"{spec.pt2_path}: torch cannot load it "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         self._torch = torch
         self.spec, self.device = spec, device
-        self.precision = precision if device == "cuda" else "fp32"
-        if device == "cuda":
-            module = _retarget_device(module.to(device), torch.device("cuda"))
         self._module = module
         self._graphs: dict[int, tuple[Any, Any, Any, Any]] = {}
         self._use_graphs = cuda_graphs and device == "cuda"
