@@ -16,6 +16,10 @@ For each training run it reads the run's metrics.jsonl and reports samples/s (af
 the fraction of each step spent waiting for data, and peak GPU memory; everything goes to
 ``benchmarks/results/gpu_check.{json,md}``.
 
+Every step's figures are written as soon as it ends (a step that fails is reported and the next
+one runs), so a check stopped by a time limit keeps what it measured; each training run starts
+from an empty run folder (a check never resumes an earlier one).
+
 ``--dry-run`` runs the same plumbing on CPU (bf16 on CPU workers, a few steps, no pytest), so
 the script itself is tested where there is no GPU; its figures say ``"device": "cpu"`` and are
 not GPU results.
@@ -27,7 +31,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -35,6 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "runtime"))  # tsal_runtime: export writes its model spec
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _results_io import write_text  # noqa: E402
@@ -71,6 +78,7 @@ def training_run(name: str, overrides: dict[str, Any], out: Path) -> dict[str, A
 
     cfg = with_overrides(ExperimentConfig(), {"run.output": str(out), "run.name": name,
                                               "run.export": False, **overrides})
+    shutil.rmtree(out / name, ignore_errors=True)  # measure this code, never resume an old run  # measure this code, never resume an old run
     t = time.perf_counter()
     summary = fit(cfg)
     wall = time.perf_counter() - t
@@ -91,7 +99,13 @@ def training_run(name: str, overrides: dict[str, Any], out: Path) -> dict[str, A
             "teacher_nme": {k: v.get("nme_inter_ocular") for k, v in ev.items()}}
 
 
-def runtime_figures(run_dir: Path, out: Path, work: Path, frames: int = 300) -> dict[str, Any]:
+def _failed(name: str, e: BaseException) -> dict[str, Any]:
+    line = (str(e).strip().splitlines() or [""])[0][:300]
+    return {"name": name, "error": f"{type(e).__name__}: {line}"}
+
+
+def runtime_figures(run_dir: Path, out: Path, work: Path, frames: int = 300,
+                    timeout_s: int = 900) -> dict[str, Any]:
     """Export the run's teacher and run ``runtime_fps.py --gpu-only`` on it."""
     from tsal_dist.export import export
     from tsal_dist.loop.checkpoint import latest_checkpoint
@@ -104,7 +118,7 @@ def runtime_figures(run_dir: Path, out: Path, work: Path, frames: int = 300) -> 
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "runtime_fps.py"),
                            "--gpu-only", "--model", str(work / "export"), "--out", str(out),
                            "--frames", str(frames)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=timeout_s)
     tail = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()][-1:] or [""]
     return {"returncode": proc.returncode, "summary": tail[0][:300],
             "results": str(out / "runtime_fps_gpu.md"), "seconds": round(time.perf_counter() - t)}
@@ -116,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU plumbing check: bf16 on CPU workers, a few steps, no pytest")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", default=str(RESULTS), help="folder for gpu_check.{json,md}")
-    ap.add_argument("--work", default="/tmp/tsal_gpu_check", help="run folders")
+    ap.add_argument("--work", default=None,
+                    help="folder of the run folders (default: a new temporary folder); a run "
+                         "folder of the same name in it is emptied first")
+    ap.add_argument("--runtime-timeout", type=int, default=900, metavar="S",
+                    help="seconds for runtime_fps.py --gpu-only (default 900)")
     args = ap.parse_args(argv)
 
     import torch
@@ -127,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     steps = args.steps if gpu else min(args.steps, 4)
+    # max_failures 0: a failing run is reported at once, not restarted twice at full length
     scale: dict[str, Any] = {"optim.steps": steps, "run.log_every": max(1, steps // 4),
                              "run.checkpoint_every": steps, "run.eval_every": 0,
+                             "run.max_failures": 0,
                              "train.precision": "bf16", "train.deterministic": False}
     if gpu:
         scale.update({"scaling.num_workers": 1, "scaling.use_gpu": True,
@@ -139,33 +159,45 @@ def main(argv: list[str] | None = None) -> int:
                       "data.synthetic.test_images": 8, "data.synthetic.videos": 2,
                       "data.synthetic.test_videos": 1, "data.synthetic.frames": 12,
                       "run.val_images": 8})
-    work = Path(args.work)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tsal_gpu_check-"))
+    out = Path(args.out)
+    stem = "gpu_check" if gpu else "gpu_check_dry_run"
     report: dict[str, Any] = {"machine": _device_info(gpu), "dry_run": not gpu,
-                              "date": time.strftime("%Y-%m-%d")}
+                              "date": time.strftime("%Y-%m-%d"), "training": []}
     t0 = time.perf_counter()
+
+    def save() -> None:  # after every step: a check cut short keeps what it measured
+        report["total_s"] = round(time.perf_counter() - t0, 1)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / f"{stem}.json", json.dumps(report, indent=1) + "\n")
+        write_text(out / f"{stem}.md", render(report))
+
     if gpu:
         report["pytest_gpu"] = run_pytest_gpu(timeout_s=240)
         print(f"gpu tests: {report['pytest_gpu']['summary']}", flush=True)
-    runs = []
+        save()
+    runs = report["training"]
     for name, extra in (("ddp-bf16", {"train.engine": "ddp"}),
                         ("zero2-bf16", {"train.engine": "deepspeed", "train.zero_stage": 2})):
-        r = training_run(name + ("" if gpu else "-dry"), {**scale, **extra}, work)
+        name += "" if gpu else "-dry"
+        try:
+            r = training_run(name, {**scale, **extra}, work)
+        except Exception as e:  # noqa: BLE001 - reported, and the next step still runs
+            r = {**_failed(name, e), "overrides": {**scale, **extra}}
         print(json.dumps(r), flush=True)
         runs.append(r)
-    report["training"] = runs
+        save()
     if gpu and not runs[0]["error"]:
-        report["runtime"] = runtime_figures(work / runs[0]["name"], Path(args.out), work)
+        try:
+            report["runtime"] = runtime_figures(work / runs[0]["name"], out, work,
+                                                timeout_s=args.runtime_timeout)
+        except Exception as e:  # noqa: BLE001
+            report["runtime"] = {"returncode": None, "summary": _failed("runtime", e)["error"]}
         print(f"runtime: {report['runtime']}", flush=True)
-    report["total_s"] = round(time.perf_counter() - t0, 1)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "gpu_check" if gpu else "gpu_check_dry_run"
-    write_text(out / f"{stem}.json", json.dumps(report, indent=1) + "\n")
-    write_text(out / f"{stem}.md", render(report))
+    save()
     print(f"gpu_check: wrote {out / stem}.{{json,md}} in {report['total_s']} s")
     bad = [r["name"] for r in runs if r["error"]]
-    if gpu and report.get("runtime", {}).get("returncode") not in (0, None):
+    if gpu and report.get("runtime", {}).get("returncode") != 0 and "runtime" in report:
         bad.append("runtime_fps --gpu-only")
     if bad or (gpu and report["pytest_gpu"]["returncode"] not in (0, 5)):
         return 1
@@ -184,6 +216,9 @@ def render(report: dict[str, Any]) -> str:
     lines += ["| run | steps | samples/s | s/step | data wait | loader workers | peak GPU MiB |",
               "|---|---|---|---|---|---|---|"]
     for r in report["training"]:
+        if "steps" not in r:  # the run raised before it had figures
+            lines.append(f"| {r['name']} | – | – | – | – | – | – | error: {r['error']}")
+            continue
         lines.append(f"| {r['name']} | {r['steps']} | {r['samples_per_sec']} | "
                      f"{r['sec_per_step']} | {100 * r['data_wait_frac']:.1f} % | "
                      f"{r['loader_workers']} | {r['peak_gpu_mib']} |"

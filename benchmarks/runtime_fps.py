@@ -53,6 +53,7 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tsal_dist: the synthetic clip, when not installed
 sys.path.insert(0, str(ROOT / "runtime"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from tsal_runtime.engines.ort_engine import default_batch_threads  # noqa: E402

@@ -387,3 +387,30 @@ def test_torch_program_under_fp16_autocast_matches_fp32(smoke_teacher_export) ->
     assert lm.dtype == torch.float32 and torch.isfinite(lm).all() and torch.isfinite(sc).all()
     err = (lm - ref).abs().amax(-1) * spec.input_size  # crop px
     assert err.median() < 0.05 and torch.quantile(err, 0.99) < 0.5, (err.median(), err.max())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_engine_on_cuda_matches_onnxruntime(tmp_path: Path, precision: str) -> None:
+    """The torch engine on CUDA (the program moved to the GPU, fp16 autocast, CUDA graphs per
+    batch bucket, and the eager path past the largest bucket) agrees with ONNX Runtime on the
+    exported DARK teacher."""
+    p = tmp_path / "ckpt.pt"
+    make_checkpoint(p)
+    out = tmp_path / "export"
+    export(p, out, which="teacher")
+    spec = load_spec(out)
+    eng = make_engine("torch", spec, device="cuda", precision=precision, max_batch=8)
+    ref = make_engine("onnxruntime", spec, device="cpu")
+    rng = np.random.default_rng(0)
+    tol = 2e-2 if precision == "fp16" else 1e-3  # normalised crop coordinates
+    for n in (3, 3, 8, 13):  # a bucket captured, replayed, the largest bucket, eager
+        x = rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+        lm, sc = eng.run(x)
+        ref_lm, ref_sc = ref.run(x)
+        assert lm.dtype == np.float32 and lm.shape == ref_lm.shape and np.isfinite(lm).all()
+        # near-ties of a random-init model's flat heatmaps (see the TensorRT test)
+        err = np.abs(lm - ref_lm).max(axis=-1)
+        assert np.mean(err < tol) >= 0.95 and np.median(err) < tol / 4, (n, np.mean(err < tol))
+        assert np.abs(sc - ref_sc).max() < 10 * tol
