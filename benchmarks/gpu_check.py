@@ -78,7 +78,7 @@ def training_run(name: str, overrides: dict[str, Any], out: Path) -> dict[str, A
 
     cfg = with_overrides(ExperimentConfig(), {"run.output": str(out), "run.name": name,
                                               "run.export": False, **overrides})
-    shutil.rmtree(out / name, ignore_errors=True)  # measure this code, never resume an old run  # measure this code, never resume an old run
+    shutil.rmtree(out / name, ignore_errors=True)  # measure this code, never resume an old run
     t = time.perf_counter()
     summary = fit(cfg)
     wall = time.perf_counter() - t
