@@ -92,3 +92,44 @@ def test_a_run_starts_from_an_empty_run_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "fit", fake_fit)
     r = mod.training_run("ddp-bf16", {"optim.steps": 2}, tmp_path)
     assert r["samples_per_sec"] == 5.0 and r["error"] is None
+
+
+def test_gpu_branch_survives_a_pytest_timeout_and_a_failed_run(tmp_path, monkeypatch):
+    """The GPU branch with its steps faked: `pytest -m gpu` running out of time is one line of
+    the report (not an exception that loses it), the runs still go, and with the ddp run failed
+    the runtime step is reported as skipped; the report never points at a runtime_fps_gpu.md it
+    did not write; exit code 1."""
+    import subprocess
+
+    import torch
+
+    mod = _module()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(mod, "_device_info", lambda gpu: {"device": "cuda", "gpu": "fake",
+                                                          "cpus": 16, "torch": "x"})
+
+    def slow_pytest(timeout_s):
+        raise subprocess.TimeoutExpired(["pytest"], timeout_s)
+
+    def run(name, overrides, out):
+        if name == "ddp-bf16":
+            raise RuntimeError("CUDA error: out of memory")
+        return {"name": name, "overrides": overrides, "error": None, "wall_s": 1.0, "steps": 2,
+                "samples_per_sec": 5.0, "sec_per_step": 0.5, "data_wait_frac": 0.0,
+                "loader_workers": 1, "peak_gpu_mib": 10.0, "teacher_nme": {}}
+
+    monkeypatch.setattr(mod, "run_pytest_gpu", slow_pytest)
+    monkeypatch.setattr(mod, "training_run", run)
+    monkeypatch.setattr(mod, "runtime_figures", lambda *a, **k: pytest.fail("no teacher"))
+    rc = mod.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
+                   "--pytest-timeout", "7"])
+    assert rc == 1
+    res = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert res["pytest_gpu"]["returncode"] is None
+    assert res["pytest_gpu"]["summary"].startswith("TimeoutExpired: Command '['pytest']' timed "
+                                                   "out after 7 seconds")
+    assert [r["name"] for r in res["training"]] == ["ddp-bf16", "zero2-bf16"]
+    assert res["runtime"]["skipped"] is True
+    md = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "runtime_fps_gpu.md" not in md and "not measured, skipped" in md
+    assert "error: RuntimeError: CUDA error: out of memory" in md

@@ -402,6 +402,7 @@ def test_torch_engine_on_cuda_matches_onnxruntime(tmp_path: Path, precision: str
     export(p, out, which="teacher")
     spec = load_spec(out)
     eng = make_engine("torch", spec, device="cuda", precision=precision, max_batch=8)
+    assert eng.precision == precision and eng.device == "cuda"
     ref = make_engine("onnxruntime", spec, device="cpu")
     rng = np.random.default_rng(0)
     tol = 2e-2 if precision == "fp16" else 1e-3  # normalised crop coordinates

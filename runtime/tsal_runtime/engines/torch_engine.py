@@ -84,6 +84,8 @@ def prepare_program(ep: Any, device: str, autocast: bool) -> Any:
     import torch
 
     dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:  # export's device checks compare exactly
+        dev = torch.device("cuda", torch.cuda.current_device())
     if dev.type != "cpu":
         try:
             from torch.export.passes import move_to_device_pass
