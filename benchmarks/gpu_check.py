@@ -99,9 +99,10 @@ def training_run(name: str, overrides: dict[str, Any], out: Path) -> dict[str, A
             "teacher_nme": {k: v.get("nme_inter_ocular") for k, v in ev.items()}}
 
 
-def _failed(name: str, e: BaseException) -> dict[str, Any]:
+def _error_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (300 characters at most), for the report."""
     line = (str(e).strip().splitlines() or [""])[0][:300]
-    return {"name": name, "error": f"{type(e).__name__}: {line}"}
+    return f"{type(e).__name__}: {line}"
 
 
 def runtime_figures(run_dir: Path, out: Path, work: Path, frames: int = 300,
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report["pytest_gpu"] = run_pytest_gpu(timeout_s=args.pytest_timeout)
         except Exception as e:  # noqa: BLE001 - a timeout included: reported, the runs go on
-            report["pytest_gpu"] = {"returncode": None, "summary": _failed("pytest", e)["error"],
+            report["pytest_gpu"] = {"returncode": None, "summary": _error_line(e),
                                     "seconds": None}
         print(f"gpu tests: {report['pytest_gpu']['summary']}", flush=True)
         save()
@@ -190,19 +191,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             r = training_run(name, {**scale, **extra}, work)
         except Exception as e:  # noqa: BLE001 - reported, and the next step still runs
-            r = {**_failed(name, e), "overrides": {**scale, **extra}}
+            r = {"name": name, "error": _error_line(e), "overrides": {**scale, **extra}}
         print(json.dumps(r), flush=True)
         runs.append(r)
         save()
     if gpu and runs[0]["error"]:
         report["runtime"] = {"returncode": None, "skipped": True,
-                             "summary": "skipped: the ddp run failed, there is no teacher to export"}
+                             "summary": "skipped: the ddp run failed, no teacher to export"}
     elif gpu:
         try:
             report["runtime"] = runtime_figures(work / runs[0]["name"], out, work,
                                                 timeout_s=args.runtime_timeout)
         except Exception as e:  # noqa: BLE001
-            report["runtime"] = {"returncode": None, "summary": _failed("runtime", e)["error"]}
+            report["runtime"] = {"returncode": None, "summary": _error_line(e)}
         print(f"runtime: {report['runtime']}", flush=True)
     save()
     print(f"gpu_check: wrote {out / stem}.{{json,md}} in {report['total_s']} s")
