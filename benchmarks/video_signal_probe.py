@@ -126,6 +126,20 @@ def grey_frames(path: Path) -> list[Any]:
     return frames
 
 
+def frame_width(path: Path) -> int:
+    """A video file's frame width in px, from its header (nothing decoded)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+    finally:
+        cap.release()
+    if width <= 0:
+        raise SystemExit(f"{path}: cannot read its frame size")
+    return width
+
+
 def video_frames(list_path: Path) -> list[tuple[Path, list[int]]]:
     """(video file, its rows in the list in frame order) per video of an annotated list whose
     rows name ``video#frame``."""
@@ -213,8 +227,8 @@ def probe_run(run_dir: Path, video_size: int | None = None, window: int = LK_WIN
               cache_dir: Path | None = None) -> dict[str, Any]:
     preds, gts, lst = teacher_on_videos(run_dir, video_size, cache_dir)
     videos = video_frames(lst)
-    size = grey_frames(videos[0][0])[0].shape[1]
-    return {"run": run_dir.name, "frames": len(preds), "videos": len(videos), "video_size": size,
+    return {"run": run_dir.name, "frames": len(preds), "videos": len(videos),
+            "video_size": frame_width(videos[0][0]),
             "nme": by_turn(signals(preds, gts, videos, window=window), gts)}
 
 

@@ -217,3 +217,19 @@ def test_track_window_is_used_and_the_cli_refuses_bad_sizes(capsys):
             mod.main(["--runs", "nowhere", *argv])
         assert e.value.code == 2
         assert msg in capsys.readouterr().err
+
+
+def test_frame_width_reads_the_header(tmp_path):
+    import cv2
+
+    mod = load_script("video_signal_probe")
+    path = tmp_path / "v.avi"
+    vw = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), 25.0,
+                         (48, 32))
+    for t in range(3):
+        vw.write(np.full((32, 48, 3), 40 * t, np.uint8))
+    vw.release()
+    assert mod.frame_width(path) == 48 == mod.grey_frames(path)[0].shape[1]
+    (tmp_path / "x.avi").write_bytes(b"not a video")
+    with pytest.raises(SystemExit, match="x.avi: cannot read its frame size"):
+        mod.frame_width(tmp_path / "x.avi")
