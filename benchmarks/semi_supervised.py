@@ -82,7 +82,7 @@ QUICK: dict[str, Any] = {
 # the labeled images from the wide domain too (the ceiling of the curve)
 WIDE_LABELS = {_DOMAIN + k: v for k, v in DomainConfig().__dict__.items()}
 
-# TSAL as published (METHOD.md 1.6-1.9): structure constraint on labeled faces at the GT
+# TSAL as published (docs/method_notes.md 1.6-1.9): structure constraint on labeled faces at the GT
 # centroid, each model's own targets (no teacher -> student), multi-source student target, the
 # code's ramp (up to 60/150, down after 110/150), parameters averaged, BN statistics kept.
 PUBLISHED = {"loss.structure_on": "labeled", "loss.pseudo_source": "self",

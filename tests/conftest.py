@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Ray Train's report blocks up to 2 s per call without this (ENVIRONMENT.md).
+# Ray Train's report blocks up to 2 s per call without this (its health-check interval).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 

@@ -1,4 +1,4 @@
-"""Dependency direction (STYLE.md): checked on the source with ast, so a violation fails pytest."""
+"""Dependency direction: checked on the source with ast, so a violation fails pytest."""
 
 import ast
 from pathlib import Path
@@ -160,12 +160,12 @@ def test_atomic_writes_import_nothing_of_ours():
     assert not tsal_imports(REPO / "tsal_dist/atomic.py")
 
 
-# What each module of tsal_dist.eval may import of ours (besides tsal_dist.eval itself). STYLE.md
+# What each module of tsal_dist.eval may import of ours (besides tsal_dist.eval itself). The layering
 # keeps eval beside data, models, losses and teacher, importing none of them: the metrics are pure
 # numpy, the plots and the package use the bottom layer only. One exception, decided: the list
 # runner (run.py) reads SBR lists and crops faces with tsal_dist.data, so that a model is scored
 # on exactly the crops it was trained on (a copy of the crop code would drift). The CLI
-# (__main__.py) is an entry point (DESIGN.md: it builds the model from a checkpoint like any entry
+# (__main__.py) is an entry point (it builds the model from a checkpoint like any entry
 # point): it may use the loop's checkpoint reader and evaluation arguments and the models, but
 # never Ray's side (distributed) or another entry point.
 BOTTOM = {"tsal_dist.atomic", "tsal_dist.codec", "tsal_dist.config"}
@@ -205,7 +205,7 @@ def _module_name(f: Path) -> str:
 
 def test_no_module_imports_an_entry_point():
     """Entry points sit on top: nothing imports one. The exception is tsal_dist.export, a library
-    too (export_run, beside the loop in STYLE.md's layering), which train and distill call; one
+    too (export_run, beside the loop in the layering), which train and distill call; one
     entry point never imports another's CLI (their shared plumbing is tsal_dist.cli)."""
     found = []
     for f in files("tsal_dist"):

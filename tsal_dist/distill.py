@@ -1,4 +1,5 @@
-"""``python -m tsal_dist.distill``: KD-Loss distillation into a real-time student (METHOD.md §5).
+"""``python -m tsal_dist.distill``: KD-Loss distillation into a real-time student
+(docs/method_notes.md §5).
 
 ASM soft landmarks -> Tough teacher (hard landmarks; or ``--tough-from RUN``, the TSAL teacher of
 a previous ``tsal_dist.train`` run) -> Tolerant teacher (soft landmarks) -> MobileNetV2 student

@@ -6,7 +6,7 @@ The exported graph is the whole path uint8 RGB NHWC crops (B, S, S, 3) -> ``land
 crop-normalised ``(px + 0.5) / S`` and ``scores`` (B, K): the model's own ``predict`` (the one
 model interface, tsal_dist.models), so normalisation uses the model's mean/std buffers and a
 detector's heatmap decoding is its ``HeatmapCodec.locate``, in-graph (docs/CONTRACTS.md
-"Export <-> runtime"; STYLE.md 4.8). Two heads are supported:
+"Export <-> runtime"). Two heads are supported:
 
 - ``heatmap``: a :class:`~tsal_dist.models.LandmarkDetector` (teacher or student); scores are the
   decoded heatmap peak values.

@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect-every", type=int, default=10, metavar="N",
                    help="run the detector every N frames (and whenever a track is lost)")
     p.add_argument("--detection", default="auto", choices=["auto", "async", "sync"],
-                   help="async: the detector runs on its own thread and never blocks the frame "
-                        "loop (tracking carries every frame); sync: on the frame loop, "
+                   help="async: the detector runs off the frame loop (its own process for yunet, "
+                        "blazeface and dlib) and never blocks it (tracking carries every "
+                        "frame); sync: on the frame loop, "
                         "reproducible; auto: async for --camera, sync for files")
     p.add_argument("--max-faces", type=int, default=4)
     p.add_argument("--min-score", type=float, default=0.2,

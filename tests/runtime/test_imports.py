@@ -1,4 +1,4 @@
-"""Dependency direction (STYLE.md): the runtime never imports tsal_dist, ray or deepspeed, and
+"""Dependency direction: the runtime never imports tsal_dist, ray or deepspeed, and
 imports torch / tensorrt only inside their engines (and only inside functions)."""
 
 import ast

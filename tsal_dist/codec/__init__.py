@@ -10,8 +10,9 @@ Two codecs, each one object both ways (mmpose style), batched torch, CPU or GPU:
   refinement (:func:`decode_dark`): Gaussian smoothing, then a second-order Taylor step on the
   log map around the smoothed peak. The decoders themselves are pure functions (``decode``).
 - :class:`CentroidCodec` (``centroid``): the CenterNet branch's facial-centroid Gaussian and
-  per-landmark offsets (TSAL ``hm`` / ``hmhp_offset``) with the target bugs T1-T5 of METHOD.md
-  §1.3 fixed, and the top-k candidate decode the student's multi-source pseudo-label uses.
+  per-landmark offsets (TSAL ``hm`` / ``hmhp_offset``) with the target bugs T1-T5 of
+  docs/method_notes.md §1.3 fixed, and the top-k candidate decode the student's multi-source
+  pseudo-label uses.
 
 Units follow docs/CONTRACTS.md (``cells``): "crop px" are pixels of the S x S crop (pixel i's
 centre at i); "cells" are heatmap cells, cell u's centre at crop px

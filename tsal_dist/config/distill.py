@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ASMConfig:
-    """Soft landmarks (METHOD.md §5.3)."""
+    """Soft landmarks (docs/method_notes.md §5.3)."""
 
     variance: float = 90.0  # percent of shape variance the kept PCA components explain
     normalization: Literal["center_scale", "hyperface"] = "center_scale"

@@ -212,8 +212,8 @@ class LossConfig:
     pseudo_max_turn: float = later(0.0)
     # Where the structure invariant constraint applies: "clips" (this project's default: each
     # unlabeled clip's frames at their predicted centroid cell, differences within a clip) or
-    # "labeled" (TSAL's code, METHOD.md 1.6-1.7: the labeled faces at their ground-truth centroid
-    # cell with the offset mask, differences over the whole batch).
+    # "labeled" (TSAL's code, docs/method_notes.md 1.6-1.7: the labeled faces at their ground-truth
+    # centroid cell with the offset mask, differences over the whole batch).
     structure_on: Literal["clips", "labeled"] = later("clips")
 
     def __post_init__(self) -> None:

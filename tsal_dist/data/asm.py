@@ -1,4 +1,4 @@
-"""Active Shape Model soft landmarks for the KD-Loss Tolerant teacher (METHOD.md §5.3).
+"""Active Shape Model soft landmarks for the KD-Loss Tolerant teacher (docs/method_notes.md §5.3).
 
 A PCA shape model is fitted on normalised training shapes; a shape's "soft" version is its
 projection onto the kept components with every coefficient clamped to +-3 sqrt(lambda_i):

@@ -3,7 +3,8 @@
 Per scheme: its name (``model.json``'s ``landmark_scheme``), the horizontal-mirror pairs
 (flip augmentation, ``model.json``'s ``flip_pairs``), the outer eye corners of the inter-ocular
 NME, the eye contours whose means are the pupils of the inter-pupil NME, and the headline NME
-normaliser (METHOD.md section 3; the normalisers themselves are ``tsal_dist.eval.metrics``).
+normaliser (docs/method_notes.md section 3; the normalisers themselves are
+``tsal_dist.eval.metrics``).
 
 Who reads it: ``data.datasets`` (default flip pairs), ``eval.run`` (which normalisers to report,
 through :func:`scheme_for`), ``export`` (``model.json``). ``eval.metrics`` imports nothing of
@@ -72,8 +73,8 @@ IBUG68_FLIP_PAIRS: FlipPairs = (
 #: 300W / 300VW: inter-ocular 36/45 (SBR's choice, our headline); pupils = means of 36-41, 42-47.
 IBUG68 = LandmarkScheme("ibug68", 68, "inter_ocular", IBUG68_FLIP_PAIRS, (36, 45),
                         (tuple(range(36, 42)), tuple(range(42, 48))), nose_tip=30)
-#: WFLW: inter-ocular 60/72 (the usual choice, METHOD.md 3.4); pupils = the annotated pupil
-#: centres 96 and 97. No mirror pairs are recorded.
+#: WFLW: inter-ocular 60/72 (the usual choice, docs/method_notes.md 3.4); pupils = the annotated
+#: pupil centres 96 and 97. No mirror pairs are recorded.
 WFLW98 = LandmarkScheme("wflw98", 98, "inter_ocular", (), (60, 72), ((96,), (97,)), nose_tip=54)
 #: iBUG without the jaw line (51), and without the inner mouth corners too (49; those come after
 #: the eyes): inter-ocular 19/28, pupils = means of 19-24 and 25-30.

@@ -3,7 +3,7 @@
 What belongs here: pure functions of arrays of predictions / ground truth / per-image NMEs.
 What does not: running models, reading data, plotting (see ``run.py`` and ``plots.py``).
 
-Conventions (METHOD.md section 3):
+Conventions (docs/method_notes.md section 3):
 
 * Per image, ``NME = sum_{visible j} ||pred_j - gt_j||_2 / (n_visible * d)``, returned as a
   FRACTION (multiply by 100 for the usual "%" tables). The dataset figure is the mean over images.
@@ -18,8 +18,8 @@ Conventions (METHOD.md section 3):
     - ``"face_size"``: given per image (AFLW: ``sqrt(w * h)`` of the GT box, from the list file).
     - ``"bbox"``: ``sqrt(w * h)`` of the tight box of the visible GT points.
 * Degenerate images get NaN instead of a number: no visible point, a normaliser ``d <= min_norm``
-  (e.g. zero/duplicate annotations, METHOD.md 3.3), a non-finite ``d``, or (inter-ocular /
-  inter-pupil) a normaliser point that is not visible, or a visible GT point that is not finite.
+  (e.g. zero/duplicate annotations, docs/method_notes.md 3.3), a non-finite ``d``, or (inter-ocular
+  / inter-pupil) a normaliser point that is not visible, or a visible GT point that is not finite.
   Aggregates (:func:`auc`, :func:`failure_rate`, :func:`ced`, :func:`summarize`) ignore NaNs and
   :func:`count_degenerate` / ``summarize()["n_degenerate"]`` report how many there were.
 * A non-finite PREDICTION of a visible point is a failure, not a degenerate image: its NME is

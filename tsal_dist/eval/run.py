@@ -7,7 +7,7 @@ not: the metric math (``metrics.py``), plots (``plots.py``), checkpoint loading
 (``tsal_dist.loop.checkpoint``), the CLI (``__main__.py``), reading images / making crops
 (``tsal_dist.data.datasets``).
 
-Protocol (METHOD.md section 3, DESIGN.md):
+Protocol (docs/method_notes.md section 3, docs/evaluation.md):
 
 * Errors are measured in the original image frame, against the annotation as written.
 * 68 points: the headline is inter-ocular NME (corners 36/45); inter-pupil is reported beside it.
@@ -308,7 +308,7 @@ def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: 
         counts, and for video lists ``videos`` = {video path: summary over its frames}. NMEs are
         fractions.
     """
-    # Imported here: eval's metrics/plots stay free of the data package (DESIGN.md layering).
+    # Imported here: eval's metrics/plots stay free of the data package (tests/test_architecture.py).
     from tsal_dist.data.datasets import EvalImageDataset
 
     if int(model.input_size) != input_size or int(model.num_points) != num_points:

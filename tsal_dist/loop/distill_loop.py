@@ -1,4 +1,4 @@
-"""KD-Loss distillation (METHOD.md §5), one worker's loop: ASM -> teachers -> student.
+"""KD-Loss distillation (docs/method_notes.md §5), one worker's loop: ASM -> teachers -> student.
 
 A peer of the training loop (``tsal_dist.loop.loop``): the same datasets (``build_run_data``),
 seeded batch order, engines, checkpoints (``tsal_dist.loop.checkpoint``), worker context and

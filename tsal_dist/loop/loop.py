@@ -369,7 +369,7 @@ def _student_toward_teacher_(student: Engine, teacher: Engine, keep: float,
 @torch.no_grad()
 def mutual_step_(*, teacher: Engine, student: Engine, student_keep: float, blend: float,
                  average_buffers: bool, buffer_keys: frozenset[str]) -> None:
-    """TSAL's per-iteration two-way lerp (METHOD.md 1.8, ``update_Rma_variables``):
+    """TSAL's per-iteration two-way lerp (docs/method_notes.md 1.8, ``update_Rma_variables``):
     student <- keep*student + (1-keep)*teacher, then teacher <- blend*teacher + (1-blend)*student
     with the student just updated. Every rank does it on its own copies, which DDP keeps equal
     (with ``average_buffers`` the BatchNorm statistics are first made rank 0's)."""

@@ -32,8 +32,8 @@ def param_groups(model: nn.Module, *, weight_decay: float, layer_lr: str = "unif
                  bias_decay: bool = True) -> list[nn.Parameter] | list[dict[str, Any]]:
     """The optimizer's parameter groups: ``lr_scale`` multiplies the step's learning rate.
 
-    ``layer_lr="tsal"`` gives TSAL's groups (METHOD.md 1.11): weights 1x and biases 2x, times 4
-    in the heatmap stages (``heatmap_head.*``). ``bias_decay=False`` puts no weight decay on
+    ``layer_lr="tsal"`` gives TSAL's groups (docs/method_notes.md 1.11): weights 1x and biases 2x,
+    times 4 in the heatmap stages (``heatmap_head.*``). ``bias_decay=False`` puts no weight decay on
     1-d parameters (biases, norm scales and shifts). With the defaults every parameter is in one
     group, returned as the plain list (the optimizer is then exactly the single-group one).
     """

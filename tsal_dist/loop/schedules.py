@@ -39,9 +39,9 @@ def ramp_weight(step: int, total_steps: int, up_frac: float, down_frac: float) -
     ``w = exp(-12.5 (1 - (T - step)/D)^2)`` for step > T - D (down to exp(-12.5) at T),
     ``w = 1`` in between. Steps outside [0, T] are clamped.
 
-    Fixes METHOD.md §1.9 / §6.10: the code hard-coded the ramp to epochs 60 and 110 whatever the
-    schedule length; here both ends are fractions of the schedule (TSAL: 60/150 = 0.4 up,
-    40/150 ~ 0.267 down).
+    Fixes docs/method_notes.md §1.9 / §6.10: the code hard-coded the ramp to epochs 60 and 110
+    whatever the schedule length; here both ends are fractions of the schedule (TSAL: 60/150 = 0.4
+    up, 40/150 ~ 0.267 down).
 
     Args:
         step: current optimizer step (0-based).

@@ -43,9 +43,9 @@ def teacher_consistency(pred_next: Sequence[Tensor], target_warped: Tensor) -> T
     unlabeled frames against the labeled ones on one scale. (The original code used a pixel MEAN,
     which made this term ~1e-4 of the supervised one: the teacher's unlabeled signal vanished.)
 
-    Fixes METHOD.md §1.6 "Off-by-one (CODE)": the code compared the prediction on frame t with the
-    warped image that reconstructs frame t+1. Callers pass predictions on frames 1..T-1 of each
-    clip and targets from ``warped[0..T-2]``.
+    Fixes docs/method_notes.md §1.6 "Off-by-one (CODE)": the code compared the prediction on frame t
+    with the warped image that reconstructs frame t+1. Callers pass predictions on frames 1..T-1 of
+    each clip and targets from ``warped[0..T-2]``.
 
     Args:
         pred_next: per-stage teacher heatmaps on frames t+1, each (N, K+1, h, w), with grad.
@@ -96,9 +96,10 @@ def student_pseudo_target(hm_coords: Tensor, candidates: Tensor, mu: float) -> T
     """Student's multi-source pseudo-target: ``mu * heatmap shape + (1 - mu) * nearest candidate``.
 
     Both sources are decoded from the student's predictions on the warped frames (frame t warped
-    into t+1). Fixes METHOD.md §1.6 L_unsup^S bugs: the code fused pixel heatmap locations with
-    centroid shapes in heatmap CELLS; here both are crop px (the codec decodes candidates to px).
-    The code's stride-10 ``index_select`` on a 9B-row tensor is replaced by a per-frame gather.
+    into t+1). Fixes docs/method_notes.md §1.6 L_unsup^S bugs: the code fused pixel heatmap
+    locations with centroid shapes in heatmap CELLS; here both are crop px (the codec decodes
+    candidates to px). The code's stride-10 ``index_select`` on a 9B-row tensor is replaced by a
+    per-frame gather.
 
     Args:
         hm_coords: (N, K, 2) soft-argmax locations from the student's heatmaps, crop px.

@@ -27,9 +27,9 @@ def centroid_focal_loss(
                              + sum_{y < 1} (1 - y)^beta p^alpha log(1 - p)]``,
     where ``N_pos`` counts target cells equal to 1 (the negative sum alone when ``N_pos == 0``).
 
-    Fixes METHOD.md §1.3 T4 (unlabeled frames got a fake peak at cell (0, 0) and were not masked):
-    only frames with ``valid`` enter the loss. Fixes T5 (a (N, h, w) target against an
-    (N, 1, h, w) prediction broadcast to (N, N, h, w)): both must be exactly (B, 1, h, w).
+    Fixes docs/method_notes.md §1.3 T4 (unlabeled frames got a fake peak at cell (0, 0) and were
+    not masked): only frames with ``valid`` enter the loss. Fixes T5 (a (N, h, w) target against
+    an (N, 1, h, w) prediction broadcast to (N, N, h, w)): both must be exactly (B, 1, h, w).
 
     Args:
         logits: (B, 1, h, w) centroid logits (before the sigmoid).
@@ -50,7 +50,7 @@ def centroid_focal_loss(
                          f"{tuple(logits.shape)}")
     if target.shape != logits.shape:
         raise ValueError(f"centroid_focal_loss: target {tuple(target.shape)} must have the shape "
-                         f"of logits {tuple(logits.shape)} (no broadcasting, METHOD.md T5)")
+                         f"of logits {tuple(logits.shape)} (no broadcasting)")
     if valid.shape != logits.shape[:1]:
         raise ValueError(f"centroid_focal_loss: valid must be (B,) = ({logits.shape[0]},), got "
                          f"{tuple(valid.shape)}")

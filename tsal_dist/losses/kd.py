@@ -1,4 +1,4 @@
-"""KD-Loss (Fard & Mahoor 2022), per coordinate (METHOD.md §5.4).
+"""KD-Loss (Fard & Mahoor 2022), per coordinate (docs/method_notes.md §5.4).
 
 P = student prediction, G = ground truth, T = a teacher's prediction, all (B, K, 2) in the SAME
 unit. The loop uses crop-normalised coordinates ``(px + 0.5) / S`` (the regressor's output), the

@@ -18,7 +18,7 @@ def gather_at(offsets: Tensor, index: Tensor) -> Tensor:
     Args:
         offsets: (B, C, h, w) dense map (e.g. the (B, 2K, h, w) offset head, in cells).
         index: (B,) long flat cell index ``y * w + x`` (row-major; the transposed
-            ``x * h + y`` of the original code, METHOD.md T1, is NOT used).
+            ``x * h + y`` of the original code, docs/method_notes.md T1, is NOT used).
 
     Returns:
         (B, C) values at the indexed cells, differentiable w.r.t. ``offsets``.
@@ -55,8 +55,8 @@ def offset_loss(
 
     ``loss = sum(mask * smooth_l1(gather_at(offsets, center_index), target)) / (sum(mask) + eps)``
     (CenterNet ``RegL1Loss`` with smooth-L1, as TSAL). The target must follow the fixed unit
-    convention of METHOD.md T3 (cells: ``p_j / stride - c``, masked by visibility and inside the
-    map); unlabeled frames carry an all-zero mask and therefore contribute nothing (T4).
+    convention of docs/method_notes.md T3 (cells: ``p_j / stride - c``, masked by visibility and
+    inside the map); unlabeled frames carry an all-zero mask and therefore contribute nothing (T4).
 
     Args:
         offsets: (B, 2K, h, w) predicted offsets in cells.

@@ -27,9 +27,9 @@ def structure_descriptor_terms(
     a translation-invariant face size/structure measure. ``"centroid"``: term_j = ||o_j||^2, the
     squared distance of landmark j to the centroid cell.
 
-    Fixes METHOD.md §1.6 SIC: the code reshaped the interleaved 136-vector to (2, 68) without
-    de-interleaving, so its "points" mixed x and y of different landmarks. Here the vector is
-    de-interleaved to (K, 2) (x, y) points first.
+    Fixes docs/method_notes.md §1.6 SIC: the code reshaped the interleaved 136-vector to (2, 68)
+    without de-interleaving, so its "points" mixed x and y of different landmarks. Here the vector
+    is de-interleaved to (K, 2) (x, y) points first.
 
     Args:
         offsets_at_center: (N, 2K) offsets in cells read at each frame's GT centroid cell.
@@ -83,8 +83,8 @@ def structure_loss(
     :func:`structure_descriptor_terms`); ``loss = sum d_ik / (K * n_pairs)``, n_pairs = number of
     same-clip pairs in the batch.
 
-    Fixes METHOD.md §1.6 SIC / §6.5: the code compared all N frames of the batch with each other,
-    across different faces, and divided by 68 * N. Here only pairs within a clip count.
+    Fixes docs/method_notes.md §1.6 SIC / §6.5: the code compared all N frames of the batch with
+    each other, across different faces, and divided by 68 * N. Here only pairs within a clip count.
 
     With a mask, each pair (i, k) compares the descriptor over the terms valid in BOTH frames, so a
     landmark visible in one frame only cannot produce a spurious difference (the code zeroed masked

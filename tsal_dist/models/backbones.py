@@ -62,7 +62,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 def init_weights_(module: nn.Module, *, conv_std: float = 0.01, deconv_std: float = 0.001) -> None:
-    """TSAL initialisation (METHOD.md §1.2.5), in place, over every submodule.
+    """TSAL initialisation (docs/method_notes.md §1.2.5), in place, over every submodule.
 
     Convs and linears ~ N(0, conv_std) with zero bias; transposed convs ~ N(0, deconv_std); norm
     layers weight 1, bias 0. Heads set their special output layers afterwards.
@@ -85,9 +85,9 @@ def kaiming_init_(module: nn.Module) -> None:
     """From-scratch init of a backbone, in place: Kaiming-normal (fan_out, ReLU) convs with zero
     bias, norm layers 1/0 (torchvision's ResNet/MobileNetV2/VGG rule).
 
-    TSAL's backbone was ImageNet-pretrained, so METHOD.md §1.2.5 gives no init for it. N(0, 0.01)
-    would vanish through VGG's BN-free convs, and on BN nets it makes Adam's fixed-size steps huge
-    relative to the weights; the heads keep TSAL's init (:func:`init_weights_`).
+    TSAL's backbone was ImageNet-pretrained, so docs/method_notes.md §1.2.5 gives no init for it.
+    N(0, 0.01) would vanish through VGG's BN-free convs, and on BN nets it makes Adam's fixed-size
+    steps huge relative to the weights; the heads keep TSAL's init (:func:`init_weights_`).
     """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):

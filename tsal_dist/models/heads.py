@@ -4,13 +4,14 @@ Heatmap heads map features (B, C, h, w) to a list of (B, K + 1, h, w) maps, one 
 last is final; channel K is the background). Centroid heads map the same features to
 (center logits (B, 1, h, w), offsets (B, 2K, h, w) in cells, interleaved dx0, dy0, dx1, ...).
 
-- :class:`CPMStages` and :class:`CenterNetBranch`: TSAL's ``cpm_vgg16`` heads (METHOD.md §1.2).
+- :class:`CPMStages` and :class:`CenterNetBranch`: TSAL's ``cpm_vgg16`` heads (docs/method_notes.md
+  §1.2).
 - :class:`RefineHeatmapHead` and :class:`CentroidHead`: the light heads of the resnet and
   mobilenetv2 detectors, same outputs, a fraction of the cost.
 
-Initialisation follows METHOD.md §1.2.5: convs N(0, 0.01), deconvs N(0, 0.001), BN 1/0, centroid
-output bias -2.19 (CenterNet prior, sigmoid = 0.1), offset output N(0, 0.001) with zero bias.
-Not here: the backbones, input normalisation, target making and decoding (tsal_dist.codec).
+Initialisation follows docs/method_notes.md §1.2.5: convs N(0, 0.01), deconvs N(0, 0.001), BN 1/0,
+centroid output bias -2.19 (CenterNet prior, sigmoid = 0.1), offset output N(0, 0.001) with zero
+bias. Not here: the backbones, input normalisation, target making and decoding (tsal_dist.codec).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _init_outputs_(center: nn.Conv2d, offsets: nn.Conv2d) -> None:
 class _RefinementStages(nn.Module):
     """Multi-stage heatmap head (CPM): stage 1 reads the features, stage t >= 2 reads
     concat(features, stage t - 1's maps); every stage's maps are returned (deep supervision).
-    Subclasses build the stage blocks; the weights are initialised here (METHOD.md §1.2.5)."""
+    Subclasses build the stage blocks; the weights are initialised here (docs/method_notes.md
+    §1.2.5)."""
 
     def __init__(self, blocks: list[nn.Module]) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Direct coordinate regressor: the MobileNetV2 student of KD-Loss (METHOD.md §5.2).
+"""Direct coordinate regressor: the MobileNetV2 student of KD-Loss (docs/method_notes.md §5.2).
 
 MobileNetV2 (width alpha, top 1x1 conv to 1280) -> global average pool -> dropout 0.5 ->
 Linear(1280, 2K, no bias, Glorot-uniform) as KD's ``O_L`` layer. Outputs crop-normalised

@@ -3,7 +3,7 @@
 States are ``dict[str, Tensor | np.ndarray]`` (a ``model.state_dict()`` or its numpy copy).
 In-place functions end in ``_``. No module, optimizer, server or Ray code lives here.
 
-Coefficient convention (STYLE.md "One coefficient, four meanings"): ``weight_old`` is the weight
+Coefficient convention (the same in every function here): ``weight_old`` is the weight
 on the OLD value, ``new = weight_old * old + (1 - weight_old) * source``.
 """
 

@@ -1,5 +1,6 @@
 """TensorRT engine (imported lazily; NOT verified here -- TensorRT cannot be installed on our
-machines, see ENVIRONMENT.md; its tests skip with the reason where ``tensorrt`` does not import).
+machines, see docs/runtime.md; its tests skip with the reason where ``tensorrt`` does not
+import).
 
 - Builds a serialized engine from model.onnx with one optimisation profile for the batch range
   [1, max_batch] (opt = ``opt_batch``) in FP32 or FP16, and caches it on disk under
@@ -40,7 +41,8 @@ def engine_cache_key(onnx_sha256: str, trt_version: str, cuda_version: str, gpu_
                      profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]) -> str:
     """Stable cache key of one built engine (pure function; 24 hex chars).
 
-    Every input that makes a serialized engine non-portable is part of the key (PEERS.md E.4).
+    Every input that makes a serialized engine non-portable is part of the key (a plan built
+    by one TensorRT version, CUDA version or GPU model is not valid on another).
     """
     blob = json.dumps({"onnx": onnx_sha256, "trt": trt_version, "cuda": cuda_version,
                        "gpu": gpu_name, "cc": list(compute_capability), "precision": precision,

@@ -35,7 +35,7 @@ def test_mutual_step_is_the_codes_two_way_lerp():
     for k in s0:
         s_new = 0.6 * s0[k] + 0.4 * t0[k]
         torch.testing.assert_close(s_model.state_dict()[k], s_new)
-        # teacher <- 0.6 T + 0.4 S_new = 0.76 T + 0.24 S_old (METHOD.md 1.8)
+        # teacher <- 0.6 T + 0.4 S_new = 0.76 T + 0.24 S_old (docs/method_notes.md 1.8)
         torch.testing.assert_close(t_model.state_dict()[k], 0.76 * t0[k] + 0.24 * s0[k])
 
 

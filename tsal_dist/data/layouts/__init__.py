@@ -2,8 +2,8 @@
 
 What belongs here: walking the folders users download, checking every file that a list will name
 (images decode, annotations parse with the right number of points, videos open and have one
-annotation per frame), and writing the SBR lists of METHOD.md §2.3. What does not: parsing the
-formats themselves (see formats.py) and reading crops for training (datasets.py).
+annotation per frame), and writing the SBR lists of docs/method_notes.md §2.3. What does not:
+parsing the formats themselves (see formats.py) and reading crops for training (datasets.py).
 
 Bad input never stops a run by default: each bad file gets a one-line message naming it and the
 problem, is skipped, and is counted by reason in a :class:`Report`; with ``strict=True`` the first
