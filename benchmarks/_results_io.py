@@ -4,6 +4,7 @@ rename, so an interrupted benchmark never leaves a half-written table or plot)."
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,26 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def finite_or_none(doc: Any) -> Any:
+    """``doc`` with every NaN / infinite float replaced by None (JSON null), recursively through
+    dicts, lists and tuples: what strict JSON readers (jq, JavaScript, pandas' default) accept."""
+    if isinstance(doc, float):
+        return doc if math.isfinite(doc) else None
+    if isinstance(doc, dict):
+        return {k: finite_or_none(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [finite_or_none(v) for v in doc]
+    return doc
+
+
 def write_report(out: Path, stem: str, doc: Any, md: str, default: Any = None) -> None:
-    """``out/<stem>.json`` (``doc``, indent 1; ``default`` as json.dumps takes it) and
-    ``out/<stem>.md`` (``md``), each atomically."""
-    write_text(out / f"{stem}.json", json.dumps(doc, indent=1, default=default))
+    """``out/<stem>.json`` (``doc``, indent 1; ``default`` as json.dumps takes it; strict JSON:
+    a value that is not a finite number, such as a mean over an empty bin or an open bin's upper
+    bound, is null) and ``out/<stem>.md`` (``md``), each atomically."""
+    if default is not None:  # what ``default`` makes of an object is checked too
+        doc = json.loads(json.dumps(doc, default=default), parse_constant=float)
+    text = json.dumps(finite_or_none(doc), indent=1, allow_nan=False)
+    write_text(out / f"{stem}.json", text)
     write_text(out / f"{stem}.md", md)
 
 
