@@ -29,14 +29,19 @@ def finite_or_none(doc: Any) -> Any:
     return doc
 
 
-def write_report(out: Path, stem: str, doc: Any, md: str, default: Any = None) -> None:
-    """``out/<stem>.json`` (``doc``, indent 1; ``default`` as json.dumps takes it; strict JSON:
-    a value that is not a finite number, such as a mean over an empty bin or an open bin's upper
-    bound, is null) and ``out/<stem>.md`` (``md``), each atomically."""
-    if default is not None:  # what ``default`` makes of an object is checked too
+def strict_json(doc: Any, indent: int | None = 1, default: Any = None) -> str:
+    """``json.dumps(doc, indent=)`` as strict JSON: a value that is not a finite number (a mean
+    over an empty bin, an open bin's upper bound) is null. ``default`` as json.dumps takes it;
+    what it makes of an object is checked too."""
+    if default is not None:
         doc = json.loads(json.dumps(doc, default=default), parse_constant=float)
-    text = json.dumps(finite_or_none(doc), indent=1, allow_nan=False)
-    write_text(out / f"{stem}.json", text)
+    return json.dumps(finite_or_none(doc), indent=indent, allow_nan=False)
+
+
+def write_report(out: Path, stem: str, doc: Any, md: str, default: Any = None) -> None:
+    """``out/<stem>.json`` (``doc`` as :func:`strict_json`, indent 1) and ``out/<stem>.md``
+    (``md``), each atomically."""
+    write_text(out / f"{stem}.json", strict_json(doc, 1, default))
     write_text(out / f"{stem}.md", md)
 
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _results_io import write_text  # noqa: E402
+from _results_io import strict_json, write_text  # noqa: E402
 
 
 def pipeline_rate(cfg: Any, n_batches: int) -> dict[str, float]:
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="assumed GPU step time of the 300W+300VW recipe (s)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # before the work: a bad --out fails fast
 
     from tsal_dist.config import ExperimentConfig, load_config, with_overrides
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                        "loader_cores_per_gpu": math.ceil(need / 0.95)}  # < 5 % wait
     res["cores_per_gpu"] = cores
     out = Path(args.out)
-    write_text(out / "data_pipeline.json", json.dumps(res, indent=1) + "\n")
+    write_text(out / "data_pipeline.json", strict_json(res) + "\n")
     write_text(out / "data_pipeline.md", render(res))
     print(f"wrote {out}/data_pipeline.{{json,md}}")
     return 0

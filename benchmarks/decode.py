@@ -16,14 +16,13 @@ benchmarks/results/decode.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_io import save_figure, write_text  # noqa: E402
+from _results_io import save_figure, strict_json, write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -120,7 +119,7 @@ def main() -> int:
                        f"{platform.python_version()}",
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / "decode.json", json.dumps({"meta": meta, "runs": runs}, indent=2))
+    write_text(RESULTS / "decode.json", strict_json({"meta": meta, "runs": runs}, indent=2))
     write_text(RESULTS / "decode.md", markdown(runs, meta))
     plot(runs, RESULTS / "decode.png")
     print(markdown(runs, meta))

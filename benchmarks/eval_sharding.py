@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _results_io import write_text  # noqa: E402
+from _results_io import strict_json, write_text  # noqa: E402
 
 
 def _free_port() -> int:
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # before the work: a bad --out fails fast
     import torch.multiprocessing as mp
 
     from tsal_dist.config import ExperimentConfig, with_overrides
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                            "wall_s_2_workers": two["wall_s"], "same_numbers": bool(same),
                            "lists": rows}
     out = Path(args.out)
-    write_text(out / "eval_sharding.json", json.dumps(res, indent=1) + "\n")
+    write_text(out / "eval_sharding.json", strict_json(res) + "\n")
     lines = ["# Final evaluation of the default run: 1 vs 2 workers", "",
              f"Machine: {res['machine']['cpus']} CPU cores, no GPU; {res['date']}. Default "
              f"config trained {args.steps} steps in one process; the final evaluation "

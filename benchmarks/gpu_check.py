@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "runtime"))  # tsal_runtime: export writes its model spec
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _results_io import write_text  # noqa: E402
+from _results_io import strict_json, write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:  # after every step: a check cut short keeps what it measured
         report["total_s"] = round(time.perf_counter() - t0, 1)
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / f"{stem}.json", json.dumps(report, indent=1) + "\n")
+        write_text(out / f"{stem}.json", strict_json(report) + "\n")
         write_text(out / f"{stem}.md", render(report))
 
     save()

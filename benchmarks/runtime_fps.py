@@ -549,10 +549,10 @@ DEFAULT_PIPELINE = f"tsal-runtime async, 1 thread ({BATCH_THREADS} from 2 faces)
 
 def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path,
                   stem: str = "runtime_fps") -> None:
-    from _results_io import save_figure, write_text
+    from _results_io import save_figure, strict_json, write_text
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / f"{stem}.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    write_text(out / f"{stem}.json", strict_json({"meta": meta, "rows": rows}) + "\n")
     la, lb = meta["load_avg_start"], meta["load_avg_end"]
     md = [f"# Runtime benchmark ({meta['date']})", "",
           f"Machine: {meta['machine']}; load average {la[0]:.2f} at the start, {lb[0]:.2f} at the "

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_io import save_figure, write_text  # noqa: E402
+from _results_io import save_figure, strict_json, write_text  # noqa: E402
 from _stats import format_delta as _delta, paired, t975  # noqa: E402,F401
 
 from tsal_dist.config.experiment import NARROW_DOMAIN, DomainConfig  # noqa: E402
@@ -399,7 +399,7 @@ def write_outputs(doc: dict[str, Any], *, to: Path = RESULTS, show: bool = True)
     if against:  # only in tables asked to pair with a baseline (--vs)
         doc["vs"] = head_to_head(doc["rows"], against)
     to.mkdir(parents=True, exist_ok=True)
-    write_text(to / "semi_supervised.json", json.dumps(doc, indent=1))
+    write_text(to / "semi_supervised.json", strict_json(doc))
     table_md = markdown(doc["summary"], doc["meta"], doc.get("vs"))
     write_text(to / "semi_supervised_table.md", table_md)
     plot(doc["summary"], to)  # the plots beside their tables, in any --results folder

@@ -28,9 +28,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 
 import torch  # noqa: E402
+from _results_io import strict_json, write_text  # noqa: E402
 
 from tsal_dist.config import load_config, with_overrides  # noqa: E402
 
@@ -220,7 +222,8 @@ def markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=24,
+                    help="per case, at least 8: the first logged window of 4 steps is warm-up")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--skip-sync-scaling", action="store_true")
     ap.add_argument("--note", default=(
@@ -229,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         "measure collective latency under contention as much as data movement."),
         help="what the machine was doing, recorded with the figures")
     args = ap.parse_args(argv)
+    if args.steps < 8:
+        ap.error(f"--steps {args.steps}: at least 8 (the first logged window of 4 steps is "
+                 f"warm-up, not timed)")
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # before the work: a bad --out fails fast
     torch.set_num_threads(1)
     import ray
 
@@ -286,12 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark_wall_s": time.perf_counter() - t0,
     }
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("train_throughput.json", json.dumps(res, indent=2)),
-                       ("train_throughput.md", markdown(res))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    write_text(out / "train_throughput.json", strict_json(res, indent=2))
+    write_text(out / "train_throughput.md", markdown(res))
     print(markdown(res))
     return 0
 
