@@ -3,7 +3,6 @@ NME (the probe end to end runs in test_semi_supervised_tables, on the quick runs
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
