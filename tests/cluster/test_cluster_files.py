@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli, tomllib's origin
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"

@@ -12,7 +12,10 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Literal, Mapping, Self
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; the annotations are never evaluated at run time
+    from typing_extensions import Self
 
 
 class ConfigError(ValueError):
