@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_opencv()
     report = Report(strict=args.strict)
     try:
-        REAL_DATASETS[args.dataset](root, out, report)
+        written = REAL_DATASETS[args.dataset](root, out, report)
     except AnnotationError as e:
         hint = " (--strict: stopping at the first bad input)" if args.strict else ""
         print(f"error: {e}{hint}", file=sys.stderr)
@@ -114,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"prepare {args.dataset}: {root} -> {out}")
     print(report.summary())
+    if not written:  # e.g. --root one folder too high or low: every face's image "missing"
+        print(f"error: {root}: no list written, not one usable face found (is it the "
+              f"{args.dataset} download's folder? docs/data.md says what it holds)",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -58,6 +58,24 @@ def test_cli_bad_input_skipped_by_default(tmp_path: Path,
     assert not (tmp_path / "out" / "wflw.test").exists()
 
 
+def test_cli_root_with_no_usable_face_is_an_error(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The annotations found but not one image (the images unpacked elsewhere): every face is a
+    reported skip, no list is written, and the command fails instead of reporting success."""
+    import shutil
+
+    _wflw(tmp_path / "W", bad_image=False)
+    shutil.rmtree(tmp_path / "W" / "WFLW_images")
+    rc = main(["wflw", "--root", str(tmp_path / "W"), "--out", str(tmp_path / "out")])
+    cap = capsys.readouterr()
+    assert rc == 2
+    assert "0--Parade/a.jpg: image not found" in cap.err
+    assert "missing image: 2" in cap.out
+    err = [ln for ln in cap.err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "no list written, not one usable face found" in err[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("wflw.*"))
+
+
 def test_cli_strict_is_fatal_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     _wflw(tmp_path / "W", bad_image=True)
     proc = subprocess.run(

@@ -527,6 +527,22 @@ def test_prepare_aflw_lists_line_by_line(tmp_path: Path) -> None:
 
 
 @needs_scipy
+def test_prepare_aflw_finds_images_in_mmposes_layout(tmp_path: Path) -> None:
+    """mmpose unpacks AFLW's images to ``images/flickr/{0,2,3}/``, beside the .mat."""
+    root, out = tmp_path / "AFLW", tmp_path / "lists"
+    root.mkdir()
+    make_aflw(root)
+    (root / "images").mkdir()
+    (root / "flickr").rename(root / "images" / "flickr")
+    report, _ = quiet_report()
+    written = prepare_aflw(root, out, report, train_count=3)
+    assert written == {"aflw.train.GTB": 2, "aflw.test.GTB": 2, "aflw.test.front.GTB": 1}
+    assert lines(out / "aflw.test.front.GTB")[0].startswith(
+        "../AFLW/images/flickr/1/image00001.jpg ")
+    assert report.skipped == {"missing image": 1, "bad box": 1}  # face 4's image, as before
+
+
+@needs_scipy
 def test_prepare_aflw_bad_mat(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match="AFLWinfo_release.mat: AFLW annotation file not"):
         prepare_aflw(tmp_path, tmp_path / "out", quiet_report()[0])

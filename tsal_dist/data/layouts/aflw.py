@@ -27,7 +27,8 @@ AFLW_TRAIN_COUNT = 20000  # first 20000 of the `ra` permutation train, the remai
 
 
 def _find_aflw_image(root: Path, name: str) -> Path:
-    for base in (root, root / "flickr", root / "data" / "flickr", root / "images"):
+    for base in (root, root / "flickr", root / "data" / "flickr", root / "images",
+                 root / "images" / "flickr"):  # the last: mmpose's layout
         if (base / name).is_file():
             return base / name
     return root / "flickr" / name  # not found: the error names the usual place
@@ -38,8 +39,9 @@ def prepare_aflw(root: str | os.PathLike[str], out: str | os.PathLike[str], repo
                  train_count: int = AFLW_TRAIN_COUNT) -> dict[str, int]:
     """Write the AFLW (19-point, CUHK re-annotation) lists from ``root/AFLWinfo_release.mat``.
 
-    Images are looked up as ``<name>`` under ``root``, ``root/flickr``, ``root/data/flickr`` or
-    ``root/images`` (``name`` from ``nameList``, e.g. ``0/image00002.jpg``). For face i, points are
+    Images are looked up as ``<name>`` under ``root``, ``root/flickr``, ``root/data/flickr``,
+    ``root/images`` or ``root/images/flickr`` (``name`` from ``nameList``, e.g.
+    ``0/image00002.jpg``). For face i, points are
     ``data[i, :19]`` (x) and ``data[i, 19:]`` (y), visibility ``mask_new[i]``, the box
     ``bbox[i]`` = [x1, x2, y1, y2]. The ``ra`` permutation (1-based) splits: its first
     ``train_count`` faces train, the rest test. Each face's visible points are written to
