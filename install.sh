@@ -11,11 +11,19 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 if ! .venv/bin/python -c "import torch, ray, deepspeed, decord, onnxruntime, tsal_dist, tsal_runtime" 2>/dev/null; then
-  .venv/bin/pip install -q torch==2.13.0
+  # The CPU build of torch (+cpu): PyPI's Linux wheel of the same version pulls ~2.6 GB of CUDA
+  # libraries. From the machine's own wheels or index where it has one, else from PyTorch's CPU
+  # index; where neither has it (e.g. macOS, whose PyPI wheel is the CPU build), the plain pin.
+  if ! .venv/bin/pip install -q "torch==2.13.0+cpu" 2>/dev/null; then
+    echo "install.sh: torch 2.13.0+cpu from https://download.pytorch.org/whl/cpu" >&2
+    .venv/bin/pip install -q --extra-index-url https://download.pytorch.org/whl/cpu \
+      "torch==2.13.0+cpu" || .venv/bin/pip install -q torch==2.13.0
+  fi
   .venv/bin/pip install -q -e ".[train,video,runtime,detectors,mat,dev]"
 fi
 if .venv/bin/pip list 2>/dev/null | grep -E -i '^(nvidia-|triton|cuda-)' ; then
-  echo "install.sh: CUDA packages were pulled in; the torch pin leaked" >&2
+  echo "install.sh: CUDA packages were pulled in: no torch 2.13.0+cpu was found (none here and" \
+       "https://download.pytorch.org/whl/cpu unreachable), or the torch pin leaked" >&2
   exit 1
 fi
 echo "install.sh: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
