@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -353,6 +354,35 @@ def test_prepare_300w_missing_subset_and_empty_root(tmp_path: Path) -> None:
     assert written == {"300w.test.challenge.GTL": 1, "300w.test.full.GTL": 1}
     with pytest.raises(AnnotationError, match="no 300W folders found"):
         prepare_300w(tmp_path / "empty", tmp_path / "out2", quiet_report()[0])
+
+
+def test_prepare_300w_private_test_set(tmp_path: Path) -> None:
+    """The separate private test download (01_Indoor, 02_Outdoor): one GTL list, its bad files
+    reported like the others'; with the main subsets beside it, their lists as before."""
+    root, out = tmp_path / "300W", tmp_path / "out"
+    write_image(root / "01_Indoor" / "indoor_001.png")
+    write_pts_by_hand(root / "01_Indoor" / "indoor_001.pts", grid68(0.3))
+    write_image(root / "01_Indoor" / "indoor_002.png")
+    write_pts_by_hand(root / "01_Indoor" / "indoor_002.pts", grid68(0.3)[:60])  # 60 points
+    write_image(root / "02_Outdoor" / "outdoor_001.png")
+    write_pts_by_hand(root / "02_Outdoor" / "outdoor_001.pts", grid68(0.3))
+    report, buf = quiet_report()
+    written = prepare_300w(root, out, report)
+    assert written == {"300w.test.private.GTL": 2}
+    assert lines(out / "300w.test.private.GTL") == [
+        f"../300W/01_Indoor/indoor_001.png ../300W/01_Indoor/indoor_001.pts {GRID_BOX}",
+        f"../300W/02_Outdoor/outdoor_001.png ../300W/02_Outdoor/outdoor_001.pts {GRID_BOX}"]
+    assert report.skipped["missing folder"] == len(W300_SUBSETS)  # the main subsets: elsewhere
+    assert report.skipped["bad annotation"] == 1 and "indoor_002.pts" in buf.getvalue()
+    # beside the main subsets; one private folder missing is reported
+    shutil.rmtree(root / "02_Outdoor")
+    write_image(root / "ibug" / "x.jpg")
+    write_pts_by_hand(root / "ibug" / "x.pts", grid68(0.3))
+    report, _ = quiet_report()
+    written = prepare_300w(root, tmp_path / "out2", report)
+    assert written == {"300w.test.challenge.GTL": 1, "300w.test.full.GTL": 1,
+                       "300w.test.private.GTL": 1}
+    assert report.skipped["missing folder"] == len(W300_SUBSETS) - 1 + 1
 
 
 # --------------------------------------------------------------------------------------- 300VW

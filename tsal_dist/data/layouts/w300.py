@@ -39,6 +39,9 @@ W300_SPLITS: dict[str, tuple[str, ...]] = {
     "test.full": ("helen/testset", "lfpw/testset", "ibug"),
 }
 W300_BOX_DIRS = ("Bounding Boxes", "Bounding_Boxes", "bounding_boxes")
+#: The 300W private test set (a separate download, 600 faces, no box files): folder -> count.
+#: Listed as ``300w.test.private.GTL`` when its folders are under the root.
+W300_PRIVATE: dict[str, int] = {"01_Indoor": 300, "02_Outdoor": 300}
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,9 @@ def prepare_300w(root: str | os.PathLike[str], out: str | os.PathLike[str],
     Writes ``300w.<split>.DET`` (organisers' detector box) and ``300w.<split>.GTB`` (ground-truth
     box) for split in train (3148), test.common (554), test.challenge (135), test.full (689), when
     the .mat files can be read; always ``300w.<split>.GTL`` (tight landmark box, floor/ceil). Each
-    image is listed once (TSAL's 10x repetition is a sampler matter, not a list matter).
+    image is listed once (TSAL's 10x repetition is a sampler matter, not a list matter). The
+    private test set (``root/{01_Indoor, 02_Outdoor}/``, 600 faces), when there, becomes
+    ``300w.test.private.GTL``.
 
     Returns:
         list file name -> number of lines.
@@ -133,9 +138,9 @@ def prepare_300w(root: str | os.PathLike[str], out: str | os.PathLike[str],
         AnnotationError: no 300W subset folder under ``root`` at all, or (strict) any bad input.
     """
     root_p, out_p = _abs(root), _abs(out)
-    if not any((root_p / s).is_dir() for s in W300_SUBSETS):
+    if not any((root_p / s).is_dir() for s in (*W300_SUBSETS, *W300_PRIVATE)):
         raise AnnotationError(f"{root_p}: no 300W folders found (expected "
-                              f"{', '.join(W300_SUBSETS)} under it)")
+                              f"{', '.join((*W300_SUBSETS, *W300_PRIVATE))} under it)")
     out_p.mkdir(parents=True, exist_ok=True)
 
     box_dir = _find_box_dir(root_p)
@@ -205,4 +210,18 @@ def prepare_300w(root: str | os.PathLike[str], out: str | os.PathLike[str],
         written.update(_write_lists(out_p, {f"300w.{split}.{kind}": entries
                                             for kind, entries in kinds.items()
                                             if kind == "GTL" or use_mat}, report))
+    if any((root_p / sub).is_dir() for sub in W300_PRIVATE):
+        private: list[ListEntry] = []
+        for sub, expected in W300_PRIVATE.items():
+            folder = root_p / sub
+            if not folder.is_dir():
+                report.warn(folder, "300W private test folder not found", "missing folder")
+                continue
+            faces = _scan_300w_subset(folder, fix, report)
+            if len(faces) != expected:
+                report.note(f"{folder}: {len(faces)} usable faces, the official count is "
+                            f"{expected}")
+            private += [ListEntry(str(f.image), str(f.pts), landmark_box(f.points))
+                        for f in faces]
+        written.update(_write_lists(out_p, {"300w.test.private.GTL": private}, report))
     return written
