@@ -17,25 +17,27 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def finite_or_none(doc: Any) -> Any:
+def finite_or_none(doc: Any, default: Any = None) -> Any:
     """``doc`` with every NaN / infinite float replaced by None (JSON null), recursively through
-    dicts, lists and tuples: what strict JSON readers (jq, JavaScript, pandas' default) accept."""
+    dicts, lists and tuples: what strict JSON readers (jq, JavaScript, pandas' default) accept.
+    ``default``, as json.dumps takes it, turns any other object into one JSON can hold (numpy
+    scalars: ``float``), and what it makes is checked too."""
     if isinstance(doc, float):
         return doc if math.isfinite(doc) else None
     if isinstance(doc, dict):
-        return {k: finite_or_none(v) for k, v in doc.items()}
+        return {k: finite_or_none(v, default) for k, v in doc.items()}
     if isinstance(doc, (list, tuple)):
-        return [finite_or_none(v) for v in doc]
+        return [finite_or_none(v, default) for v in doc]
+    if default is not None and not isinstance(doc, (str, int, type(None))):
+        return finite_or_none(default(doc), default)
     return doc
 
 
 def strict_json(doc: Any, indent: int | None = 1, default: Any = None) -> str:
     """``json.dumps(doc, indent=)`` as strict JSON: a value that is not a finite number (a mean
-    over an empty bin, an open bin's upper bound) is null. ``default`` as json.dumps takes it;
-    what it makes of an object is checked too."""
-    if default is not None:
-        doc = json.loads(json.dumps(doc, default=default), parse_constant=float)
-    return json.dumps(finite_or_none(doc), indent=indent, allow_nan=False)
+    over an empty bin, an open bin's upper bound) is null; ``default`` as in
+    :func:`finite_or_none`."""
+    return json.dumps(finite_or_none(doc, default), indent=indent, allow_nan=False)
 
 
 def write_report(out: Path, stem: str, doc: Any, md: str, default: Any = None) -> None:
