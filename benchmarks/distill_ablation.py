@@ -1,4 +1,4 @@
-"""KD-Loss judged where it can win: the same student with L2, L1, KD-Loss (code) and KD-Loss (paper).
+"""KD-Loss judged where it can win: one student with L2, L1, KD-Loss (code) and KD-Loss (paper).
 
     python benchmarks/distill_ablation.py [--teacher-steps 600] [--student-steps 3000]
                                           [--seeds 3] [--schedule constant] [--parallel 2]

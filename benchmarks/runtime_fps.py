@@ -322,8 +322,8 @@ def run_mediapipe(python: str, videos: dict[str, dict[str, Any]]) -> dict[str, A
         d = Path(tmp)
         for k, v in videos.items():
             np.save(d / f"{k}.npy", np.stack(v["frames"]))
-        (d / "keys.json").write_text(json.dumps({"pace_fps": PACE_FPS,
-                                                 "faces": {k: v["faces"] for k, v in videos.items()}}))
+        faces = {k: v["faces"] for k, v in videos.items()}
+        (d / "keys.json").write_text(json.dumps({"pace_fps": PACE_FPS, "faces": faces}))
         try:
             r = subprocess.run([python, str(Path(__file__).resolve()), "--mediapipe-worker",
                                 str(d)], capture_output=True, text=True, timeout=3600)

@@ -486,8 +486,9 @@ def main(argv: list[str] | None = None) -> int:
             # every finished run lands in the tables at once: an interrupted sweep loses nothing
             fresh = rows_of([r], args.what)
             done = {(x["table"], x["method"], x["labeled"], x["seed"]) for x in fresh}
-            doc["rows"] = [x for x in doc["rows"]
-                           if (x["table"], x["method"], x["labeled"], x["seed"]) not in done] + fresh
+            kept = [x for x in doc["rows"]
+                    if (x["table"], x["method"], x["labeled"], x["seed"]) not in done]
+            doc["rows"] = kept + fresh
             write_outputs(doc, to=results_dir, show=n == len(jobs))
     return 0
 

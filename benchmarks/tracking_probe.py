@@ -25,7 +25,8 @@ reads without labels; their synthetic ground truth is read here only to score):
 
 Every figure is per-frame NME (% inter-ocular) by distance k (frames) from the anchor, the anchor
 frame itself left out; a carried point that leaves the crop is dropped from its frame's score (as
-a training target drops it; the share is reported). Writes ``benchmarks/results/tracking_probe.{json,md}``::
+a training target drops it; the share is reported). Writes
+``benchmarks/results/tracking_probe.{json,md}``::
 
     python benchmarks/tracking_probe.py --runs /tmp/ssl800/supervised-L50-s{0,1,2} \
         /tmp/ssl800/supervised-L200-s{0,1,2} --clip-length 8

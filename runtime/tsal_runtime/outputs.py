@@ -62,7 +62,8 @@ class JsonlWriter:
 
 
 class CsvWriter:
-    """Rows ``frame,time_s,face_id,score,x0,y0,...,x{K-1},y{K-1}`` (one per face), flushed per frame."""
+    """Rows ``frame,time_s,face_id,score,x0,y0,...,x{K-1},y{K-1}``, one per face, flushed per
+    frame."""
 
     def __init__(self, path: str | os.PathLike[str], num_landmarks: int) -> None:
         self._f = _open_text(path)

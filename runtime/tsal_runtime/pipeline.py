@@ -15,14 +15,14 @@ Per frame:
 4. Per-track One Euro smoothing (``smooth=False`` turns it off).
 
 Asynchronous detection (``detection="async"``, the camera default): the detector runs in its own
-process or thread (``async_detect.AsyncDetector``) and never blocks the frame loop. When a
-detection is due, the frame is handed over if the detector is idle and the loop goes on tracking; the result is merged on the
-first frame after it is ready (``detect_lag=None``), or exactly ``detect_lag`` frames after the
-frame it was computed on (deterministic: the loop waits if it is not ready yet; ``detect_lag=0``
-gives the synchronous pipeline's results). A result computed on an older frame is merged like a
-fresh one: detections overlapping a track are dropped, new faces are refined on the current frame
-(one refinement pass recentres a box that moved a little). Until the first result, frames have no
-faces.
+process or thread (``async_detect.AsyncDetector``) and never blocks the frame loop. When a detection
+is due, the frame is handed over if the detector is idle and the loop goes on tracking; the result
+is merged on the first frame after it is ready (``detect_lag=None``), or exactly ``detect_lag``
+frames after the frame it was computed on (deterministic: the loop waits if it is not ready yet;
+``detect_lag=0`` gives the synchronous pipeline's results). A result computed on an older frame is
+merged like a fresh one: detections overlapping a track are dropped, new faces are refined on the
+current frame (one refinement pass recentres a box that moved a little). Until the first result,
+frames have no faces.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ def test_reestimate_bn_is_the_cumulative_average_of_the_batch_statistics():
     model = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4, momentum=0.3),
                                 torch.nn.Dropout(0.5))
     model.train()
-    w_before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    w_before = {k: v.clone() for k, v in model.state_dict().items()
+                if "running" not in k and "num_batches" not in k}
     batches = [torch.randint(0, 256, (5, 3, 8, 8)).float() for _ in range(3)]
     assert mod.reestimate_bn(model, iter(batches)) == 15
     with torch.no_grad():

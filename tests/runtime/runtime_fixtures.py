@@ -25,7 +25,8 @@ SIZE, K, EXPAND = 32, 5, 0.2
 
 
 def const_shape(k: int = K, expand: float = EXPAND) -> np.ndarray:
-    """(K, 2) normalised points whose tight box is the un-expanded box: min e/(1+2e), max (1+e)/(1+2e)."""
+    """(K, 2) normalised points whose tight box is the un-expanded box: min e/(1+2e), max
+    (1+e)/(1+2e)."""
     lo, hi = expand / (1 + 2 * expand), (1 + expand) / (1 + 2 * expand)
     pts = np.array([[lo, lo], [hi, hi], [(lo + hi) / 2, (lo + hi) / 2], [lo, hi], [hi, lo]])
     return np.resize(pts, (k, 2)).astype(np.float32)
@@ -69,6 +70,7 @@ def model_json(size: int = SIZE, k: int = K, **over: object) -> dict:
          "crop_expand": EXPAND, "num_landmarks": k, "landmark_scheme": "custom5",
          "flip_pairs": [], "eye_corners": [0, 1], "head": "heatmap",
          "decode": {"stride": 4, "window": 2, "sigma_px": 1.5}, "opset": 17,
-         "source_checkpoint": "none", "config_hash": "0" * 16, "onnx_sha256": "", "which": "teacher"}
+         "source_checkpoint": "none", "config_hash": "0" * 16, "onnx_sha256": "",
+         "which": "teacher"}
     d.update(over)
     return d

@@ -15,7 +15,8 @@ CACHE = Path("~/.cache/tsal_runtime/media").expanduser()
 
 
 def face_api_sample(name: str = "sample1.jpg") -> Path:
-    """face-api's multi-face demo photo, fetched with ``npm pack`` into the cache (never committed)."""
+    """face-api's multi-face demo photo, fetched with ``npm pack`` into the cache (never
+    committed)."""
     dest = CACHE / "fa" / "package" / "demo" / name
     if not dest.is_file():
         CACHE.mkdir(parents=True, exist_ok=True)

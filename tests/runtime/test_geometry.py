@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tsal_runtime.geometry import (adapt_box, apply_affine, crop_matrix, extract_crops, invert_affine,
-                                   iou, landmark_box, normalised_to_image)
+from tsal_runtime.geometry import (adapt_box, apply_affine, crop_matrix, extract_crops,
+                                   invert_affine, iou, landmark_box, normalised_to_image)
 
 
 def test_crop_matrix_hand_values() -> None:

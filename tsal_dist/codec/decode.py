@@ -135,8 +135,8 @@ def decode_dark(maps: Tensor, stride: int, blur_cells: float) -> tuple[Tensor, T
     padded = F.pad(x.reshape(b * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
     padded = padded.reshape(b, c, (h + 2) * wp)
     # the 3 x 3 neighbourhood of the peak in one gather, and the log of those 9 values only
-    # (the log commutes with the edge replication; over the whole map it cost ~6 % of the
-    # exported model's time in ONNX Runtime)
+    # (the log commutes with the edge replication, and a log of the whole map is work for
+    # every cell the decode never reads)
     d = torch.tensor([-1, 0, 1], device=maps.device)
     dy, dx = torch.meshgrid(d, d, indexing="ij")
     near = ((v + 1)[..., None] + dy.reshape(-1)) * wp + (u + 1)[..., None] + dx.reshape(-1)

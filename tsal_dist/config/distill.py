@@ -163,17 +163,11 @@ class KDConfig:
 
 def _default_experiment() -> ExperimentConfig:
     # Teachers heavier than the student (ResNet-18-style heatmap detector vs MobileNetV2
-    # regressor at width 0.5), KD's optimizer (Adam, no schedule), no TSAL video clips.
-    # Student steps: direct regression from a global-average-pooled 3x3 map (96 px) sits at
-    # the mean shape for ~600 steps of batch 8 before it localises (synthetic data, measured:
-    # NME 32% at 600 steps, 18% at 1000, single process); 1000 steps x 2 workers (batch 16)
-    # is ~3 min of the ~10 min default run on 2 CPU cores. 96 px (not KD's 224) keeps the
-    # teachers' 0.5 s/step affordable; 128 px learned faster per step but cost 1.6x per step.
+    # regressor at width 0.5), KD's optimizer (Adam, no schedule), no TSAL video clips. The
+    # student recipe for a CPU budget (96 px, 1000 steps, lr 3e-3 where KD uses 1e-3, no dropout
+    # or decay) and why: docs/distillation.md, "Student recipe on a CPU budget".
     return ExperimentConfig(
         model=ModelConfig(backbone="resnet", width=0.5),
-    # Student lr 3e-3 (KD: 1e-3): at 1000 steps, two seeds, plain L2 reached NME 14.0 / 20.4%
-    # with 3e-3 vs 17.7 / 23.2% with 1e-3 (measured at 96 px, zero head, no dropout / decay;
-    # dropout 0.5: 28.4%, weight decay 1e-4: 22.3%, both seed 0 at 1e-3).
         optim=OptimConfig(lr=3e-3, steps=1000, warmup_steps=20, schedule="constant",
                           clips_per_batch=0, batch_size=8),
         run=RunConfig(log_every=25, checkpoint_every=100, eval_every=0, export=True))

@@ -319,10 +319,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True  # deterministic kernels and seeded data order (exact resume)
     torch_threads: int = 1  # intra-op threads per CPU worker (0 = torch default)
-    # NHWC ("channels_last") weights and activations for the ddp engine. The default MobileNetV2's
-    # forward+backward is ~15 % faster on one CPU thread (oneDNN), but the whole default run only
-    # 4 % (872 vs 911 s on 2 cores) and its different summation order gives another trajectory
-    # (6.01 vs 5.89 % NME, seed-level noise); off by default. DeepSpeed ignores it.
+    # NHWC ("channels_last") weights and activations for the ddp engine; another summation order,
+    # so another (not a worse) trajectory than the default's pinned one. Off by default; what it
+    # gains: benchmarks/results/README.md. DeepSpeed ignores it.
     channels_last: bool = False
 
     def __post_init__(self) -> None:

@@ -79,7 +79,8 @@ def read_pts(path: str | Path, num_points: int | None = None) -> tuple[np.ndarra
     return _read_pts_v1(p, lines, num_points)
 
 
-def _read_pts_v0(p: Path, lines: list[str], num_points: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_pts_v0(p: Path, lines: list[str],
+                 num_points: int | None) -> tuple[np.ndarray, np.ndarray]:
     if len(lines) < 3 or not lines[1].lower().startswith("n_points"):
         raise AnnotationError(f"{p}: expected 'n_points: N' on line 2")
     try:
@@ -109,7 +110,8 @@ def _read_pts_v0(p: Path, lines: list[str], num_points: int | None) -> tuple[np.
     return pts, np.ones(n, np.float32)
 
 
-def _read_pts_v1(p: Path, lines: list[str], num_points: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_pts_v1(p: Path, lines: list[str],
+                 num_points: int | None) -> tuple[np.ndarray, np.ndarray]:
     if num_points is None:
         raise AnnotationError(f"{p}: one-point-per-line (AFLW) format needs the number of points")
     pts = np.zeros((num_points, 2), np.float32)
@@ -210,7 +212,8 @@ def _resolve(base: Path, ref: str) -> str:
     return str(base / path) + suffix
 
 
-def write_list(path: str | Path, entries: list[ListEntry], relative_to: str | Path | None = None) -> None:
+def write_list(path: str | Path, entries: list[ListEntry],
+               relative_to: str | Path | None = None) -> None:
     """Write an SBR list file atomically; paths are written relative to ``relative_to`` if given."""
     lines = []
     for e in entries:
@@ -235,7 +238,8 @@ def _relpath(ref: str, base: str | Path) -> str:
     return os.path.relpath(path, base) + suffix
 
 
-def landmark_box(points: np.ndarray, visible: np.ndarray | None = None) -> tuple[float, float, float, float]:
+def landmark_box(points: np.ndarray,
+                 visible: np.ndarray | None = None) -> tuple[float, float, float, float]:
     """Tight box of the (visible) points: floor of the minimum, ceil of the maximum (300VW/SBR)."""
     pts = points if visible is None else points[np.asarray(visible) > 0]
     if len(pts) == 0:

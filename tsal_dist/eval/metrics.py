@@ -91,10 +91,10 @@ def normalizer(gt: np.ndarray, norm: str, visible: np.ndarray | None = None,
     n, k, _ = gt.shape
     vis = np.ones((n, k), bool) if visible is None else _check_visible(visible, n, k)
     if norm == "inter_ocular":
-        l, r = (int(i) for i in eye_corners)
-        _check_indices("eye_corners", (l, r), k)
-        d = np.linalg.norm(gt[:, l] - gt[:, r], axis=-1)
-        return np.where(vis[:, l] & vis[:, r], d, np.nan)
+        left, right = (int(i) for i in eye_corners)
+        _check_indices("eye_corners", (left, right), k)
+        d = np.linalg.norm(gt[:, left] - gt[:, right], axis=-1)
+        return np.where(vis[:, left] & vis[:, right], d, np.nan)
     if norm == "inter_pupil":
         left, right = (np.asarray(list(p), dtype=np.int64) for p in pupils)
         if left.size == 0 or right.size == 0:

@@ -308,7 +308,8 @@ def evaluate_list(model: torch.nn.Module, list_path: str | Path, *, input_size: 
         counts, and for video lists ``videos`` = {video path: summary over its frames}. NMEs are
         fractions.
     """
-    # Imported here: eval's metrics/plots stay free of the data package (tests/test_architecture.py).
+    # Imported here: eval's metrics/plots stay free of the data package
+    # (tests/test_architecture.py).
     from tsal_dist.data.datasets import EvalImageDataset
 
     if int(model.input_size) != input_size or int(model.num_points) != num_points:

@@ -281,7 +281,6 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
     ckpt_dir = run_dir / "checkpoints"
     tdir = Path(teacher_dir) if teacher_dir else ckpt_dir / "teachers"
     metrics_path = run_dir / "metrics.jsonl"
-    k, size = e.data.num_points, e.model.input_size
 
     # ---- Tough teacher from a previous run: its model section is the teachers' architecture
     dcfg, tough_from = with_tough_from(dcfg)

@@ -213,7 +213,6 @@ def tsal_step(*, student: Engine, teacher: Engine, labeled: dict, clips: dict | 
         raise ValueError(f"consistency_space must be 'image' or 'output', "
                          f"got {consistency_space!r}")
     images = labeled["image"]
-    b = images.shape[0]
     targets = make_targets(labeled, hm_codec, ctr_codec)
     clip_ids = grid = None
     if clips is not None:

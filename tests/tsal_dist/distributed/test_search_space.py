@@ -114,7 +114,8 @@ def test_validate_space_refuses_two_swept_values_that_fail_only_together():
     though each value passes with the other key's sampled value; refused up front, naming both."""
     base = with_overrides(BASE, {"model.centroid_index": 10,
                                  "loss.student_consistency": "pseudo_label"})
-    space = {"data.num_points": {"choice": [68, 19]}, "loss.pseudo_max_turn": {"choice": [0.0, 0.25]}}
+    space = {"data.num_points": {"choice": [68, 19]},
+             "loss.pseudo_max_turn": {"choice": [0.0, 0.25]}}
     specs = list(parse_space(space).values())
     # a seed whose random sample is (68, 0.0): each key's extremes alone pass on top of it
     seed = next(s for s in range(100)

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,27 +71,21 @@ def test_student_consistency_is_stop_gradient_on_target():
 # ----------------------------------------------------------------------- output-space carrying
 
 
-def _affine_grid_px(A: "np.ndarray", n: int, s: int) -> torch.Tensor:
+def _affine_grid_px(A: np.ndarray, n: int, s: int) -> torch.Tensor:
     """(n, s, s, 2) grid: pixel y of frame t+1 -> A y in frame t (crop px)."""
-    import numpy as np
-
     ys, xs = np.mgrid[0:s, 0:s].astype(np.float64)
     g = np.stack([A[0, 0] * xs + A[0, 1] * ys + A[0, 2], A[1, 0] * xs + A[1, 1] * ys + A[1, 2]],
                  axis=-1)
     return torch.from_numpy(np.repeat(g[None], n, axis=0)).float()
 
 
-def _similarity(deg: float, zoom: float, dx: float, dy: float, s: int) -> "np.ndarray":
-    import numpy as np
-
+def _similarity(deg: float, zoom: float, dx: float, dy: float, s: int) -> np.ndarray:
     c = (s - 1) / 2
     a, b = zoom * math.cos(math.radians(deg)), zoom * math.sin(math.radians(deg))
     return np.array([[a, b, c - a * c - b * c + dx], [-b, a, c + b * c - a * c + dy], [0, 0, 1]])
 
 
 def test_heatmaps_and_points_carried_through_an_affine_grid() -> None:
-    import numpy as np
-
     from tsal_dist.codec import HeatmapCodec
     from tsal_dist.losses.consistency import (grid_to_cells, points_through_inverse_grid,
                                               warp_heatmaps)
