@@ -21,6 +21,14 @@ CLUSTER = REPO / "cluster"
 YAMLS = sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yaml", ".yml"))
 # Paths an entrypoint may name that live on user-mounted storage, not in the repo.
 USER_MOUNTED = ("/shared/", "/data/", "/mnt/")
+# Where the image holds the repository (cluster/Dockerfile's WORKDIR): a RayJob's driver does not
+# choose its working directory, so its entrypoint names configs by their absolute path there.
+IMAGE_REPO = "/app/"
+
+
+def _in_repo(path: str) -> Path:
+    """A path an entrypoint names, as the repository file it stands for."""
+    return REPO / (path[len(IMAGE_REPO):] if path.startswith(IMAGE_REPO) else path)
 
 
 def _docs(p: Path) -> list[dict]:
@@ -64,7 +72,7 @@ def check_command(cmd: str, where: str) -> str:
     if args.config:
         if args.config.startswith(USER_MOUNTED):
             return module
-        path = REPO / args.config
+        path = _in_repo(args.config)
         assert path.is_file(), f"{where}: --config {args.config} is not in the repo"
         if module == "tsal_dist.train":
             from tsal_dist.config import load_config
@@ -139,6 +147,15 @@ def test_rayjob_entrypoints_run_real_modules():
     assert modules == {"tsal_dist.train", "tsal_dist.tune"}
 
 
+def test_rayjob_configs_are_absolute_paths_in_the_image():
+    assert re.search(rf"^WORKDIR {IMAGE_REPO.rstrip('/')}$", (CLUSTER / "Dockerfile").read_text(),
+                     re.M)
+    for p, d in _rayjobs():
+        argv = shlex.split(d["spec"]["entrypoint"])
+        config = argv[argv.index("--config") + 1]
+        assert config.startswith(IMAGE_REPO), f"{p.name}: --config {config} depends on the cwd"
+
+
 def test_rayjob_tune_targets_the_raycluster():
     cluster_names = {d["metadata"]["name"] for _, d in _k8s_docs() if d["kind"] == "RayCluster"}
     for p, d in _rayjobs():
@@ -157,7 +174,7 @@ def test_training_recipe_output_is_shared_storage():
             from tsal_dist.train import parse_args
 
             a = parse_args(argv[3:])
-            cfg = load_config(REPO / a.config)
+            cfg = load_config(_in_repo(a.config))
             out = a.output or cfg.run.output
             assert out.startswith(USER_MOUNTED), p
             assert cfg.scaling.use_gpu
@@ -186,9 +203,20 @@ def test_dockerfile_installs_real_extras_and_pins_torch():
     assert _extras_in(editable[0]) == {"train", "video", "runtime"}
     for c in editable:
         assert _extras_in(c) <= _extras(), c
-    # torch pinned for every pip call, installed before the package
-    assert "PIP_CONSTRAINT=" in text and 'echo "torch==${TORCH_VERSION}"' in text
-    assert text.index("torch==${TORCH_VERSION}\"") < text.index('pip install -e ".[train')
+    # torch and ray pinned for every pip call after torch's own install, before the package; pip
+    # refuses to run while PIP_CONSTRAINT names a file that does not exist yet
+    written = re.search(r"^ && printf 'torch==%s\\nray==%s\\n' \"\$\{TORCH_VERSION\}\" "
+                        r"\"\$\{RAY_VERSION\}\" > (\S+)", text, re.M)
+    assert written, "the image must write torch's and ray's pins to a constraints file"
+    set_at = [m.start() for m in re.finditer(r"PIP_CONSTRAINT=", text)]
+    assert set_at == [text.index(f"ENV PIP_CONSTRAINT={written.group(1)}") + 4], set_at
+    assert written.end() < set_at[0] < text.index('pip install -e ".[train')
+    ray_version = re.search(r"^ARG RAY_VERSION=(\S+)$", text, re.M).group(1)
+    k8s = {d["spec"].get("rayClusterSpec", d["spec"])["rayVersion"] for _, d in _k8s_docs()
+           if d["kind"] in ("RayCluster", "RayJob") and "clusterSelector" not in d["spec"]}
+    assert k8s == {ray_version}, (k8s, ray_version)
+    setup = "\n".join(_docs(CLUSTER / "aws-gpu.yaml")[0]["setup_commands"])
+    assert f"ray=={ray_version}" in setup
     # TensorRT only behind the optional build arg
     for line in text.splitlines():
         if "tensorrt" in line and "pip install" in line:
@@ -213,6 +241,24 @@ def test_launcher_yaml_gpu_workers_and_setup():
     assert "torch==2.13.0" in setup and "PIP_CONSTRAINT" in setup
     assert "/shared" in setup
     assert cfg["file_mounts"] == {"~/tsal_dist": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
+    # an explicit AMI on every node: Ray's default is an Ubuntu 18.04 image torch cannot install on
+    assert all(re.fullmatch(r"ami-[0-9a-f]{8,17}", t["node_config"].get("ImageId", ""))
+               for t in types.values())
+    # the autoscaler (on the head) needs boto3, which ray[default] does not bring
+    assert any("boto3" in c for c in _pip_installs("\n".join(cfg["head_setup_commands"])))
+    # the SSH user, who runs the jobs, owns every folder the docs write to (a new EFS is root's)
+    for folder in ("/shared", "/shared/runs", "/shared/sweeps", "/shared/data/lists"):
+        assert re.search(rf"chown ubuntu:ubuntu[^&;]* {folder}( |$)", setup), folder
+    assert "chown -R" not in setup
+
+
+def test_launcher_yaml_passes_rays_own_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    ray = pytest.importorskip("ray")
+    import json
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler/ray-schema.json").read_text())
+    jsonschema.validate(_docs(CLUSTER / "aws-gpu.yaml")[0], schema)
 
 
 def test_runtime_env_is_a_valid_ray_runtime_env():
@@ -259,8 +305,9 @@ def test_check_command_rejects_bad_entrypoints(bad):
 
 
 def test_every_cluster_requires_a_token_and_keeps_the_dashboard_private():
-    """Ray 2.60 turns tokens on for `ray start --head` only when asked: every file must ask, and
-    no dashboard (which runs code for whoever reaches it) listens on a public address."""
+    """Ray 2.60's `ray start --head` turns tokens on only when asked or when ~/.ray/auth_token
+    happens to exist: every file must ask, and no dashboard (which runs code for whoever reaches
+    it) listens on a public address."""
     aws = _docs(CLUSTER / "aws-gpu.yaml")[0]
     for cmds in (aws["head_start_ray_commands"], aws["worker_start_ray_commands"]):
         start = [c for c in cmds if "ray start" in c]
