@@ -336,13 +336,20 @@ class ScalingConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0  # used only with use_gpu
+    # used only with use_gpu; a fraction (workers sharing a GPU) only for one worker: NCCL refuses
+    # two ranks on one GPU
+    gpus_per_worker: float = 1.0
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     def __post_init__(self) -> None:
         check(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
         check(self.gpus_per_worker > 0, "scaling.gpus_per_worker", "must be > 0")
+        if self.use_gpu and self.num_workers > 1:
+            check(self.gpus_per_worker >= 1 and float(self.gpus_per_worker).is_integer(),
+                  "scaling.gpus_per_worker",
+                  f"must be a whole number >= 1 with {self.num_workers} GPU workers (NCCL needs "
+                  f"a GPU of its own for each), got {self.gpus_per_worker}")
 
 
 @dataclass(frozen=True)

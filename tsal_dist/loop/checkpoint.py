@@ -115,18 +115,24 @@ def _one_line(e: BaseException) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """Torch/numpy/python RNG states as weights_only-safe values (tensors, lists, ints)."""
+    """Torch/numpy/python RNG states as weights_only-safe values (tensors, lists, ints), and the
+    current CUDA device's generator (dropout on a GPU draws from it) once CUDA is in use."""
     np_state = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
         "python": list(random.getstate()[1]),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():  # a CPU resume of a GPU run: not needed
+        torch.cuda.set_rng_state(state["cuda"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached"]))

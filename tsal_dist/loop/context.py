@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,17 @@ def no_report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
     """Reporter for one-process runs: metrics.jsonl already holds everything."""
 
 
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+
+
 @contextlib.contextmanager
 def torch_settings(train: TrainConfig) -> Iterator[None]:
     """A run's process-wide torch settings for the length of the run, restored after it.
 
     ``train.torch_threads`` (intra-op threads; 0 = leave as is) and ``train.deterministic``
-    (deterministic kernels, warn-only where torch has none). In a worker process they die with
+    (deterministic kernels, warn-only where torch has none; on CUDA also the cuBLAS workspace that
+    deterministic matmuls need, ``CUBLAS_WORKSPACE_CONFIG``, unless the user set one: cuBLAS
+    reads it when the first CUDA matmul creates its handle). In a worker process they die with
     it; called in-process (local runs, the benchmarks, a notebook), the caller gets its own
     thread count and determinism mode back, whatever the run ended with.
     """
@@ -45,12 +51,16 @@ def torch_settings(train: TrainConfig) -> Iterator[None]:
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     if train.torch_threads:
         torch.set_num_threads(train.torch_threads)
+    cublas = os.environ.get(CUBLAS_WORKSPACE)
     if train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault(CUBLAS_WORKSPACE, ":4096:8")
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(det, warn_only=warn_only)
+        if cublas is None:
+            os.environ.pop(CUBLAS_WORKSPACE, None)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 

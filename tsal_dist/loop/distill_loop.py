@@ -406,19 +406,19 @@ def distill(dcfg: DistillConfig, *, run_dir: str | Path, ctx: WorkerContext | No
 
     summary: dict[str, Any] = {"run_dir": str(run_dir), "step": o.steps, "last": last}
     s_full = student.full_state_dict() if final_eval else None  # every rank (ZeRO collective)
-    if not ctx.is_main or not final_eval:
+    if not final_eval or not lists.eval:
         ctx.barrier()
         return summary
 
-    # ---- final evaluation of all three models on every eval list (this process alone)
+    # ---- final evaluation of all three models on every eval list, sharded over the ranks
+    # (each predicts its share on its own device, rank 0 gathers and writes), as training's
     s_eval = build_student(dcfg)  # fp32 weights whatever the training precision
     s_eval.load_state_dict(s_full)
     s_eval.eval()
-    if lists.eval:
-        scored = evaluate_lists({"tough": tough, "tolerant": tolerant, "student": s_eval}, e,
-                                lists.eval)
-        if scored is not None:  # always, in one process
-            write_eval_summary(run_dir, scored[0])
-            summary["eval"] = scored[0]
+    scored = evaluate_lists({"tough": tough, "tolerant": tolerant, "student": s_eval}, e,
+                            lists.eval, ctx=ctx)
+    if scored is not None:  # rank 0
+        write_eval_summary(run_dir, scored[0])
+        summary["eval"] = scored[0]
     ctx.barrier()
     return summary

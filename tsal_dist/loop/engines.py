@@ -9,6 +9,7 @@ inside the one class that needs it.
 from __future__ import annotations
 
 import enum
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
@@ -190,6 +191,15 @@ class DDPEngine(Engine):
             self.scaler.load_state_dict(scaler)
 
 
+def deepspeed_args(device: torch.device) -> SimpleNamespace | None:
+    """``deepspeed.initialize``'s ``args``: on a GPU, the worker's own device. DeepSpeed otherwise
+    moves the module to ``cuda:LOCAL_RANK``, which is not the worker's GPU when Ray Train gives a
+    worker more than one (worker 1 of 2 with 2 GPUs each runs on cuda:2, LOCAL_RANK is 1)."""
+    if device.type == "cuda" and device.index is not None:
+        return SimpleNamespace(device_rank=device.index)
+    return None
+
+
 class DeepSpeedEngine(Engine):
     """DeepSpeed ZeRO 0-3 around a torch optimizer; fp32, bf16 (CPU and GPU) or fp16 (GPU).
 
@@ -227,8 +237,8 @@ class DeepSpeedEngine(Engine):
         model = model.to(device)
         self._raw = model
         self.zero_stage = zero_stage
-        engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                 config=ds_config)
+        engine, opt, _, _ = deepspeed.initialize(args=deepspeed_args(device), model=model,
+                                                 optimizer=optimizer, config=ds_config)
         self.engine = engine
         self.optimizer = opt
         self.low_precision_weights = precision != "fp32"

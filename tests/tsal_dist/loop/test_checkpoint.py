@@ -103,3 +103,21 @@ def test_bad_checkpoints_fail_naming_the_file(tmp_path):
     torch.save({"config": {"nope": 1}, "teacher": {}}, tmp_path / "cfg.pt")
     with pytest.raises(ConfigError, match="cfg.pt: config: nope"):
         model_from_checkpoint(tmp_path / "cfg.pt", "teacher")
+
+
+def test_rng_state_carries_the_cuda_generator_once_cuda_is_in_use(tmp_path, monkeypatch):
+    """A GPU run's dropout draws from the device's generator: a resume restores it too (faked
+    CUDA: the calls and the checkpoint round trip are what a CPU can check)."""
+    from tsal_dist.loop.checkpoint import rng_state, set_rng_state
+
+    assert "cuda" not in rng_state()  # no CUDA here: nothing to save
+    gen = {"state": torch.arange(16, dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: gen["state"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s: gen.update(state=s.clone()))
+    torch.save({"rng": rng_state()}, tmp_path / "ck.pt")
+    saved = torch.load(tmp_path / "ck.pt", weights_only=True)["rng"]
+    gen["state"] = torch.zeros(16, dtype=torch.uint8)  # the generator moves on
+    set_rng_state(saved)
+    assert torch.equal(gen["state"], torch.arange(16, dtype=torch.uint8))

@@ -89,7 +89,17 @@ def test_short_distillation_run_loss_falls_and_resumes(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     cache: dict = {}
     torch.use_deterministic_algorithms(False)
-    summary = run_distill(cfg, run_dir=run_dir, progress=False, teacher_cache=cache)
+    # the final scoring runs on the worker's context (its device, its share of a sharded list),
+    # never on a default one-process CPU context while the other ranks wait
+    import tsal_dist.loop.distill_loop as dl
+
+    seen: list = []
+    real_eval = dl.evaluate_lists
+    monkeypatch.setattr(dl, "evaluate_lists",
+                        lambda *a, **k: seen.append(k.get("ctx")) or real_eval(*a, **k))
+    ctx = dl.WorkerContext()
+    summary = run_distill(cfg, run_dir=run_dir, progress=False, teacher_cache=cache, ctx=ctx)
+    assert seen == [ctx]
     assert cfg.experiment.train.deterministic and not torch.are_deterministic_algorithms_enabled()
     assert len(cache) == 40  # one entry of both teachers' predictions per KD step
     assert {v[0].shape for v in cache.values()} == {(8, 68, 2)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -36,6 +37,22 @@ def test_torch_settings_hold_for_the_run_and_are_restored_after_it_even_on_error
         raise RuntimeError("boom")
     assert torch.are_deterministic_algorithms_enabled()
     assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+
+
+def test_deterministic_runs_give_cublas_its_workspace_unless_the_user_chose_one(monkeypatch):
+    """Without CUBLAS_WORKSPACE_CONFIG, deterministic mode only warns on CUDA matmuls and the
+    run is not reproducible on a GPU."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with torch_settings(TrainConfig(deterministic=True)):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    with torch_settings(TrainConfig(deterministic=False)):
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    with torch_settings(TrainConfig(deterministic=True)):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     torch.use_deterministic_algorithms(False)
 
 

@@ -102,3 +102,46 @@ def test_fp16_without_gpu_workers_fails_at_config_load() -> None:
     cfg = ExperimentConfig.from_dict({"train": {"precision": "fp16"},
                                       "scaling": {"use_gpu": True}})
     assert cfg.train.precision == "fp16"
+
+
+def test_gpu_workers_each_need_a_whole_gpu_for_nccl() -> None:
+    """Two ranks packed onto one GPU fail NCCL's init ("Duplicate GPU detected") only once the
+    cluster has started: refused when the config loads."""
+    with pytest.raises(ConfigError, match=r"scaling\.gpus_per_worker.*whole number >= 1.*0\.5"):
+        ExperimentConfig.from_dict({"scaling": {"use_gpu": True, "num_workers": 2,
+                                                "gpus_per_worker": 0.5}})
+    with pytest.raises(ConfigError, match=r"scaling\.gpus_per_worker"):
+        ExperimentConfig.from_dict({"scaling": {"use_gpu": True, "num_workers": 4,
+                                                "gpus_per_worker": 1.5}})
+    for ok in ({"use_gpu": True, "num_workers": 1, "gpus_per_worker": 0.25},  # a Tune trial
+               {"use_gpu": True, "num_workers": 4, "gpus_per_worker": 2},
+               {"use_gpu": False, "num_workers": 2, "gpus_per_worker": 0.5}):  # unused on CPU
+        assert ExperimentConfig.from_dict({"scaling": ok}).scaling.num_workers == ok["num_workers"]
+
+
+def test_deepspeed_runs_on_the_workers_own_gpu_not_local_rank(monkeypatch) -> None:
+    """DeepSpeed moves the module to cuda:LOCAL_RANK unless ``args.device_rank`` names the
+    device; with 2 GPUs per worker Ray Train gives worker 1 cuda:2 while its LOCAL_RANK is 1."""
+    from types import SimpleNamespace
+
+    deepspeed = pytest.importorskip("deepspeed")
+    from tsal_dist.loop.engines import DeepSpeedEngine, deepspeed_args
+
+    assert deepspeed_args(torch.device("cuda", 2)).device_rank == 2
+    assert deepspeed_args(torch.device("cpu")) is None
+    # and the engine hands it to deepspeed.initialize (stopped there: no GPU to go on with)
+    seen = {}
+
+    def initialize(**kw):
+        seen.update(kw)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(deepspeed, "initialize", initialize)
+    monkeypatch.setattr(deepspeed, "init_distributed", lambda **kw: None)
+    monkeypatch.setattr("tsal_dist.loop.engines.deepspeed_args",
+                        lambda d: SimpleNamespace(device_rank=7))
+    model = nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match="stop"):
+        DeepSpeedEngine(model, torch.optim.SGD(model.parameters(), lr=0.1), grad_clip=0.0,
+                        zero_stage=0, precision="fp32", micro_batch=1, device=torch.device("cpu"))
+    assert seen["args"].device_rank == 7 and seen["model"] is model
