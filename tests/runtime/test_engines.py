@@ -168,3 +168,22 @@ def test_tensorrt11_fp16_without_autocast_fails_loudly(const_model: Path, monkey
     with pytest.raises(EngineError, match="fp16 on TensorRT 11.0.0 needs ModelOpt") as e:
         TensorRTEngine(load_spec(const_model), precision="fp16")
     assert "\n" not in str(e.value)
+
+
+def test_onnxruntime_asked_for_cuda_never_runs_on_the_cpu_silently(const_model: Path,
+                                                                    monkeypatch) -> None:
+    """onnxruntime drops a CUDA provider that fails to load (cuDNN missing) without an error;
+    an engine asked for CUDA must say so instead of running on the CPU."""
+    import onnxruntime as ort
+
+    from tsal_runtime.engines.ort_engine import OrtEngine
+
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession",  # what onnxruntime does when CUDA fails to load
+                        lambda path, sess_options, providers: real(
+                            path, sess_options=sess_options, providers=["CPUExecutionProvider"]))
+    with pytest.raises(EngineError, match="CUDAExecutionProvider did not load"):
+        OrtEngine(load_spec(const_model), device="cuda")
+    assert OrtEngine(load_spec(const_model), device="auto").device == "cpu"

@@ -72,6 +72,12 @@ class OrtEngine:
 
         self._sess = session(threads)
         self.device = "cuda" if "CUDAExecutionProvider" in self._sess.get_providers() else "cpu"
+        if device == "cuda" and self.device != "cuda":
+            # onnxruntime drops a CUDA provider that cannot load (no cuDNN, a driver too old) with
+            # no error and runs on the CPU: asked for CUDA, that is a failure, not a fallback
+            raise EngineError(f"{spec.onnx_path}: onnxruntime's CUDAExecutionProvider did not "
+                              "load (check the CUDA and cuDNN libraries onnxruntime-gpu needs; "
+                              "device='auto' runs on the CPU instead)")
         # a second CPU session for large batches (on CUDA the threads do not matter)
         self._batch_sess = (session(batch_threads) if self.device == "cpu" and batch_threads
                             and batch_threads != threads else self._sess)
