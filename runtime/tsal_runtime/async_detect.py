@@ -145,7 +145,12 @@ class _ProcessBackend:
             self._free_shm()
             self._shm = shared_memory.SharedMemory(create=True, size=frame.nbytes)
         np.ndarray(frame.shape, np.uint8, buffer=self._shm.buf)[...] = frame
-        self._conn.send((self._shm.name, frame.shape, index))
+        try:
+            self._conn.send((self._shm.name, frame.shape, index))
+        except (OSError, ValueError):  # the process died while idle: a broken pipe
+            self._proc.join(timeout=1)
+            raise DetectorError(f"the detector process died (exit code {self._proc.exitcode})"
+                                ) from None
         self._pending = True
 
     def ready(self) -> bool:

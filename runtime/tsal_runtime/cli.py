@@ -5,18 +5,21 @@ Examples:
     tsal-runtime --model M --video in.mp4 --headless --output out.mp4 --json out.jsonl
 
 Exit status: 0 done; 1 a clear one-line error (printed as ``tsal-runtime: error: ...``);
-2 bad command line; 130 interrupted. Outputs written before an error stay complete.
+2 bad command line; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Outputs written before
+an error or a signal stay complete.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Sequence
 
 from tsal_runtime.errors import RuntimeFailure
@@ -24,15 +27,27 @@ from tsal_runtime.errors import RuntimeFailure
 log = logging.getLogger("tsal_runtime")
 
 
+def _camera_index(text: str) -> int:
+    """A camera index: a whole number >= 0 (OpenCV crashes the process on -1 without a camera)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a camera index: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a camera index is >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tsal-runtime", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="folder with model.json + model.onnx")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--camera", type=int, metavar="N", help="camera index")
+    src.add_argument("--camera", type=_camera_index, metavar="N", help="camera index")
     src.add_argument("--video", metavar="FILE", help="video file (decord, OpenCV fallback)")
     src.add_argument("--images", metavar="DIR", help="folder of images (sorted by name)")
-    p.add_argument("--engine", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
+    p.add_argument("--engine", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
+                   help="auto: TensorRT, then torch CUDA, then ONNX Runtime, the first that runs")
     p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"],
                    help="tensorrt / torch-CUDA precision")
     p.add_argument("--detector", default="auto",
@@ -43,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="async: the detector runs off the frame loop (its own process for yunet, "
                         "blazeface and dlib) and never blocks it (tracking carries every "
                         "frame); sync: on the frame loop, "
-                        "reproducible; auto: async for --camera, sync for files")
-    p.add_argument("--max-faces", type=int, default=4)
+                        "reproducible; auto: async for --camera, sync for files (always sync "
+                        "for --images)")
+    p.add_argument("--max-faces", type=int, default=4, help="faces tracked at most per frame")
     p.add_argument("--min-score", type=float, default=0.2,
                    help="drop a track whose mean landmark score falls below this")
     p.add_argument("--refine", type=int, default=1, help="refinement passes after a detection")
@@ -72,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime CPU threads when a frame has 2 faces or more (default: "
                         "the cores, at most 4; 0 = same as --threads): several faces split well "
                         "over the cores")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
@@ -81,13 +98,20 @@ def run(args: argparse.Namespace) -> int:
     from tsal_runtime.detectors import make_detector
     from tsal_runtime.engines import make_engine
     from tsal_runtime.engines.ort_engine import default_batch_threads
-    from tsal_runtime.outputs import CsvWriter, JsonlWriter, VideoSink, Window, draw
+    from tsal_runtime.outputs import (CsvWriter, JsonlWriter, VideoSink, Window,
+                                      check_output_paths, draw)
     from tsal_runtime.pipeline import Pipeline
     from tsal_runtime.sources import CameraSource, ImageFolderSource, VideoSource
     from tsal_runtime.spec import load_spec
 
-    if args.detect_every < 1 or args.max_faces < 1:
-        raise RuntimeFailure("--detect-every and --max-faces must be >= 1")
+    check_numbers(args)
+    if args.video is not None and Path(args.video).is_dir():
+        raise RuntimeFailure(f"{args.video}: --video names a folder (use --images for a folder "
+                             f"of images)")
+    inputs = [p for p in (args.video, *_box_file(args.detector)) if p]
+    model_dir = Path(args.model)
+    inputs += [model_dir / n for n in ("model.json", "model.onnx", "model.pt2")]
+    check_output_paths({"--output": args.output, "--json": args.json, "--csv": args.csv}, inputs)
     spec = load_spec(args.model)
     # each engine takes its own options (auto hands each candidate those it takes)
     kw: dict[str, object] = {}
@@ -109,29 +133,32 @@ def run(args: argparse.Namespace) -> int:
     else:
         source = ImageFolderSource(args.images)
     still_images = args.images is not None
-    detection = args.detection if args.detection != "auto" else \
+    # every image is its own scene: detected on the loop, never merged from an earlier image
+    detection = "sync" if still_images else args.detection if args.detection != "auto" else \
         ("async" if args.camera is not None else "sync")
     log.info("detection %s", detection)
-    pipe = Pipeline(spec, engine, detector, detect_every=1 if still_images else args.detect_every,
-                    max_faces=args.max_faces, min_score=args.min_score, refine=args.refine,
-                    smooth=not args.no_smooth and not still_images,
-                    min_cutoff=args.min_cutoff, beta=args.beta, detection=detection,
-                    smoothing=args.smoothing, shape_cutoff=args.shape_cutoff,
-                    shape_beta=args.shape_beta)
     sinks: list[object] = []
-    window = None
+    window = pipe = None
     n = faces = 0
     t_start = time.perf_counter()
     try:
+        pipe = Pipeline(spec, engine, detector,
+                        detect_every=1 if still_images else args.detect_every,
+                        max_faces=args.max_faces, min_score=args.min_score, refine=args.refine,
+                        smooth=not args.no_smooth and not still_images,
+                        min_cutoff=args.min_cutoff, beta=args.beta, detection=detection,
+                        smoothing=args.smoothing, shape_cutoff=args.shape_cutoff,
+                        shape_beta=args.shape_beta)
+        # the video first: it checks that OpenCV can write there before a text output is opened
+        vs = VideoSink(args.output, source.fps) if args.output else None
+        if vs:
+            sinks.append(vs)
         jw = JsonlWriter(args.json) if args.json else None
         if jw:
             sinks.append(jw)
         cw = CsvWriter(args.csv, spec.num_landmarks) if args.csv else None
         if cw:
             sinks.append(cw)
-        vs = VideoSink(args.output, source.fps) if args.output else None
-        if vs:
-            sinks.append(vs)
         if not args.headless:
             window = Window()
         need_draw = vs is not None or window is not None
@@ -168,7 +195,9 @@ def run(args: argparse.Namespace) -> int:
             if args.max_frames and n >= args.max_frames:
                 break
     finally:
-        pipe.close()
+        _ignore_sigterm()  # a second SIGTERM must not cut the finalising short
+        if pipe is not None:
+            pipe.close()
         for s in sinks:
             s.close()  # type: ignore[attr-defined]
         if window is not None:
@@ -177,9 +206,34 @@ def run(args: argparse.Namespace) -> int:
     if n == 0:
         raise RuntimeFailure(f"{source.description}: no frame was read")
     dt = time.perf_counter() - t_start
-    log.info("%d frame(s), %d face detection(s), %.1f FPS overall", n, faces,
+    log.info("%d frame(s), %d face(s) over all frames, %.1f FPS overall", n, faces,
              n / dt if dt > 0 else 0.0)
     return 0
+
+
+def _box_file(detector: str) -> list[str]:
+    return [detector[len("boxes:"):]] if detector.startswith("boxes:") else []
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """The numeric flags' ranges, checked before any work (one line naming the flag)."""
+    rules = [("--detect-every", args.detect_every, args.detect_every >= 1, ">= 1"),
+             ("--max-faces", args.max_faces, args.max_faces >= 1, ">= 1"),
+             ("--refine", args.refine, args.refine >= 0, ">= 0"),
+             ("--max-frames", args.max_frames, args.max_frames >= 0, ">= 0 (0 = all)"),
+             ("--min-score", args.min_score, math.isfinite(args.min_score), "a finite number"),
+             ("--min-cutoff", args.min_cutoff, args.min_cutoff > 0, "> 0 (Hz)"),
+             ("--shape-cutoff", args.shape_cutoff, args.shape_cutoff > 0, "> 0 (Hz)"),
+             ("--beta", args.beta, args.beta >= 0, ">= 0"),
+             ("--shape-beta", args.shape_beta, args.shape_beta >= 0, ">= 0")]
+    for flag, value, ok, need in rules:
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            raise RuntimeFailure(f"{flag} must be {need}, got {value}")
+
+
+def _ignore_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _Terminated(BaseException):
@@ -191,8 +245,12 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.images is not None and args.detection == "async":
+        parser.error("--detection async does not apply to --images (each image is detected on "
+                     "its own)")
+    logging.basicConfig(level=getattr(logging, args.log_level),
                         format="tsal-runtime: %(message)s", stream=sys.stderr)
     previous = None
     if threading.current_thread() is threading.main_thread():

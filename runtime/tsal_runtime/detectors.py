@@ -20,6 +20,7 @@ one refinement pass re-centring the box on the first landmark estimate (see pipe
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Protocol
@@ -177,17 +178,27 @@ class BoxFileDetector:
         p = Path(path)
         self.boxes: dict[int, np.ndarray] = {}
         try:
-            lines = p.read_text().splitlines()
+            lines = p.read_text(encoding="utf-8").splitlines()
         except OSError as e:
             raise DetectorError(f"{p}: cannot read box file ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise DetectorError(f"{p}: not a text file (JSON lines expected)") from None
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-                rows = [list(map(float, b)) + ([1.0] if len(b) == 4 else []) for b in rec["boxes"]]
+                rows = []
+                for b in rec["boxes"]:
+                    if len(b) not in (4, 5):
+                        raise ValueError(f"a box is [x1, y1, x2, y2] or [x1, y1, x2, y2, score], "
+                                         f"got {len(b)} numbers")
+                    row = [float(v) for v in b] + ([1.0] if len(b) == 4 else [])
+                    if not all(math.isfinite(v) for v in row):
+                        raise ValueError(f"non-finite value in {b}")
+                    rows.append(row)
                 self.boxes[int(rec["frame"])] = _sorted(rows)
-            except (ValueError, KeyError, TypeError) as e:
+            except (ValueError, KeyError, TypeError, OverflowError) as e:
                 raise DetectorError(f"{p}:{n}: bad box record ({e})") from None
 
     def __call__(self, frame: np.ndarray, frame_index: int = 0) -> np.ndarray:

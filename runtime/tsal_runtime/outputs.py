@@ -1,7 +1,10 @@
 """Outputs: JSON lines, CSV, annotated video (mp4v), drawing + HUD, and an on-screen window.
 
-Every writer flushes per frame and is closed in the caller's ``finally``, so what was written
-before an error stays complete and readable.
+Every writer is closed in the caller's ``finally``, so what was written before an error stays
+complete and readable. JSON lines and CSV are written in place and flushed per frame (readable
+while a camera runs); the video goes to a hidden ``.<name>.partial<ext>`` beside it and takes its
+name when it is finalised (an mp4 cannot be read before), so an earlier file of that name stays
+whole until then. :func:`check_output_paths` runs before anything is opened.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import csv
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,6 +24,29 @@ from tsal_runtime.errors import RuntimeFailure
 from tsal_runtime.pipeline import STAGES, FrameResult
 
 log = logging.getLogger("tsal_runtime")
+
+
+def check_output_paths(outputs: Mapping[str, str | os.PathLike[str] | None],
+                       inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse, before any file is opened or truncated, an output (``{flag: path}``) that is a
+    folder, lies in a folder that does not exist, is one of the ``inputs`` (the video, the box
+    file, the model's files) or is given to two flags."""
+    ins = {Path(p).resolve() for p in inputs}
+    seen: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        p = Path(path)
+        if p.is_dir():
+            raise RuntimeFailure(f"{p}: {flag} names a folder, not a file")
+        if not p.parent.is_dir():
+            raise RuntimeFailure(f"{p}: output folder {p.parent} does not exist")
+        r = p.resolve()
+        if r in ins:
+            raise RuntimeFailure(f"{p}: {flag} would overwrite an input of this run")
+        if r in seen:
+            raise RuntimeFailure(f"{p}: given to both {seen[r]} and {flag}")
+        seen[r] = flag
 
 
 def _open_text(path: str | os.PathLike[str]) -> TextIO:
@@ -85,25 +112,44 @@ class CsvWriter:
 class VideoSink:
     """Annotated video via cv2.VideoWriter (mp4v; the pip wheels cannot write H.264).
 
-    Opened at the first frame with that frame's size; later frames of another size (image
-    folders) are resized to it.
+    Written to ``.<name>.partial<ext>`` in the same folder and renamed to ``path`` by
+    :meth:`close`. Opened at the first frame with that frame's size; later frames of another size
+    (image folders) are resized to it. Whether OpenCV can write the file's container is checked
+    here, before the run starts.
     """
 
     def __init__(self, path: str | os.PathLike[str], fps: float) -> None:
+        from tsal_runtime.sources import quiet_native_stderr
+
         self.path = Path(path)
+        if self.path.is_dir():
+            raise RuntimeFailure(f"{self.path}: --output names a folder, not a file")
         if not self.path.parent.is_dir():
             raise RuntimeFailure(f"{self.path}: output folder {self.path.parent} does not exist")
+        self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.fps = fps if fps > 0 else 30.0
         self._w: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
+        with quiet_native_stderr():  # OpenCV prints its own lines about unknown containers
+            probe = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*"mp4v"),
+                                    self.fps, (64, 64))
+            ok = probe.isOpened()
+            probe.release()
+        self.partial.unlink(missing_ok=True)
+        if not ok:
+            raise RuntimeFailure(f"{self.path}: OpenCV cannot write an mp4v video there (a "
+                                 f"container it writes: .mp4, .avi, .mov; a writable folder)")
 
     def write(self, bgr: np.ndarray) -> None:
         if self._w is None:
+            from tsal_runtime.sources import quiet_native_stderr
+
             h, w = bgr.shape[:2]
             self._size = (w - w % 2, h - h % 2) if min(w, h) > 2 else (max(w, 2), max(h, 2))
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            self._w = cv2.VideoWriter(str(self.path), fourcc, self.fps, self._size)
+            with quiet_native_stderr():
+                self._w = cv2.VideoWriter(str(self.partial), fourcc, self.fps, self._size)
             if not self._w.isOpened():
                 raise RuntimeFailure(f"{self.path}: cv2.VideoWriter (mp4v) cannot open it")
         assert self._size is not None
@@ -113,9 +159,14 @@ class VideoSink:
         self.frames += 1
 
     def close(self) -> None:
+        """Finalise the video and give it its name (nothing is written when no frame was)."""
         if self._w is not None:
             self._w.release()
             self._w = None
+            if self.frames:
+                os.replace(self.partial, self.path)
+            else:
+                self.partial.unlink(missing_ok=True)
 
 
 _COLORS = [(0, 255, 0), (255, 128, 0), (0, 200, 255), (255, 0, 255), (255, 255, 0)]

@@ -120,15 +120,22 @@ def parse_spec(d: dict[str, Any], model_dir: Path, where: str = MODEL_JSON) -> M
     if not isinstance(d, dict):
         raise SpecError(f"{where}: expected a JSON object, got {type(d).__name__}")
     version = d.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # true == 1 in Python
         raise SpecError(f"{where}: schema_version {version!r} is not supported by this runtime "
                         f"(expects {SCHEMA_VERSION}); re-export the model with a matching "
                         f"tsal_dist or upgrade tsal-runtime")
     missing = [k for k in _REQUIRED if k not in d]
     if missing:
         raise SpecError(f"{where}: missing field(s) {', '.join(missing)}")
+    dec = d.get("decode") or {}
+    if not isinstance(dec, dict):
+        raise SpecError(f"{where}: bad field value (decode must be an object, got "
+                        f"{type(dec).__name__})")
+    antialias = d.get("antialias", True)
+    if not isinstance(antialias, bool):  # bool("false") is True
+        raise SpecError(f"{where}: bad field value (antialias must be true or false, got "
+                        f"{antialias!r})")
     try:
-        dec = d.get("decode") or {}
         spec = ModelSpec(
             model_dir=model_dir,
             schema_version=int(version),
@@ -157,9 +164,9 @@ def parse_spec(d: dict[str, Any], model_dir: Path, where: str = MODEL_JSON) -> M
             which=str(d.get("which", "")),
             border_value=tuple(  # type: ignore[arg-type]
                 float(v) for v in d.get("border_value", IMAGENET_MEAN_RGB)),
-            antialias=bool(d.get("antialias", True)),
+            antialias=antialias,
         )
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:  # int(Infinity) is an OverflowError
         raise SpecError(f"{where}: bad field value ({e})") from None
     checks = [
         (spec.layout == "NHWC", f"layout {spec.layout!r} (runtime supports 'NHWC')"),

@@ -146,6 +146,25 @@ def test_detector_process_is_another_process_and_its_failure_is_one_clear_error(
         bad.close()
 
 
+def test_a_detector_process_that_died_while_idle_is_one_clear_error() -> None:
+    """Killed between detections (the OOM killer, a crash in the C library), the next frame
+    handed to it is a broken pipe: the loop gets the same one-line error as a death mid-call."""
+    import signal
+
+    a = AsyncDetector(ProcessDriftingFace(), lag=0)
+    try:
+        a.submit(DriftingFace.frame(0), 0)
+        assert a.poll(0) is not None
+        proc = a._backend._proc  # noqa: SLF001 - the child is what the test kills
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(timeout=10)
+        with pytest.raises(DetectorError, match=r"the detector process died \(exit code -9\)"):
+            a.submit(DriftingFace.frame(1), 1)
+            a.poll(1)
+    finally:
+        a.close()
+
+
 class Unbuildable(DriftingFace):
     gil_bound = True
 

@@ -282,3 +282,111 @@ def test_detection_mode_defaults_and_async_video(tmp_path: Path, const_model: Pa
     caplog.clear()
     rc, err = run_cli(capsys, *common, "--video", str(video), "--json", str(js))
     assert rc == 0 and "detection sync" in caplog.text, err
+
+
+def test_negative_camera_index_is_a_command_line_error(const_model: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """OpenCV's VideoCapture(-1) crashes the process (SIGSEGV) where there is no camera."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(const_model), "--camera", "-1", "--headless"])
+    assert e.value.code == 2 and "a camera index is >= 0, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--refine", "-1", "--refine must be >= 0, got -1"),
+    ("--min-cutoff", "0", "--min-cutoff must be > 0 (Hz), got 0.0"),
+    ("--beta", "nan", "--beta must be >= 0, got nan"),
+    ("--shape-cutoff", "inf", "--shape-cutoff must be > 0 (Hz), got inf"),
+    ("--max-frames", "-1", "--max-frames must be >= 0 (0 = all), got -1"),
+])
+def test_bad_numbers_are_one_line_before_any_work(tmp_path: Path, const_model: Path, video: Path,
+                                                  boxes: Path, capsys: pytest.CaptureFixture,
+                                                  flag: str, value: str, match: str) -> None:
+    js = tmp_path / "o.jsonl"
+    js.write_text("kept\n")
+    one_line_error(*run_cli(capsys, "--model", str(const_model), "--video", str(video),
+                            "--headless", "--detector", f"boxes:{boxes}", "--json", str(js),
+                            flag, value), match)
+    assert js.read_text() == "kept\n"  # refused before any output was opened
+
+
+def test_outputs_never_overwrite_an_input_or_each_other(tmp_path: Path, const_model: Path,
+                                                        video: Path, boxes: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    video_bytes, keep = video.read_bytes(), tmp_path / "keep.jsonl"
+    keep.write_text("an earlier run\n")
+    common = ["--model", str(const_model), "--video", str(video), "--headless",
+              "--detector", f"boxes:{boxes}"]
+    for extra, match in [
+            (["--json", str(video)], "--json would overwrite an input of this run"),
+            (["--output", str(video)], "--output would overwrite an input of this run"),
+            (["--csv", str(boxes)], "--csv would overwrite an input of this run"),
+            (["--json", str(const_model / "model.json")], "would overwrite an input"),
+            (["--json", str(keep), "--csv", str(keep)], "given to both --json and --csv"),
+            (["--output", str(tmp_path)], "--output names a folder, not a file"),
+            (["--json", str(keep), "--output", str(tmp_path / "no" / "o.mp4")], "does not exist"),
+            (["--json", str(keep), "--output", str(tmp_path / "o.xyz")], "cannot write an mp4v"),
+    ]:
+        one_line_error(*run_cli(capsys, *common, *extra), match)
+        assert video.read_bytes() == video_bytes and keep.read_text() == "an earlier run\n"
+        assert (const_model / "model.json").stat().st_size > 0
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_the_video_takes_its_name_only_when_finalised(tmp_path: Path, const_model: Path,
+                                                      video: Path, boxes: Path,
+                                                      capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An mp4 is unreadable until finalised: it is written under a hidden partial name, so an
+    earlier video of the same name stays whole until the new one replaces it."""
+    from tsal_runtime import outputs
+
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"an earlier video")
+    seen: list[tuple[bool, bytes]] = []
+    real_write = outputs.VideoSink.write
+
+    def spy(self: outputs.VideoSink, bgr: np.ndarray) -> None:
+        real_write(self, bgr)
+        seen.append((self.partial.exists(), out.read_bytes()))
+
+    monkeypatch.setattr(outputs.VideoSink, "write", spy)
+    rc, err = run_cli(capsys, "--model", str(const_model), "--video", str(video), "--headless",
+                      "--detector", f"boxes:{boxes}", "--output", str(out))
+    assert rc == 0, err
+    assert len(seen) == 6 and all(p and b == b"an earlier video" for p, b in seen)
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    cap.release()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_images_are_always_detected_synchronously(tmp_path: Path, const_model: Path,
+                                                  boxes: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """Asynchronous detection merged a result on a later frame; every image is reset, so no
+    image ever got its faces (zero faces, exit 0)."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(d / f"{i}.png"), np.full((48, 64, 3), 100, np.uint8))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(const_model), "--images", str(d), "--headless",
+                  "--detector", f"boxes:{boxes}", "--detection", "async"])
+    assert e.value.code == 2 and "does not apply to --images" in capsys.readouterr().err
+
+
+def test_a_folder_given_as_video_is_named_as_such(tmp_path: Path, const_model: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    one_line_error(*run_cli(capsys, "--model", str(const_model), "--video", str(tmp_path),
+                            "--headless", "--detector", "boxes:/dev/null"),
+                   "--video names a folder (use --images")
+
+
+def test_every_flag_is_in_the_runtime_docs() -> None:
+    doc = (ROOT / "docs" / "runtime.md").read_text()
+    flags = [o for a in cli.build_parser()._actions for o in a.option_strings  # noqa: SLF001
+             if o.startswith("--") and o != "--help"]
+    assert len(flags) >= 25
+    missing = [f for f in flags if f"`{f}" not in doc and f"{f}`" not in doc]
+    assert not missing, f"docs/runtime.md does not describe {missing}"

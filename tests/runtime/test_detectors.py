@@ -42,6 +42,15 @@ def test_box_file(tmp_path: Path) -> None:
     p.write_text('{"frame": 0}\n')
     with pytest.raises(DetectorError, match="b.jsonl:1: bad box record"):
         make_detector(f"boxes:{p}")
+    for line, match in [('{"frame": 1e400, "boxes": []}', "bad box record"),
+                        ('{"frame": 0, "boxes": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}', "got 10"),
+                        ('{"frame": 0, "boxes": [[1, 2, 3, NaN]]}', "non-finite")]:
+        p.write_text(line + "\n")
+        with pytest.raises(DetectorError, match=match):
+            make_detector(f"boxes:{p}")
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DetectorError, match="b.jsonl: not a text file"):
+        make_detector(f"boxes:{p}")
 
 
 def test_unknown_detector() -> None:

@@ -30,6 +30,11 @@ def test_sha_recorded_and_checked(const_model: Path) -> None:
     ({"channel_order": "BGR"}, "channel_order"),
     ({"eye_corners": [0, 9]}, "eye_corners"),
     ({"input_size": "big"}, "bad field value"),
+    ({"schema_version": True}, "schema_version True is not supported"),
+    ({"decode": [1]}, "decode must be an object"),
+    ({"decode": "dark"}, "decode must be an object"),
+    ({"antialias": "false"}, "antialias must be true or false"),
+    ({"num_landmarks": float("inf")}, "bad field value"),
 ])
 def test_bad_fields(const_model: Path, over: dict, match: str) -> None:
     (const_model / "model.json").write_text(json.dumps(model_json(**over)))
