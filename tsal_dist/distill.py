@@ -90,7 +90,9 @@ def distill_and_export(cfg: DistillConfig, run_dir: Path, *, local: bool) -> dic
     """Distil (on Ray, or in this process with ``local``), then export the student when
     ``experiment.run.export``; the run summary. Raises ExportError when the export fails."""
     if local:
-        return run_distill(cfg, run_dir=run_dir)
+        from tsal_dist.loop.context import local_context
+
+        return run_distill(cfg, run_dir=run_dir, ctx=local_context(cfg.experiment.scaling))
     from tsal_dist.distributed.launch import fit_distill
 
     summary = fit_distill(cfg)

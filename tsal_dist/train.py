@@ -50,9 +50,10 @@ def train_and_export(cfg: ExperimentConfig, run_dir: Path, *, local: bool) -> di
     """Train (on Ray, or in this process with ``local``), then export the teacher when
     ``run.export``; the run summary. Raises ExportError when the export fails."""
     if local:
+        from tsal_dist.loop.context import local_context
         from tsal_dist.loop.loop import run
 
-        summary = run(cfg, run_dir=run_dir)
+        summary = run(cfg, run_dir=run_dir, ctx=local_context(cfg.scaling))
     else:
         from tsal_dist.distributed.launch import fit
 

@@ -67,3 +67,28 @@ def test_summary_and_status(capsys):
     assert capsys.readouterr().err == "error: boom\n"
     print_summary({})
     assert capsys.readouterr().out.startswith("run folder: None")
+
+
+@pytest.mark.parametrize("entry", ["tsal_dist.train", "tsal_dist.distill"])
+def test_local_gpu_config_without_cuda_is_one_line_not_a_cpu_run(entry, tmp_path, capsys,
+                                                                 monkeypatch):
+    """``--local`` with ``scaling.use_gpu`` ran on the CPU (fp16 autocast on the CPU included);
+    it takes the CUDA device, and without one says so before any work."""
+    import importlib
+
+    import torch
+
+    from tsal_dist.config import ScalingConfig
+    from tsal_dist.loop.context import local_context
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    key = "scaling.use_gpu" if entry == "tsal_dist.train" else "experiment.scaling.use_gpu"
+    status = importlib.import_module(entry).main(
+        ["--local", "--output", str(tmp_path), "--set", f"{key}=true"])
+    err = capsys.readouterr().err
+    assert status == 2 and "torch sees no CUDA device for --local" in err, err
+    assert not any(tmp_path.rglob("*.pt"))  # nothing trained
+    assert local_context(ScalingConfig()).device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert local_context(ScalingConfig(use_gpu=True)).device == torch.device("cuda", 3)

@@ -19,9 +19,10 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from tsal_dist.config import TrainConfig
+    from tsal_dist.config import ScalingConfig, TrainConfig
 
-__all__ = ["WorkerContext", "Reporter", "no_report", "torch_settings", "with_torch_settings"]
+__all__ = ["WorkerContext", "Reporter", "local_context", "no_report", "torch_settings",
+           "with_torch_settings"]
 
 # (metrics of this report, checkpoint written at this step or None); every rank calls it the
 # same number of times (Ray Train's report is a collective)
@@ -97,3 +98,21 @@ class WorkerContext:
     def barrier(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
             dist.barrier()
+
+
+def local_context(scaling: ScalingConfig) -> WorkerContext:
+    """The one-process context of ``--local``: the current CUDA device when the config trains on
+    GPUs (``scaling.use_gpu``), else the CPU.
+
+    Raises:
+        ConfigError: ``scaling.use_gpu`` where torch sees no CUDA device (the run would otherwise
+            go on the CPU, fp16 autocast included).
+    """
+    if not scaling.use_gpu:
+        return WorkerContext()
+    if not torch.cuda.is_available():
+        from tsal_dist.config import ConfigError
+
+        raise ConfigError("scaling.use_gpu: true, but torch sees no CUDA device for --local "
+                          "(set scaling.use_gpu=false to train on the CPU)")
+    return WorkerContext(device=torch.device("cuda", torch.cuda.current_device()))
