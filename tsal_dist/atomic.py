@@ -12,6 +12,7 @@ What does not belong here: what is written (formats, checkpoints, plots, exports
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -58,6 +59,10 @@ def atomic_path(path: str | os.PathLike[str], *, ext: str = "", fsync: bool = Fa
     ``np.savez``, ``Figure.savefig``, ``cv2.VideoWriter``); rename it over ``path`` when the block
     ends normally, remove it when the block raises.
 
+    A symbolic link is written through (its target is replaced, the link stays); a device, a
+    pipe or a folder at ``path`` is refused (a rename would replace the node itself, as root even
+    ``/dev/stdout``) with an OSError naming it.
+
     Args:
         path: the file to write; missing parent folders are created.
         ext: appended to the temporary name (``.tmp<ext>``), for writers that pick the format or
@@ -68,6 +73,10 @@ def atomic_path(path: str | os.PathLike[str], *, ext: str = "", fsync: bool = Fa
             :data:`PLAIN`, before the umask); the renamed file keeps them.
     """
     p = Path(path)
+    if p.is_symlink():
+        p = p.resolve()
+    if p.exists() and not p.is_file():
+        raise OSError(errno.EEXIST, "exists and is not a regular file", str(p))
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(p, ext, mode)
     os.close(fd)

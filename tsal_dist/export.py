@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -177,31 +180,96 @@ def write_onnx(module: CropToLandmarks, path: str | os.PathLike[str], opset: int
                       optimize=True, verbose=False)
 
 
+# the opsets an export may ask for: torch's dynamo exporter writes 18 and converts to the others
+OPSETS = range(18, 22)
+EXPORT_FILES = ("model.onnx", "model.pt2", "model.json")
+
+
+def check_export_dir(out: str | os.PathLike[str]) -> Path:
+    """``out`` as an export folder that can be written (made if missing), checked before any
+    work: a file, a folder under a file, an unwritable folder, or a model file there that is not
+    a regular file raise ExportError (an input problem)."""
+    outdir = Path(out)
+    if outdir.exists() and not outdir.is_dir():
+        raise ExportError(f"{outdir}: output exists and is not a folder")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(outdir / ".write-check"):
+            pass
+        (outdir / ".write-check").unlink()
+    except OSError as e:
+        raise ExportError(f"{e.filename or outdir}: cannot write the export there "
+                          f"({e.strerror or e})") from None
+    for name in EXPORT_FILES:
+        p = outdir / name
+        if p.exists() and not p.is_file():
+            raise ExportError(f"{p}: output exists and is not a file")
+    return outdir
+
+
 def export(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
            which: str = "teacher", opset: int = 18, check: bool = True,
            check_atol: float = 1e-4) -> dict[str, Any]:
     """Export a checkpoint to ``out`` (created if needed); returns the model.json dict.
 
+    The three files are made and checked in a staging folder beside ``out`` and moved in at the
+    end, ``model.json`` last (and an earlier ``model.json`` removed first): a failed export
+    leaves an earlier export in ``out`` as it was, and a folder is never a mix of two exports
+    that the runtime would load.
+
     Args:
         checkpoint: ``ckpt-*.pt`` written by the training loop.
         out: output folder.
         which: "teacher" or "student".
-        opset: ONNX opset.
+        opset: ONNX opset, one of :data:`OPSETS`.
         check: compare ONNX Runtime against torch on 4 random crops (max abs diff of the
             normalised landmarks <= ``check_atol``).
     Raises:
-        ExportError: see :func:`load_export_module`, or the parity check failed.
+        ExportError: see :func:`load_export_module`, an opset outside :data:`OPSETS`, an output
+            folder that cannot be written, or the parity check failed.
     """
+    if opset not in OPSETS:
+        raise ExportError(f"opset {opset} is not supported (one of {OPSETS.start}-"
+                          f"{OPSETS.stop - 1})")
+    outdir = check_export_dir(out)
     module, cfg, head, ckpt = load_export_module(checkpoint, which)
+    stage = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".staging",
+                                  dir=outdir.parent))
+    try:
+        meta = _export_into(stage, module, cfg, head, ckpt, checkpoint, which, opset,
+                            check=check, check_atol=check_atol)
+        _move_in(stage, outdir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return meta
+
+
+def _move_in(stage: Path, outdir: Path) -> None:
+    """Replace the export in ``outdir`` by the one in ``stage``: model.json goes first and
+    comes back last, so that a reader never meets a model.json beside files it does not pin."""
+    try:
+        (outdir / "model.json").unlink(missing_ok=True)
+        for name in EXPORT_FILES:
+            os.replace(stage / name, outdir / name)
+    except OSError as e:
+        raise ExportError(f"{outdir}: cannot move the export in ({e.strerror or e})") from None
+
+
+def _export_into(outdir: Path, module: CropToLandmarks, cfg: Any, head: str, ckpt: dict,
+                 checkpoint: str | os.PathLike[str], which: str, opset: int, *, check: bool,
+                 check_atol: float) -> dict[str, Any]:
+    """Write and check model.onnx, model.pt2 and model.json in ``outdir``."""
     size, k = module.input_size, cfg.data.num_points
-    outdir = Path(out)
-    outdir.mkdir(parents=True, exist_ok=True)
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad():
         ep = torch.export.export(module, (example,), dynamic_shapes={"crops": {0: batch}})
     onnx_path, pt2_path = outdir / "model.onnx", outdir / "model.pt2"
     _atomic(onnx_path, lambda tmp: write_onnx(module, tmp, opset))
+    written = _onnx_opset(onnx_path)
+    if written != opset:
+        raise ExportError(f"opset {opset}: the ONNX exporter could not convert this model to it "
+                          f"(it wrote opset {written}); use {written}")
     _atomic(pt2_path, lambda tmp: torch.export.save(ep, tmp))
     scheme, flips, eyes = SCHEMES.get(k, (f"custom{k}", (), ()))
     meta: dict[str, Any] = {
@@ -244,6 +312,14 @@ def export(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
     _atomic(outdir / "model.json",
             lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
     return meta
+
+
+def _onnx_opset(path: Path) -> int:
+    """The default-domain opset an ONNX file imports."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def check_parity(module: CropToLandmarks, onnx_path: Path, size: int, atol: float = 1e-4,
@@ -329,9 +405,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--which", default="teacher", choices=["teacher", "student"])
-    ap.add_argument("--opset", type=int, default=18)
+    ap.add_argument("--opset", type=int, default=18, choices=OPSETS, metavar="N",
+                    help=f"ONNX opset ({OPSETS.start}-{OPSETS.stop - 1})")
     ap.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     args = ap.parse_args(argv)
+    missing = [m for m in ("onnx", "onnxscript", "tsal_runtime")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"tsal-export: error: the export needs {', '.join(missing)}: "
+              f"pip install -e '.[runtime]'", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="tsal-export: %(message)s")
     log.setLevel(logging.INFO)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))

@@ -134,6 +134,62 @@ def test_export_parity(request: pytest.FixtureRequest, ckpt: Path, tmp_path: Pat
     assert np.abs(t_lm - lm).max() < 1e-4 and np.abs(t_sc - sc).max() < 1e-4
 
 
+@pytest.mark.slow
+def test_a_failed_export_leaves_the_earlier_export_whole(ckpt: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-export that fails at its parity check (or anywhere else) used to have replaced
+    model.onnx and model.pt2 already: a folder whose model.json no longer pinned its files."""
+    import tsal_dist.export as exp
+
+    out = tmp_path / "export"
+    out.mkdir()
+    old = {n: f"old {n}".encode() for n in ("model.json", "model.onnx", "model.pt2")}
+    for n, b in old.items():
+        (out / n).write_bytes(b)
+
+    def parity_fails(*a: object, **k: object) -> float:
+        raise ExportError("model.onnx: onnxruntime differs from torch by 0.5 (> 0.0001)")
+
+    monkeypatch.setattr(exp, "check_parity", parity_fails)
+    with pytest.raises(ExportError, match="differs from torch"):
+        export(ckpt, out, which="student")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no staging folder left
+    monkeypatch.undo()
+    meta = export(ckpt, out, which="student", check=False)
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx", "model.pt2"]
+    spec = load_spec(out)  # the runtime's own checks: every pinned file matches
+    assert spec.which == "student" and meta["opset"] == 18
+    # refused before any work: an opset the exporter does not write, a model file that is a
+    # folder (the rename at the end would fail)
+    monkeypatch.setattr(exp, "load_export_module", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ExportError, match="opset 17 is not supported"):
+        export(ckpt, tmp_path / "o17", which="student", opset=17)
+    (out / "model.pt2").unlink()
+    (out / "model.pt2").mkdir()
+    with pytest.raises(ExportError, match="model.pt2: output exists and is not a file"):
+        export(ckpt, out, which="student")
+
+
+def test_export_cli_without_the_runtime_extra_is_one_line(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    import tsal_dist.export as exp
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    rc = exp.main(["--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs onnxscript: pip install -e '.[runtime]'" in err
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit) as e:
+        exp.main(["--checkpoint", "c.pt", "--out", "o", "--opset", "5"])
+    assert e.value.code == 2
+
+
 def distill_checkpoint(path: Path, arch: str, width: float, size: int,
                        decode: str = "dark") -> torch.nn.Module:
     """A distillation-style checkpoint: the experiment is a resnet teacher at 64 px, the student

@@ -65,3 +65,23 @@ def test_modes(tmp_path):
         os.umask(umask)
     assert _mode(tmp_path / "private") == PRIVATE
     assert _mode(tmp_path / "plain") == 0o644
+
+
+def test_a_link_is_written_through_and_a_device_or_pipe_is_never_replaced(tmp_path):
+    """A rename over a path replaces whatever is there: a symlink would lose its target, and a
+    device node (``--json /dev/stdout`` as root) would be replaced by a regular file."""
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    atomic_write_json(link, {"a": 1})
+    assert link.is_symlink() and json.loads(real.read_text()) == {"a": 1}
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file") as e:
+        atomic_write_bytes(fifo, b"x")
+    assert e.value.filename == str(fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    with pytest.raises(OSError, match="not a regular file"):
+        atomic_write_bytes(tmp_path, b"x")  # a folder
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -92,6 +92,20 @@ def test_yaml_errors_name_file_and_key(tmp_path):
         load_config(notmap)
 
 
+def test_a_binary_file_or_a_folder_as_config_is_one_line(tmp_path):
+    binary = tmp_path / "ckpt.pt"
+    binary.write_bytes(b"\x80\x02\xff\xfe" * 8)
+    with pytest.raises(ConfigError, match="ckpt.pt: not a text file"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run:\n  name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line \d+, column \d+") as e:
+        load_config(bad)
+    assert "\n" not in str(e.value)
+
+
 def test_yaml_is_never_executed(tmp_path):
     evil = tmp_path / "evil.yaml"
     evil.write_text("run:\n  name: !!python/object/apply:os.system ['echo pwned']\n")

@@ -92,14 +92,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg, model = loaded.config, loaded.model
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+    _check_device(args.device)
     if cfg.train.torch_threads > 0:
         torch.set_num_threads(cfg.train.torch_threads)
-    for out in (args.json, args.plot):  # before the work, not after it
-        if out:
-            _check_writable(Path(out))
     lists = resolve_lists(args.lists, cfg.data.eval_lists, cfg.data.root)
+    _check_outputs({"--json": args.json, "--plot": args.plot}, [args.checkpoint, *lists])
     results = []
     for name, path in zip(list_names(lists), lists):
         try:
@@ -113,20 +110,69 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     doc = {"checkpoint": str(args.checkpoint), "step": loaded.step, "which": args.which,
            "head": loaded.head, "config_hash": cfg.hash(), "units": "fractions (x100 for %)",
            "lists": summaries}
-    if args.json:
-        atomic_write_json(args.json, doc, allow_nan=False)  # strict JSON: no NaN/Infinity
-    if args.plot:
-        primary = results[0].summary["norm"] if results else "inter_ocular"
-        plot_ced({r.name: r.primary_nmes for r in results}, args.plot,
-                 title=f"CED: {args.which} @ step {doc['step']}",
-                 xlabel=f"NME ({primary.replace('_', '-')})")
+    try:
+        if args.json:
+            atomic_write_json(args.json, doc, allow_nan=False)  # strict JSON: no NaN/Infinity
+        if args.plot:
+            primary = results[0].summary["norm"] if results else "inter_ocular"
+            plot_ced({r.name: r.primary_nmes for r in results}, args.plot,
+                     title=f"CED: {args.which} @ step {doc['step']}",
+                     xlabel=f"NME ({primary.replace('_', '-')})")
+    except OSError as e:  # what the checks before the work could not foresee (a full disk)
+        raise UsageError(f"{e.filename or args.json or args.plot}: cannot write it "
+                         f"({e.strerror or e})") from None
     return doc
+
+
+def _check_device(device: str) -> None:
+    """``--device``: ``cpu``, ``cuda`` or ``cuda:N`` of a GPU this machine has."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device}: not a torch device (cpu, cuda, cuda:N)") from None
+    if d.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: evaluation runs on cpu or cuda")
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                         f"CUDA device(s)")
+
+
+def _check_outputs(outputs: dict[str, str | None], inputs: Sequence[str]) -> None:
+    """Before the work: every output can be written, none is an input (the checkpoint, a
+    list) or given to both flags, and the plot's format is one matplotlib writes."""
+    ins = {Path(p).resolve() for p in inputs}
+    seen: dict[Path, str] = {}
+    for flag, out in outputs.items():
+        if not out:
+            continue
+        path = Path(out)
+        _check_writable(path)
+        r = path.resolve()
+        if r in ins:
+            raise UsageError(f"{path}: {flag} would overwrite an input of this evaluation")
+        if r in seen:
+            raise UsageError(f"{path}: given to both {seen[r]} and {flag}")
+        seen[r] = flag
+    if outputs.get("--plot"):
+        from matplotlib.figure import Figure
+
+        formats = Figure().canvas.get_supported_filetypes()
+        ext = Path(str(outputs["--plot"])).suffix.lower().lstrip(".")
+        if ext not in formats:
+            raise UsageError(f"{outputs['--plot']}: --plot writes {', '.join(sorted(formats))}, "
+                             f"not {ext or 'a file without an extension'}")
 
 
 def _check_writable(path: Path) -> None:
     """Fail now, naming ``path``, if a result file cannot be written there."""
     if path.is_dir():
         raise UsageError(f"{path}: is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{path}: exists and is not a regular file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -22,6 +22,7 @@ checkpoint's own fields (eval, export, ``teachers.tough_from``).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -107,6 +108,14 @@ def _read(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{p}: not a tsal_dist checkpoint (a {type(obj).__name__}, "
                               "not a dict)")
     return obj
+
+
+def _state_dict_error(e: BaseException, limit: int = 300) -> str:
+    """``load_state_dict``'s error in one line: what does not fit (its first line is only
+    "Error(s) in loading state_dict for X:")."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    detail = " ".join(lines[1:]) if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+    return detail if len(detail) <= limit else detail[:limit - 3] + "..."
 
 
 def _one_line(e: BaseException) -> str:
@@ -346,19 +355,29 @@ def model_from_checkpoint(path: str | Path, which: str, *,
     state = ckpt[which]
     if not isinstance(state, dict):
         raise CheckpointError(f"{p}: {which!r} is not a state dict ({type(state).__name__})")
+    step = ckpt.get("step", -1)
+    if type(step) is not int:  # bool is an int subclass, never a step
+        raise CheckpointError(f"{p}: step must be a whole number, got {step!r}")
     k = cfg.data.num_points
     arch = ckpt.get(f"{which}_arch")
     head: Literal["heatmap", "regression"]
     if arch is None:  # the experiment's own detector (a TSAL teacher or student, a KD teacher)
         model, head = models.build_model(cfg.model, k), "heatmap"
-    elif arch in _HEAD_OF_ARCH:
+    elif isinstance(arch, str) and arch in _HEAD_OF_ARCH:
         missing = [f for f in (f"{which}_width", f"{which}_input_size") if f not in ckpt]
         if missing:
             raise CheckpointError(f"{p}: {which}_arch {arch!r} without {', '.join(missing)}")
         head = _HEAD_OF_ARCH[arch]
-        model = models.build_student_model(head, cfg.model, k,
-                                           width=float(ckpt[f"{which}_width"]),
-                                           input_size=int(ckpt[f"{which}_input_size"]))
+        width, size = ckpt[f"{which}_width"], ckpt[f"{which}_input_size"]
+        if not (isinstance(width, (int, float)) and not isinstance(width, bool)
+                and math.isfinite(width)) or type(size) is not int:
+            raise CheckpointError(f"{p}: {which}_width must be a number and {which}_input_size "
+                                  f"a whole number, got {width!r} and {size!r}")
+        try:
+            model = models.build_student_model(head, cfg.model, k, width=float(width),
+                                               input_size=size)
+        except ValueError as e:
+            raise CheckpointError(f"{p}: {which}: {_one_line(e)}") from None
     else:
         raise CheckpointError(f"{p}: unknown {which}_arch {arch!r} (expected "
                               f"{' or '.join(_HEAD_OF_ARCH)})")
@@ -366,5 +385,5 @@ def model_from_checkpoint(path: str | Path, which: str, *,
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{p}: {which} weights do not fit the configured model "
-                              f"({_one_line(e)})") from None
+                              f"({_state_dict_error(e)})") from None
     return CheckpointModel(model=model.eval(), head=head, config=cfg, checkpoint=ckpt)

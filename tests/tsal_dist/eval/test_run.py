@@ -422,6 +422,44 @@ def test_cli_bad_list_and_override_exit_2(tmp_path, monkeypatch, capsys):
     assert "eval_lists" in capsys.readouterr().err
 
 
+def test_cli_refuses_bad_devices_and_outputs_before_the_work(tmp_path, fake_datasets,
+                                                             monkeypatch, capsys):
+    """Each a one-line exit 2 before any list is scored (they were tracebacks, or a result
+    written over the list it scored, or a device node replaced by a JSON file)."""
+    import os
+
+    import tsal_dist.eval.run as run_mod
+    import tsal_dist.models
+    from tsal_dist.eval.__main__ import main
+
+    monkeypatch.setattr(tsal_dist.models, "build_model", lambda c, k: FakeDetector(), raising=False)
+    scored = []
+    monkeypatch.setattr(run_mod, "evaluate_list", lambda *a, **k: scored.append(a))
+    ck = tmp_path / "ck.pt"
+    _fake_checkpoint(ck)
+    lst = write_video_list(tmp_path, fake_datasets.errors)
+    list_bytes = lst.read_bytes()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    common = ["--checkpoint", str(ck), "--list", str(lst)]
+    for extra, match in [
+            (["--device", "foo"], "--device foo: not a torch device"),
+            (["--device", "meta"], "--device meta: evaluation runs on cpu or cuda"),
+            (["--device", "cuda:0"], "CUDA is not available"),
+            (["--json", str(lst)], "--json would overwrite an input of this evaluation"),
+            (["--plot", str(ck)], "would overwrite an input"),
+            (["--json", str(tmp_path / "r.x"), "--plot", str(tmp_path / "r.x")],
+             "given to both --json and --plot"),
+            (["--plot", str(tmp_path / "ced.xyz")], "not xyz"),
+            (["--json", str(fifo)], "exists and is not a regular file"),
+    ]:
+        assert main(common + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and match in err and err.count("\n") == 1, err
+    assert scored == [] and lst.read_bytes() == list_bytes
+    assert fifo.exists() and not fifo.is_file()
+
+
 def test_cli_module_entry_point_bad_file(tmp_path):
     ck = tmp_path / "garbage.pt"
     ck.write_text("garbage")

@@ -103,6 +103,24 @@ def test_bad_checkpoints_fail_naming_the_file(tmp_path):
     torch.save({"config": {"nope": 1}, "teacher": {}}, tmp_path / "cfg.pt")
     with pytest.raises(ConfigError, match="cfg.pt: config: nope"):
         model_from_checkpoint(tmp_path / "cfg.pt", "teacher")
+    # malformed fields are one line naming the file (they were ValueError / TypeError)
+    base = {"config": cfg.to_dict(), "student": sd, "student_arch": "regressor",
+            "student_width": 0.5, "student_input_size": 64}
+    for over, match in [({"student_width": "abc"}, "student_width must be a number"),
+                        ({"student_input_size": 64.5}, "a whole number, got 0.5 and 64.5"),
+                        ({"student_input_size": 0}, "student: input_size must be >= 32"),
+                        ({"student_arch": ["x"]}, "unknown student_arch"),
+                        ({"step": "abc"}, "step must be a whole number")]:
+        torch.save({**base, **over}, tmp_path / "f.pt")
+        with pytest.raises(CheckpointError, match=f"f.pt: .*{match}"):
+            model_from_checkpoint(tmp_path / "f.pt", "student")
+    # a shape mismatch names what does not fit, not only torch's header line
+    bad = {k: v for k, v in sd.items()}
+    name = next(k for k, v in bad.items() if v.ndim == 4)
+    bad[name] = torch.zeros(1, 1, 1, 1)
+    torch.save({**base, "student": bad}, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match=f"size mismatch for {name}"):
+        model_from_checkpoint(tmp_path / "shape.pt", "student")
 
 
 def test_rng_state_carries_the_cuda_generator_once_cuda_is_in_use(tmp_path, monkeypatch):
