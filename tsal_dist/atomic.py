@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-# Permission bits a temporary file is created with; the umask applies to both, as usual.
+# Permission bits a temporary file is created with; the umask applies to both, as usual. PLAIN
+# is the default: run folders, lists and results on shared storage are read by colleagues.
 PRIVATE = 0o600  # as tempfile.mkstemp makes files (owner only)
 PLAIN = 0o666  # as open() makes files
 
@@ -54,7 +55,7 @@ def _fsync_file(path: Path) -> None:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], *, ext: str = "", fsync: bool = False,
-                mode: int = PRIVATE) -> Iterator[Path]:
+                mode: int = PLAIN) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` for a writer that takes a file name (torch.save,
     ``np.savez``, ``Figure.savefig``, ``cv2.VideoWriter``); rename it over ``path`` when the block
     ends normally, remove it when the block raises.
@@ -69,8 +70,8 @@ def atomic_path(path: str | os.PathLike[str], *, ext: str = "", fsync: bool = Fa
             add an extension by the file name (``np.savez`` appends ``.npz`` to other names).
         fsync: flush the file to disk before the rename, so that after a crash the name never
             points at data that did not reach the disk (checkpoints).
-        mode: permission bits the temporary file is created with (:data:`PRIVATE` or
-            :data:`PLAIN`, before the umask); the renamed file keeps them.
+        mode: permission bits the temporary file is created with (:data:`PLAIN`, as ``open``
+            makes files, or :data:`PRIVATE`; before the umask); the renamed file keeps them.
     """
     p = Path(path)
     if p.is_symlink():
@@ -91,7 +92,7 @@ def atomic_path(path: str | os.PathLike[str], *, ext: str = "", fsync: bool = Fa
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False,
-                       mode: int = PRIVATE) -> None:
+                       mode: int = PLAIN) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path` for the arguments)."""
     with atomic_path(path, fsync=fsync, mode=mode) as tmp:
         with open(tmp, "wb") as f:
@@ -99,7 +100,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False,
-                      mode: int = PRIVATE) -> None:
+                      mode: int = PLAIN) -> None:
     """Write ``text`` (the locale's encoding, as ``open``) to ``path`` atomically."""
     with atomic_path(path, fsync=fsync, mode=mode) as tmp:
         with open(tmp, "w") as f:
@@ -109,7 +110,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2,
                       allow_nan: bool = True, default: Callable[[Any], Any] | None = None,
                       final_newline: bool = True, fsync: bool = False,
-                      mode: int = PRIVATE) -> None:
+                      mode: int = PLAIN) -> None:
     """``json.dumps(obj, indent=, allow_nan=, default=)`` (plus a newline) to ``path``
     atomically. ``allow_nan=False`` makes NaN/Infinity a ValueError (strict JSON) before the
     file is touched."""

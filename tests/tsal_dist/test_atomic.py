@@ -57,14 +57,17 @@ def test_temp_names_are_recognised_and_keep_ext(tmp_path):
 
 
 def test_modes(tmp_path):
+    """Files come out as ``open()`` makes them (the umask decides; prepared lists and run folders
+    on shared storage are read by other users), owner-only when asked."""
     umask = os.umask(0o022)
     try:
-        atomic_write_text(tmp_path / "private", "x")
+        atomic_write_text(tmp_path / "default", "x")
+        atomic_write_text(tmp_path / "private", "x", mode=PRIVATE)
         atomic_write_text(tmp_path / "plain", "x", mode=PLAIN)
     finally:
         os.umask(umask)
+    assert _mode(tmp_path / "default") == 0o644 == _mode(tmp_path / "plain")
     assert _mode(tmp_path / "private") == PRIVATE
-    assert _mode(tmp_path / "plain") == 0o644
 
 
 def test_a_link_is_written_through_and_a_device_or_pipe_is_never_replaced(tmp_path):
