@@ -7,7 +7,9 @@
 Bad inputs (corrupt images, malformed or missing annotations, wrong point counts, NaNs, unreadable
 videos, annotation/frame count mismatches) are reported one line each and skipped; ``--strict``
 makes the first one fatal (exit status 2, one-line message, no traceback). A summary (lists
-written, inputs skipped by reason, warnings) is printed at the end.
+written, lists of an earlier run removed, inputs skipped by reason, warnings) is printed at the
+end. ``synthetic`` renders into a temporary folder beside ``--out`` and renames it into place,
+replacing an earlier synthetic output; any other non-empty ``--out`` is refused in one line.
 """
 
 from __future__ import annotations

@@ -148,3 +148,23 @@ def test_synthetic_bad_size_is_a_clean_error(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setitem(sys.modules, "tsal_dist.data.synthetic", fake)
     assert main(["synthetic", "--out", str(tmp_path), "--frames", "1"]) == 2
     assert "error: generate_dataset: frames=1 must be >= 2" in capsys.readouterr().err
+
+
+def test_synthetic_refuses_a_user_folder_in_one_line(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``prepare synthetic --out`` a folder of the user's (not empty, not an earlier synthetic
+    output): one error line naming it, exit 2, and the folder untouched (a rerun replaces the
+    whole --out, so it must never be someone's folder)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    rc = main(["synthetic", "--out", str(mine), "--images", "1", "--test-images", "1",
+               "--videos", "0", "--test-videos", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: {mine.resolve()}: not empty and not an earlier synthetic output")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]

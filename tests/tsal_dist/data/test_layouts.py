@@ -385,6 +385,50 @@ def test_prepare_300w_private_test_set(tmp_path: Path) -> None:
     assert report.skipped["missing folder"] == len(W300_SUBSETS) - 1 + 1
 
 
+@needs_scipy
+def test_prepare_300w_rerun_removes_the_lists_it_has_nothing_for(tmp_path: Path) -> None:
+    """Rerun into the same --out without the box files: the DET/GTB lists of the first run would
+    be read as this download's official boxes; they are removed, and the summary says so."""
+    root, out = tmp_path / "300W", tmp_path / "out"
+    make_300w(root)
+    prepare_300w(root, out, quiet_report()[0])
+    assert (out / "300w.train.DET").is_file() and (out / "300w.test.full.GTB").is_file()
+    shutil.rmtree(root / "Bounding Boxes")
+    report, _ = quiet_report()
+    written = prepare_300w(root, out, report)
+    assert sorted(p.name for p in out.glob("300w.*")) == sorted(written) == sorted(
+        f"300w.{s}.GTL" for s in ("train", "test.common", "test.challenge", "test.full"))
+    summary = report.summary().splitlines()
+    i = summary.index("removed 8 list file(s) of an earlier run:")
+    assert "  300w.train.DET           no official boxes read" in summary[i + 1:i + 9]
+
+
+def test_rerun_with_another_root_repoints_the_links(tmp_path: Path) -> None:
+    """``--root A`` then ``--root B`` into one --out: the whitespace-free links (roots/, renamed/)
+    lead into B, not into A's files; each is replaced atomically (no temporary name left)."""
+    out = tmp_path / "out"
+    a, b = tmp_path / "first copy" / "300W", tmp_path / "second copy" / "300W"
+    make_300w(a, with_mats=False)
+    make_300w(b, with_mats=False)
+    write_image(b / "afw" / "a.jpg", value=7)  # B's images differ from A's
+    write_image(b / "ibug" / "image_092 _01.jpg", value=9)
+    prepare_300w(a, out, quiet_report()[0])
+    assert (out / "roots" / "300w").resolve() == a.resolve()
+    report, buf = quiet_report()
+    prepare_300w(b, out, report)
+    assert (out / "roots" / "300w").resolve() == b.resolve()
+    renamed = out / "renamed" / "300w" / "ibug" / "image_092_01.jpg"
+    assert renamed.resolve() == (b / "ibug" / "image_092 _01.jpg").resolve()
+    train = read_list(out / "300w.train.GTL")[0]
+    assert Path(train.image).read_bytes() == (b / "afw" / "a.jpg").read_bytes()
+    ibug = read_list(out / "300w.test.challenge.GTL")[0]
+    assert Path(ibug.image).read_bytes() == (b / "ibug" / "image_092 _01.jpg").read_bytes()
+    assert "replacing the earlier run's link to" in buf.getvalue()
+    assert sorted(p.name for p in (out / "roots").iterdir()) == ["300w"]
+    assert sorted(p.name for p in renamed.parent.iterdir()) == ["image_092_01.jpg",
+                                                                "image_092_01.pts"]
+
+
 # --------------------------------------------------------------------------------------- 300VW
 
 
@@ -486,6 +530,22 @@ def test_prepare_300vw_strict_and_empty_root(tmp_path: Path) -> None:
         prepare_300vw(tmp_path / "nothing", tmp_path / "out", quiet_report()[0])
 
 
+def test_prepare_300vw_rerun_removes_the_lists_of_a_video_now_gone(tmp_path: Path) -> None:
+    """Video 114 (the only usable test-1 video) gone from the download: a rerun removes its
+    per-video lists and the test-1 lists (and their .none twins) of the first run."""
+    root, out = tmp_path / "300VW", tmp_path / "lists"
+    make_300vw(root)
+    prepare_300vw(root, out, quiet_report()[0])
+    assert (out / "300VW.test-1.lst114").is_file() and (out / "300VW.test-1.lst.none").is_file()
+    shutil.rmtree(root / "114")
+    report, _ = quiet_report()
+    written = prepare_300vw(root, out, report)
+    assert sorted(p.name for p in out.glob("300VW.*")) == sorted(written)
+    assert {Path(p).name: why for p, why in report.dropped.items()} == {
+        "300VW.test-1.lst114": "video not found", "300VW.test-1.lst114.none": "video not found",
+        "300VW.test-1.lst": "no usable video", "300VW.test-1.lst.none": "no usable video"}
+
+
 # ---------------------------------------------------------------------------------------- AFLW
 
 
@@ -573,6 +633,37 @@ def test_prepare_aflw_finds_images_in_mmposes_layout(tmp_path: Path) -> None:
 
 
 @needs_scipy
+def test_prepare_aflw_image_name_outside_the_root_is_a_bad_annotation(tmp_path: Path) -> None:
+    """A nameList entry that is absolute or climbs out of the root (with or without its spaces)
+    is reported and skipped: no image is read and no .pts written outside the root and --out."""
+    root, out, elsewhere = tmp_path / "AFLW", tmp_path / "lists", tmp_path / "elsewhere"
+    root.mkdir()
+    make_aflw(root)
+    mat = sio.loadmat(str(root / "AFLWinfo_release.mat"))
+    write_image(elsewhere / "abs" / "x.jpg")
+    mat["nameList"][0, 0] = str(elsewhere / "abs" / "x.jpg")  # absolute
+    mat["nameList"][1, 0] = "../../elsewhere/abs/x.jpg"  # from root/flickr: outside
+    mat["nameList"][2, 0] = "2/ .. / .. / .. /elsewhere/abs/x.jpg"  # ".." once spaces go
+    sio.savemat(str(root / "AFLWinfo_release.mat"), {k: v for k, v in mat.items()
+                                                     if not k.startswith("__")})
+    report, buf = quiet_report()
+    written = prepare_aflw(root, out, report, train_count=3)
+    assert written == {"aflw.test.GTB": 1}  # face 3 only (face 4: no image, 5: bad box)
+    assert report.skipped == {"bad annotation": 3, "missing image": 1, "bad box": 1}
+    msgs = buf.getvalue()
+    assert f"AFLWinfo_release.mat: face 0: image name '{elsewhere}/abs/x.jpg' is absolute or " \
+        f"leaves {root}" in msgs
+    assert "face 1: image name '../../elsewhere/abs/x.jpg' is absolute or leaves" in msgs
+    assert "face 2: image name '2/ .. / .. / .. /elsewhere/abs/x.jpg' is absolute" in msgs
+    assert sorted(p.name for p in elsewhere.rglob("*")) == ["abs", "x.jpg"]
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.pts")] == [
+        "annotations/aflw/0/image00003-3.pts"]
+    # strict: the first bad face in the ra order (face 2) is fatal
+    with pytest.raises(AnnotationError, match=r"face 2: image name .* is absolute or leaves"):
+        prepare_aflw(root, tmp_path / "strict", quiet_report(strict=True)[0], train_count=3)
+
+
+@needs_scipy
 def test_prepare_aflw_bad_mat(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match="AFLWinfo_release.mat: AFLW annotation file not"):
         prepare_aflw(tmp_path, tmp_path / "out", quiet_report()[0])
@@ -650,6 +741,64 @@ def test_prepare_wflw_lists_line_by_line(tmp_path: Path) -> None:
     assert "list_98pt_rect_attr_test.txt:5: empty or non-finite box" in msgs
     assert "list_98pt_rect_attr_test.txt:6: attribute flags must be 0 or 1" in msgs
     assert "missing.jpg: image not found" in msgs
+
+
+def test_prepare_wflw_image_name_outside_the_images_folder_is_a_bad_annotation(
+        tmp_path: Path) -> None:
+    """An image name that is absolute or climbs out of WFLW_images is reported (file:line) and
+    skipped, fatal with strict: no .pts lands beside the named image, every one is under --out.
+    A name with ``..`` that stays inside is normalised and kept."""
+    root, out, elsewhere = tmp_path / "WFLW", tmp_path / "lists", tmp_path / "elsewhere"
+    make_wflw(root)
+    write_image(elsewhere / "abs" / "img.jpg")
+    ann = root / "WFLW_annotations" / "list_98pt_rect_attr_train_test"
+    (ann / "list_98pt_rect_attr_train.txt").write_text("\n".join([
+        wflw_line(str(elsewhere / "abs" / "img.jpg"), [0] * 6),
+        wflw_line("../../elsewhere/abs/img.jpg", [0] * 6),
+        wflw_line("0--Parade/../0--Parade/p1.jpg", [0] * 6),
+    ]) + "\n")
+    report, buf = quiet_report()
+    written = prepare_wflw(root, out, report)
+    assert lines(out / "wflw.train") == [
+        "../WFLW/WFLW_images/0--Parade/p1.jpg annotations/wflw/train/0--Parade/p1-2.pts "
+        "2.0000 3.0000 60.0000 70.0000"]
+    assert written["wflw.train"] == 1
+    msgs = buf.getvalue()
+    assert f"train.txt:1: image name '{elsewhere}/abs/img.jpg' is absolute or leaves " \
+        f"{root / 'WFLW_images'}" in msgs
+    assert "train.txt:2: image name '../../elsewhere/abs/img.jpg' is absolute or leaves" in msgs
+    assert report.skipped["bad annotation"] == 4  # these two + the test file's two
+    assert sorted(p.name for p in elsewhere.rglob("*")) == ["abs", "img.jpg"]
+    assert all(p.resolve().is_relative_to(out.resolve()) for p in tmp_path.rglob("*.pts"))
+    with pytest.raises(AnnotationError, match=r"train\.txt:1: image name .* is absolute"):
+        prepare_wflw(root, tmp_path / "strict", quiet_report(strict=True)[0])
+
+
+def test_prepare_wflw_rerun_removes_a_list_that_is_now_empty(tmp_path: Path) -> None:
+    """A rerun whose annotations flag no face "pose" any more removes the earlier wflw.test.pose
+    (training would read the old faces), and the summary says so; a run that writes no list at
+    all (a wrong --root) leaves the earlier lists as they were."""
+    root, out = tmp_path / "WFLW", tmp_path / "lists"
+    make_wflw(root)
+    prepare_wflw(root, out, quiet_report()[0])
+    assert lines(out / "wflw.test.pose")
+    test_txt = root / "WFLW_annotations" / "list_98pt_rect_attr_train_test" / \
+        "list_98pt_rect_attr_test.txt"
+    test_txt.write_text(wflw_line("1--Handshaking/h1.jpg", [0, 0, 0, 0, 1, 0]) + "\n")
+    report, _ = quiet_report()
+    written = prepare_wflw(root, out, report)
+    assert written == {"wflw.train": 1, "wflw.test": 1, "wflw.test.occlusion": 1}
+    assert sorted(p.name for p in out.glob("wflw.*")) == sorted(written)
+    summary = report.summary().splitlines()
+    i = summary.index("removed 2 list file(s) of an earlier run:")
+    assert summary[i + 1:i + 3] == ["  wflw.test.pose  no usable faces",
+                                    "  wflw.test.blur  no usable faces"]
+    shutil.rmtree(root / "WFLW_images")
+    report, buf = quiet_report()
+    assert prepare_wflw(root, out, report) == {}
+    assert sorted(p.name for p in out.glob("wflw.*")) == sorted(written)
+    assert f"{out}: no list written, so the 3 list file(s) of an earlier run there are left" \
+        in buf.getvalue()
 
 
 def test_whitespace_in_the_dataset_path_goes_through_one_link(tmp_path: Path) -> None:

@@ -152,10 +152,12 @@ def test_manifest_written_last(dataset: Path) -> None:
     assert (dataset / "contact_sheet.png").is_file()
 
 
-def test_failed_generation_leaves_no_manifest(tmp_path: Path, monkeypatch) -> None:
-    out = tmp_path / "d"
-    out.mkdir()
-    (out / "manifest.json").write_text("{}")  # stale, from an older run
+def test_failed_generation_leaves_the_earlier_output_whole(tmp_path: Path, monkeypatch) -> None:
+    """A generation that fails (killed, disk full) leaves the earlier output in --out as it was,
+    manifest and all, and no temporary folder beside it."""
+    out = syn.generate_dataset(tmp_path / "d", **{**SIZES, "videos": 0, "test_videos": 0},
+                               progress=False)
+    before = _files(out)
 
     def boom(*a, **k):
         raise RuntimeError("killed")
@@ -163,7 +165,67 @@ def test_failed_generation_leaves_no_manifest(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr(syn_dataset, "render_video", boom)
     with pytest.raises(RuntimeError):
         syn.generate_dataset(out, **SIZES, progress=False)
-    assert not (out / "manifest.json").exists()
+    assert _files(out) == before
+    assert json.loads((out / "manifest.json").read_text())["content_sha256"] == \
+        syn.content_digest(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_rerun_into_the_same_folder_gives_exactly_a_fresh_runs_files(tmp_path: Path) -> None:
+    """``prepare synthetic`` again into an earlier output, with fewer images and videos: the
+    folder then holds exactly what a run into a new folder writes (no image, video or .pts of
+    the first run left over), so its digest is a fresh run's."""
+    out = syn.generate_dataset(tmp_path / "out", **SIZES, progress=False)
+    fewer = {**SIZES, "images": 2, "videos": 1, "frames": 4}
+    assert syn.generate_dataset(out, **fewer, progress=False) == out
+    fresh = syn.generate_dataset(tmp_path / "fresh", **fewer, progress=False)
+    assert _files(out) == _files(fresh)
+    digest = json.loads((out / "manifest.json").read_text())["content_sha256"]
+    assert digest == syn.content_digest(out) == syn.content_digest(fresh)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "out"]  # no temp folders
+
+
+def test_content_digest_hashes_only_the_generators_files(dataset: Path, tmp_path: Path) -> None:
+    """Files the generator does not write (a note, an editor's backup, an extra list) do not
+    change the digest, so a dataset someone put a README into still checks as intact."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    digest = syn.content_digest(dataset)
+    for extra in ("NOTES.txt", ".DS_Store", "lists/mine.lst", "300W/train/00000.jpg~",
+                  "300VW/v001/annot/x.pts"):
+        (copy / extra).write_text("not the generator's")
+    assert syn.content_digest(copy) == digest
+    assert json.loads((copy / "manifest.json").read_text())["content_sha256"] == digest
+
+
+def test_generate_refuses_a_folder_that_is_not_an_earlier_output(tmp_path: Path) -> None:
+    """--out that holds anything but an earlier output of the generator is refused before any
+    rendering (FileExistsError naming the folder, and the foreign file) and left untouched."""
+    small = {**SIZES, "videos": 0, "test_videos": 0}
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "thesis.tex").write_text("mine")
+    with pytest.raises(FileExistsError, match="no manifest.json of the synthetic generator") as e:
+        syn.generate_dataset(user, **small, progress=False)
+    assert e.value.filename == str(user.resolve())
+    assert [p.name for p in user.iterdir()] == ["thesis.tex"]
+    # an earlier output with the user's file put into it: not replaced either
+    out = syn.generate_dataset(tmp_path / "out", **small, progress=False)
+    (out / "lists" / "mine.lst").write_text("mine")
+    before = _files(out)
+    with pytest.raises(FileExistsError, match=r"mine\.lst is not a file the generator writes"):
+        syn.generate_dataset(out, **small, progress=False)
+    assert _files(out) == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="exists and is not a folder"):
+        syn.generate_dataset(tmp_path / "file", **small, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out", "user"]
+    # an empty folder is fine
+    (tmp_path / "empty").mkdir()
+    assert (syn.generate_dataset(tmp_path / "empty", **small, progress=False)
+            / "manifest.json").is_file()
 
 
 def test_ensure_synthetic_generates_once_and_atomically(tmp_path: Path, monkeypatch) -> None:

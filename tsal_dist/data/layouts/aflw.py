@@ -18,6 +18,8 @@ from tsal_dist.data.layouts.common import (
     _ListPaths,
     _mat_str,
     _write_lists,
+    check_inside,
+    relative_name,
     usable_image,
 )
 from tsal_dist.data.layouts.report import Report
@@ -41,7 +43,9 @@ def prepare_aflw(root: str | os.PathLike[str], out: str | os.PathLike[str], repo
 
     Images are looked up as ``<name>`` under ``root``, ``root/flickr``, ``root/data/flickr``,
     ``root/images`` or ``root/images/flickr`` (``name`` from ``nameList``, e.g.
-    ``0/image00002.jpg``). For face i, points are
+    ``0/image00002.jpg``; a name that is absolute or leaves the root, with or without its
+    whitespace, is a bad annotation: nothing is read or written outside ``root`` and ``out``).
+    For face i, points are
     ``data[i, :19]`` (x) and ``data[i, 19:]`` (y), visibility ``mask_new[i]``, the box
     ``bbox[i]`` = [x1, x2, y1, y2]. The ``ra`` permutation (1-based) splits: its first
     ``train_count`` faces train, the rest test. Each face's visible points are written to
@@ -94,7 +98,12 @@ def prepare_aflw(root: str | os.PathLike[str], out: str | os.PathLike[str], repo
         except ValueError:
             report.warn(mat_path, f"face {i}: bad nameList entry", "bad annotation")
             continue
-        img = _find_aflw_image(root_p, name)
+        rel_name = relative_name(name)
+        if rel_name is None or relative_name(re.sub(r"\s+", "", rel_name)) is None:
+            report.warn(mat_path, f"face {i}: image name {name!r} is absolute or leaves "
+                        f"{root_p}", "bad annotation")
+            continue
+        img = _find_aflw_image(root_p, rel_name)
         if not usable_image(img, report):
             continue
         pts, vis = data[i], mask[i] > 0
@@ -110,8 +119,8 @@ def prepare_aflw(root: str | os.PathLike[str], out: str | os.PathLike[str], repo
         if not np.isfinite(pts[vis]).all():
             report.warn(mat_path, f"face {i} ({name}): NaN/infinite landmark", "bad annotation")
             continue
-        rel = Path(re.sub(r"\s+", "", name))
-        pts_path = annot_dir / rel.parent / f"{rel.stem}-{i}.pts"
+        rel = Path(os.path.normpath(re.sub(r"\s+", "", rel_name)))
+        pts_path = check_inside(out_p, annot_dir / rel.parent / f"{rel.stem}-{i}.pts")
         write_pts(pts_path, np.where(vis[:, None], pts, 0.0), vis.astype(np.float32))
         img = fix(img)
         face_size = math.sqrt((box[2] - box[0]) * (box[3] - box[1]))

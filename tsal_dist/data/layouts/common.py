@@ -1,6 +1,7 @@
-"""What the dataset preparers share: file checks (images decode, videos open), whitespace-free
-list paths (a link, or an atomic copy where links are not allowed), writing a preparer's lists
-only when it completes, and box / .mat string helpers.
+"""What the dataset preparers share: file checks (images decode, videos open), image names from
+annotations kept inside their folder, whitespace-free list paths (a link, or an atomic copy where
+links are not allowed), writing a preparer's lists only when it completes (and removing the lists
+of an earlier run that this run has nothing for), and box / .mat string helpers.
 
 What does not belong here: one dataset's layout or splits (``w300.py``, ``vw300.py``,
 ``aflw.py``, ``wflw.py``) and the bad-input counting itself (``report.py``).
@@ -12,6 +13,7 @@ import functools
 import math
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -114,6 +116,81 @@ def _has_space(path: str) -> bool:
     return any(c.isspace() for c in path)
 
 
+def relative_name(name: str) -> str | None:
+    """An image name from an annotation file, normalised (``a//b``, ``a/./b``, ``a/x/../b`` ->
+    ``a/b``), or None when it is empty, absolute, or leaves the folder it is relative to (``..``,
+    ``../x``, ``a/../../x``): joined to a folder, the result stays inside that folder."""
+    if not name or os.path.isabs(name):
+        return None
+    norm = os.path.normpath(name)
+    if norm in (os.curdir, os.pardir) or norm.startswith(os.pardir + os.sep):
+        return None
+    return norm
+
+
+def _inside(folder: Path, path: Path) -> bool:
+    """True when ``path`` (normalised, not following links) is ``folder`` or below it."""
+    base, p = os.path.abspath(folder), os.path.abspath(path)
+    return os.path.commonpath([base, p]) == base
+
+
+def check_inside(out: Path, path: Path) -> Path:
+    """``path``, after checking that it lies inside the output folder ``out``.
+
+    Raises:
+        AnnotationError: naming the path, when it would be written outside ``out``.
+    """
+    if not _inside(out, path):
+        raise AnnotationError(f"{path}: would be written outside the output folder {out}")
+    return path
+
+
+def _set_link(link: Path, target: str, is_dir: bool = False) -> str | None:
+    """Make ``link`` a symbolic link to ``target``.
+
+    A link that already points at ``target`` is kept. Anything else there (a link to another
+    target, a file: an earlier copy) is replaced atomically: the new link is made under a
+    temporary name beside it and renamed over it, so the name always resolves to the old or the
+    new target.
+
+    Returns:
+        None when the link was kept; else what was there before: ``""`` (nothing), the old link's
+        target, or ``"a file"``.
+    Raises:
+        OSError: links are not allowed here, or ``link`` is a folder (never replaced).
+    """
+    if link.is_symlink():
+        old = os.readlink(link)
+        if old == target:
+            return None
+    else:
+        old = "a file" if link.exists() else ""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.symlink(target, tmp, target_is_directory=is_dir)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 random names taken
+        raise FileExistsError(f"{link}: no free temporary name next to it")
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return old
+
+
+def _replaced(old: str | None) -> str:
+    """What :func:`_set_link` replaced, for a note ("" when nothing was there)."""
+    if not old:
+        return ""
+    return " (replacing a copy made by an earlier run)" if old == "a file" else \
+        f" (replacing the earlier run's link to {old})"
+
+
 class _ListPaths:
     """Whitespace-free paths for list files (list fields are whitespace-separated).
 
@@ -121,6 +198,7 @@ class _ListPaths:
     whitespace, one link ``out/roots/<dataset>`` -> root is made and paths go through it. A file
     whose own name contains whitespace (300W iBUG's ``image_092 _01``) gets a link (or a copy,
     where links are not allowed) ``out/renamed/<dataset>/<path with the whitespace removed>``.
+    A link (or copy) left there by an earlier run for another root or file is replaced.
     """
 
     def __init__(self, out: Path, dataset: str, root: Path, report: Report) -> None:
@@ -133,11 +211,9 @@ class _ListPaths:
             self._base = self.root
             if _has_space(os.path.relpath(self.root, self.out)):
                 link = self.out / "roots" / self.dataset
-                if not link.exists():
-                    link.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(self.root, link, target_is_directory=True)
+                old = _set_link(link, str(self.root), is_dir=True)
                 self.report.note(f"{self.root}: whitespace in the dataset path; lists go through "
-                                 f"the link {link}")
+                                 f"the link {link}{_replaced(old)}")
                 self._base = link
         return self._base
 
@@ -151,17 +227,24 @@ class _ListPaths:
         if sub is None and not _has_space(os.path.relpath(path, self.out)):
             return path
         parts = sub.parts if sub is not None else (path.name,)
-        fixed = self.out / "renamed" / self.dataset / Path(*(re.sub(r"\s+", "", q) for q in parts))
+        renamed = self.out / "renamed" / self.dataset
+        fixed = renamed / Path(*(re.sub(r"\s+", "", q) for q in parts))
         if _has_space(os.path.relpath(fixed, self.out)):  # pragma: no cover - defensive
             raise AnnotationError(f"{fixed}: cannot make a whitespace-free path")
-        if not fixed.exists():
-            fixed.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.symlink(os.path.abspath(path), fixed)
-            except OSError:
-                with atomic_path(fixed, mode=PLAIN) as tmp:  # complete or absent
-                    shutil.copyfile(path, tmp)
-            self.report.note(f"{path}: whitespace in the file name; listed as {fixed}")
+        check_inside(renamed, fixed)  # a part " .. " loses its spaces: never leave the folder
+        try:
+            old = _set_link(fixed, os.path.abspath(path))
+        except OSError:  # no links here: an atomic copy
+            if fixed.is_dir() and not fixed.is_symlink():
+                raise
+            if fixed.is_symlink():  # an earlier run's link: atomic_path would write through it
+                fixed.unlink()
+            with atomic_path(fixed, mode=PLAIN) as tmp:  # complete or absent
+                shutil.copyfile(path, tmp)
+            old = ""
+        if old is not None:
+            self.report.note(f"{path}: whitespace in the file name; listed as {fixed}"
+                             f"{_replaced(old)}")
         return fixed
 
 
@@ -178,9 +261,23 @@ def _write(out: Path, name: str, entries: list[ListEntry], report: Report) -> No
     report.wrote(path, len(entries))
 
 
+def _drop(out: Path, name: str, report: Report, why: str) -> None:
+    """Remove the list ``out/name`` that an earlier run wrote, when this run has nothing for it
+    (``why`` says what, in the summary); nothing to do when there is none."""
+    path = out / name
+    if not (path.is_file() or path.is_symlink()):
+        return
+    if report.pending is not None:
+        report.pending.append((path, why, out))
+        return
+    path.unlink(missing_ok=True)
+    report.removed(path, why)
+
+
 def _write_lists(out: Path, lists: Mapping[str, list[ListEntry]], report: Report
                  ) -> dict[str, int]:
-    """:func:`_write` each non-empty list (an empty one is noted, not written), in order.
+    """:func:`_write` each non-empty list, in order; an empty one is noted, not written, and the
+    file of that name that an earlier run wrote into ``out`` is removed (:func:`_drop`).
 
     Returns:
         list file name -> number of lines, for the lists written.
@@ -189,6 +286,7 @@ def _write_lists(out: Path, lists: Mapping[str, list[ListEntry]], report: Report
     for name, entries in lists.items():
         if not entries:
             report.note(f"{name}: no usable faces; not written")
+            _drop(out, name, report, "no usable faces")
             continue
         _write(out, name, entries, report)
         written[name] = len(entries)
@@ -198,7 +296,9 @@ def _write_lists(out: Path, lists: Mapping[str, list[ListEntry]], report: Report
 def _lists_at_the_end(fn: Callable[..., dict[str, int]]) -> Callable[..., dict[str, int]]:
     """A preparer's list files are written after it has read everything: one that stops (a bad
     input under --strict, an error) leaves no list behind that looks complete but is not. Each
-    file is itself written atomically."""
+    file is itself written atomically. The lists of an earlier run that this run has nothing for
+    are removed then too, unless the run wrote no list at all (a wrong --root, which the CLI
+    reports as an error): a failed run leaves the earlier lists as they were."""
     @functools.wraps(fn)
     def wrapper(root: str | os.PathLike[str], out: str | os.PathLike[str], report: Report,
                 *args: Any, **kwargs: Any) -> dict[str, int]:
@@ -208,9 +308,18 @@ def _lists_at_the_end(fn: Callable[..., dict[str, int]]) -> Callable[..., dict[s
             pending = report.pending
         finally:
             report.pending = None
-        for path, entries, rel in pending:
+        writes = [(p, e, rel) for p, e, rel in pending if not isinstance(e, str)]
+        for path, entries, rel in writes:
             write_list(path, entries, relative_to=rel)
             report.wrote(path, len(entries))
+        stale = [(p, why, rel) for p, why, rel in pending if isinstance(why, str)]
+        if stale and not writes:
+            report.note(f"{stale[0][2]}: no list written, so the {len(stale)} list file(s) of an "
+                        "earlier run there are left as they were")
+        elif stale:
+            for path, why, _ in stale:
+                path.unlink(missing_ok=True)
+                report.removed(path, why)
         return result
     return wrapper
 

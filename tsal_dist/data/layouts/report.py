@@ -41,8 +41,12 @@ class Report:
     skipped: Counter[str] = field(default_factory=Counter)
     written: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    # lists of the preparation under way, written only when it completes (see _lists_at_the_end)
-    pending: list[tuple[Path, list[ListEntry], Path]] | None = field(default=None, repr=False)
+    # list path -> why: lists of an earlier run removed because this run has nothing for them
+    dropped: dict[str, str] = field(default_factory=dict)
+    # lists of the preparation under way, written (entries) or removed (a reason) only when it
+    # completes (see _lists_at_the_end); the last item is the folder the list paths are relative to
+    pending: list[tuple[Path, list[ListEntry] | str, Path]] | None = field(default=None,
+                                                                          repr=False)
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream if self.stream is not None else sys.stderr, flush=True)
@@ -74,15 +78,25 @@ class Report:
         """Record that list ``path`` was written with ``lines`` entries."""
         self.written[str(path)] = lines
 
+    def removed(self, path: str | os.PathLike[str], why: str) -> None:
+        """Record that list ``path``, left by an earlier run, was removed (``why``: this run has
+        nothing for it, e.g. "no usable faces")."""
+        self.dropped[str(path)] = why
+
     @property
     def total_skipped(self) -> int:
         return sum(self.skipped.values())
 
     def summary(self) -> str:
-        """Multi-line summary: lists written (with line counts), skipped by reason, warnings."""
+        """Multi-line summary: lists written (with line counts), lists of an earlier run removed
+        (with the reason), skipped by reason, warnings."""
         out = [f"wrote {len(self.written)} list file(s):"]
         width = max((len(Path(p).name) for p in self.written), default=0)
         out += [f"  {Path(p).name:<{width}}  {n} lines" for p, n in self.written.items()]
+        if self.dropped:
+            out.append(f"removed {len(self.dropped)} list file(s) of an earlier run:")
+            width = max(len(Path(p).name) for p in self.dropped)
+            out += [f"  {Path(p).name:<{width}}  {why}" for p, why in self.dropped.items()]
         if self.skipped:
             out.append(f"skipped {self.total_skipped} input(s):")
             out += [f"  {reason}: {n}" for reason, n in sorted(self.skipped.items())]

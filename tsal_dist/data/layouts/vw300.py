@@ -11,6 +11,7 @@ from tsal_dist.data.formats import AnnotationError, ListEntry, landmark_box, rea
 from tsal_dist.data.layouts.common import (
     _abs,
     _check_box,
+    _drop,
     _lists_at_the_end,
     _ListPaths,
     _write,
@@ -122,20 +123,27 @@ def prepare_300vw(root: str | os.PathLike[str], out: str | os.PathLike[str],
         _write(out_p, name + ".none", _as_none(entries), report)
         written[name] = written[name + ".none"] = len(entries)
 
+    def drop(name: str, why: str) -> None:  # the lists an earlier run wrote for it
+        _drop(out_p, name, report, why)
+        _drop(out_p, name + ".none", report, why)
+
     for split, vids in splits.items():
         all_entries: list[ListEntry] = []
         for vid in sorted(vids):
             folder = root_p / vid
             if not folder.is_dir():
                 report.warn(folder, f"300VW video folder not found ({split})", "missing video")
+                drop(f"300VW.{split}.lst{vid}", "video not found")
                 continue
             entries = _video_entries(folder, fix, report)
             if entries is None:
+                drop(f"300VW.{split}.lst{vid}", "video skipped")
                 continue
             emit(f"300VW.{split}.lst{vid}", entries)
             all_entries += entries
         if not all_entries:
             report.note(f"300VW.{split}.lst: no usable video; not written")
+            drop(f"300VW.{split}.lst", "no usable video")
             continue
         emit(f"300VW.{split}.lst", all_entries)
     return written

@@ -14,6 +14,7 @@ from tsal_dist.data.formats import AnnotationError, ListEntry, landmark_box, rea
 from tsal_dist.data.layouts.common import (
     _abs,
     _check_box,
+    _drop,
     _lists_at_the_end,
     _ListPaths,
     _mat_str,
@@ -210,7 +211,12 @@ def prepare_300w(root: str | os.PathLike[str], out: str | os.PathLike[str],
         written.update(_write_lists(out_p, {f"300w.{split}.{kind}": entries
                                             for kind, entries in kinds.items()
                                             if kind == "GTL" or use_mat}, report))
-    if any((root_p / sub).is_dir() for sub in W300_PRIVATE):
+        if not use_mat:
+            for kind in ("DET", "GTB"):
+                _drop(out_p, f"300w.{split}.{kind}", report, "no official boxes read")
+    if not any((root_p / sub).is_dir() for sub in W300_PRIVATE):
+        _drop(out_p, "300w.test.private.GTL", report, "no private test set under the root")
+    else:
         private: list[ListEntry] = []
         for sub, expected in W300_PRIVATE.items():
             folder = root_p / sub

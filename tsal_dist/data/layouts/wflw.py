@@ -15,6 +15,8 @@ from tsal_dist.data.layouts.common import (
     _lists_at_the_end,
     _ListPaths,
     _write_lists,
+    check_inside,
+    relative_name,
     usable_image,
 )
 from tsal_dist.data.layouts.report import Report
@@ -54,6 +56,8 @@ def prepare_wflw(root: str | os.PathLike[str], out: str | os.PathLike[str],
     illumination makeup occlusion blur, image name) and ``root/WFLW_images/<image name>``.
     Line j of split s gets ``out/annotations/wflw/<s>/<subdir>/<stem>-<j>.pts`` (98 points, as
     written). Lists: ``wflw.train``, ``wflw.test`` and ``wflw.test.<attribute>`` for each flag.
+    A line whose image name is absolute or leaves ``WFLW_images`` (``../x.jpg``) is a bad
+    annotation: nothing is read or written outside the download and ``out``.
 
     Returns:
         list file name -> number of lines.
@@ -84,15 +88,21 @@ def prepare_wflw(root: str | os.PathLike[str], out: str | os.PathLike[str],
             except AnnotationError as e:
                 report.skip(e, "bad annotation")
                 continue
+            rel_name = relative_name(name)
+            if rel_name is None:
+                report.warn(f"{txt}:{j + 1}", f"image name {name!r} is absolute or leaves "
+                            f"{img_dir}", "bad annotation")
+                continue
             box = _check_box(box_raw)
             if box is None:
                 report.warn(f"{txt}:{j + 1}", f"empty or non-finite box {box_raw}", "bad box")
                 continue
-            img = img_dir / name
+            img = img_dir / rel_name
             if not usable_image(img, report):
                 continue
-            rel = Path(name)
-            pts_path = out_p / "annotations" / "wflw" / split / rel.parent / f"{rel.stem}-{j}.pts"
+            rel = Path(rel_name)
+            pts_path = check_inside(out_p, out_p / "annotations" / "wflw" / split / rel.parent
+                                    / f"{rel.stem}-{j}.pts")
             write_pts(pts_path, points)
             e = ListEntry(str(fix(img)), str(pts_path), box)
             entries.append(e)

@@ -1,13 +1,16 @@
-"""The dataset on disk: rendering every item into 300W / 300VW / SBR-list layout, its manifest and
-contact sheet, and the cache folder keyed by the sizes, the labeled domain (when not the default)
-and ``generator_fingerprint()``."""
+"""The dataset on disk: rendering every item into 300W / 300VW / SBR-list layout (in a temporary
+folder renamed into place), its manifest and contact sheet, and the cache folder keyed by the
+sizes, the labeled domain (when not the default) and ``generator_fingerprint()``."""
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 import sys
 import tempfile
@@ -43,6 +46,15 @@ _DEFAULTS = SyntheticConfig()
 _SIZE_DEFAULTS = {f.name: getattr(_DEFAULTS, f.name) for f in dataclasses.fields(_DEFAULTS)
                   if f.name != "labeled_domain"}
 _WIDE = DomainConfig()  # the test images' and the videos' domain, whatever the labeled one
+
+_GENERATOR = "tsal_dist.data.synthetic"  # manifest.json's "generator"
+# What the generator writes (paths relative to the dataset root, "/"-separated): its files, and
+# the folders that hold them. content_digest hashes these files only; a folder holding nothing
+# else (and a manifest.json of the generator) is a previous output generate_dataset may replace.
+_OWN_FILE = re.compile(
+    r"300W/(train|test)/\d{5,}\.(jpg|pts)|300VW/[vt]\d{3,}/(vid\.avi|annot/\d{6,}\.pts)"
+    r"|lists/(" + "|".join(re.escape(n) for n in LIST_FILES.values()) + r")|contact_sheet\.png")
+_OWN_DIR = re.compile(r"300W(/(train|test))?|300VW(/[vt]\d{3,}(/annot)?)?|lists")
 
 
 def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
@@ -108,6 +120,12 @@ def generate_dataset(out: str | Path, *, images: int, test_images: int, videos: 
     The labeled training images come from ``labeled_domain``; the test images and all videos from
     the wide (default) domain. The default domain gives the same bytes as before it existed.
 
+    The dataset is rendered into a temporary sibling folder ``.<out name>.tmp-*`` that is renamed
+    to ``out`` when complete, so ``out`` holds exactly this run's files (a run that fails leaves
+    ``out`` as it was). ``out`` may be missing, an empty folder, or the output of an earlier run
+    (``manifest.json`` of this generator, and no file the generator does not write), which is
+    replaced. Anything else is refused before rendering: no user folder is ever deleted.
+
     Layout::
 
         out/300W/{train,test}/NNNNN.jpg + NNNNN.pts
@@ -121,15 +139,86 @@ def generate_dataset(out: str | Path, *, images: int, test_images: int, videos: 
         ``out`` as a Path.
     Raises:
         ValueError: a size is out of range.
+        FileExistsError: ``out`` is not a folder, or not empty and not an earlier output (the
+            message names it and the first foreign file).
     """
     for name, v, lo in (("images", images, 1), ("test_images", test_images, 1),
                         ("videos", videos, 0), ("test_videos", test_videos, 0),
                         ("frames", frames, 1), ("image_size", image_size, 32)):
         if int(v) < lo:
             raise ValueError(f"generate_dataset: {name}={v} must be >= {lo}")
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "manifest.json").unlink(missing_ok=True)
+    final = Path(out).resolve()  # a link to a folder: replace the folder, keep the link
+    _check_replaceable(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        _render(tmp, images=images, test_images=test_images, videos=videos,
+                test_videos=test_videos, frames=frames, image_size=image_size, seed=seed,
+                labeled_domain=labeled_domain, progress=progress)
+        _install(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Path(out)
+
+
+def _foreign(root: Path) -> str | None:
+    """Why ``root`` (an existing, non-empty folder) is not an earlier output of the generator
+    that may be replaced, or None when it is one."""
+    try:
+        man = json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return "it holds no manifest.json of the synthetic generator"
+    if not isinstance(man, dict) or man.get("generator") != _GENERATOR:
+        return "its manifest.json is not the synthetic generator's"
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        own = (_OWN_DIR.fullmatch(rel) if p.is_dir() and not p.is_symlink()
+               else p.is_file() and not p.is_symlink()
+               and (rel == "manifest.json" or _OWN_FILE.fullmatch(rel)))
+        if not own:
+            return f"{p} is not a file the generator writes"
+    return None
+
+
+def _check_replaceable(final: Path) -> None:
+    """Raise FileExistsError (one line naming ``final``) unless ``final`` is missing, an empty
+    folder or an earlier output of the generator."""
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise FileExistsError(errno.EEXIST, "exists and is not a folder; not writing the "
+                              "synthetic dataset there", str(final))
+    if not any(final.iterdir()):
+        return
+    why = _foreign(final)
+    if why is not None:
+        raise FileExistsError(errno.EEXIST, f"not empty and not an earlier synthetic output "
+                              f"({why}); not replacing it: choose a new or empty folder",
+                              str(final))
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Rename the complete dataset ``tmp`` to ``final``, replacing an empty folder or an earlier
+    output there (checked again now; moved aside, then deleted once the new one is in place)."""
+    _check_replaceable(final)
+    if not final.exists() or not any(final.iterdir()):
+        os.replace(tmp, final)  # over a missing name or an empty folder
+        return
+    old = final.with_name(f".{final.name}.old-{secrets.token_hex(4)}")
+    os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _render(root: Path, *, images: int, test_images: int, videos: int, test_videos: int,
+            frames: int, image_size: int, seed: int, labeled_domain: DomainConfig,
+            progress: bool) -> None:
+    """Render the dataset into the (new, empty) folder ``root``: see :func:`generate_dataset`."""
     lists_dir = root / "lists"
     lists_dir.mkdir(exist_ok=True)
     total = images + test_images + (videos + test_videos) * frames
@@ -204,7 +293,6 @@ def generate_dataset(out: str | Path, *, images: int, test_images: int, videos: 
         cv2.setNumThreads(threads)
         if bar is not None:
             bar.close()
-    return root
 
 
 def generator_fingerprint() -> str:
@@ -226,13 +314,15 @@ def generator_fingerprint() -> str:
 
 
 def content_digest(root: str | Path) -> str:
-    """sha256 over every file of a generated dataset except manifest.json (relative paths + bytes).
+    """sha256 over the files of a generated dataset that the generator writes, except
+    manifest.json (relative paths + bytes); other files in ``root`` are not the dataset's.
 
     Equal digests mean byte-identical datasets wherever they were generated.
     """
     root = Path(root)
     h = hashlib.sha256()
-    for p in sorted(q for q in root.rglob("*") if q.is_file() and q.name != "manifest.json"):
+    for p in sorted(q for q in root.rglob("*")
+                    if q.is_file() and _OWN_FILE.fullmatch(q.relative_to(root).as_posix())):
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
         h.update(hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()
