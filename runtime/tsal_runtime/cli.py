@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
                         smoothing=args.smoothing, shape_cutoff=args.shape_cutoff,
                         shape_beta=args.shape_beta)
         # the video first: it checks that OpenCV can write there before a text output is opened
-        vs = VideoSink(args.output, source.fps) if args.output else None
+        vs = (VideoSink(args.output, source.fps, paced=args.camera is not None)
+              if args.output else None)
         if vs:
             sinks.append(vs)
         jw = JsonlWriter(args.json) if args.json else None
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
                 bgr = draw(frame.image, res, fps)
                 res.timings_ms["draw"] = (time.perf_counter() - t0) * 1e3
                 if vs:
-                    vs.write(bgr)
+                    vs.write(bgr, frame.time_s)
                 if window is not None and not window.show(bgr):
                     break
             name = source.frame_name(frame.index) if still_images else ""  # type: ignore[attr-defined]

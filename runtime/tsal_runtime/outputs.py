@@ -116,9 +116,14 @@ class VideoSink:
     :meth:`close`. Opened at the first frame with that frame's size; later frames of another size
     (image folders) are resized to it. Whether OpenCV can write the file's container is checked
     here, before the run starts.
+
+    ``paced`` (a live camera): the video plays in real time whatever the loop's speed, as an mp4
+    has one frame rate: output frame n (at n / ``fps`` s) shows the first frame at or after that
+    time (a loop slower than the camera's rate repeats frames, a faster one drops them).
+    Otherwise every frame is written once.
     """
 
-    def __init__(self, path: str | os.PathLike[str], fps: float) -> None:
+    def __init__(self, path: str | os.PathLike[str], fps: float, paced: bool = False) -> None:
         from tsal_runtime.sources import quiet_native_stderr
 
         self.path = Path(path)
@@ -128,6 +133,7 @@ class VideoSink:
             raise RuntimeFailure(f"{self.path}: output folder {self.path.parent} does not exist")
         self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.fps = fps if fps > 0 else 30.0
+        self.paced = paced
         self._w: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
@@ -141,7 +147,13 @@ class VideoSink:
             raise RuntimeFailure(f"{self.path}: OpenCV cannot write an mp4v video there (a "
                                  f"container it writes: .mp4, .avi, .mov; a writable folder)")
 
-    def write(self, bgr: np.ndarray) -> None:
+    def write(self, bgr: np.ndarray, time_s: float | None = None) -> None:
+        """Append a frame (``time_s``: its time since the source started, for ``paced``)."""
+        copies = 1
+        if self.paced and time_s is not None:
+            copies = max(0, int(time_s * self.fps) + 1 - self.frames)
+            if copies == 0:
+                return
         if self._w is None:
             from tsal_runtime.sources import quiet_native_stderr
 
@@ -155,8 +167,10 @@ class VideoSink:
         assert self._size is not None
         if (bgr.shape[1], bgr.shape[0]) != self._size:
             bgr = cv2.resize(bgr, self._size, interpolation=cv2.INTER_AREA)
-        self._w.write(np.ascontiguousarray(bgr))
-        self.frames += 1
+        frame = np.ascontiguousarray(bgr)
+        for _ in range(copies):
+            self._w.write(frame)
+        self.frames += copies
 
     def close(self) -> None:
         """Finalise the video and give it its name (nothing is written when no frame was)."""
