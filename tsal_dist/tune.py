@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from tsal_dist.distributed.tune_driver import run_sweep
 
-    res = run_sweep(sweep)
+    try:
+        res = run_sweep(sweep)
+    except ConfigError as e:  # what needs the cluster to know (resources)
+        return exit_user_error(e)
+    except OSError as e:  # the output folder cannot be made or written
+        return exit_user_error(f"{e.filename or sweep.output}: {e.strerror or e}")
     for k, v in res["files"].items():
         print(f"{k:5s} {v}")
     best = res["best"]

@@ -31,20 +31,28 @@ def ray_local():
 
 def train_and_gather_digests(config: dict) -> None:
     """Run the real worker, then all_gather every rank's teacher/student digests to rank 0."""
+    import os
+
     import torch.distributed as dist
 
     from tsal_dist.distributed.worker import run_worker
 
     summary = run_worker(config)
-    mine = {"teacher": summary["teacher_sha256"], "student": summary["student_sha256"]}
+    mine = {"teacher": summary["teacher_sha256"], "student": summary["student_sha256"],
+            "cwd": os.getcwd()}
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
     if dist.get_rank() == 0:
         (Path(config["run_dir"]) / "rank_digests.json").write_text(json.dumps(gathered))
 
 
-def test_two_workers_finish_with_identical_teachers(ray_local, smoke_cfg, tmp_path):
+def test_two_workers_finish_with_identical_teachers(ray_local, smoke_cfg, tmp_path,
+                                                    monkeypatch):
     from tsal_dist.distributed.launch import fit
+
+    # the workers work in the driver's folder (Ray Train starts them in session folders), so
+    # that a relative data.root / tough_from / init_from means the same to them as to --local
+    monkeypatch.chdir(tmp_path)
 
     # 6 steps, a checkpoint and a row every 3, validation at 6 (the teacher syncs every 3)
     cfg = with_overrides(smoke_cfg, {"run.output": str(tmp_path), "run.name": "w2",
@@ -69,6 +77,7 @@ def test_two_workers_finish_with_identical_teachers(ray_local, smoke_cfg, tmp_pa
     # every rank's teacher (and student) replica is bitwise the checkpointed one
     digests = json.loads((run_dir / "rank_digests.json").read_text())
     assert len(digests) == 2
+    assert [d.pop("cwd") for d in digests] == [str(tmp_path)] * 2
     assert digests[0] == digests[1]
     assert digests[0]["teacher"] == state_digest(ck["teacher"])
     assert digests[0]["student"] == state_digest(ck["student"])

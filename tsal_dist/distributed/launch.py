@@ -67,10 +67,13 @@ def launch(train_fn: Callable[[dict[str, Any]], None], *, cfg: ExperimentConfig,
             ``<run.output>/_ray``).
     """
     out = Path(cfg.run.output).expanduser().resolve()
+    storage = storage_path or cfg.run.storage_path or str(out / "_ray")
+    if "://" not in storage:  # Ray takes a local folder only as an absolute path
+        storage = str(Path(storage).expanduser().resolve())
     trainer = TorchTrainer(
         train_fn, train_loop_config=loop_config, scaling_config=scaling_config(cfg),
         run_config=RunConfig(
-            name=name, storage_path=storage_path or cfg.run.storage_path or str(out / "_ray"),
+            name=name, storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             callbacks=run_callbacks or None),
@@ -107,7 +110,8 @@ def fit(cfg: ExperimentConfig, *, run_callbacks: list | None = None,
     ray.get(teacher.ping.remote())  # fail here, clearly, if the actor cannot start
     summary = launch(train_fn or train_loop_per_worker, cfg=cfg, name=name, run_dir=run_dir,
                      loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir),
-                                  "run_name": name, "env": dict(worker_env or {})},
+                                  "run_name": name, "env": dict(worker_env or {}),
+                                  "cwd": os.getcwd()},
                      run_callbacks=run_callbacks, storage_path=storage_path)
     summary["teacher_server"] = ray.get(teacher.info.remote())
     return summary
@@ -129,5 +133,5 @@ def fit_distill(cfg: DistillConfig, *, run_callbacks: list | None = None,
     ensure_ray()
     return launch(distill_loop_per_worker, cfg=e, name=name, run_dir=run_dir,
                   loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir), "run_name": name,
-                               "env": dict(worker_env or {})},
+                               "env": dict(worker_env or {}), "cwd": os.getcwd()},
                   run_callbacks=run_callbacks, storage_path=storage_path)

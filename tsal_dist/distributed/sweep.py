@@ -105,6 +105,18 @@ def check_sweep(sweep: Sweep) -> None:
     if sweep.scheduler.max_t > sweep.base.optim.steps:
         raise ConfigError(f"scheduler.max_t: {sweep.scheduler.max_t} > optim.steps "
                           f"({sweep.base.optim.steps})")
+    max_t = sweep.scheduler.max_t or sweep.base.optim.steps
+    if sweep.scheduler.kind == "asha" and sweep.scheduler.grace_period > max_t:
+        raise ConfigError(f"scheduler.grace_period: {sweep.scheduler.grace_period} > the "
+                          f"trials' {max_t} steps (ASHA needs grace_period <= max_t)")
+    out = Path(sweep.output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output: {out} exists and is not a folder")
+    for parent in out.parents:  # a file on the way: the folder could never be made
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"output: {parent} is a file, not a folder")
+            break
 
 
 def write_sweep_file(sweep: Sweep, path: Path) -> None:

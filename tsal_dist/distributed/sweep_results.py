@@ -120,8 +120,8 @@ def write_results(sweep: Sweep, runs_dir: Path, out: Path,
                 f"# python -m tsal_dist.train --config {files['best']}\n")
         text += yaml.safe_dump(best_overrides(sweep.base, best, keys), sort_keys=False)
         atomic_write_text(files["best"], text)
-    else:
-        files.pop("best")
+    else:  # no best: an earlier sweep's best_config.yaml in this folder is not this one's
+        files.pop("best").unlink(missing_ok=True)
     return {"rows": rows, "best": best, "files": {k: str(v) for k, v in files.items()}}
 
 

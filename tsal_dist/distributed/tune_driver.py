@@ -96,6 +96,10 @@ def trial_fn(config: dict[str, Any], meta: dict[str, Any]) -> None:
 
     from tsal_dist.distributed.launch import fit
 
+    # Tune starts a trial in a folder of its own: relative paths of the sweep's config mean what
+    # they mean to the sweep's driver, as for training workers (worker._apply_env)
+    if meta.get("cwd") and os.path.isdir(meta["cwd"]):
+        os.chdir(meta["cwd"])
     sampled = dict(config)
     name = tune.get_context().get_trial_name()
     cfg = trial_cfg(meta["base"], sampled, run_name=name, runs_dir=meta["runs_dir"])
@@ -144,7 +148,7 @@ def run_sweep(sweep: Sweep, *, verbose: int = 1) -> dict[str, Any]:
                                   grace_period=sweep.scheduler.grace_period,
                                   reduction_factor=sweep.scheduler.reduction_factor)
     space = to_tune(sweep.space)
-    meta = {"base": sweep.base.to_dict(), "runs_dir": str(runs_dir)}
+    meta = {"base": sweep.base.to_dict(), "runs_dir": str(runs_dir), "cwd": os.getcwd()}
 
     def name_of(trial: Any) -> str:
         return trial_run_name(sweep.name, trial.trial_id)

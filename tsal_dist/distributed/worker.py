@@ -75,7 +75,15 @@ def worker_context(scaling: ScalingConfig) -> WorkerContext:
 
 
 def _apply_env(config: dict[str, Any]) -> None:
+    """The worker's environment variables, and its folder: the driver's (``config["cwd"]``)
+    where this node has it, so that relative paths of the config (``data.root``,
+    ``teachers.tough_from``, ``model.init_from``, a cache) mean what they mean to the driver and
+    to ``--local``; Ray Train otherwise starts every worker in a session folder of its own. On
+    a node without that folder the config's paths must be absolute (the cluster files' are)."""
     os.environ.update({str(k): str(v) for k, v in (config.get("env") or {}).items()})
+    cwd = config.get("cwd")
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
 
 
 def _fault_injector(rank: int, run_name: str) -> Callable[[int], None] | None:

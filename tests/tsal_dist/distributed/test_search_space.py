@@ -256,6 +256,14 @@ def test_write_results_table_plot_and_best_config(tmp_path):
     assert cfg.teacher.mode == "ema" and cfg.optim.steps == base.optim.steps
     assert cfg.run.name == "" and cfg.run.output == base.run.output
     assert cfg == replace(with_best(base, 0.5, 0.5), run=replace(base.run, name=""))
+    # a later sweep into this folder without a finite trial leaves no best_config.yaml of ours
+    import shutil
+
+    shutil.rmtree(runs)
+    _fake_trial(runs, "smoke_d", mk(0.5, 0.5), [float("nan")], None)
+    res = write_results(sweep, runs, tmp_path)
+    assert res["best"] is None and "best" not in res["files"]
+    assert not (tmp_path / "best_config.yaml").exists()
 
 
 def with_best(base: ExperimentConfig, d: float, u: float) -> ExperimentConfig:

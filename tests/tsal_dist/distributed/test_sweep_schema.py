@@ -88,6 +88,25 @@ def test_tune_cli_check_uses_the_same_loader(tmp_path, capsys):
     assert "max_concurrent_trials: must be >= 1" in capsys.readouterr().err
 
 
+def test_check_refuses_what_would_fail_once_ray_started(tmp_path, capsys):
+    """A grace period longer than the trials (ASHA asserted it inside Tune) and an output that is
+    a file (the sweep failed at mkdir with a traceback) are refused by --check itself."""
+    from tsal_dist.tune import main
+
+    base = {"base": str(REPO / "configs" / "smoke.yaml"), "space": SPACE,
+            "set": {"run.eval_every": 6, "run.checkpoint_every": 6, "optim.steps": 12}}
+    p = _write(tmp_path, {**base, "scheduler": {"type": "asha", "grace_period": 500}})
+    assert main(["--config", str(p), "--check"]) == 2
+    assert "scheduler.grace_period: 500 > the trials' 12 steps" in capsys.readouterr().err
+    p = _write(tmp_path, {**base, "scheduler": "fifo"})
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (afile, afile / "sub"):
+        assert main(["--config", str(p), "--check", "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert str(afile) in err and err.count("\n") == 1, err
+
+
 def test_written_sweep_file_records_the_resolved_sweep(tmp_path):
     sweep = load_sweep(REPO / "configs" / "sweeps" / "smoke.yaml")
     write_sweep_file(sweep, tmp_path / "sweep.yaml")
