@@ -68,19 +68,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", help="folder for run folders (= experiment.run.output)")
     p.add_argument("--name", help="run name (= experiment.run.name); same name resumes")
     p.add_argument("--local", action="store_true", help="run in this process without Ray")
+    p.add_argument("--force", action="store_true",
+                   help="continue an existing run folder even though its config differs")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from tsal_dist.loop.runs import check_run_config  # torch: not needed for --help
+
     try:
         overrides = run_overrides(args, section="experiment.run")
         if args.tough_from:
             overrides["teachers.tough_from"] = args.tough_from
         cfg = load_distill_config(args.config, overrides)
+        run_dir = Path(cfg.experiment.run.output).expanduser().resolve() / run_name_for(cfg)
+        check_run_config(run_dir, cfg, force=args.force)
     except ConfigError as e:
         return exit_user_error(e)
-    run_dir = Path(cfg.experiment.run.output).expanduser().resolve() / run_name_for(cfg)
     # a bad --tough-from run or unreadable data is the user's error, named in its line
     return run_and_report(lambda: distill_and_export(cfg, run_dir, local=args.local),
                           deliverable="the student's export")

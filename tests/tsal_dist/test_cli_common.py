@@ -92,3 +92,21 @@ def test_local_gpu_config_without_cuda_is_one_line_not_a_cpu_run(entry, tmp_path
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     assert local_context(ScalingConfig(use_gpu=True)).device == torch.device("cuda", 3)
+
+
+def test_distillation_refuses_a_run_folder_made_by_another_config(tmp_path, capsys):
+    """It resumed the folder's checkpoints under the new config and overwrote its distill.yaml;
+    a run folder is its config's, as for training (--force continues it anyway)."""
+    from tsal_dist.config import load_distill_config, save_config
+    from tsal_dist.distill import main
+
+    run = tmp_path / "X"
+    run.mkdir()
+    earlier = load_distill_config(None, {"kd.variant": "code"})
+    save_config(earlier, run / "distill.yaml")
+    status = main(["--local", "--output", str(tmp_path), "--name", "X",
+                   "--set", "kd.variant=paper"])
+    err = capsys.readouterr().err
+    assert status == 2 and "this run was started with another config" in err, err
+    assert "kd.variant: 'code' -> 'paper'" in err
+    assert load_distill_config(run / "distill.yaml") == earlier  # untouched

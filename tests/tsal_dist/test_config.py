@@ -154,3 +154,18 @@ def getattr_path(obj, dotted):
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def test_run_name_is_one_folder_and_the_output_spelling_is_one_run():
+    """``--name ../x`` left run.output and ``--name /etc`` made /etc the run folder; ``runs``,
+    ``./runs`` and ``runs/`` gave three run names for one folder (a rerun did not resume)."""
+    from tsal_dist.config import ExperimentConfig, run_name_for, with_overrides
+
+    c = ExperimentConfig()
+    for bad in ("../x", "/etc", ".", "..", "a/b", "~x"):
+        with pytest.raises(ConfigError, match="run.name: must be one folder name"):
+            with_overrides(c, {"run.name": bad})
+    assert with_overrides(c, {"run.name": "my-run_1"}).run.name == "my-run_1"
+    names = {run_name_for(with_overrides(c, {"run.output": o}))
+             for o in ("runs", "./runs", "runs/", "runs//")}
+    assert names == {run_name_for(c)} == {"tsal-bb18f7116f"}  # the default run keeps its name

@@ -374,6 +374,11 @@ class RunConfig:
         check(self.eval_every >= 0, "run.eval_every", "must be >= 0")
         check(self.val_images >= 1, "run.val_images", "must be >= 1")
         check(self.max_failures >= -1, "run.max_failures", "must be >= -1 (-1 = unlimited)")
+        # one folder name inside run.output: never a path that leaves it or names it
+        one_folder = ("/" not in self.name and "\\" not in self.name
+                      and self.name not in (".", "..") and not self.name.startswith("~"))
+        check(self.name == "" or one_folder, "run.name",
+              f"must be one folder name (no '/', not '.' or '..'), got {self.name!r}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ override machinery they share (``schema.py``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -134,4 +135,7 @@ def run_name_for(cfg: ExperimentConfig | DistillConfig) -> str:
 
 
 def _unnamed(e: ExperimentConfig) -> ExperimentConfig:
-    return dataclasses.replace(e, run=dataclasses.replace(e.run, name=""))
+    """The config a run name hashes: no name, and the output folder spelled one way (``runs``,
+    ``./runs`` and ``runs/`` are one folder, so one run)."""
+    out = os.path.normpath(e.run.output) if e.run.output else e.run.output
+    return dataclasses.replace(e, run=dataclasses.replace(e.run, name="", output=out))

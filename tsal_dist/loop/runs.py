@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tsal_dist.atomic import PLAIN, atomic_write_text, is_temp_name
-from tsal_dist.config import ConfigError, ExperimentConfig, flatten, load_config
+from tsal_dist.config import (ConfigError, DistillConfig, ExperimentConfig, flatten, load_config,
+                              load_distill_config)
 from tsal_dist.loop.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 
 
@@ -21,26 +22,30 @@ class RunConfigChanged(ConfigError):
     """The run folder was made by another config; resuming it would mix two experiments."""
 
 
-def config_differences(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
-    """Dotted keys whose values differ (``run.output`` and ``run.name`` excluded: where the
-    folder lives is not part of what it holds)."""
+def config_differences(old: ExperimentConfig | DistillConfig,
+                       new: ExperimentConfig | DistillConfig) -> list[str]:
+    """Dotted keys whose values differ (``run.output`` and ``run.name`` excluded, also under a
+    distillation's ``experiment.``: where the folder lives is not part of what it holds)."""
     a, b = flatten(old.to_dict()), flatten(new.to_dict())
-    skip = {"run.output", "run.name", "run.storage_path"}
+    skip = {f"{p}run.{k}" for p in ("", "experiment.") for k in ("output", "name", "storage_path")}
     return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
 
 
-def check_run_config(run_dir: str | Path, cfg: ExperimentConfig, *, force: bool = False) -> None:
-    """Refuse to continue ``run_dir`` with a config other than the one it was started with.
+def check_run_config(run_dir: str | Path, cfg: ExperimentConfig | DistillConfig, *,
+                     force: bool = False) -> None:
+    """Refuse to continue ``run_dir`` with a config other than the one it was started with
+    (``config.yaml`` of a training run, ``distill.yaml`` of a distillation).
 
     Raises:
         RunConfigChanged: naming the folder and the differing keys (old -> new), unless
             ``force`` (then the run continues under the new config, which is saved).
     """
-    saved = Path(run_dir) / "config.yaml"
+    distill = isinstance(cfg, DistillConfig)
+    saved = Path(run_dir) / ("distill.yaml" if distill else "config.yaml")
     if force or not saved.is_file():
         return
     try:
-        old = load_config(saved)
+        old = load_distill_config(saved) if distill else load_config(saved)
     except ConfigError as e:
         raise RunConfigChanged(f"{saved}: cannot read the run's config ({e}); pass --force to "
                                "continue with the new one, or choose another --name") from None
