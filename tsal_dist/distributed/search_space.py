@@ -48,6 +48,18 @@ class ParamSpec:
     values: tuple[Any, ...]
 
 
+def _yaml_number(v: Any) -> Any:
+    """A number YAML 1.1 leaves as a string (``1e-4``: PyYAML wants ``1.0e-4``), as a float;
+    anything else as it is."""
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return f if math.isfinite(f) else v
+    return v
+
+
 def parse_space(space: Mapping[str, Any]) -> dict[str, ParamSpec]:
     """Check the shape of a ``space:`` mapping and return one :class:`ParamSpec` per key.
 
@@ -73,6 +85,7 @@ def parse_space(space: Mapping[str, Any]) -> dict[str, ParamSpec]:
             raise ConfigError(f"{where}: {kind} needs a non-empty list, got {vals!r}")
         vals = tuple(vals)
         if kind in ("uniform", "loguniform", "randint"):
+            vals = tuple(_yaml_number(v) for v in vals)
             if len(vals) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                          for v in vals):
                 raise ConfigError(f"{where}: {kind} needs [low, high] numbers, got {list(vals)}")

@@ -299,3 +299,16 @@ def test_check_resources_refuses_a_trial_that_cannot_fit(capsys):
     gpu = load_sweep(REPO / "configs" / "sweeps" / "gpu.yaml")
     with pytest.raises(ConfigError, match=r"scaling\.gpus_per_worker"):
         check_resources(gpu, {"CPU": 64.0}, autoscaling=False)
+
+
+def test_yaml_exponents_without_a_dot_are_numbers():
+    """PyYAML reads ``1e-4`` as the string "1e-4" (YAML 1.1 wants 1.0e-4): a sweep file's
+    ``loguniform: [1e-4, 1e-2]`` was refused as "needs [low, high] numbers"."""
+    import yaml
+
+    space = yaml.safe_load("optim.lr: {loguniform: [1e-4, 1e-2]}\n")
+    assert space["optim.lr"]["loguniform"] == ["1e-4", "1e-2"]  # what PyYAML gives
+    spec = parse_space(space)["optim.lr"]
+    assert spec.values == (1e-4, 1e-2)
+    with pytest.raises(ConfigError, match="needs \\[low, high\\] numbers"):
+        parse_space({"optim.lr": {"uniform": ["low", 1.0]}})
