@@ -374,8 +374,8 @@ def test_the_video_takes_its_name_only_when_finalised(tmp_path: Path, const_mode
     seen: list[tuple[bool, bytes]] = []
     real_write = outputs.VideoSink.write
 
-    def spy(self: outputs.VideoSink, bgr: np.ndarray) -> None:
-        real_write(self, bgr)
+    def spy(self: outputs.VideoSink, bgr: np.ndarray, time_s: float | None = None) -> None:
+        real_write(self, bgr, time_s)
         seen.append((self.partial.exists(), out.read_bytes()))
 
     monkeypatch.setattr(outputs.VideoSink, "write", spy)

@@ -22,6 +22,8 @@ checkpoint's own fields (eval, export, ``teachers.tough_from``).
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 import os
 import random
@@ -387,3 +389,20 @@ def model_from_checkpoint(path: str | Path, which: str, *,
         raise CheckpointError(f"{p}: {which} weights do not fit the configured model "
                               f"({_state_dict_error(e)})") from None
     return CheckpointModel(model=model.eval(), head=head, config=cfg, checkpoint=ckpt)
+
+
+def weights_only_safe(obj: Any) -> Any:
+    """Nested optimizer state -> values ``torch.load(weights_only=True)`` accepts: enums become
+    ints, dataclasses (DeepSpeed's fragment addresses, metadata for its universal checkpoints,
+    not read on load) plain dicts."""
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: weights_only_safe(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: weights_only_safe(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(weights_only_safe(v) for v in obj)
+    if isinstance(obj, list):
+        return [weights_only_safe(v) for v in obj]
+    return obj

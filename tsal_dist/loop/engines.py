@@ -8,7 +8,6 @@ inside the one class that needs it.
 
 from __future__ import annotations
 
-import enum
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -17,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tsal_dist.config import OptimConfig, TrainConfig
+from tsal_dist.loop.checkpoint import weights_only_safe
 from tsal_dist.loop.optimizers import build_optimizer, param_groups
 
 
@@ -354,7 +354,7 @@ class DeepSpeedEngine(Engine):
         become ints."""
         sd = dict(self.optimizer.state_dict())
         sd.pop("loss_scaler", None)
-        return _plain(sd)
+        return weights_only_safe(sd)
 
     def load_optimizer_state(self, sd: dict[str, Any]) -> None:
         if self.zero_stage == 0:
@@ -438,22 +438,3 @@ def build_engine(model: nn.Module, train: TrainConfig, optim: OptimConfig, devic
         model.to(memory_format=torch.channels_last)
     return DDPEngine(model, opt, grad_clip=optim.grad_clip, device=device,
                      precision=train.precision)
-
-
-def _plain(obj: Any) -> Any:
-    """Nested optimizer state -> values ``torch.load(weights_only=True)`` accepts: enums become
-    ints, dataclasses (DeepSpeed's fragment addresses, metadata for its universal checkpoints,
-    not read on load) plain dicts."""
-    import dataclasses
-
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return tuple(_plain(v) for v in obj)
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    return obj
