@@ -34,15 +34,21 @@ def is_temp_name(name: str) -> bool:
     return bool(_TEMP_NAME.match(name))
 
 
-def _create_temp(path: Path, ext: str, mode: int) -> tuple[int, Path]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+def _make_temp(path: Path, ext: str, make: Callable[[Path], Any]) -> tuple[Any, Path]:
+    """``make(tmp)`` at the first free temporary name ``tmp`` next to ``path`` (``make`` raises
+    FileExistsError for a name that is taken); its result and the name."""
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{ext}")
         try:
-            return os.open(tmp, flags, mode), tmp
+            return make(tmp), tmp
         except FileExistsError:
             continue
     raise FileExistsError(f"{path}: no free temporary file name next to it")
+
+
+def _create_temp(path: Path, ext: str, mode: int) -> tuple[int, Path]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    return _make_temp(path, ext, lambda tmp: os.open(tmp, flags, mode))
 
 
 def _fsync_file(path: Path) -> None:
@@ -116,3 +122,17 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     file is touched."""
     text = json.dumps(obj, indent=indent, allow_nan=allow_nan, default=default)
     atomic_write_text(path, text + ("\n" if final_newline else ""), fsync=fsync, mode=mode)
+
+
+def atomic_symlink(link: str | os.PathLike[str], target: str, *, is_dir: bool = False) -> None:
+    """Make ``link`` a symbolic link to ``target``, replacing what is there (a link, a file)
+    atomically: the link is made under a temporary name beside it and renamed over it, so the
+    name always resolves to the old or the new target. OSError where links are not allowed."""
+    p = Path(link)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    _, tmp = _make_temp(p, "", lambda t: os.symlink(target, t, target_is_directory=is_dir))
+    try:
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -194,9 +194,8 @@ def check_export_dir(out: str | os.PathLike[str]) -> Path:
         raise ExportError(f"{outdir}: output exists and is not a folder")
     try:
         outdir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(outdir / ".write-check"):
+        with tempfile.TemporaryFile(dir=outdir):  # the files are moved in there at the end
             pass
-        (outdir / ".write-check").unlink()
     except OSError as e:
         raise ExportError(f"{e.filename or outdir}: cannot write the export there "
                           f"({e.strerror or e})") from None

@@ -22,6 +22,7 @@ import numpy as np
 
 from tsal_runtime.errors import RuntimeFailure
 from tsal_runtime.pipeline import STAGES, FrameResult
+from tsal_runtime.sources import quiet_native_stderr
 
 log = logging.getLogger("tsal_runtime")
 
@@ -124,8 +125,6 @@ class VideoSink:
     """
 
     def __init__(self, path: str | os.PathLike[str], fps: float, paced: bool = False) -> None:
-        from tsal_runtime.sources import quiet_native_stderr
-
         self.path = Path(path)
         if self.path.is_dir():
             raise RuntimeFailure(f"{self.path}: --output names a folder, not a file")
@@ -155,8 +154,6 @@ class VideoSink:
             if copies == 0:
                 return
         if self._w is None:
-            from tsal_runtime.sources import quiet_native_stderr
-
             h, w = bgr.shape[:2]
             self._size = (w - w % 2, h - h % 2) if min(w, h) > 2 else (max(w, 2), max(h, 2))
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")

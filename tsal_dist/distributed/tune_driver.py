@@ -96,10 +96,11 @@ def trial_fn(config: dict[str, Any], meta: dict[str, Any]) -> None:
 
     from tsal_dist.distributed.launch import fit
 
+    from tsal_dist.distributed.worker import enter_driver_folder
+
     # Tune starts a trial in a folder of its own: relative paths of the sweep's config mean what
-    # they mean to the sweep's driver, as for training workers (worker._apply_env)
-    if meta.get("cwd") and os.path.isdir(meta["cwd"]):
-        os.chdir(meta["cwd"])
+    # they mean to the sweep's driver, as for training workers
+    enter_driver_folder(meta.get("cwd"))
     sampled = dict(config)
     name = tune.get_context().get_trial_name()
     cfg = trial_cfg(meta["base"], sampled, run_name=name, runs_dir=meta["runs_dir"])

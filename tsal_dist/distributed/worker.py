@@ -81,7 +81,11 @@ def _apply_env(config: dict[str, Any]) -> None:
     to ``--local``; Ray Train otherwise starts every worker in a session folder of its own. On
     a node without that folder the config's paths must be absolute (the cluster files' are)."""
     os.environ.update({str(k): str(v) for k, v in (config.get("env") or {}).items()})
-    cwd = config.get("cwd")
+    enter_driver_folder(config.get("cwd"))
+
+
+def enter_driver_folder(cwd: str | None) -> None:
+    """Work in the driver's folder ``cwd`` where this node has it (see :func:`_apply_env`)."""
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)
 

@@ -13,14 +13,13 @@ import functools
 import math
 import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from tsal_dist.atomic import PLAIN, atomic_path
+from tsal_dist.atomic import PLAIN, atomic_path, atomic_symlink
 from tsal_dist.data.formats import AnnotationError, ListEntry, write_list
 from tsal_dist.data.images import truncation
 from tsal_dist.data.layouts.report import Report
@@ -149,9 +148,7 @@ def _set_link(link: Path, target: str, is_dir: bool = False) -> str | None:
     """Make ``link`` a symbolic link to ``target``.
 
     A link that already points at ``target`` is kept. Anything else there (a link to another
-    target, a file: an earlier copy) is replaced atomically: the new link is made under a
-    temporary name beside it and renamed over it, so the name always resolves to the old or the
-    new target.
+    target, a file: an earlier copy) is replaced atomically (``atomic_symlink``).
 
     Returns:
         None when the link was kept; else what was there before: ``""`` (nothing), the old link's
@@ -165,21 +162,7 @@ def _set_link(link: Path, target: str, is_dir: bool = False) -> str | None:
             return None
     else:
         old = "a file" if link.exists() else ""
-    link.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(100):
-        tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.symlink(target, tmp, target_is_directory=is_dir)
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - 100 random names taken
-        raise FileExistsError(f"{link}: no free temporary name next to it")
-    try:
-        os.replace(tmp, link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_symlink(link, target, is_dir=is_dir)
     return old
 
 
