@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any, Callable
 
-from tsal_dist.config import parse_set_args
+from tsal_dist.config import ConfigError, parse_set_args
 
 
 def add_config_args(p: argparse.ArgumentParser, *, config_help: str, set_help: str,
@@ -29,11 +29,20 @@ def run_overrides(args: argparse.Namespace, *, section: str) -> dict[str, str]:
     """The ``--set`` items, plus ``--output`` / ``--name`` as ``<section>.output`` /
     ``<section>.name`` (``run`` for training, ``experiment.run`` for a distillation)."""
     overrides = parse_set_args(args.set)
-    if args.output:
-        overrides[f"{section}.output"] = args.output
-    if args.name:
-        overrides[f"{section}.name"] = args.name
+    flag_override(overrides, f"{section}.output", args.output, "--output")
+    flag_override(overrides, f"{section}.name", args.name, "--name")
     return overrides
+
+
+def flag_override(overrides: dict[str, str], key: str, value: str | None, flag: str) -> None:
+    """Add a flag that stands for ``--set key=value`` to ``overrides``; a flag and a ``--set`` of
+    the same key with another value raise ConfigError (neither silently wins)."""
+    if not value:
+        return
+    if key in overrides and overrides[key] != value:
+        raise ConfigError(f"{flag} {value} and --set {key}={overrides[key]} disagree: "
+                          "give one of them")
+    overrides[key] = value
 
 
 def exit_user_error(message: object) -> int:

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tsal_dist.cli import add_config_args, exit_user_error, run_and_report, run_overrides
+from tsal_dist.cli import (add_config_args, exit_user_error, flag_override, run_and_report,
+                           run_overrides)
 from tsal_dist.config import ConfigError, DistillConfig, load_distill_config, run_name_for
 
 __all__ = ["DistillConfig", "load_distill_config", "run_distill", "export_student", "main"]
@@ -79,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         overrides = run_overrides(args, section="experiment.run")
-        if args.tough_from:
-            overrides["teachers.tough_from"] = args.tough_from
+        flag_override(overrides, "teachers.tough_from", args.tough_from, "--tough-from")
         cfg = load_distill_config(args.config, overrides)
         run_dir = Path(cfg.experiment.run.output).expanduser().resolve() / run_name_for(cfg)
         check_run_config(run_dir, cfg, force=args.force)

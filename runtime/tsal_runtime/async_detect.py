@@ -34,10 +34,17 @@ class Detection:
 
 
 def detect_frame(detector: FaceDetector, frame: np.ndarray, index: int) -> Detection:
-    """Run ``detector`` on one frame (none on frames under 16 px), timed."""
+    """Run ``detector`` on one frame (none on frames under 16 px), timed. Its failure is a
+    DetectorError, the same line whether it ran here, on a thread or in its process."""
     t0 = time.perf_counter()
     h, w = frame.shape[:2]
-    dets = detector(frame, index) if min(h, w) >= 16 else np.zeros((0, 5))
+    try:
+        dets = detector(frame, index) if min(h, w) >= 16 else np.zeros((0, 5))
+    except DetectorError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an OpenCV or ONNX Runtime error on this frame
+        raise DetectorError(f"the face detector failed on frame {index}: "
+                            f"{type(e).__name__}: {e}") from e
     return Detection(index, np.asarray(dets, np.float64).reshape(-1, 5),
                      (time.perf_counter() - t0) * 1e3)
 
@@ -101,8 +108,8 @@ def _child(conn: Any, blob: bytes, nice: int = DETECTOR_NICE) -> None:
         frame = np.ndarray(shape, np.uint8, buffer=shm.buf)
         try:
             conn.send(("ok", detect_frame(detector, frame, index)))
-        except Exception as e:  # noqa: BLE001 - reported to the parent as one line
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+        except DetectorError as e:  # reported to the parent as its line
+            conn.send(("failed", str(e)))
         del frame
     if shm is not None:
         shm.close()
@@ -159,6 +166,8 @@ class _ProcessBackend:
     def result(self) -> Detection:
         kind, payload = self._recv()
         self._pending = False
+        if kind == "failed":
+            raise DetectorError(payload)
         if kind != "ok":
             raise DetectorError(f"the face detector failed: {payload}")
         return payload  # type: ignore[no-any-return]

@@ -259,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except RuntimeFailure as e:
+        if e.__cause__ is not None:  # a library's failure: its traceback with --log-level DEBUG
+            log.debug("the failure's cause:", exc_info=e.__cause__)
         print(f"tsal-runtime: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -35,6 +35,7 @@ import numpy as np
 from tsal_runtime.async_detect import DETECTOR_NICE, AsyncDetector, detect_frame
 from tsal_runtime.detectors import FaceDetector
 from tsal_runtime.engines import Engine
+from tsal_runtime.errors import EngineError, RuntimeFailure
 from tsal_runtime.geometry import (adapt_box, extract_crops, iou, landmark_box,
                                    normalised_to_image)
 from tsal_runtime.smoothing import FaceFilter, OneEuroFilter, filter_faces
@@ -131,7 +132,13 @@ class Pipeline:
             return np.zeros((0, k, 2)), np.zeros((0, k), np.float32)
         crops, mats = extract_crops(frame, boxes, s, self.spec.crop_expand,
                                     self.spec.border_value, self.spec.antialias)
-        norm, scores = self.engine.run(crops)
+        try:
+            norm, scores = self.engine.run(crops)
+        except RuntimeFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime, TensorRT or torch failing mid-stream
+            raise EngineError(f"the {self.engine.name} engine failed on {len(crops)} face(s): "
+                              f"{type(e).__name__}: {e}") from e
         return normalised_to_image(norm, mats, s), scores
 
     def _valid_box(self, box: np.ndarray, h: int, w: int) -> bool:

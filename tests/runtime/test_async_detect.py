@@ -146,6 +146,42 @@ def test_detector_process_is_another_process_and_its_failure_is_one_clear_error(
         bad.close()
 
 
+@pytest.mark.parametrize("detection, det", [("sync", DriftingFace(fail=True)),
+                                            ("async", DriftingFace(fail=True)),
+                                            ("async", ProcessDriftingFace(fail=True))])
+def test_a_detector_failure_is_the_same_line_in_every_mode(const_model: Path, detection: str,
+                                                           det: DriftingFace) -> None:
+    """On the frame loop, a thread or in its process: one DetectorError naming the frame and
+    the library's own message (synchronous detection let the RuntimeError out as a traceback)."""
+    with pytest.raises(DetectorError) as e:
+        run(const_model, det, frames=2, detection=detection,
+            **({"detect_lag": 0} if detection == "async" else {}))
+    assert str(e.value) == ("the face detector failed on frame 0: RuntimeError: model file "
+                            "unreadable")
+
+
+class _BrokenEngine:
+    name = "onnxruntime"
+
+    def run(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise MemoryError("Failed to allocate memory for requested buffer of size 4096")
+
+
+def test_an_engine_failure_mid_stream_is_one_engine_error(const_model: Path) -> None:
+    from tsal_runtime.errors import EngineError
+
+    spec = load_spec(const_model)
+    pipe = Pipeline(spec, _BrokenEngine(), DriftingFace(), detect_every=4,  # type: ignore[arg-type]
+                    max_faces=1)
+    try:
+        with pytest.raises(EngineError, match=r"^the onnxruntime engine failed on 1 face\(s\): "
+                                              r"MemoryError: Failed to allocate") as e:
+            pipe.process(DriftingFace.frame(0), 0, 0.0)
+        assert isinstance(e.value.__cause__, MemoryError)  # kept for --log-level DEBUG
+    finally:
+        pipe.close()
+
+
 def test_a_detector_process_that_died_while_idle_is_one_clear_error() -> None:
     """Killed between detections (the OOM killer, a crash in the C library), the next frame
     handed to it is a broken pipe: the loop gets the same one-line error as a death mid-call."""

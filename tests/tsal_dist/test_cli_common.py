@@ -29,6 +29,18 @@ def test_run_flags_are_overrides_of_their_section():
         run_overrides(_args(["--set", "novalue"]), section="run")
 
 
+def test_a_flag_and_a_set_of_the_same_key_must_agree():
+    """--output and --set run.output name one setting: a disagreement is refused, not won
+    silently by whichever the code reads last; the same value twice is fine."""
+    with pytest.raises(ConfigError, match=r"--output b and --set run.output=a disagree"):
+        run_overrides(_args(["--set", "run.output=a", "--output", "b"]), section="run")
+    with pytest.raises(ConfigError, match=r"--name n2 and --set experiment.run.name=n1"):
+        run_overrides(_args(["--set", "experiment.run.name=n1", "--name", "n2"]),
+                      section="experiment.run")
+    assert run_overrides(_args(["--set", "run.name=n", "--name", "n"]),
+                         section="run") == {"run.name": "n"}
+
+
 class ExportError(RuntimeError):
     """Named like tsal_dist.export's: sorted by name, as a Ray worker's would be."""
 

@@ -12,7 +12,8 @@ Example::
 
 Prints one row per list (NMEs in %), optionally writes a JSON file (fractions, per list, with
 per-video breakdowns for video lists) and a CED plot. Exit status: 0 ok, 2 bad input (checkpoint,
-list, config override, device), with a one-line message on stderr.
+list, a list without one face to score, config override, device), with a one-line message on
+stderr.
 """
 
 from __future__ import annotations
@@ -103,8 +104,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results.append(evaluate_list(
                 model, path, **list_eval_args(cfg, input_size=loaded.input_size),
                 batch_size=args.batch_size, device=args.device, name=name))
-        except (AnnotationError, FileNotFoundError) as e:
-            raise UsageError(str(e)) from None
+        except (AnnotationError, FileNotFoundError) as e:  # named: the list, or its bad file
+            raise UsageError(str(e) if str(path) in str(e) or "/" in str(e)
+                             else f"{path}: {e}") from None
+        if results[-1].summary["count"] == 0:
+            raise UsageError(_nothing_scored(path, results[-1].summary))
     summaries = {r.name: r.summary for r in results}
     print(format_table(summaries))
     doc = {"checkpoint": str(args.checkpoint), "step": loaded.step, "which": args.which,
@@ -122,6 +126,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"{e.filename or args.json or args.plot}: cannot write it "
                          f"({e.strerror or e})") from None
     return doc
+
+
+def _nothing_scored(path: str, summary: dict[str, Any]) -> str:
+    """The line for a list without one face to score (a table of dashes is not a result)."""
+    n = summary["n_entries"]
+    if n == 0:
+        return f"{path}: the list has no entries; nothing to evaluate"
+    if summary["n_unlabeled_skipped"] == n:
+        return f"{path}: none of its {n} entries has an annotation; nothing to evaluate"
+    return f"{path}: no face of its {n} entries could be scored; nothing to evaluate"
 
 
 def _check_device(device: str) -> None:

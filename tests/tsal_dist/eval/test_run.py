@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tsal_dist.codec import HeatmapCodec, px_to_norm
-from tsal_dist.data.formats import ListEntry, write_list
+from tsal_dist.data.formats import AnnotationError, ListEntry, read_list, write_list
 from tsal_dist.data.transforms import invert_affine
 from tsal_dist.eval import run as R
 from tsal_dist.models import LandmarkDetector, LandmarkModel, Prediction
@@ -95,6 +95,8 @@ class FakeEvalDataset:
 
     def get(self, index, seed):
         self.calls.append((index, seed))
+        if len(self.bad) == len(self):
+            raise AnnotationError(f"EvalImageDataset: none of the {len(self)} items is readable")
         while index in self.bad:
             index = (index + 1) % len(self)
         gt = face68(index)
@@ -420,6 +422,31 @@ def test_cli_bad_list_and_override_exit_2(tmp_path, monkeypatch, capsys):
     assert "model.nope" in capsys.readouterr().err
     assert main(["--checkpoint", str(ck)]) == 2  # no --list and no data.eval_lists
     assert "eval_lists" in capsys.readouterr().err
+
+
+def test_cli_list_without_a_face_to_score_is_exit_2(tmp_path, fake_datasets, monkeypatch,
+                                                    capsys):
+    """An empty list, one of unlabeled frames only (a table of dashes and exit 0 before), one
+    whose every annotation is bad (a line that did not name the list): one line naming the list
+    and saying why, exit 2, no JSON written."""
+    import tsal_dist.models
+    from tsal_dist.eval.__main__ import main
+
+    monkeypatch.setattr(tsal_dist.models, "build_model", lambda c, k: FakeDetector(), raising=False)
+    ck = tmp_path / "ck.pt"
+    _fake_checkpoint(ck)
+    full = read_list(write_video_list(tmp_path, fake_datasets.errors))
+    cases = {"empty.lst": ([], "the list has no entries"),
+             "unlabeled.lst": ([full[4]], "none of its 1 entries has an annotation"),
+             "bad.lst": (full[4:], "EvalImageDataset: none of the 1 items is readable")}
+    for name, (entries, match) in cases.items():
+        lst = tmp_path / name
+        write_list(lst, entries, relative_to=tmp_path)
+        out = tmp_path / f"{name}.json"
+        assert main(["--checkpoint", str(ck), "--list", str(lst), "--json", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {lst}: {match}"), err
+        assert err.count("\n") == 1 and not out.exists()
 
 
 def test_cli_refuses_bad_devices_and_outputs_before_the_work(tmp_path, fake_datasets,
