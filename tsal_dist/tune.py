@@ -5,7 +5,9 @@ config keys (``space:``), ``num_samples``, ``max_concurrent_trials``, the metric
 teacher's validation NME), ``mode`` and the ASHA ``scheduler``; see configs/sweeps/default.yaml.
 The space is validated against the config before any trial starts. Results (CSV + markdown table,
 NME-vs-key plot, best_config.yaml for ``python -m tsal_dist.train --config``) go to ``output``.
-Runs on a local Ray instance, or on the cluster in RAY_ADDRESS (``ray job submit``).
+Runs on a local Ray instance, or on the cluster in RAY_ADDRESS (``ray job submit``). Rerunning
+the same sweep with the same output continues it: finished trials are kept, interrupted or failed
+ones continue from their runs' newest checkpoints; another sweep in that output is refused.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from tsal_dist.distributed.search_space import num_trials
-    from tsal_dist.distributed.sweep import load_sweep
+    from tsal_dist.distributed.sweep import check_same_sweep, experiment_folder, load_sweep
 
     # the flags replace the file's values and are checked like them
     settings = {"output": args.output or None, "num_samples": args.num_samples,
@@ -42,9 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = load_sweep(args.config, parse_set_args(args.set),
                            settings={k: v for k, v in settings.items() if v is not None})
+        resume = experiment_folder(sweep).is_dir()
+        if resume:
+            check_same_sweep(sweep, experiment_folder(sweep).parents[1] / "sweep.yaml")
     except ConfigError as e:
         return exit_user_error(e)
     n = num_trials(sweep.space, sweep.num_samples)
+    if resume:
+        print(f"continuing the sweep in {sweep.output}: finished trials are kept, the others "
+              "continue from their runs' newest checkpoints")
     print(f"sweep {sweep.name}: {n} trials over {list(sweep.space)}, "
           f"{sweep.max_concurrent_trials} at a time, {sweep.base.optim.steps} steps each, "
           f"scheduler {sweep.scheduler.kind}; output {sweep.output}")

@@ -120,7 +120,8 @@ def check_sweep(sweep: Sweep) -> None:
 
 
 def write_sweep_file(sweep: Sweep, path: Path) -> None:
-    """The resolved sweep, for the record (base as dotted overrides)."""
+    """The resolved sweep, for the record (base as dotted overrides) and for a rerun to check
+    that it continues the same sweep (:func:`check_same_sweep`)."""
     import yaml
 
     d = {"name": sweep.name, "source": sweep.source, "base": sweep.base_overrides,
@@ -128,5 +129,42 @@ def write_sweep_file(sweep: Sweep, path: Path) -> None:
          "max_concurrent_trials": sweep.max_concurrent_trials, "metric": sweep.metric,
          "mode": sweep.mode, "scheduler": to_dict(sweep.scheduler),
          "output": sweep.output, "seed": sweep.seed,
-         "trials": num_trials(sweep.space, sweep.num_samples)}
+         "trials": num_trials(sweep.space, sweep.num_samples),
+         "base_config_hash": sweep.base.hash()}
     atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))
+
+
+def experiment_folder(sweep: Sweep) -> Path:
+    """Tune's own state of the sweep (a rerun that finds it continues the sweep)."""
+    return Path(sweep.output).expanduser().resolve() / "_tune" / sweep.name
+
+
+# what makes two sweeps the same sweep: its trials' configs and how they are chosen and stopped
+# (the name, the file's path, the output's spelling and the concurrency may differ)
+_IDENTITY = ("base_config_hash", "space", "num_samples", "metric", "mode", "scheduler", "seed")
+
+
+def check_same_sweep(sweep: Sweep, path: Path) -> None:
+    """Raise ConfigError unless the sweep recorded in ``path`` (its ``sweep.yaml``) is
+    ``sweep``: a rerun continues its own sweep's trials, never another's."""
+    import yaml
+
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path.parent}: holds a Tune experiment but no sweep.yaml; give "
+                          "another --output") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read it ({type(e).__name__})") from None
+    new = yaml.safe_load(yaml.safe_dump({"base_config_hash": sweep.base.hash(),
+                                         "space": sweep.space,
+                                         "num_samples": sweep.num_samples,
+                                         "metric": sweep.metric, "mode": sweep.mode,
+                                         "scheduler": to_dict(sweep.scheduler),
+                                         "seed": sweep.seed}))
+    old = old if isinstance(old, dict) else {}
+    differ = [k for k in _IDENTITY if old.get(k) != new[k]]
+    if differ:
+        raise ConfigError(f"{path.parent}: holds another sweep (its {', '.join(differ)} "
+                          f"differ{'s' if len(differ) == 1 else ''}); rerun it with its own "
+                          f"settings to continue it, or give another --output")

@@ -18,14 +18,18 @@ What does not belong here: reading and checking the sweep file (``sweep.py``), t
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 from tsal_dist.atomic import atomic_write_json
 from tsal_dist.config import ConfigError, ExperimentConfig, with_overrides
-from tsal_dist.distributed.sweep import Sweep, write_sweep_file
+from tsal_dist.distributed.sweep import (Sweep, check_same_sweep, experiment_folder,
+                                        write_sweep_file)
 from tsal_dist.distributed.sweep_results import write_results
+
+log = logging.getLogger(__name__)
 
 TRIAL_DRIVER_CPU = 0.01  # the trial function's own reservation (0 is refused by Tune)
 
@@ -67,6 +71,20 @@ def check_resources(sweep: Sweep, available: Mapping[str, float], *, autoscaling
                 print(f"warning: {msg}")
             else:
                 raise ConfigError(msg)
+
+
+def check_trusted_folder(folder: Path) -> None:
+    """Tune's experiment state is pickled, and restoring it runs code: continue a sweep only from
+    a folder that this user owns and that no one else can write (ConfigError otherwise)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for p in [folder, *folder.iterdir()]:
+        st = p.lstat()
+        if uid is not None and st.st_uid != uid:
+            raise ConfigError(f"{p}: belongs to another user; a sweep continues only from its "
+                              "own user's folder (Tune's state is a pickle)")
+        if st.st_mode & 0o022 and not p.is_symlink():
+            raise ConfigError(f"{p}: others can write it; a sweep continues only from a folder "
+                              "no one else can write (Tune's state is a pickle)")
 
 
 def trial_run_name(sweep_name: str, trial_id: str) -> str:
@@ -131,6 +149,11 @@ def run_sweep(sweep: Sweep, *, verbose: int = 1) -> dict[str, Any]:
     from tsal_dist.distributed.search_space import to_tune
 
     out = Path(sweep.output).expanduser().resolve()
+    experiment = experiment_folder(sweep)
+    resume = tune.Tuner.can_restore(experiment)
+    if resume:  # checked before anything is written there
+        check_same_sweep(sweep, out / "sweep.yaml")
+        check_trusted_folder(experiment)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     write_sweep_file(sweep, out / "sweep.yaml")
@@ -154,9 +177,17 @@ def run_sweep(sweep: Sweep, *, verbose: int = 1) -> dict[str, Any]:
     def name_of(trial: Any) -> str:
         return trial_run_name(sweep.name, trial.trial_id)
 
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, meta=meta),
+                                    {"CPU": TRIAL_DRIVER_CPU})
+    if resume:
+        # finished trials are kept; interrupted and failed ones start again, and their runs
+        # continue from their newest checkpoints (the trial names, hence run folders, are kept)
+        log.info("sweep %s: continuing the sweep in %s", sweep.name, out)
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True,
+                                   resume_errored=True, param_space=space)
+        return _collect(tuner.fit(), sweep, runs_dir, out)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trial_fn, meta=meta),
-                            {"CPU": TRIAL_DRIVER_CPU}),
+        trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
@@ -165,7 +196,11 @@ def run_sweep(sweep: Sweep, *, verbose: int = 1) -> dict[str, Any]:
         run_config=tune.RunConfig(name=sweep.name, storage_path=str(out / "_tune"),
                                   verbose=verbose),
     )
-    grid = tuner.fit()
+    return _collect(tuner.fit(), sweep, runs_dir, out)
+
+
+def _collect(grid: Any, sweep: Sweep, runs_dir: Path, out: Path) -> dict[str, Any]:
+    """Tune's results per trial, and the result files written from the run folders."""
     tune_rows = {}
     for res in grid:
         trial_name = Path(res.path).name if res.path else ""

@@ -114,3 +114,51 @@ def test_written_sweep_file_records_the_resolved_sweep(tmp_path):
     assert d["scheduler"] == {"type": "fifo", "grace_period": 1, "reduction_factor": 2.0,
                               "max_t": 0}
     assert d["trials"] == 2 and d["base"] == sweep.base_overrides and d["space"] == sweep.space
+
+
+def test_a_rerun_continues_only_its_own_sweep(tmp_path, capsys):
+    """--check of a sweep whose output holds Tune's state of the same sweep says it continues
+    it; one with another space, sample count or base config is refused, naming what differs;
+    state without sweep.yaml is refused too. The concurrency may change between runs."""
+    from tsal_dist.tune import main
+
+    base = {"base": str(REPO / "configs" / "smoke.yaml"), "space": SPACE,
+            "set": {"run.eval_every": 6, "run.checkpoint_every": 6}}
+    p = _write(tmp_path, base)
+    out = tmp_path / "out"
+    sweep = load_sweep(p, settings={"output": str(out)})
+    (out / "_tune" / sweep.name).mkdir(parents=True)
+    assert main(["--config", str(p), "--check", "--output", str(out)]) == 2
+    assert "holds a Tune experiment but no sweep.yaml" in capsys.readouterr().err
+    write_sweep_file(sweep, out / "sweep.yaml")
+    assert main(["--config", str(p), "--check", "--output", str(out),
+                 "--max-concurrent-trials", "2"]) == 0
+    assert f"continuing the sweep in {out}" in capsys.readouterr().out
+    for args, what in [(["--num-samples", "3"], "num_samples differs"),
+                       (["--set", "optim.steps=7"], "base_config_hash differs")]:
+        assert main(["--config", str(p), "--check", "--output", str(out), *args]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: holds another sweep (its {what})" in err and err.count("\n") == 1, err
+    p2 = _write(tmp_path, {**base, "space": {"teacher.blend": {"uniform": [0.4, 0.9]}}}, "s.yaml")
+    assert main(["--config", str(p2), "--check", "--output", str(out)]) == 2
+    assert "(its space differs)" in capsys.readouterr().err
+
+
+def test_tune_state_is_restored_only_from_a_folder_no_one_else_can_write(tmp_path):
+    """Tune's experiment state is a pickle: a folder (or a file in it) that others can write is
+    refused before Tune reads it."""
+    from tsal_dist.distributed.tune_driver import check_trusted_folder
+
+    folder = tmp_path / "exp"
+    folder.mkdir(mode=0o755)
+    state = folder / "experiment_state.json"
+    state.write_text("{}")
+    state.chmod(0o644)
+    check_trusted_folder(folder)  # the user's own, written by no one else: fine
+    state.chmod(0o666)
+    with pytest.raises(ConfigError, match=r"experiment_state.json: others can write it"):
+        check_trusted_folder(folder)
+    state.chmod(0o644)
+    folder.chmod(0o775)
+    with pytest.raises(ConfigError, match=r"exp: others can write it"):
+        check_trusted_folder(folder)
