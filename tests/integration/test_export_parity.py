@@ -77,6 +77,32 @@ def test_export_errors(tmp_path: Path) -> None:
         load_export_module(tmp_path / "c.pt", "student")
 
 
+def _assert_fp16_builds_keep_the_decode_fp32(onnx_path: Path, head: str) -> None:
+    """What a TensorRT FP16 build keeps in FP32 (the nodes downstream of the last Conv) is the
+    decode: both outputs' producers and, for a heatmap, its log and argmax, and none of the
+    network's own nodes (by the exporter's record of the module each node came from)."""
+    import ast
+
+    import onnx
+
+    from tsal_runtime.engines.trt_engine import onnx_decode_nodes
+
+    model = onnx.load(str(onnx_path))
+    keep = set(onnx_decode_nodes(model))
+    producers = {o: n.name for n in model.graph.node for o in n.output}
+    assert {producers[o.name] for o in model.graph.output} <= keep
+    first_conv = next(i for i, n in enumerate(model.graph.node) if n.op_type == "Conv")
+    assert not keep & {n.name for n in model.graph.node[:first_conv]}  # input Cast, scaling
+    if head == "heatmap":
+        ops = {n.op_type for n in model.graph.node if n.name in keep}
+        assert {"Log", "ArgMax"} <= ops and "Conv" not in ops
+        for n in model.graph.node:
+            meta = {p.key: p.value for p in n.metadata_props}
+            scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+            if any(sc.startswith(("model.backbone", "model.heatmap_head")) for sc in scopes):
+                assert n.name not in keep, n.name
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = tmp_path_factory.mktemp("ck") / "ckpt-00000007.pt"
@@ -119,6 +145,7 @@ def test_export_parity(request: pytest.FixtureRequest, ckpt: Path, tmp_path: Pat
     assert spec.eye_corners == (36, 45) and len(spec.flip_pairs) == 29
     if head == "heatmap":
         assert spec.decode.stride == 4 and spec.decode.window == 4
+    _assert_fp16_builds_keep_the_decode_fp32(out / "model.onnx", head)
     # parity: onnxruntime vs the torch model + codec on random crops (several batch sizes)
     module, _, _, _ = load_export_module(ckpt, which)
     ort_eng = make_engine("onnxruntime", spec, threads=1)

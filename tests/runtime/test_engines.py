@@ -116,6 +116,76 @@ def test_trt_cache_key_is_sensitive_to_every_field() -> None:
     assert trt_major("10.13.0.35") == 10 and trt_major("11.4.0.106") == 11
 
 
+class _Tensor:
+    def __init__(self, name: str, dtype: str) -> None:
+        self.name, self.dtype = name, dtype
+
+
+class _Layer:
+    """A TensorRT ILayer's surface that keep_decode_fp32 reads and writes."""
+
+    def __init__(self, kind: str, ins: list[str], outs: list[tuple[str, str]]) -> None:
+        self.type, self.name = kind, outs[0][0]
+        self._ins = [_Tensor(n, "float32") for n in ins]
+        self._outs = [_Tensor(n, d) for n, d in outs]
+        self.num_inputs, self.num_outputs = len(ins), len(outs)
+        self.precision = None
+        self.typed: dict[int, str] = {}
+
+    def get_input(self, j: int) -> _Tensor:
+        return self._ins[j]
+
+    def get_output(self, j: int) -> _Tensor:
+        return self._outs[j]
+
+    def set_output_type(self, j: int, dtype: str) -> None:
+        self.typed[j] = dtype
+
+
+def test_tensorrt_fp16_keeps_every_layer_after_the_last_convolution_in_fp32() -> None:
+    """The decode (downstream of the heatmap's convolution) is constrained to FP32; the
+    convolutions, what does not depend on the heatmap (a shape computed from the input) and
+    integer outputs (TopK's indices) are left to the FP16 build."""
+    import types
+
+    from tsal_runtime.engines.trt_engine import downstream_of_last, keep_decode_fp32
+
+    trt = types.SimpleNamespace(LayerType=types.SimpleNamespace(CONVOLUTION="conv"),
+                                float32="float32", float16="float16")
+    layers = [_Layer("conv", ["x"], [("h1", "float32")]),
+              _Layer("conv", ["h1"], [("heat", "float32")]),
+              _Layer("shape", ["x"], [("shape", "int64")]),
+              _Layer("softmax", ["heat"], [("p", "float32")]),
+              _Layer("topk", ["p"], [("v", "float32"), ("idx", "int32")]),
+              _Layer("cast", ["idx"], [("f", "float32")]),
+              _Layer("elementwise", ["f", "shape"], [("landmarks", "float32")]),
+              _Layer("elementwise", ["shape"], [("unrelated", "float32")])]
+    network = types.SimpleNamespace(num_layers=len(layers), get_layer=lambda i: layers[i])
+    assert keep_decode_fp32(network, trt) == 4
+    kept = {ly.name for ly in layers if ly.precision == "float32"}
+    assert kept == {"p", "v", "f", "landmarks"}
+    assert layers[4].typed == {0: "float32"}  # TopK's int32 indices keep their type
+    assert all(ly.precision is None for ly in layers[:3] + layers[7:])
+    assert downstream_of_last([(["x"], ["y"])], []) == []  # no convolution: nothing to keep
+
+
+def test_cuda_status_is_checked() -> None:
+    """cuda-bindings reports failures in its results: every call's status is read."""
+    import enum
+
+    from tsal_runtime.engines.trt_engine import cuda_check
+
+    class Err(enum.IntEnum):
+        cudaSuccess = 0
+        cudaErrorMemoryAllocation = 2
+
+    assert cuda_check((Err.cudaSuccess, 1234), "cudaMalloc") == 1234
+    assert cuda_check((Err.cudaSuccess,), "cudaMemcpy") is None
+    assert cuda_check((Err.cudaSuccess, 1, 2), "x") == (1, 2)
+    with pytest.raises(EngineError, match="CUDA cudaMalloc failed: cudaErrorMemoryAllocation"):
+        cuda_check((Err.cudaErrorMemoryAllocation, 0), "cudaMalloc")
+
+
 def _trt_import_error() -> str:
     try:
         import tensorrt  # noqa: F401

@@ -8,9 +8,15 @@ import).
   GPU name, compute capability, precision, profile shapes). A timing cache sits next to it.
 - TensorRT 10: FP16 through ``BuilderFlag.FP16``. TensorRT 11 removed weak typing (no FP16 flag):
   FP16 goes through ModelOpt AutoCast (``modelopt.onnx.autocast.convert_to_mixed_precision``,
-  fp16 with fp32 I/O kept) and a strongly typed build; without ModelOpt it builds FP32 and says so.
-- Name-based I/O (``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``); device
-  buffers are torch CUDA tensors when torch has CUDA, else cuda-bindings allocations.
+  fp16 with fp32 I/O kept) and a strongly typed build; without ModelOpt ``fp16`` is refused.
+- FP16 is for the network, not for the decode: every layer downstream of the last convolution
+  (the heatmap's softmax/log/DARK or window decode, a regressor's head) stays FP32 (TensorRT 10:
+  layer precision constraints; TensorRT 11: those ONNX nodes excluded from AutoCast), since the
+  decode's small epsilons and pixel-scale sums are below FP16's resolution.
+- Name-based I/O (``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``) on a CUDA
+  stream of the engine's own (TensorRT synchronises extra on the legacy default stream); device
+  buffers are torch CUDA tensors when torch has CUDA, else cuda-bindings allocations, with every
+  CUDA call's status checked.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -53,6 +59,74 @@ def engine_cache_key(onnx_sha256: str, trt_version: str, cuda_version: str, gpu_
 def trt_major(version: str) -> int:
     """Major version number from ``trt.__version__`` ("10.13.0.35" -> 10)."""
     return int(version.split(".")[0])
+
+
+def downstream_of_last(nodes: Sequence[tuple[Sequence[str], Sequence[str]]],
+                       anchors: Sequence[int]) -> list[int]:
+    """Indices of the nodes that depend on the last anchor's outputs (the anchor excluded).
+
+    Args:
+        nodes: (input names, output names) per node, in topological order (as ONNX graphs and
+            TensorRT networks keep them).
+        anchors: indices of the anchor nodes (convolutions); none: nothing is downstream.
+    """
+    if not anchors:
+        return []
+    last = max(anchors)
+    live = set(nodes[last][1])
+    out = []
+    for i in range(last + 1, len(nodes)):
+        ins, outs = nodes[i]
+        if live.intersection(ins):
+            out.append(i)
+            live.update(outs)
+    return out
+
+
+def onnx_decode_nodes(model: Any) -> list[str]:
+    """Names of an ONNX graph's nodes downstream of its last Conv: the decode (pure function of
+    the ModelProto; the nodes that AutoCast must leave in FP32)."""
+    nodes = list(model.graph.node)
+    idx = downstream_of_last([(list(n.input), list(n.output)) for n in nodes],
+                             [i for i, n in enumerate(nodes) if n.op_type == "Conv"])
+    return [nodes[i].name for i in idx]
+
+
+def keep_decode_fp32(network: Any, trt: Any) -> int:
+    """TensorRT 10 with ``BuilderFlag.FP16``: constrain every layer downstream of the network's
+    last convolution to FP32 (float outputs typed FP32; integer and bool outputs untouched).
+    Returns the number of layers constrained."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+
+    def names(tensors: Any) -> list[str]:
+        return [t.name for t in tensors if t is not None]
+
+    graph = [(names(ly.get_input(j) for j in range(ly.num_inputs)),
+              names(ly.get_output(j) for j in range(ly.num_outputs))) for ly in layers]
+    conv = [i for i, ly in enumerate(layers) if ly.type == trt.LayerType.CONVOLUTION]
+    floats = (trt.float32, trt.float16)
+    n = 0
+    for i in downstream_of_last(graph, conv):
+        ly = layers[i]
+        outs = [j for j in range(ly.num_outputs) if ly.get_output(j).dtype in floats]
+        if not outs:
+            continue
+        ly.precision = trt.float32
+        for j in outs:
+            ly.set_output_type(j, trt.float32)
+        n += 1
+    return n
+
+
+def cuda_check(result: Any, what: str) -> Any:
+    """A cuda-bindings call's ``(status, *values)``: its value(s), or EngineError naming the call
+    and the status (the calls report errors in their results, never by raising)."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise EngineError(f"CUDA {what} failed: {getattr(err, 'name', int(err))}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -129,6 +203,13 @@ class TensorRTEngine:
                          if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if self._inputs != [spec.input_name]:
             raise EngineError(f"engine inputs {self._inputs} != [{spec.input_name!r}]")
+        # a stream of its own: on the legacy default stream enqueueV3 synchronises extra
+        if self._torch is not None:
+            self._stream = self._torch.cuda.Stream()
+        else:
+            from cuda.bindings import runtime as cudart
+
+            self._stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
 
     # -- environment -----------------------------------------------------------------------
     @staticmethod
@@ -140,19 +221,21 @@ class TensorRTEngine:
         return torch if torch.cuda.is_available() else None
 
     def _gpu_info(self) -> tuple[str, tuple[int, int], str]:
+        """(name, compute capability, CUDA version) of the device the engine runs on (the
+        current one: CUDA_VISIBLE_DEVICES chooses it), for the cache keys."""
         if self._torch is not None:
             t = self._torch
-            return (t.cuda.get_device_name(0), tuple(t.cuda.get_device_capability(0)),
+            dev = t.cuda.current_device()
+            return (t.cuda.get_device_name(dev), tuple(t.cuda.get_device_capability(dev)),
                     str(t.version.cuda))
         try:
             from cuda.bindings import runtime as cudart
         except ImportError:
             raise EngineError("engine 'tensorrt' needs device buffers: torch with CUDA or "
                               "cuda-bindings (pip install cuda-bindings)") from None
-        err, prop = cudart.cudaGetDeviceProperties(0)
-        if int(err) != 0:
-            raise EngineError(f"no CUDA device ({err})")
-        _, ver = cudart.cudaRuntimeGetVersion()
+        dev = cuda_check(cudart.cudaGetDevice(), "cudaGetDevice (no CUDA device?)")
+        prop = cuda_check(cudart.cudaGetDeviceProperties(dev), "cudaGetDeviceProperties")
+        ver = cuda_check(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
         name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
         return name.strip("\x00"), (prop.major, prop.minor), str(ver)
 
@@ -171,8 +254,12 @@ class TensorRTEngine:
             import onnx
             from modelopt.onnx.autocast import convert_to_mixed_precision
 
-            model = convert_to_mixed_precision(onnx_path=str(self.spec.onnx_path),
-                                               low_precision_type="fp16", keep_io_types=True)
+            import re
+
+            keep = onnx_decode_nodes(onnx.load(str(self.spec.onnx_path)))
+            model = convert_to_mixed_precision(
+                onnx_path=str(self.spec.onnx_path), low_precision_type="fp16",
+                keep_io_types=True, nodes_to_exclude=[f"^{re.escape(n)}$" for n in keep])
             return onnx.ModelProto.SerializeToString(model)
         return self.spec.onnx_path.read_bytes()
 
@@ -191,6 +278,9 @@ class TensorRTEngine:
         config = builder.create_builder_config()
         if self.precision == "fp16" and trt_major(trt.__version__) < 11:
             config.set_flag(trt.BuilderFlag.FP16)
+            kept = keep_decode_fp32(network, trt)
+            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+            log.info("TensorRT FP16: %d decode layer(s) kept in FP32", kept)
         prof = builder.create_optimization_profile()
         prof.set_shape(self.spec.input_name, *profile)
         config.add_optimization_profile(prof)
@@ -224,19 +314,19 @@ class TensorRTEngine:
 
     def _run_torch(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
-        inp = torch.from_numpy(crops).cuda(non_blocking=True)
-        self._ctx.set_tensor_address(self.spec.input_name, inp.data_ptr())
-        outs = {}
-        for name in self._outputs:
-            shape = tuple(self._ctx.get_tensor_shape(name))
-            outs[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
-            self._ctx.set_tensor_address(name, outs[name].data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self._ctx.execute_async_v3(stream.cuda_stream):
-            raise EngineError("TensorRT execute_async_v3 failed")
-        stream.synchronize()
-        lm, sc = self.spec.output_names
-        return outs[lm].cpu().numpy(), outs[sc].cpu().numpy()
+        with torch.cuda.stream(self._stream):  # the copies and the engine on one stream
+            inp = torch.from_numpy(crops).cuda(non_blocking=True)
+            self._ctx.set_tensor_address(self.spec.input_name, inp.data_ptr())
+            outs = {}
+            for name in self._outputs:
+                shape = tuple(self._ctx.get_tensor_shape(name))
+                outs[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
+                self._ctx.set_tensor_address(name, outs[name].data_ptr())
+            if not self._ctx.execute_async_v3(self._stream.cuda_stream):
+                raise EngineError("TensorRT execute_async_v3 failed")
+            self._stream.synchronize()
+            lm, sc = self.spec.output_names
+            return outs[lm].cpu().numpy(), outs[sc].cpu().numpy()
 
     def _run_cudart(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from cuda.bindings import runtime as cudart
@@ -245,26 +335,26 @@ class TensorRTEngine:
                     cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
         ptrs: list[int] = []
         try:
-            _, dinp = cudart.cudaMalloc(crops.nbytes)
+            dinp = cuda_check(cudart.cudaMalloc(crops.nbytes), "cudaMalloc")
             ptrs.append(dinp)
-            cudart.cudaMemcpy(dinp, crops.ctypes.data, crops.nbytes, h2d)
+            cuda_check(cudart.cudaMemcpy(dinp, crops.ctypes.data, crops.nbytes, h2d),
+                       "cudaMemcpy (input)")
             self._ctx.set_tensor_address(self.spec.input_name, int(dinp))
             host = {}
             for name in self._outputs:
                 arr = np.empty(tuple(self._ctx.get_tensor_shape(name)), dtype=np.float32)
-                _, d = cudart.cudaMalloc(arr.nbytes)
+                d = cuda_check(cudart.cudaMalloc(arr.nbytes), "cudaMalloc")
                 ptrs.append(d)
                 host[name] = (arr, d)
                 self._ctx.set_tensor_address(name, int(d))
-            _, stream = cudart.cudaStreamCreate()
-            if not self._ctx.execute_async_v3(int(stream)):
+            if not self._ctx.execute_async_v3(int(self._stream)):
                 raise EngineError("TensorRT execute_async_v3 failed")
-            cudart.cudaStreamSynchronize(stream)
-            cudart.cudaStreamDestroy(stream)
+            cuda_check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
             for arr, d in host.values():
-                cudart.cudaMemcpy(arr.ctypes.data, d, arr.nbytes, d2h)
+                cuda_check(cudart.cudaMemcpy(arr.ctypes.data, d, arr.nbytes, d2h),
+                           "cudaMemcpy (output)")
         finally:
             for p in ptrs:
-                cudart.cudaFree(p)
+                cudart.cudaFree(p)  # its status cannot change the result any more
         lm, sc = self.spec.output_names
         return host[lm][0], host[sc][0]
