@@ -7,7 +7,8 @@ The space is validated against the config before any trial starts. Results (CSV 
 NME-vs-key plot, best_config.yaml for ``python -m tsal_dist.train --config``) go to ``output``.
 Runs on a local Ray instance, or on the cluster in RAY_ADDRESS (``ray job submit``). Rerunning
 the same sweep with the same output continues it: finished trials are kept, interrupted or failed
-ones continue from their runs' newest checkpoints; another sweep in that output is refused.
+ones continue from their runs' newest checkpoints; another sweep in that output is refused. An
+interrupted sweep (Ctrl-C) exits 1 and says so.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from tsal_dist.distributed.search_space import num_trials
-    from tsal_dist.distributed.sweep import check_same_sweep, experiment_folder, load_sweep
+    from tsal_dist.distributed.sweep import can_continue, check_same_sweep, load_sweep
 
     # the flags replace the file's values and are checked like them
     settings = {"output": args.output or None, "num_samples": args.num_samples,
@@ -44,9 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = load_sweep(args.config, parse_set_args(args.set),
                            settings={k: v for k, v in settings.items() if v is not None})
-        resume = experiment_folder(sweep).is_dir()
-        if resume:
-            check_same_sweep(sweep, experiment_folder(sweep).parents[1] / "sweep.yaml")
+        resume = can_continue(sweep)
+        check_same_sweep(sweep)
     except ConfigError as e:
         return exit_user_error(e)
     n = num_trials(sweep.space, sweep.num_samples)
@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return exit_user_error(f"{e.filename or sweep.output}: {e.strerror or e}")
     for k, v in res["files"].items():
         print(f"{k:5s} {v}")
+    if res["unfinished"]:
+        print(f"error: the sweep stopped with {res['unfinished']} of {len(res['tune'])} trials "
+              "unfinished; rerun the same command to continue it", file=sys.stderr)
+        return 1
     best = res["best"]
     if best is None:
         print("error: no trial reported a finite val_nme", file=sys.stderr)

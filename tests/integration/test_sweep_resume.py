@@ -65,6 +65,7 @@ def test_a_rerun_keeps_finished_trials_and_continues_the_failed_one(tmp_path):
     failed = [n for n, t in first["tune"].items() if t["error"]]
     done = [n for n, t in first["tune"].items() if not t["error"]]
     assert len(failed) == 1 and len(done) == 1, first["tune"]
+    assert first["unfinished"] == 0  # one failed, one finished: nothing left running
     runs = out / "runs"
     assert _steps(runs / failed[0]) == [1, 2, 3]
     before = _snapshot(runs)
@@ -81,6 +82,7 @@ def test_a_rerun_keeps_finished_trials_and_continues_the_failed_one(tmp_path):
     ck = load_checkpoint(latest_checkpoint(runs / failed[0] / "checkpoints"))
     assert ck["step"] == 6
     assert len(second["rows"]) == 2 and second["best"] is not None
+    assert second["unfinished"] == 0
 
     third = _run(sweep, {})
     assert sorted(third["tune"]) == sorted(first["tune"])

@@ -139,30 +139,44 @@ def experiment_folder(sweep: Sweep) -> Path:
     return Path(sweep.output).expanduser().resolve() / "_tune" / sweep.name
 
 
-# what makes two sweeps the same sweep: its trials' configs and how they are chosen and stopped
-# (the name, the file's path, the output's spelling and the concurrency may differ)
-_IDENTITY = ("base_config_hash", "space", "num_samples", "metric", "mode", "scheduler", "seed")
+def can_continue(sweep: Sweep) -> bool:
+    """Whether the output holds Tune's saved state of this sweep: its tuner and at least one
+    saved experiment state (a driver that died before the first save left only the tuner, and
+    Tune would restart that as a one-sample sweep: it starts afresh instead)."""
+    exp = experiment_folder(sweep)
+    return (exp / "tuner.pkl").is_file() and any(exp.glob("experiment_state-*.json"))
 
 
-def check_same_sweep(sweep: Sweep, path: Path) -> None:
-    """Raise ConfigError unless the sweep recorded in ``path`` (its ``sweep.yaml``) is
-    ``sweep``: a rerun continues its own sweep's trials, never another's."""
+# what makes two sweeps the same sweep: its name (Tune's state is filed under it), its trials'
+# configs, and how they are chosen, run and stopped (the file's path and the output's spelling
+# may differ; the seed only seeds the space's check before anything runs)
+_IDENTITY = ("name", "base_config_hash", "space", "num_samples", "max_concurrent_trials",
+             "metric", "mode", "scheduler")
+
+
+def check_same_sweep(sweep: Sweep) -> None:
+    """Raise ConfigError unless the output is this sweep's or new: a rerun continues its own
+    sweep's trials, and one output never holds two sweeps' trials and results."""
     import yaml
 
+    path = Path(sweep.output).expanduser().resolve() / "sweep.yaml"
     try:
         old = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path.parent}: holds a Tune experiment but no sweep.yaml; give "
-                          "another --output") from None
+        if can_continue(sweep):
+            raise ConfigError(f"{path.parent}: holds a Tune experiment but no sweep.yaml; give "
+                              "another --output") from None
+        return
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read it ({type(e).__name__})") from None
-    new = yaml.safe_load(yaml.safe_dump({"base_config_hash": sweep.base.hash(),
-                                         "space": sweep.space,
-                                         "num_samples": sweep.num_samples,
-                                         "metric": sweep.metric, "mode": sweep.mode,
-                                         "scheduler": to_dict(sweep.scheduler),
-                                         "seed": sweep.seed}))
     old = old if isinstance(old, dict) else {}
+    if "base_config_hash" not in old:
+        raise ConfigError(f"{path.parent}: holds a sweep written by an older tsal_dist, which "
+                          "cannot be continued; give another --output")
+    new = yaml.safe_load(yaml.safe_dump({
+        "name": sweep.name, "base_config_hash": sweep.base.hash(), "space": sweep.space,
+        "num_samples": sweep.num_samples, "max_concurrent_trials": sweep.max_concurrent_trials,
+        "metric": sweep.metric, "mode": sweep.mode, "scheduler": to_dict(sweep.scheduler)}))
     differ = [k for k in _IDENTITY if old.get(k) != new[k]]
     if differ:
         raise ConfigError(f"{path.parent}: holds another sweep (its {', '.join(differ)} "

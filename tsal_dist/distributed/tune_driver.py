@@ -25,8 +25,8 @@ from typing import Any, Mapping
 
 from tsal_dist.atomic import atomic_write_json
 from tsal_dist.config import ConfigError, ExperimentConfig, with_overrides
-from tsal_dist.distributed.sweep import (Sweep, check_same_sweep, experiment_folder,
-                                        write_sweep_file)
+from tsal_dist.distributed.sweep import (Sweep, can_continue, check_same_sweep,
+                                        experiment_folder, write_sweep_file)
 from tsal_dist.distributed.sweep_results import write_results
 
 log = logging.getLogger(__name__)
@@ -73,18 +73,37 @@ def check_resources(sweep: Sweep, available: Mapping[str, float], *, autoscaling
                 raise ConfigError(msg)
 
 
-def check_trusted_folder(folder: Path) -> None:
+def check_trusted_folder(folder: Path, *, up_to: Path) -> None:
     """Tune's experiment state is pickled, and restoring it runs code: continue a sweep only from
-    a folder that this user owns and that no one else can write (ConfigError otherwise)."""
+    a folder (its entries, and its parents up to ``up_to``) that this user owns and that no one
+    else can write (ConfigError otherwise). A group-writable one passes only where the group is
+    the user's own private group (umask 002 systems)."""
     uid = os.getuid() if hasattr(os, "getuid") else None
-    for p in [folder, *folder.iterdir()]:
+    parents = [p for p in folder.parents if p == up_to or up_to in p.parents]
+    for p in [*folder.iterdir(), folder, *parents]:
         st = p.lstat()
+        if p.is_symlink():
+            raise ConfigError(f"{p}: is a symbolic link; a sweep continues only from its own "
+                              "files (Tune's state is a pickle)")
         if uid is not None and st.st_uid != uid:
             raise ConfigError(f"{p}: belongs to another user; a sweep continues only from its "
                               "own user's folder (Tune's state is a pickle)")
-        if st.st_mode & 0o022 and not p.is_symlink():
+        if st.st_mode & 0o002 or (st.st_mode & 0o020 and not _private_group(st.st_gid)):
             raise ConfigError(f"{p}: others can write it; a sweep continues only from a folder "
-                              "no one else can write (Tune's state is a pickle)")
+                              "no one else can write (Tune's state is a pickle; chmod -R go-w)")
+
+
+def _private_group(gid: int) -> bool:
+    """The user's own group: their primary group, named after them, with no other members."""
+    try:
+        import grp
+        import pwd
+
+        user = pwd.getpwuid(os.getuid())
+        group = grp.getgrgid(gid)
+    except (ImportError, KeyError):
+        return False
+    return gid == user.pw_gid and group.gr_name == user.pw_name and not group.gr_mem
 
 
 def trial_run_name(sweep_name: str, trial_id: str) -> str:
@@ -141,7 +160,8 @@ def run_sweep(sweep: Sweep, *, verbose: int = 1) -> dict[str, Any]:
 
     Returns:
         {"rows": [...], "best": row or None, "files": {name: path}, "tune": {trial name:
-        {"error", "config" (Tune's sampled values), "tune_metrics" (last report)}}}.
+        {"error", "config" (Tune's sampled values), "tune_metrics" (last report)}},
+        "unfinished": trials neither finished nor failed (an interrupted sweep)}.
     """
     from ray import tune
 
@@ -150,10 +170,10 @@ def run_sweep(sweep: Sweep, *, verbose: int = 1) -> dict[str, Any]:
 
     out = Path(sweep.output).expanduser().resolve()
     experiment = experiment_folder(sweep)
-    resume = tune.Tuner.can_restore(experiment)
-    if resume:  # checked before anything is written there
-        check_same_sweep(sweep, out / "sweep.yaml")
-        check_trusted_folder(experiment)
+    resume = can_continue(sweep)
+    check_same_sweep(sweep)  # before anything is written there
+    if resume:
+        check_trusted_folder(experiment, up_to=out)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     write_sweep_file(sweep, out / "sweep.yaml")
@@ -183,6 +203,7 @@ def run_sweep(sweep: Sweep, *, verbose: int = 1) -> dict[str, Any]:
         # finished trials are kept; interrupted and failed ones start again, and their runs
         # continue from their newest checkpoints (the trial names, hence run folders, are kept)
         log.info("sweep %s: continuing the sweep in %s", sweep.name, out)
+        check_trusted_folder(experiment, up_to=out)  # again, just before Tune reads it
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=space)
         return _collect(tuner.fit(), sweep, runs_dir, out)
@@ -209,4 +230,6 @@ def _collect(grid: Any, sweep: Sweep, runs_dir: Path, out: Path) -> dict[str, An
                                  "tune_metrics": dict(res.metrics or {})}
     res = write_results(sweep, runs_dir, out, tune_rows=tune_rows)
     res["tune"] = tune_rows
+    # Tune returns normally after a Ctrl-C: the trials it did not finish are still to run
+    res["unfinished"] = len(grid) - grid.num_terminated - grid.num_errors
     return res

@@ -117,48 +117,78 @@ def test_written_sweep_file_records_the_resolved_sweep(tmp_path):
 
 
 def test_a_rerun_continues_only_its_own_sweep(tmp_path, capsys):
-    """--check of a sweep whose output holds Tune's state of the same sweep says it continues
-    it; one with another space, sample count or base config is refused, naming what differs;
-    state without sweep.yaml is refused too. The concurrency may change between runs."""
+    """--check of a sweep whose output holds Tune's saved state of the same sweep says it
+    continues it; another name, space, sample count, concurrency or base config is refused,
+    naming what differs (also without Tune's state: one output, one sweep); Tune's state without
+    sweep.yaml, and a sweep.yaml of an older version, are refused too."""
     from tsal_dist.tune import main
 
     base = {"base": str(REPO / "configs" / "smoke.yaml"), "space": SPACE,
             "set": {"run.eval_every": 6, "run.checkpoint_every": 6}}
     p = _write(tmp_path, base)
     out = tmp_path / "out"
+    check = ["--config", str(p), "--check", "--output", str(out)]
     sweep = load_sweep(p, settings={"output": str(out)})
-    (out / "_tune" / sweep.name).mkdir(parents=True)
-    assert main(["--config", str(p), "--check", "--output", str(out)]) == 2
+    exp = out / "_tune" / sweep.name
+    exp.mkdir(parents=True)
+    (exp / "tuner.pkl").write_bytes(b"")
+    assert main(check) == 0  # a driver that died before Tune's first save: starts afresh
+    assert "continuing" not in capsys.readouterr().out
+    (exp / "experiment_state-2026-12-08_00-00-00.json").write_text("{}")
+    assert main(check) == 2
     assert "holds a Tune experiment but no sweep.yaml" in capsys.readouterr().err
     write_sweep_file(sweep, out / "sweep.yaml")
-    assert main(["--config", str(p), "--check", "--output", str(out),
-                 "--max-concurrent-trials", "2"]) == 0
+    assert main(check) == 0
     assert f"continuing the sweep in {out}" in capsys.readouterr().out
     for args, what in [(["--num-samples", "3"], "num_samples differs"),
+                       (["--max-concurrent-trials", "2"], "max_concurrent_trials differs"),
                        (["--set", "optim.steps=7"], "base_config_hash differs")]:
-        assert main(["--config", str(p), "--check", "--output", str(out), *args]) == 2
+        assert main([*check, *args]) == 2
         err = capsys.readouterr().err
         assert f"{out}: holds another sweep (its {what})" in err and err.count("\n") == 1, err
     p2 = _write(tmp_path, {**base, "space": {"teacher.blend": {"uniform": [0.4, 0.9]}}}, "s.yaml")
     assert main(["--config", str(p2), "--check", "--output", str(out)]) == 2
     assert "(its space differs)" in capsys.readouterr().err
+    other_name = _write(tmp_path, base, "other.yaml")  # its Tune state would be elsewhere
+    assert main(["--config", str(other_name), "--check", "--output", str(out)]) == 2
+    assert "(its name differs)" in capsys.readouterr().err
+    old = yaml.safe_load((out / "sweep.yaml").read_text())
+    del old["base_config_hash"]
+    (out / "sweep.yaml").write_text(yaml.safe_dump(old))
+    assert main(check) == 2
+    assert "written by an older tsal_dist" in capsys.readouterr().err
 
 
-def test_tune_state_is_restored_only_from_a_folder_no_one_else_can_write(tmp_path):
-    """Tune's experiment state is a pickle: a folder (or a file in it) that others can write is
-    refused before Tune reads it."""
-    from tsal_dist.distributed.tune_driver import check_trusted_folder
+def test_tune_state_is_restored_only_from_a_folder_no_one_else_can_write(tmp_path,
+                                                                         monkeypatch):
+    """Tune's experiment state is a pickle: a folder, a file in it or a parent up to the sweep's
+    output that others can write is refused before Tune reads it, and so is a symbolic link;
+    group-writable passes only for the user's own private group."""
+    import tsal_dist.distributed.tune_driver as td
 
-    folder = tmp_path / "exp"
-    folder.mkdir(mode=0o755)
+    out = tmp_path / "out"
+    folder = out / "_tune" / "exp"
+    folder.mkdir(parents=True)
+    for p in (out, out / "_tune", folder):
+        p.chmod(0o755)
     state = folder / "experiment_state.json"
     state.write_text("{}")
     state.chmod(0o644)
-    check_trusted_folder(folder)  # the user's own, written by no one else: fine
-    state.chmod(0o666)
-    with pytest.raises(ConfigError, match=r"experiment_state.json: others can write it"):
-        check_trusted_folder(folder)
-    state.chmod(0o644)
-    folder.chmod(0o775)
-    with pytest.raises(ConfigError, match=r"exp: others can write it"):
-        check_trusted_folder(folder)
+    td.check_trusted_folder(folder, up_to=out)  # the user's own, written by no one else: fine
+    for p, mode in [(state, 0o646), (folder, 0o757), (out / "_tune", 0o757), (out, 0o757)]:
+        p.chmod(mode)
+        with pytest.raises(ConfigError, match=f"{p}: others can write it"):
+            td.check_trusted_folder(folder, up_to=out)
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    tmp_path.chmod(0o777)  # above the output: not the sweep's to check
+    td.check_trusted_folder(folder, up_to=out)
+    tmp_path.chmod(0o755)
+    state.chmod(0o664)
+    monkeypatch.setattr(td, "_private_group", lambda gid: False)
+    with pytest.raises(ConfigError, match="others can write it"):
+        td.check_trusted_folder(folder, up_to=out)
+    monkeypatch.setattr(td, "_private_group", lambda gid: True)
+    td.check_trusted_folder(folder, up_to=out)  # umask 002 with a private group: fine
+    (folder / "tuner.pkl").symlink_to(tmp_path / "elsewhere.pkl")
+    with pytest.raises(ConfigError, match="tuner.pkl: is a symbolic link"):
+        td.check_trusted_folder(folder, up_to=out)
