@@ -118,7 +118,8 @@ def test_trt_cache_key_is_sensitive_to_every_field() -> None:
 
 class _Tensor:
     def __init__(self, name: str, dtype: str) -> None:
-        self.name, self.dtype = name, dtype
+        self.name, self.dtype = name, dtype.lstrip("~")
+        self.is_execution_tensor = not dtype.startswith("~")  # "~": a shape tensor
 
 
 class _Layer:
@@ -143,29 +144,34 @@ class _Layer:
 
 
 def test_tensorrt_fp16_keeps_every_layer_after_the_last_convolution_in_fp32() -> None:
-    """The decode (downstream of the heatmap's convolution) is constrained to FP32; the
-    convolutions, what does not depend on the heatmap (a shape computed from the input) and
-    integer outputs (TopK's indices) are left to the FP16 build."""
+    """The decode (downstream of the heatmap's convolution) and the constants it reads are
+    constrained to FP32; the convolutions, what does not depend on the heatmap (a shape computed
+    from the input, a constant the network reads), shape-tensor layers and integer outputs
+    (TopK's indices) are left to the FP16 build."""
     import types
 
     from tsal_runtime.engines.trt_engine import downstream_of_last, keep_decode_fp32
 
-    trt = types.SimpleNamespace(LayerType=types.SimpleNamespace(CONVOLUTION="conv"),
-                                float32="float32", float16="float16")
-    layers = [_Layer("conv", ["x"], [("h1", "float32")]),
+    trt = types.SimpleNamespace(
+        LayerType=types.SimpleNamespace(CONVOLUTION="conv", CONSTANT="constant"),
+        float32="float32", float16="float16")
+    layers = [_Layer("constant", [], [("w_net", "float32")]),
+              _Layer("conv", ["x", "w_net"], [("h1", "float32")]),
               _Layer("conv", ["h1"], [("heat", "float32")]),
               _Layer("shape", ["x"], [("shape", "int64")]),
+              _Layer("constant", [], [("eps", "float32")]),
               _Layer("softmax", ["heat"], [("p", "float32")]),
               _Layer("topk", ["p"], [("v", "float32"), ("idx", "int32")]),
               _Layer("cast", ["idx"], [("f", "float32")]),
-              _Layer("elementwise", ["f", "shape"], [("landmarks", "float32")]),
-              _Layer("elementwise", ["shape"], [("unrelated", "float32")])]
+              _Layer("elementwise", ["f", "eps"], [("landmarks", "float32")]),
+              _Layer("elementwise", ["shape"], [("unrelated", "float32")]),
+              _Layer("shuffle", ["p"], [("dims", "~float32")])]
     network = types.SimpleNamespace(num_layers=len(layers), get_layer=lambda i: layers[i])
-    assert keep_decode_fp32(network, trt) == 4
+    assert keep_decode_fp32(network, trt) == 5
     kept = {ly.name for ly in layers if ly.precision == "float32"}
-    assert kept == {"p", "v", "f", "landmarks"}
-    assert layers[4].typed == {0: "float32"}  # TopK's int32 indices keep their type
-    assert all(ly.precision is None for ly in layers[:3] + layers[7:])
+    assert kept == {"p", "v", "f", "landmarks", "eps"}
+    assert layers[6].typed == {0: "float32"}  # TopK's int32 indices keep their type
+    assert layers[4].typed == {0: "float32"}  # the decode's constant is stored in FP32
     assert downstream_of_last([(["x"], ["y"])], []) == []  # no convolution: nothing to keep
 
 

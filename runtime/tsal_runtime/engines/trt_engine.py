@@ -105,17 +105,28 @@ def keep_decode_fp32(network: Any, trt: Any) -> int:
               names(ly.get_output(j) for j in range(ly.num_outputs))) for ly in layers]
     conv = [i for i, ly in enumerate(layers) if ly.type == trt.LayerType.CONVOLUTION]
     floats = (trt.float32, trt.float16)
-    n = 0
-    for i in downstream_of_last(graph, conv):
+
+    def float_outputs(ly: Any) -> list[int]:
+        """Its float outputs; none where an output is a shape tensor (as Polygraphy leaves
+        those layers alone: constraining them only draws warnings)."""
+        outs = [ly.get_output(j) for j in range(ly.num_outputs)]
+        if not all(getattr(t, "is_execution_tensor", True) for t in outs):
+            return []
+        return [j for j, t in enumerate(outs) if t.dtype in floats]
+
+    chosen = [i for i in downstream_of_last(graph, conv) if float_outputs(layers[i])]
+    # the constants the decode reads (its epsilons, pixel grids): weakly typed, they would be
+    # stored in FP16 even where the layer reading them runs in FP32
+    read = {name for i in chosen for name in graph[i][0]}
+    chosen += [i for i, ly in enumerate(layers)
+               if ly.type == trt.LayerType.CONSTANT and set(graph[i][1]) & read
+               and float_outputs(ly)]
+    for i in chosen:
         ly = layers[i]
-        outs = [j for j in range(ly.num_outputs) if ly.get_output(j).dtype in floats]
-        if not outs:
-            continue
         ly.precision = trt.float32
-        for j in outs:
+        for j in float_outputs(ly):
             ly.set_output_type(j, trt.float32)
-        n += 1
-    return n
+    return len(chosen)
 
 
 def cuda_check(result: Any, what: str) -> Any:
@@ -169,7 +180,7 @@ class TensorRTEngine:
             # FP16 types must come from the ONNX graph, which ModelOpt AutoCast rewrites.
             raise EngineError(f"--precision fp16 on TensorRT {trt.__version__} needs ModelOpt "
                               "AutoCast to make the graph FP16 (pip install "
-                              "'nvidia-modelopt[onnx]'); or pass --precision fp32")
+                              "'nvidia-modelopt[onnx]>=0.33'); or pass --precision fp32")
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._torch = self._torch_cuda()
         gpu_name, cc, cuda_ver = self._gpu_info()
@@ -203,6 +214,9 @@ class TensorRTEngine:
                          if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if self._inputs != [spec.input_name]:
             raise EngineError(f"engine inputs {self._inputs} != [{spec.input_name!r}]")
+        wrong = [n for n in self._outputs if self._engine.get_tensor_dtype(n) != trt.float32]
+        if wrong:  # the output buffers are float32
+            raise EngineError(f"{self.engine_path}: outputs {wrong} are not float32")
         # a stream of its own: on the legacy default stream enqueueV3 synchronises extra
         if self._torch is not None:
             self._stream = self._torch.cuda.Stream()
@@ -232,7 +246,8 @@ class TensorRTEngine:
             from cuda.bindings import runtime as cudart
         except ImportError:
             raise EngineError("engine 'tensorrt' needs device buffers: torch with CUDA or "
-                              "cuda-bindings (pip install cuda-bindings)") from None
+                              "cuda-bindings of TensorRT's CUDA major version (pip install "
+                              "'cuda-bindings>=12,<13' beside tensorrt-cu12)") from None
         dev = cuda_check(cudart.cudaGetDevice(), "cudaGetDevice (no CUDA device?)")
         prop = cuda_check(cudart.cudaGetDeviceProperties(dev), "cudaGetDeviceProperties")
         ver = cuda_check(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
@@ -256,11 +271,17 @@ class TensorRTEngine:
 
             import re
 
-            keep = onnx_decode_nodes(onnx.load(str(self.spec.onnx_path)))
-            model = convert_to_mixed_precision(
-                onnx_path=str(self.spec.onnx_path), low_precision_type="fp16",
-                keep_io_types=True, nodes_to_exclude=[f"^{re.escape(n)}$" for n in keep])
-            return onnx.ModelProto.SerializeToString(model)
+            graph = onnx.load(str(self.spec.onnx_path))
+            for i, node in enumerate(graph.graph.node):  # AutoCast renames unnamed nodes:
+                node.name = node.name or f"tsal_node_{i}"  # name them so they can be excluded
+            keep = onnx_decode_nodes(graph)
+            with tempfile.TemporaryDirectory() as tmp:
+                named = Path(tmp) / "model.onnx"
+                onnx.save(graph, str(named))
+                model = convert_to_mixed_precision(
+                    onnx_path=str(named), low_precision_type="fp16", keep_io_types=True,
+                    nodes_to_exclude=[f"^{re.escape(n)}$" for n in keep])
+            return model.SerializeToString()
         return self.spec.onnx_path.read_bytes()
 
     def _build(self, profile: tuple[tuple[int, ...], ...], timing_path: Path) -> bytes:
@@ -272,10 +293,12 @@ class TensorRTEngine:
             flags |= 1 << int(strongly)
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, self._logger)
-        if not parser.parse(self._onnx_bytes()):
+        if not parser.parse(self._onnx_bytes(), path=str(self.spec.onnx_path)):
             errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise EngineError(f"{self.spec.onnx_path}: TensorRT ONNX parser failed: {errs[:300]}")
         config = builder.create_builder_config()
+        if self.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)  # on by default: fp32 means FP32
         if self.precision == "fp16" and trt_major(trt.__version__) < 11:
             config.set_flag(trt.BuilderFlag.FP16)
             kept = keep_decode_fp32(network, trt)
