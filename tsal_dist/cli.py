@@ -64,6 +64,7 @@ def run_and_report(job: Callable[[], dict[str, Any]], *, deliverable: str) -> in
     except Exception as e:  # noqa: BLE001 - sorted into the user's errors and the system's
         from tsal_dist.errors import named_error, user_error
 
+        _stop_ray()
         msg = user_error(e)
         if msg is not None:
             return exit_user_error(msg)
@@ -72,8 +73,20 @@ def run_and_report(job: Callable[[], dict[str, Any]], *, deliverable: str) -> in
             print(f"error: {deliverable} failed: {msg}", file=sys.stderr)
             return 1
         raise
+    if summary.get("error"):
+        _stop_ray()
     print_summary(summary)
     return 0 if not summary.get("error") else 1
+
+
+def _stop_ray() -> None:
+    """Shut down the Ray this process started or joined before its last line is printed: Ray
+    streams its workers' output to this stderr a moment late, and a worker's traceback arriving
+    after the error line would bury it. Nothing is lost: the workers' logs stay in the session's
+    log folder."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -122,3 +122,28 @@ def test_distillation_refuses_a_run_folder_made_by_another_config(tmp_path, caps
     assert status == 2 and "this run was started with another config" in err, err
     assert "kd.variant: 'code' -> 'paper'" in err
     assert load_distill_config(run / "distill.yaml") == earlier  # untouched
+
+
+def test_ray_is_shut_down_before_the_error_line(monkeypatch, capsys):
+    """Ray streams its workers' output to the driver's stderr a moment late: the driver stops
+    Ray before it prints its line, so that the line is the last thing the user sees."""
+    import sys
+    import types
+
+    events = []
+    fake = types.SimpleNamespace(is_initialized=lambda: True,
+                                 shutdown=lambda: events.append(("shutdown", capsys.readouterr())))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+
+    def failing() -> dict:
+        raise ConfigError("data.root: not found")
+
+    assert run_and_report(failing, deliverable="x") == 2
+    assert events and events[0][1].err == ""  # nothing printed before Ray stopped
+    assert capsys.readouterr().err == "error: data.root: not found\n"
+    events.clear()
+    assert run_and_report(lambda: {"run_dir": "r", "error": "rank 1 died"}, deliverable="x") == 1
+    assert len(events) == 1 and "rank 1 died" in capsys.readouterr().err
+    events.clear()
+    assert run_and_report(lambda: {"run_dir": "r"}, deliverable="x") == 0
+    assert events == []  # a run that ended well leaves Ray to its owner
