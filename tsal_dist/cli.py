@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from typing import Any, Callable
 
 from tsal_dist.config import ConfigError, parse_set_args
+
+
+RAY_SHUTDOWN_WAIT_S = 10.0  # how long a failed run waits for Ray to stop before its error line
 
 
 def add_config_args(p: argparse.ArgumentParser, *, config_help: str, set_help: str,
@@ -85,8 +89,19 @@ def _stop_ray() -> None:
     after the error line would bury it. Nothing is lost: the workers' logs stay in the session's
     log folder."""
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    if ray is None or not ray.is_initialized():
+        return
+
+    def shutdown() -> None:
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - the run's own error is what the user must see
+            pass
+
+    # a cluster that died with the run can make the shutdown wait: the line comes regardless
+    t = threading.Thread(target=shutdown, name="ray-shutdown", daemon=True)
+    t.start()
+    t.join(timeout=RAY_SHUTDOWN_WAIT_S)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -10,10 +10,12 @@ the frame and sends a few bytes.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import signal
 import time
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,8 @@ import numpy as np
 
 from tsal_runtime.detectors import FaceDetector
 from tsal_runtime.errors import DetectorError
+
+log = logging.getLogger("tsal_runtime")
 
 
 @dataclass
@@ -40,13 +44,13 @@ def detect_frame(detector: FaceDetector, frame: np.ndarray, index: int) -> Detec
     h, w = frame.shape[:2]
     try:
         dets = detector(frame, index) if min(h, w) >= 16 else np.zeros((0, 5))
+        dets = np.asarray(dets, np.float64).reshape(-1, 5)  # (N, 5) or its failure is ours
     except DetectorError:
         raise
     except Exception as e:  # noqa: BLE001 - an OpenCV or ONNX Runtime error on this frame
         raise DetectorError(f"the face detector failed on frame {index}: "
                             f"{type(e).__name__}: {e}") from e
-    return Detection(index, np.asarray(dets, np.float64).reshape(-1, 5),
-                     (time.perf_counter() - t0) * 1e3)
+    return Detection(index, dets, (time.perf_counter() - t0) * 1e3)
 
 
 class _ThreadBackend:
@@ -108,8 +112,9 @@ def _child(conn: Any, blob: bytes, nice: int = DETECTOR_NICE) -> None:
         frame = np.ndarray(shape, np.uint8, buffer=shm.buf)
         try:
             conn.send(("ok", detect_frame(detector, frame, index)))
-        except DetectorError as e:  # reported to the parent as its line
-            conn.send(("failed", str(e)))
+        except Exception as e:  # noqa: BLE001 - reported to the parent as its line + traceback
+            msg = str(e) if isinstance(e, DetectorError) else f"{type(e).__name__}: {e}"
+            conn.send(("failed", (msg, traceback.format_exc())))
         del frame
     if shm is not None:
         shm.close()
@@ -167,7 +172,9 @@ class _ProcessBackend:
         kind, payload = self._recv()
         self._pending = False
         if kind == "failed":
-            raise DetectorError(payload)
+            msg, trace = payload  # type: ignore[misc]
+            log.debug("the detector process's traceback:\n%s", trace)
+            raise DetectorError(msg)
         if kind != "ok":
             raise DetectorError(f"the face detector failed: {payload}")
         return payload  # type: ignore[no-any-return]

@@ -160,6 +160,35 @@ def test_a_detector_failure_is_the_same_line_in_every_mode(const_model: Path, de
                             "unreadable")
 
 
+class FourColumns(DriftingFace):
+    """A detector wrapper with a bug: boxes without their score column."""
+
+    def __call__(self, frame: np.ndarray, frame_index: int = 0) -> np.ndarray:
+        return super().__call__(frame, frame_index)[:, :4]
+
+
+class ProcessFourColumns(FourColumns):
+    gil_bound = True
+
+
+@pytest.mark.parametrize("detection, det", [("sync", FourColumns()), ("async", FourColumns()),
+                                            ("async", ProcessFourColumns())])
+def test_a_detector_returning_the_wrong_shape_is_the_same_line_in_every_mode(
+        const_model: Path, detection: str, det: DriftingFace, caplog) -> None:
+    """Checked where the detector runs: the process reports it as a line and its traceback
+    (for --log-level DEBUG), instead of dying unannounced."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="tsal_runtime")
+    with pytest.raises(DetectorError) as e:
+        run(const_model, det, frames=2, detection=detection,
+            **({"detect_lag": 0} if detection == "async" else {}))
+    assert str(e.value).startswith("the face detector failed on frame 0: ValueError: cannot "
+                                   "reshape")
+    if isinstance(det, ProcessFourColumns):
+        assert "Traceback" in caplog.text and "reshape" in caplog.text
+
+
 class _BrokenEngine:
     name = "onnxruntime"
 

@@ -147,3 +147,27 @@ def test_ray_is_shut_down_before_the_error_line(monkeypatch, capsys):
     events.clear()
     assert run_and_report(lambda: {"run_dir": "r"}, deliverable="x") == 0
     assert events == []  # a run that ended well leaves Ray to its owner
+
+
+def test_a_failing_or_hanging_ray_shutdown_still_prints_the_line(monkeypatch, capsys):
+    import sys
+    import threading
+    import types
+
+    import tsal_dist.cli as cli
+
+    def broken() -> None:
+        raise RuntimeError("GCS unreachable")
+
+    release = threading.Event()
+    for shutdown in (broken, lambda: release.wait(30)):
+        monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(
+            is_initialized=lambda: True, shutdown=shutdown))
+        monkeypatch.setattr(cli, "RAY_SHUTDOWN_WAIT_S", 0.2)
+
+        def failing() -> dict:
+            raise ConfigError("data.root: not found")
+
+        assert run_and_report(failing, deliverable="x") == 2
+        assert capsys.readouterr().err == "error: data.root: not found\n"
+    release.set()

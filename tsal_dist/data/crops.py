@@ -154,7 +154,7 @@ class FaceCrops(Dataset):
                 replaced.append(p.reason)
                 self.problems[p.reason] = self.problems.get(p.reason, 0) + 1
                 self._warn(p)
-        raise AnnotationError(f"{type(self).__name__}: none of the {n} items is readable "
+        raise AnnotationError(f"none of the {n} items is readable "
                               f"(problems: {self.problems})")
 
     # ---------------------------------------------------------------- helpers

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from tsal_dist.atomic import atomic_write_json
     from tsal_dist.config import ConfigError, parse_set_args
-    from tsal_dist.data.formats import AnnotationError
+    from tsal_dist.data.formats import AnnotationError, read_list
     from tsal_dist.eval.plots import plot_ced
     from tsal_dist.eval.run import evaluate_list, list_names
     from tsal_dist.loop.checkpoint import CheckpointError, model_from_checkpoint
@@ -98,17 +98,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(cfg.train.torch_threads)
     lists = resolve_lists(args.lists, cfg.data.eval_lists, cfg.data.root)
     _check_outputs({"--json": args.json, "--plot": args.plot}, [args.checkpoint, *lists])
+    for path in lists:  # before any list is scored: a list with nothing to score is refused
+        try:
+            entries = read_list(path)
+        except AnnotationError as e:
+            raise UsageError(_naming(path, e)) from None
+        if not entries:
+            raise UsageError(f"{path}: the list has no entries; nothing to evaluate")
+        if all(e.annotation is None for e in entries):
+            raise UsageError(f"{path}: none of its {len(entries)} entries has an annotation; "
+                             "nothing to evaluate")
     results = []
     for name, path in zip(list_names(lists), lists):
         try:
             results.append(evaluate_list(
                 model, path, **list_eval_args(cfg, input_size=loaded.input_size),
                 batch_size=args.batch_size, device=args.device, name=name))
-        except (AnnotationError, FileNotFoundError) as e:  # named: the list, or its bad file
-            raise UsageError(str(e) if str(path) in str(e) or "/" in str(e)
-                             else f"{path}: {e}") from None
-        if results[-1].summary["count"] == 0:
-            raise UsageError(_nothing_scored(path, results[-1].summary))
+        except (AnnotationError, FileNotFoundError) as e:
+            raise UsageError(_naming(path, e)) from None
+        if results[-1].summary["count"] == 0:  # every face skipped (a sharded corner case)
+            raise UsageError(f"{path}: no face of its {results[-1].summary['n_entries']} "
+                             "entries could be scored; nothing to evaluate")
     summaries = {r.name: r.summary for r in results}
     print(format_table(summaries))
     doc = {"checkpoint": str(args.checkpoint), "step": loaded.step, "which": args.which,
@@ -128,14 +138,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def _nothing_scored(path: str, summary: dict[str, Any]) -> str:
-    """The line for a list without one face to score (a table of dashes is not a result)."""
-    n = summary["n_entries"]
-    if n == 0:
-        return f"{path}: the list has no entries; nothing to evaluate"
-    if summary["n_unlabeled_skipped"] == n:
-        return f"{path}: none of its {n} entries has an annotation; nothing to evaluate"
-    return f"{path}: no face of its {n} entries could be scored; nothing to evaluate"
+def _naming(list_path: str, e: Exception) -> str:
+    """The error's line, naming the list it came from (once: a message about the list itself
+    already starts with it)."""
+    msg = str(e)
+    return msg if msg.startswith(str(Path(list_path))) else f"{list_path}: {msg}"
 
 
 def _check_device(device: str) -> None:

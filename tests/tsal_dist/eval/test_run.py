@@ -96,7 +96,7 @@ class FakeEvalDataset:
     def get(self, index, seed):
         self.calls.append((index, seed))
         if len(self.bad) == len(self):
-            raise AnnotationError(f"EvalImageDataset: none of the {len(self)} items is readable")
+            raise AnnotationError(f"none of the {len(self)} items is readable")
         while index in self.bad:
             index = (index + 1) % len(self)
         gt = face68(index)
@@ -426,27 +426,40 @@ def test_cli_bad_list_and_override_exit_2(tmp_path, monkeypatch, capsys):
 
 def test_cli_list_without_a_face_to_score_is_exit_2(tmp_path, fake_datasets, monkeypatch,
                                                     capsys):
-    """An empty list, one of unlabeled frames only (a table of dashes and exit 0 before), one
-    whose every annotation is bad (a line that did not name the list): one line naming the list
-    and saying why, exit 2, no JSON written."""
+    """An empty list or one of unlabeled frames only (a table of dashes and exit 0 before): one
+    line naming the list, exit 2, refused before any list is scored (a good list given first is
+    not scored for nothing); a list whose every annotation is bad: one line naming the list (its
+    line named no file before). No JSON written."""
+    import tsal_dist.eval.run as run_mod
     import tsal_dist.models
     from tsal_dist.eval.__main__ import main
 
     monkeypatch.setattr(tsal_dist.models, "build_model", lambda c, k: FakeDetector(), raising=False)
     ck = tmp_path / "ck.pt"
     _fake_checkpoint(ck)
-    full = read_list(write_video_list(tmp_path, fake_datasets.errors))
-    cases = {"empty.lst": ([], "the list has no entries"),
-             "unlabeled.lst": ([full[4]], "none of its 1 entries has an annotation"),
-             "bad.lst": (full[4:], "EvalImageDataset: none of the 1 items is readable")}
-    for name, (entries, match) in cases.items():
+    good = write_video_list(tmp_path, fake_datasets.errors)
+    full = read_list(good)
+    cases = {"empty.lst": ([], "the list has no entries; nothing to evaluate", 0),
+             "unlabeled.lst": ([full[4]], "none of its 1 entries has an annotation", 0),
+             "bad.lst": (full[4:], "none of the 1 items is readable", 2)}
+    real = run_mod.evaluate_list
+    for name, (entries, match, n_scored) in cases.items():
         lst = tmp_path / name
         write_list(lst, entries, relative_to=tmp_path)
+        scored = []
+        monkeypatch.setattr(run_mod, "evaluate_list",
+                            lambda *a, **k: scored.append(a) or real(*a, **k))
         out = tmp_path / f"{name}.json"
-        assert main(["--checkpoint", str(ck), "--list", str(lst), "--json", str(out)]) == 2
+        assert main(["--checkpoint", str(ck), "--list", str(good), "--list", str(lst),
+                     "--json", str(out)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: {lst}: {match}"), err
-        assert err.count("\n") == 1 and not out.exists()
+        assert err == f"error: {lst}: {match}\n" or (
+            err.startswith(f"error: {lst}: {match}") and err.count("\n") == 1), err
+        assert len(scored) == n_scored and not out.exists()
+    # a message about the list itself names it once, however the path is spelled
+    monkeypatch.chdir(tmp_path)
+    assert main(["--checkpoint", str(ck), "--list", "./missing.lst"]) == 2
+    assert capsys.readouterr().err == "error: missing.lst: list file not found\n"
 
 
 def test_cli_refuses_bad_devices_and_outputs_before_the_work(tmp_path, fake_datasets,
