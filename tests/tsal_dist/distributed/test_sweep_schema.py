@@ -192,3 +192,19 @@ def test_tune_state_is_restored_only_from_a_folder_no_one_else_can_write(tmp_pat
     (folder / "tuner.pkl").symlink_to(tmp_path / "elsewhere.pkl")
     with pytest.raises(ConfigError, match="tuner.pkl: is a symbolic link"):
         td.check_trusted_folder(folder, up_to=out)
+
+
+def test_an_interrupted_sweep_exits_1_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    """Tune returns normally after a Ctrl-C: the CLI must not report the partial sweep as done."""
+    import tsal_dist.distributed.tune_driver as td
+    from tsal_dist.tune import main
+
+    p = _write(tmp_path, {"base": str(REPO / "configs" / "smoke.yaml"), "space": SPACE,
+                          "set": {"run.eval_every": 6, "run.checkpoint_every": 6}})
+    best = {"trial": "s_1", "val_nme": 0.05, "teacher.blend": 0.5}
+    monkeypatch.setattr(td, "run_sweep", lambda sweep: {
+        "files": {}, "best": best, "tune": {"s_0": {}, "s_1": {}}, "unfinished": 1})
+    assert main(["--config", str(p), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err == ("error: the sweep stopped with 1 of 2 trials unfinished; rerun the same "
+                   "command to continue it\n")
