@@ -169,3 +169,52 @@ def test_run_name_is_one_folder_and_the_output_spelling_is_one_run():
     names = {run_name_for(with_overrides(c, {"run.output": o}))
              for o in ("runs", "./runs", "runs/", "runs//")}
     assert names == {run_name_for(c)} == {"tsal-bb18f7116f"}  # the default run keeps its name
+
+
+def test_a_file_and_its_overrides_are_checked_together(tmp_path):
+    """A file's value that depends on another field is checked against that field's --set (it
+    was checked against the default first: the pair was refused though valid); an error of the
+    file's own key still names the file."""
+    p = tmp_path / "turn.yaml"
+    p.write_text("loss:\n  pseudo_max_turn: 0.2\n")
+    cfg = load_config(p, {"loss.student_consistency": "pseudo_label"})
+    assert cfg.loss.pseudo_max_turn == 0.2 and cfg.loss.student_consistency == "pseudo_label"
+    with pytest.raises(ConfigError, match=rf"^{p}: loss.pseudo_max_turn: applies to"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"^optim.steps: "):  # the --set's: not the file's
+        load_config(p, {"loss.student_consistency": "pseudo_label", "optim.steps": "0"})
+
+
+def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
+    """PyYAML keeps the last silently: a second ``optim:`` dropped the first one's lr and steps."""
+    p = tmp_path / "dup.yaml"
+    p.write_text("optim:\n  lr: 0.1\n  steps: 50\noptim:\n  batch_size: 4\n")
+    with pytest.raises(ConfigError, match=rf"^{p}: invalid YAML at line 4, column 1: "
+                                          r"duplicate key 'optim'"):
+        load_config(p)
+    p.write_text("optim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match="line 3, column 3: duplicate key 'lr'"):
+        load_config(p)
+    # a << merge's keys may be overridden, as YAML says
+    p.write_text("x: &o {lr: 0.1, steps: 50}\n")
+    from tsal_dist.config.loading import load_yaml
+
+    p.write_text("a: &o {lr: 0.1, steps: 50}\nb:\n  <<: *o\n  lr: 0.2\n")
+    assert load_yaml(p)["b"] == {"lr": 0.2, "steps": 50}
+    p.write_text("optim: &a {x: *a}\n")
+    with pytest.raises(ConfigError, match=rf"^{p}: invalid YAML"):
+        load_config(p)
+
+
+def test_huge_numbers_and_quoted_lists(tmp_path):
+    p = tmp_path / "big.yaml"
+    p.write_text("optim:\n  lr: 1" + "0" * 400 + "\n")
+    with pytest.raises(ConfigError, match=rf"^{p}: optim.lr: must be a finite number"):
+        load_config(p)
+    cfg = with_overrides(ExperimentConfig(),
+                         {"data.labeled_lists": "['a b.lst', \"c.lst\"]",
+                          "data.eval_lists": "x.lst,y.lst"})
+    assert cfg.data.labeled_lists == ("a b.lst", "c.lst")  # quotes are YAML's, not the path's
+    assert cfg.data.eval_lists == ("x.lst", "y.lst")
+    with pytest.raises(ConfigError, match=r"data.labeled_lists: expected a list like \[a, b\]"):
+        with_overrides(ExperimentConfig(), {"data.labeled_lists": "[a,b]x"})

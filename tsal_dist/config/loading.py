@@ -8,6 +8,7 @@ override machinery they share (``schema.py``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_strict_loader())  # noqa: S506
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a text file (a YAML config expected)") from None
     except OSError as e:
@@ -55,23 +56,71 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    if _cyclic(data):
+        raise ConfigError(f"{p}: invalid YAML: an alias refers to the mapping or list it is in")
     return data
+
+
+def _cyclic(value: Any, inside: frozenset[int] = frozenset()) -> bool:
+    """Whether a loaded document contains itself (``a: &x {b: *x}``)."""
+    if not isinstance(value, (dict, list)):
+        return False
+    if id(value) in inside:
+        return True
+    inside = inside | {id(value)}
+    items = value.values() if isinstance(value, dict) else value
+    return any(_cyclic(v, inside) for v in items)
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
                 base: Any = None) -> Any:
-    """Defaults <- YAML file (overrides only) <- dotted overrides. Errors name file and key.
+    """Defaults <- YAML file (overrides only) <- dotted overrides, applied as ONE set of changes
+    (a file's value checked against another field is checked against the override of that
+    field). Errors name the key, and the file when the key is the file's.
 
     ``base`` is the config object to start from (an ExperimentConfig by default; any frozen
     config dataclass works, e.g. the distillation's DistillConfig).
     """
     cfg = base if base is not None else ExperimentConfig()
+    from_file: dict[str, Any] = {}
     if path is not None:
         with naming_file(path):
-            cfg = with_overrides(cfg, flatten(load_yaml(path)))
-    if overrides:
-        cfg = with_overrides(cfg, overrides)
-    return cfg
+            from_file = flatten(load_yaml(path))
+    given = dict(overrides or {})
+    try:
+        return with_overrides(cfg, {**from_file, **given})
+    except ConfigError as e:
+        key = str(e).split(":", 1)[0]
+        if path is not None and key in from_file and key not in given:
+            raise ConfigError(f"{path}: {e}") from e
+        raise
+
+
+@functools.lru_cache(maxsize=1)
+def _strict_loader() -> type:
+    """PyYAML's safe loader, refusing a key given twice in one mapping (the safe loader keeps the
+    last silently, so ``optim:`` written twice dropped the first one's keys). Keys brought in by
+    a ``<<`` merge may be overridden, as YAML specifies."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # unhashable: the base class names that problem
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
 
 
 @contextmanager

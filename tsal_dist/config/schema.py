@@ -70,8 +70,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         kt, vt = args or (Any, Any)
         return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if isinstance(value, str) and value.strip().startswith("["):  # a YAML list: quotes kept
+            value = _yaml_list(value, key)
+        elif isinstance(value, str):  # a,b or one item
+            value = [v for v in value.strip("() ").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
         elem = args[0] if args else Any
@@ -101,13 +103,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got a bool")
         out: float | None = None
-        if isinstance(value, (int, float)):
-            out = float(value)
-        elif isinstance(value, str):
-            try:
+        try:
+            if isinstance(value, (int, float)):
                 out = float(value)
-            except ValueError:
-                pass
+            elif isinstance(value, str):
+                out = float(value)
+        except ValueError:
+            pass
+        except OverflowError:  # an integer beyond float's range
+            out = math.inf
         if out is None:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         if not math.isfinite(out):  # inf / nan pass every range check written as a comparison
@@ -120,6 +124,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def _yaml_list(text: str, key: str) -> list[Any]:
+    """``[a.lst, 'b c.lst']`` as YAML reads it; anything else is the user's error."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list like [a, b], got {text!r}")
+    return value
 
 
 def from_dict(cls: type, d: Mapping[str, Any], prefix: str = "", *, kind: str = "config") -> Any:

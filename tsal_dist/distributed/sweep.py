@@ -62,6 +62,11 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
     with naming_file(path):
         spec = load_sweep_config(path, settings)
         base_ov = _base_overrides(spec.base, path)
+        explicit = {**{f"set.{k}": k for k in flatten(spec.set)},
+                    **{f"--set {k}": k for k in (overrides or {})}}
+        for where, k in explicit.items():  # the trials' samples would replace it unsaid
+            if k in spec.space:
+                raise ConfigError(f"{where}: {k} is swept (space:); its trials sample it")
         base_ov.update(flatten(spec.set))
         base_ov.update(dict(overrides or {}))
         sweep = Sweep(

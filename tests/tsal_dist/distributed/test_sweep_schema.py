@@ -208,3 +208,18 @@ def test_an_interrupted_sweep_exits_1_and_says_how_to_continue(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert err == ("error: the sweep stopped with 1 of 2 trials unfinished; rerun the same "
                    "command to continue it\n")
+
+
+def test_an_override_of_a_swept_key_is_refused(tmp_path, capsys):
+    """The trials' samples are applied last: a --set or set: of a swept key changed nothing."""
+    from tsal_dist.tune import main
+
+    smoke = str(REPO / "configs" / "sweeps" / "smoke.yaml")
+    assert main(["--config", smoke, "--check", "--set", "teacher.blend=0.95"]) == 2
+    err = capsys.readouterr().err
+    assert "--set teacher.blend: teacher.blend is swept (space:)" in err and err.count("\n") == 1
+    p = _write(tmp_path, {"base": str(REPO / "configs" / "smoke.yaml"), "space": SPACE,
+                          "set": {"run.eval_every": 6, "run.checkpoint_every": 6,
+                                  "teacher.blend": 0.5}})
+    assert main(["--config", str(p), "--check"]) == 2
+    assert "set.teacher.blend: teacher.blend is swept" in capsys.readouterr().err
