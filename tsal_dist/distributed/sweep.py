@@ -67,10 +67,20 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
         for where, k in explicit.items():  # the trials' samples would replace it unsaid
             if k in spec.space:
                 raise ConfigError(f"{where}: {k} is swept (space:); its trials sample it")
+        # where each key came from, for its error line: the base file, the sweep's set:, --set
+        origin = {k: _base_file(spec.base, path) or path for k in base_ov}
+        origin.update({k: path for k in flatten(spec.set)})
+        origin.update({k: "--set" for k in (overrides or {})})
         base_ov.update(flatten(spec.set))
         base_ov.update(dict(overrides or {}))
+    try:
+        base = with_overrides(ExperimentConfig(), base_ov)
+    except ConfigError as e:
+        where = origin.get(str(e).split(":", 1)[0], path)
+        raise ConfigError(f"{where} {e}" if where == "--set" else f"{where}: {e}") from None
+    with naming_file(path):
         sweep = Sweep(
-            name=spec.name or path.stem, base=with_overrides(ExperimentConfig(), base_ov),
+            name=spec.name or path.stem, base=base,
             base_overrides=base_ov, space=dict(spec.space), num_samples=spec.num_samples,
             max_concurrent_trials=spec.max_concurrent_trials, metric=spec.metric,
             mode=spec.mode, scheduler=spec.scheduler,
@@ -84,13 +94,21 @@ def _base_overrides(base: str | Mapping[str, Any] | None, sweep_path: Path) -> d
     working directory) or an inline mapping of (nested or dotted) overrides."""
     if base is None:
         return {}
-    if isinstance(base, str):
-        p = Path(base).expanduser()
-        if not p.is_absolute():
-            near = sweep_path.parent / p
-            p = near if near.is_file() else p
+    p = _base_file(base, sweep_path)
+    if p is not None:
         return flatten(load_yaml(p))
-    return flatten(base)
+    return flatten(base)  # type: ignore[arg-type]
+
+
+def _base_file(base: str | Mapping[str, Any] | None, sweep_path: Path) -> Path | None:
+    """The config file ``base:`` names, or None for an inline mapping (or no base)."""
+    if not isinstance(base, str):
+        return None
+    p = Path(base).expanduser()
+    if not p.is_absolute():
+        near = sweep_path.parent / p
+        p = near if near.is_file() else p
+    return p
 
 
 def check_sweep(sweep: Sweep) -> None:

@@ -223,3 +223,22 @@ def test_an_override_of_a_swept_key_is_refused(tmp_path, capsys):
                                   "teacher.blend": 0.5}})
     assert main(["--config", str(p), "--check"]) == 2
     assert "set.teacher.blend: teacher.blend is swept" in capsys.readouterr().err
+
+
+def test_a_bad_base_key_is_blamed_on_the_file_that_holds_it(tmp_path):
+    """A bad key of the base: file names that file, a bad --set says --set, a bad set: the sweep
+    file (every one was blamed on the sweep file)."""
+    base = tmp_path / "b" / "bad.yaml"
+    base.parent.mkdir()
+    base.write_text("optim:\n  bogus: 1\n")
+    sweep = {"base": "b/bad.yaml", "space": SPACE}
+    p = _write(tmp_path, sweep)
+    with pytest.raises(ConfigError, match=rf"^{base}: optim.bogus: unknown config key"):
+        load_sweep(p)
+    p = _write(tmp_path, {**sweep, "base": str(REPO / "configs" / "smoke.yaml")})
+    with pytest.raises(ConfigError, match=r"^--set optim.lr: must be a finite number"):
+        load_sweep(p, {"optim.lr": "1e400"})
+    p = _write(tmp_path, {**sweep, "base": str(REPO / "configs" / "smoke.yaml"),
+                          "set": {"optim.steps": 0}})
+    with pytest.raises(ConfigError, match=rf"^{p}: optim.steps: "):
+        load_sweep(p)
