@@ -147,14 +147,18 @@ def write_sweep_file(sweep: Sweep, path: Path) -> None:
     that it continues the same sweep (:func:`check_same_sweep`)."""
     import yaml
 
-    d = {"name": sweep.name, "source": sweep.source, "base": sweep.base_overrides,
-         "space": sweep.space, "num_samples": sweep.num_samples,
-         "max_concurrent_trials": sweep.max_concurrent_trials, "metric": sweep.metric,
-         "mode": sweep.mode, "scheduler": to_dict(sweep.scheduler),
-         "output": sweep.output, "seed": sweep.seed,
-         "trials": num_trials(sweep.space, sweep.num_samples),
-         "base_config_hash": sweep.base.hash()}
-    atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(_record(sweep), sort_keys=False))
+
+
+def _record(sweep: Sweep) -> dict[str, Any]:
+    """What sweep.yaml holds (plain YAML types)."""
+    return {"name": sweep.name, "source": sweep.source, "base": sweep.base_overrides,
+            "space": sweep.space, "num_samples": sweep.num_samples,
+            "max_concurrent_trials": sweep.max_concurrent_trials, "metric": sweep.metric,
+            "mode": sweep.mode, "scheduler": to_dict(sweep.scheduler),
+            "output": sweep.output, "seed": sweep.seed,
+            "trials": num_trials(sweep.space, sweep.num_samples),
+            "base_config_hash": sweep.base.hash()}
 
 
 def experiment_folder(sweep: Sweep) -> Path:
@@ -196,10 +200,7 @@ def check_same_sweep(sweep: Sweep) -> None:
     if "base_config_hash" not in old:
         raise ConfigError(f"{path.parent}: holds a sweep written by an older tsal_dist, which "
                           "cannot be continued; give another --output")
-    new = yaml.safe_load(yaml.safe_dump({
-        "name": sweep.name, "base_config_hash": sweep.base.hash(), "space": sweep.space,
-        "num_samples": sweep.num_samples, "max_concurrent_trials": sweep.max_concurrent_trials,
-        "metric": sweep.metric, "mode": sweep.mode, "scheduler": to_dict(sweep.scheduler)}))
+    new = yaml.safe_load(yaml.safe_dump(_record(sweep)))  # as the file would hold it
     differ = [k for k in _IDENTITY if old.get(k) != new[k]]
     if differ:
         raise ConfigError(f"{path.parent}: holds another sweep (its {', '.join(differ)} "

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -268,8 +269,6 @@ class TensorRTEngine:
         if self.precision == "fp16" and trt_major(trt.__version__) >= 11:
             import onnx
             from modelopt.onnx.autocast import convert_to_mixed_precision
-
-            import re
 
             graph = onnx.load(str(self.spec.onnx_path))
             for i, node in enumerate(graph.graph.node):  # AutoCast renames unnamed nodes:
